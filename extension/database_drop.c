@@ -1,0 +1,61 @@
+/*
+ * database_drop.c
+ *		Keeps the workers from blocking DROP DATABASE of the database they
+ *		serve.
+ *
+ * DROP DATABASE runs the object-access hook before it waits (at most five
+ * seconds) for other sessions to leave the database.  The hook records the
+ * database in shared memory and wakes the workers: a relay worker connected
+ * to it exits at once, and the launcher starts no new one while the drop is
+ * pending.
+ */
+#include "postgres.h"
+
+#include "catalog/objectaccess.h"
+#include "catalog/pg_database.h"
+#include "utils/timestamp.h"
+
+#include "eventpipe.h"
+
+static object_access_hook_type prev_object_access_hook = NULL;
+
+static void
+announce_database_drop(Oid database)
+{
+	int			i;
+	bool		served = false;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
+		served |= (eventpipe_shared->relay[i].database == database);
+	if (served)
+	{
+		eventpipe_shared->dropping_database = database;
+		eventpipe_shared->dropping_since = GetCurrentTimestamp();
+	}
+	LWLockRelease(eventpipe_shared->lock);
+
+	if (!served)
+		return;
+	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
+		eventpipe_set_latch_of(eventpipe_shared->relay[i].procno);
+	eventpipe_set_latch_of(eventpipe_shared->launcher_procno);
+}
+
+static void
+eventpipe_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+						int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+
+	if (access == OAT_DROP && classId == DatabaseRelationId && eventpipe_shared != NULL)
+		announce_database_drop(objectId);
+}
+
+void
+eventpipe_install_drop_database_hook(void)
+{
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = eventpipe_object_access;
+}

@@ -1,0 +1,107 @@
+/*
+ * eventpipe.h
+ *		Declarations shared by the extension's backend code and its workers:
+ *		configuration variables, the shared-memory state, and the entry
+ *		points each file exports.
+ */
+#ifndef EVENTPIPE_H
+#define EVENTPIPE_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/lwlock.h"
+#include "utils/jsonb.h"
+
+/* Upper bound of eventpipe.relay_workers, and so of the relay slots in shared memory. */
+#define EVENTPIPE_MAX_RELAY_WORKERS 32
+
+/* Longest error text kept in shared memory for the stat views. */
+#define EVENTPIPE_ERROR_LEN 256
+
+/* guc.c: configuration, all under the reserved prefix "eventpipe." */
+extern char *eventpipe_database;
+extern char *eventpipe_bootstrap_servers;
+extern char *eventpipe_kafka_options;
+extern int	eventpipe_relay_batch_size;
+extern int	eventpipe_relay_poll_interval;
+extern int	eventpipe_relay_max_attempts;
+extern int	eventpipe_relay_workers;
+extern int	eventpipe_consumer_batch_size;
+extern int	eventpipe_dedup_retention;
+
+extern void eventpipe_define_gucs(void);
+
+/* What a relay worker is doing, as shown by pg_stat_relay.state. */
+typedef enum RelayState
+{
+	RELAY_STOPPED = 0,			/* no process in this slot */
+	RELAY_NOT_CONFIGURED,		/* eventpipe.bootstrap_servers is empty */
+	RELAY_NO_DATABASE,			/* eventpipe.database does not exist */
+	RELAY_NO_EXTENSION,			/* the extension is not installed there */
+	RELAY_IDLE,					/* outbox empty, waiting for a commit */
+	RELAY_RELAYING,				/* a batch is on its way to Kafka */
+	RELAY_WAITING_FOR_BROKER	/* the last batch failed; retrying */
+} RelayState;
+
+/*
+ * One relay worker's slot.  pid, procno, database, state and the error fields
+ * are written under EventpipeShared->lock; the counters are atomics that only
+ * the slot's worker increments.
+ */
+typedef struct RelaySlot
+{
+	pid_t		pid;
+	int			procno;			/* PGPROC number, to set its latch */
+	Oid			database;
+	RelayState	state;
+	pg_atomic_uint64 events_sent;
+	pg_atomic_uint64 events_failed;
+	pg_atomic_uint64 batches;
+	pg_atomic_uint64 bytes_sent;
+	pg_atomic_uint64 last_latency_us;
+	char		last_error[EVENTPIPE_ERROR_LEN];
+	TimestampTz last_error_time;
+} RelaySlot;
+
+typedef struct EventpipeShared
+{
+	LWLock	   *lock;
+	pid_t		launcher_pid;
+	int			launcher_procno;
+	/* DROP DATABASE of the relay's database is under way: stay out of it */
+	Oid			dropping_database;
+	TimestampTz dropping_since;
+	TimestampTz stats_reset;
+	RelaySlot	relay[EVENTPIPE_MAX_RELAY_WORKERS];
+} EventpipeShared;
+
+/* shmem.c */
+extern EventpipeShared *eventpipe_shared;
+extern void eventpipe_install_shmem_hooks(void);
+extern void eventpipe_set_relay_state(RelaySlot *slot, RelayState state);
+extern void eventpipe_set_relay_error(RelaySlot *slot, const char *message);
+extern const char *eventpipe_relay_state_name(RelayState state);
+extern void eventpipe_set_latch_of(int procno);
+
+/* commit_wakeup.c */
+extern void eventpipe_wake_relay_at_commit(void);
+
+/* database_drop.c */
+extern void eventpipe_install_drop_database_hook(void);
+
+/* topic_name.c */
+extern void eventpipe_check_topic_name(const char *topic);
+
+/* event_headers.c */
+typedef void (*EventHeaderCallback) (const char *name, int name_len,
+									 const char *value, int value_len,
+									 void *arg);
+extern void eventpipe_check_user_headers(Jsonb *headers);
+extern void eventpipe_foreach_header(Jsonb *headers, EventHeaderCallback callback, void *arg);
+
+/* worker/launcher.c */
+extern void eventpipe_register_launcher(void);
+
+#endif							/* EVENTPIPE_H */

@@ -1,0 +1,125 @@
+/*
+ * guc.c
+ *		The eventpipe.* configuration parameters: their variables, bounds,
+ *		contexts and checks.
+ *
+ * Everything a running worker can pick up on reload is PGC_SIGHUP; only the
+ * number of relay workers, which sizes shared memory, needs a restart.
+ * eventpipe.kafka_options may hold secrets (SASL passwords, key passwords):
+ * it is superuser-only, and its values are never echoed in errors.
+ */
+#include "postgres.h"
+
+#include "utils/guc.h"
+
+#include <librdkafka/rdkafka.h>
+
+#include "eventpipe.h"
+#include "kafka_options.h"
+
+char	   *eventpipe_database = NULL;
+char	   *eventpipe_bootstrap_servers = NULL;
+char	   *eventpipe_kafka_options = NULL;
+int			eventpipe_relay_batch_size = 1000;
+int			eventpipe_relay_poll_interval = 1000;
+int			eventpipe_relay_max_attempts = 10;
+int			eventpipe_relay_workers = 1;
+int			eventpipe_consumer_batch_size = 3000;
+int			eventpipe_dedup_retention = 7 * 24 * 3600;
+
+/* Refuse a kafka_options string librdkafka would not accept. */
+static bool
+check_kafka_options(char **newval, void **extra, GucSource source)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char		errbuf[512];
+	bool		ok;
+
+	ok = eventpipe_apply_kafka_options(conf, *newval, errbuf, sizeof(errbuf));
+	rd_kafka_conf_destroy(conf);
+	if (!ok)
+	{
+		/* PostgreSQL's own message would quote the value, secrets and all */
+		GUC_check_errmsg("invalid value for parameter \"eventpipe.kafka_options\"");
+		GUC_check_errdetail("%s", errbuf);
+	}
+	return ok;
+}
+
+void
+eventpipe_define_gucs(void)
+{
+	DefineCustomStringVariable("eventpipe.database",
+							   "Database the eventpipe workers connect to.",
+							   "The relay reads the outbox of this database only.",
+							   &eventpipe_database,
+							   "postgres",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("eventpipe.bootstrap_servers",
+							   "Kafka brokers (host:port,...) the workers connect to.",
+							   "Empty means the workers wait, and say so in pg_stat_relay.",
+							   &eventpipe_bootstrap_servers,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("eventpipe.kafka_options",
+							   "Extra librdkafka properties, as key=value,key=value.",
+							   "For TLS and SASL settings; visible to superusers only.",
+							   &eventpipe_kafka_options,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   check_kafka_options, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.relay_batch_size",
+							"Most outbox events the relay sends in one batch.",
+							NULL,
+							&eventpipe_relay_batch_size,
+							1000, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.relay_poll_interval",
+							"Fallback wake-up of an idle relay worker.",
+							"Commits wake the relay at once; this only bounds the wait.",
+							&eventpipe_relay_poll_interval,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.relay_max_attempts",
+							"Delivery attempts before an event goes to the dead letters.",
+							"Not yet in effect in version 0.1: failed events are retried without limit.",
+							&eventpipe_relay_max_attempts,
+							10, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.relay_workers",
+							"Number of relay workers; the outbox is split between them by key hash.",
+							NULL,
+							&eventpipe_relay_workers,
+							1, 1, EVENTPIPE_MAX_RELAY_WORKERS,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.consumer_batch_size",
+							"Most Kafka messages a consumer applies in one transaction.",
+							"Not yet in effect in version 0.1: there is no consumer yet.",
+							&eventpipe_consumer_batch_size,
+							3000, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.dedup_retention",
+							"How long the consumer remembers applied event ids.",
+							"Not yet in effect in version 0.1: there is no consumer yet.",
+							&eventpipe_dedup_retention,
+							7 * 24 * 3600, 60, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("eventpipe");
+}

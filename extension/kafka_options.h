@@ -1,0 +1,16 @@
+/*
+ * kafka_options.h
+ *		Parsing of eventpipe.kafka_options into a librdkafka configuration.
+ */
+#ifndef EVENTPIPE_KAFKA_OPTIONS_H
+#define EVENTPIPE_KAFKA_OPTIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <librdkafka/rdkafka.h>
+
+extern bool eventpipe_apply_kafka_options(rd_kafka_conf_t *conf, const char *options,
+										  char *errbuf, size_t errbuf_size);
+
+#endif							/* EVENTPIPE_KAFKA_OPTIONS_H */

@@ -1,0 +1,39 @@
+-- pg_stat_relay: one row per relay worker, readable by pg_monitor only.
+-- No Kafka is configured in this instance, so the worker says so.
+
+-- wait (up to 30 s) for the launcher to have started relay worker 0
+DO $$
+BEGIN
+  FOR i IN 1..300 LOOP
+    EXIT WHEN (SELECT state FROM eventpipe.pg_stat_relay WHERE worker = 0) <> 'stopped';
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+
+SELECT worker, pid IS NOT NULL AS running, state, database, events_sent, events_failed,
+       batches, bytes_sent, last_latency, last_error, last_error_time, stats_reset <= now() AS reset_in_past
+  FROM eventpipe.pg_stat_relay;
+
+-- the backlog counts this database's pending events
+TRUNCATE eventpipe.outbox;
+SELECT eventpipe.publish('order-events', 'k' || g, '{}') IS NOT NULL FROM generate_series(1, 3) g;
+SELECT backlog, oldest_pending_age >= '0'::interval AS has_age FROM eventpipe.pg_stat_relay;
+
+-- the columns, in order
+SELECT attname, format_type(atttypid, atttypmod)
+  FROM pg_attribute WHERE attrelid = 'eventpipe.pg_stat_relay'::regclass AND attnum > 0
+ ORDER BY attnum;
+
+-- a plain role cannot read it; a member of pg_monitor can
+CREATE ROLE ep_plain;
+CREATE ROLE ep_watcher IN ROLE pg_monitor;
+SET ROLE ep_plain;
+SELECT count(*) FROM eventpipe.pg_stat_relay;
+SET ROLE ep_watcher;
+SELECT count(*) AS rows_seen, sum(backlog) AS backlog_seen FROM eventpipe.pg_stat_relay;
+SELECT count(*) FROM eventpipe.outbox;
+RESET ROLE;
+DROP ROLE ep_plain;
+DROP ROLE ep_watcher;
+
+DROP EXTENSION eventpipe;

@@ -1,0 +1,212 @@
+/*
+ * launcher.c
+ *		The eventpipe launcher: a background worker registered at preload
+ *		that connects to no database and keeps one relay worker per shard
+ *		running in eventpipe.database.
+ *
+ * It looks the database up in the shared catalog, starts the relay workers
+ * as dynamic background workers when it exists, stops them when it goes
+ * away or eventpipe.database changes, restarts them if they die (at most
+ * once a second each), and keeps away from a database being dropped.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/ps_status.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "../extension/eventpipe.h"
+#include "relay.h"
+
+PGDLLEXPORT void eventpipe_launcher_main(Datum main_arg);
+
+/* How long a DROP DATABASE announced by the hook keeps the workers away. */
+#define DROP_GRACE_MS 10000
+#define RESTART_DELAY_MS 1000
+#define LAUNCHER_NAP_MS 1000
+
+typedef struct RelayHandle
+{
+	BackgroundWorkerHandle *handle;
+	Oid			database;
+	TimestampTz started_at;
+} RelayHandle;
+
+static RelayHandle relays[EVENTPIPE_MAX_RELAY_WORKERS];
+
+void
+eventpipe_register_launcher(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	strlcpy(worker.bgw_library_name, "eventpipe", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "eventpipe_launcher_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "eventpipe launcher", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "eventpipe launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&worker);
+}
+
+static void
+launcher_exit(int code, Datum arg)
+{
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	eventpipe_shared->launcher_pid = 0;
+	eventpipe_shared->launcher_procno = -1;
+	LWLockRelease(eventpipe_shared->lock);
+}
+
+static Oid
+lookup_database(const char *name)
+{
+	Oid			database;
+
+	StartTransactionCommand();
+	database = get_database_oid(name, true);
+	CommitTransactionCommand();
+	return database;
+}
+
+/*
+ * The database to serve, or InvalidOid when it does not exist or is being
+ * dropped.  Forgets a drop announcement once the database is gone or the
+ * DROP evidently failed.
+ */
+static Oid
+database_to_serve(void)
+{
+	Oid			database = lookup_database(eventpipe_database);
+	bool		dropping = false;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	if (OidIsValid(eventpipe_shared->dropping_database))
+	{
+		if (eventpipe_shared->dropping_database == database &&
+			!TimestampDifferenceExceeds(eventpipe_shared->dropping_since,
+										GetCurrentTimestamp(), DROP_GRACE_MS))
+			dropping = true;
+		else
+			eventpipe_shared->dropping_database = InvalidOid;
+	}
+	LWLockRelease(eventpipe_shared->lock);
+	return dropping ? InvalidOid : database;
+}
+
+static bool
+relay_is_running(RelayHandle *relay)
+{
+	pid_t		pid;
+	BgwHandleStatus status;
+
+	if (relay->handle == NULL)
+		return false;
+	status = GetBackgroundWorkerPid(relay->handle, &pid);
+	if (status == BGWH_STARTED || status == BGWH_NOT_YET_STARTED)
+		return true;
+	pfree(relay->handle);
+	relay->handle = NULL;
+	return false;
+}
+
+static void
+start_relay(int shard, Oid database)
+{
+	BackgroundWorker worker;
+	RelayHandle *relay = &relays[shard];
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "eventpipe", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "eventpipe_relay_main", BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "eventpipe relay %d", shard);
+	strlcpy(worker.bgw_type, "eventpipe relay", BGW_MAXLEN);
+	worker.bgw_main_arg = Int32GetDatum(shard);
+	memcpy(worker.bgw_extra, &database, sizeof(Oid));
+	worker.bgw_notify_pid = MyProcPid;
+
+	relay->started_at = GetCurrentTimestamp();
+	relay->database = database;
+	if (!RegisterDynamicBackgroundWorker(&worker, &relay->handle))
+	{
+		relay->handle = NULL;
+		ereport(WARNING,
+				(errmsg("eventpipe could not start relay worker %d", shard),
+				 errhint("Raise max_worker_processes: eventpipe needs 1 + eventpipe.relay_workers.")));
+	}
+}
+
+/* Bring the running relay workers in line with the configuration. */
+static void
+reconcile(void)
+{
+	Oid			database = database_to_serve();
+	TimestampTz now = GetCurrentTimestamp();
+	int			shard;
+
+	for (shard = 0; shard < eventpipe_relay_workers; shard++)
+	{
+		RelayHandle *relay = &relays[shard];
+
+		if (relay_is_running(relay))
+		{
+			if (relay->database != database)
+				TerminateBackgroundWorker(relay->handle);
+			continue;
+		}
+		if (!OidIsValid(database))
+		{
+			eventpipe_set_relay_state(&eventpipe_shared->relay[shard], RELAY_NO_DATABASE);
+			continue;
+		}
+		if (TimestampDifferenceExceeds(relay->started_at, now, RESTART_DELAY_MS))
+			start_relay(shard, database);
+	}
+	set_ps_display(OidIsValid(database) ? "serving" : "waiting: eventpipe.database does not exist");
+}
+
+void
+eventpipe_launcher_main(Datum main_arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* no database: the launcher only reads the shared catalog pg_database */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	eventpipe_shared->launcher_pid = MyProcPid;
+	eventpipe_shared->launcher_procno = MyProc->pgprocno;
+	LWLockRelease(eventpipe_shared->lock);
+	before_shmem_exit(launcher_exit, (Datum) 0);
+
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		reconcile();
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 LAUNCHER_NAP_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}

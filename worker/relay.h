@@ -1,0 +1,71 @@
+/*
+ * relay.h
+ *		The relay worker's pieces: a batch of outbox events, read from and
+ *		deleted in the database (outbox.c), sent with librdkafka
+ *		(kafka_producer.c), driven by the worker's main loop (relay_worker.c).
+ */
+#ifndef EVENTPIPE_RELAY_H
+#define EVENTPIPE_RELAY_H
+
+#include "postgres.h"
+
+#include <librdkafka/rdkafka.h>
+
+#include "datatype/timestamp.h"
+#include "utils/jsonb.h"
+
+/* One outbox row, copied out of the database for delivery. */
+typedef struct OutboxEvent
+{
+	int64		id;
+	char		event_id[37];	/* uuid text */
+	char	   *topic;
+	char	   *key;			/* NULL for a keyless event */
+	int			key_len;
+	char	   *payload;		/* jsonb rendered as text */
+	int			payload_len;
+	Jsonb	   *headers;		/* user headers, or NULL */
+	char	   *event_type;
+	TimestampTz created_at;
+	/* set by the delivery report */
+	bool		reported;
+	rd_kafka_resp_err_t error;
+} OutboxEvent;
+
+typedef struct OutboxBatch
+{
+	int			count;
+	OutboxEvent *events;
+} OutboxBatch;
+
+/* outbox.c: each runs its own transaction */
+typedef enum OutboxAvailability
+{
+	OUTBOX_READY,
+	OUTBOX_NO_EXTENSION
+} OutboxAvailability;
+
+extern OutboxAvailability outbox_claim_batch(OutboxBatch *batch, int limit,
+											 int shard, int shards);
+extern void outbox_delete_delivered(OutboxBatch *batch);
+
+/* kafka_producer.c */
+extern bool kafka_producer_ensure(const char *bootstrap_servers, const char *options,
+								  const char *client_id, char *errbuf, size_t errbuf_size);
+extern void kafka_producer_destroy(void);
+extern void kafka_producer_poll(void);
+extern int	kafka_producer_send_batch(OutboxBatch *batch, const char *source,
+									  void (*check_interrupts) (void));
+extern bool kafka_producer_failed_fatally(char *errbuf, size_t errbuf_size);
+
+/* kafka_log.c: librdkafka's log lines, kept until the main loop can ereport them */
+extern void kafka_log_callback(const rd_kafka_t *rk, int level, const char *facility,
+							   const char *message);
+extern void kafka_error_callback(rd_kafka_t *rk, int err, const char *reason, void *opaque);
+extern void kafka_log_drain(void);
+extern bool kafka_log_take_broker_error(char *buf, size_t size);
+
+/* relay_worker.c */
+extern PGDLLEXPORT void eventpipe_relay_main(Datum main_arg);
+
+#endif							/* EVENTPIPE_RELAY_H */

@@ -1,0 +1,334 @@
+/*
+ * relay_worker.c
+ *		The relay worker's main loop: wait for a commit (or the poll
+ *		interval), read a batch of its shard of the outbox, send it to Kafka,
+ *		delete what was acknowledged, and say what it is doing in
+ *		pg_stat_relay and its process title.
+ *
+ * Started by the launcher, one per shard, connected to eventpipe.database.
+ * An error in one step is logged and recorded, its transaction aborted, and
+ * the loop goes on after a back-off; only SIGTERM, postmaster death or the
+ * drop of its database make it leave.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/ps_status.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "../extension/eventpipe.h"
+#include "relay.h"
+
+/* Back-off after a failed batch: doubles from the first to the last. */
+#define RELAY_BACKOFF_FIRST_MS 100
+#define RELAY_BACKOFF_LAST_MS 30000
+
+static int	shard;
+static RelaySlot *slot;
+static char *ce_source;
+static int	failures_in_a_row = 0;
+
+static void
+relay_exit(int code, Datum arg)
+{
+	kafka_producer_destroy();
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	slot->pid = 0;
+	slot->procno = -1;
+	slot->state = RELAY_STOPPED;
+	LWLockRelease(eventpipe_shared->lock);
+}
+
+static bool
+my_database_is_being_dropped(void)
+{
+	bool		dropping;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	dropping = eventpipe_shared->dropping_database == MyDatabaseId;
+	LWLockRelease(eventpipe_shared->lock);
+	return dropping;
+}
+
+/* Leave on SIGTERM, or when our database is about to be dropped. */
+static void
+check_interrupts(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (my_database_is_being_dropped())
+	{
+		ereport(LOG,
+				(errmsg("eventpipe relay worker %d stopping: its database is being dropped", shard)));
+		proc_exit(0);
+	}
+}
+
+static void
+show_activity(RelayState state, const char *activity)
+{
+	eventpipe_set_relay_state(slot, state);
+	set_ps_display(activity);
+}
+
+static long
+backoff_ms(void)
+{
+	long		ms = RELAY_BACKOFF_FIRST_MS;
+	int			i;
+
+	for (i = 1; i < failures_in_a_row && ms < RELAY_BACKOFF_LAST_MS; i++)
+		ms *= 2;
+	return Min(ms, RELAY_BACKOFF_LAST_MS);
+}
+
+/*
+ * Run step; on ERROR log it, record it for pg_stat_relay, abort the
+ * transaction and return false.
+ */
+static bool
+run_guarded(void (*step) (void *), void *arg)
+{
+	MemoryContext context = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		step(arg);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(context);
+		ereport(LOG,
+				(errmsg("eventpipe relay worker %d: %s", shard, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+		eventpipe_set_relay_error(slot, edata->message);
+		pgstat_report_activity(STATE_IDLE, NULL);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+typedef struct ClaimStep
+{
+	OutboxBatch *batch;
+	OutboxAvailability availability;
+} ClaimStep;
+
+static void
+claim_step(void *arg)
+{
+	ClaimStep  *claim = (ClaimStep *) arg;
+
+	claim->availability = outbox_claim_batch(claim->batch, eventpipe_relay_batch_size,
+											 shard, eventpipe_relay_workers);
+}
+
+static void
+delete_step(void *arg)
+{
+	outbox_delete_delivered((OutboxBatch *) arg);
+}
+
+/* Record what the batch's delivery reports say. */
+static void
+account_batch(OutboxBatch *batch, int delivered)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		bytes = 0;
+	int			i;
+	OutboxEvent *last_delivered = NULL;
+	OutboxEvent *first_failed = NULL;
+
+	for (i = 0; i < batch->count; i++)
+	{
+		OutboxEvent *event = &batch->events[i];
+
+		if (event->reported && event->error == RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			bytes += event->payload_len;
+			last_delivered = event;
+		}
+		else if (first_failed == NULL)
+			first_failed = event;
+	}
+	pg_atomic_fetch_add_u64(&slot->events_sent, delivered);
+	pg_atomic_fetch_add_u64(&slot->events_failed, batch->count - delivered);
+	pg_atomic_fetch_add_u64(&slot->batches, 1);
+	pg_atomic_fetch_add_u64(&slot->bytes_sent, bytes);
+	if (last_delivered != NULL && now > last_delivered->created_at)
+		pg_atomic_write_u64(&slot->last_latency_us, now - last_delivered->created_at);
+	if (first_failed != NULL)
+	{
+		char		message[EVENTPIPE_ERROR_LEN];
+
+		snprintf(message, sizeof(message), "%d of %d events not delivered, first to topic \"%s\": %s",
+				 batch->count - delivered, batch->count, first_failed->topic,
+				 rd_kafka_err2str(first_failed->error));
+		eventpipe_set_relay_error(slot, message);
+		ereport(LOG, (errmsg("eventpipe relay worker %d: %s", shard, message)));
+	}
+}
+
+/* One turn of the loop; returns how long to sleep before the next (0: none). */
+static long
+relay_step(void)
+{
+	char		errbuf[512];
+	char		client_id[64];
+	OutboxBatch batch;
+	ClaimStep	claim = {&batch, OUTBOX_READY};
+	int			delivered;
+
+	if (eventpipe_bootstrap_servers[0] == '\0')
+	{
+		kafka_producer_destroy();
+		show_activity(RELAY_NOT_CONFIGURED, "waiting: eventpipe.bootstrap_servers is not set");
+		return eventpipe_relay_poll_interval;
+	}
+
+	snprintf(client_id, sizeof(client_id), "eventpipe-relay-%d", shard);
+	if (!kafka_producer_ensure(eventpipe_bootstrap_servers, eventpipe_kafka_options,
+							   client_id, errbuf, sizeof(errbuf)))
+	{
+		eventpipe_set_relay_error(slot, errbuf);
+		show_activity(RELAY_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
+		return RELAY_BACKOFF_LAST_MS;
+	}
+	kafka_producer_poll();
+	if (kafka_log_take_broker_error(errbuf, sizeof(errbuf)))
+		eventpipe_set_relay_error(slot, errbuf);
+
+	if (!run_guarded(claim_step, &claim))
+	{
+		failures_in_a_row++;
+		return backoff_ms();
+	}
+	if (claim.availability == OUTBOX_NO_EXTENSION)
+	{
+		show_activity(RELAY_NO_EXTENSION, "waiting: extension eventpipe is not installed");
+		return eventpipe_relay_poll_interval;
+	}
+	if (batch.count == 0)
+	{
+		show_activity(RELAY_IDLE, "idle");
+		return eventpipe_relay_poll_interval;
+	}
+
+	show_activity(RELAY_RELAYING, "relaying");
+	delivered = kafka_producer_send_batch(&batch, ce_source, check_interrupts);
+	account_batch(&batch, delivered);
+	if (delivered > 0 && !run_guarded(delete_step, &batch))
+	{
+		failures_in_a_row++;
+		return backoff_ms();
+	}
+	if (kafka_producer_failed_fatally(errbuf, sizeof(errbuf)))
+	{
+		ereport(LOG,
+				(errmsg("eventpipe relay worker %d: rebuilding the Kafka producer after a fatal error: %s",
+						shard, errbuf)));
+		eventpipe_set_relay_error(slot, errbuf);
+	}
+	if (delivered < batch.count)
+	{
+		failures_in_a_row++;
+		show_activity(RELAY_WAITING_FOR_BROKER, "waiting for the broker");
+		return backoff_ms();
+	}
+	failures_in_a_row = 0;
+	/* a full batch means more may be waiting */
+	return batch.count == eventpipe_relay_batch_size ? 0 : eventpipe_relay_poll_interval;
+}
+
+static void
+attach_to_slot(void)
+{
+	slot = &eventpipe_shared->relay[shard];
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	slot->pid = MyProcPid;
+	slot->procno = MyProc->pgprocno;
+	slot->database = MyDatabaseId;
+	LWLockRelease(eventpipe_shared->lock);
+	before_shmem_exit(relay_exit, (Datum) 0);
+}
+
+static void
+set_ce_source(void)
+{
+	StartTransactionCommand();
+	ce_source = MemoryContextStrdup(TopMemoryContext,
+									psprintf("/eventpipe/%s", get_database_name(MyDatabaseId)));
+	CommitTransactionCommand();
+}
+
+void
+eventpipe_relay_main(Datum main_arg)
+{
+	Oid			database;
+	MemoryContext loop_context;
+
+	shard = DatumGetInt32(main_arg);
+	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
+	attach_to_slot();
+	set_ce_source();
+
+	/*
+	 * A lost delete only re-sends events Kafka already has (duplicates carry
+	 * the same ce_id); it can never lose one, so the deletes need not wait
+	 * for the WAL flush.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	loop_context = AllocSetContextCreate(TopMemoryContext, "eventpipe relay loop",
+										 ALLOCSET_DEFAULT_SIZES);
+	ereport(LOG, (errmsg("eventpipe relay worker %d started", shard)));
+
+	for (;;)
+	{
+		long		sleep_ms;
+
+		check_interrupts();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		MemoryContextSwitchTo(loop_context);
+		sleep_ms = relay_step();
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(loop_context);
+
+		if (sleep_ms > 0)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 sleep_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+}
