@@ -11,8 +11,12 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
-#include "commands/dbcommands.h"
+#include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -23,6 +27,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/ps_status.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -70,13 +75,35 @@ launcher_exit(int code, Datum arg)
 	LWLockRelease(eventpipe_shared->lock);
 }
 
+/*
+ * The OID of the database called name, or InvalidOid.  A heap scan, as the
+ * autovacuum launcher does: without a database of its own this process
+ * cannot open pg_database's indexes.
+ */
 static Oid
 lookup_database(const char *name)
 {
-	Oid			database;
+	Oid			database = InvalidOid;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
 
 	StartTransactionCommand();
-	database = get_database_oid(name, true);
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
+
+		if (strcmp(NameStr(db->datname), name) == 0)
+		{
+			database = db->oid;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 	return database;
 }

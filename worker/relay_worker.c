@@ -255,8 +255,8 @@ relay_step(void)
 		return backoff_ms();
 	}
 	failures_in_a_row = 0;
-	/* a full batch means more may be waiting */
-	return batch.count == eventpipe_relay_batch_size ? 0 : eventpipe_relay_poll_interval;
+	/* look again at once: more may have committed meanwhile */
+	return 0;
 }
 
 static void
