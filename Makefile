@@ -29,6 +29,7 @@ DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 # a temporary instance that preloads the library (test/preload.conf), and
 # the not_preloaded suite with one that does not.
 REGRESS = publish relay_stats
+REGRESS_NOT_PRELOADED = not_preloaded
 
 # -Wextra's unused-parameter warning is off: callback signatures (hooks,
 # librdkafka, fmgr) fix parameters we do not always need.
@@ -38,3 +39,10 @@ SHLIB_LINK = -lrdkafka
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# The suite lists, for scripts/test.
+.PHONY: print-regress print-regress-not-preloaded
+print-regress:
+	@echo $(REGRESS)
+print-regress-not-preloaded:
+	@echo $(REGRESS_NOT_PRELOADED)
