@@ -28,7 +28,7 @@ DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
 # pg_regress suites live in sql/ and expected/; scripts/test runs them with
 # a temporary instance that preloads the library (test/preload.conf), and
 # the not_preloaded suite with one that does not.
-REGRESS = publish relay_stats
+REGRESS = publish relay_stats dead_letters
 REGRESS_NOT_PRELOADED = not_preloaded
 
 # -Wextra's unused-parameter warning is off: callback signatures (hooks,

@@ -58,6 +58,8 @@ typedef struct RelaySlot
 	RelayState	state;
 	pg_atomic_uint64 events_sent;
 	pg_atomic_uint64 events_failed;
+	pg_atomic_uint64 events_retried;
+	pg_atomic_uint64 events_dead;
 	pg_atomic_uint64 batches;
 	pg_atomic_uint64 bytes_sent;
 	pg_atomic_uint64 last_latency_us;

@@ -15,7 +15,7 @@
 
 PG_FUNCTION_INFO_V1(eventpipe_relay_stats);
 
-#define RELAY_STATS_COLS 12
+#define RELAY_STATS_COLS 14
 
 Datum
 eventpipe_relay_stats(PG_FUNCTION_ARGS)
@@ -58,17 +58,19 @@ eventpipe_relay_stats(PG_FUNCTION_ARGS)
 		nulls[3] = (dbname == NULL);
 		values[4] = Int64GetDatum(pg_atomic_read_u64(&slot->events_sent));
 		values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->events_failed));
-		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->batches));
-		values[7] = Int64GetDatum(pg_atomic_read_u64(&slot->bytes_sent));
+		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->events_retried));
+		values[7] = Int64GetDatum(pg_atomic_read_u64(&slot->events_dead));
+		values[8] = Int64GetDatum(pg_atomic_read_u64(&slot->batches));
+		values[9] = Int64GetDatum(pg_atomic_read_u64(&slot->bytes_sent));
 		latency = palloc0(sizeof(Interval));
 		latency->time = (TimeOffset) pg_atomic_read_u64(&slot->last_latency_us);
-		values[8] = IntervalPGetDatum(latency);
-		nulls[8] = (latency->time == 0);
-		values[9] = CStringGetTextDatum(last_error);
-		nulls[9] = (last_error[0] == '\0');
-		values[10] = TimestampTzGetDatum(last_error_time);
-		nulls[10] = (last_error_time == 0);
-		values[11] = TimestampTzGetDatum(stats_reset);
+		values[10] = IntervalPGetDatum(latency);
+		nulls[10] = (latency->time == 0);
+		values[11] = CStringGetTextDatum(last_error);
+		nulls[11] = (last_error[0] == '\0');
+		values[12] = TimestampTzGetDatum(last_error_time);
+		nulls[12] = (last_error_time == 0);
+		values[13] = TimestampTzGetDatum(stats_reset);
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

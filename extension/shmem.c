@@ -60,6 +60,8 @@ eventpipe_shmem_startup(void)
 			slot->state = RELAY_STOPPED;
 			pg_atomic_init_u64(&slot->events_sent, 0);
 			pg_atomic_init_u64(&slot->events_failed, 0);
+			pg_atomic_init_u64(&slot->events_retried, 0);
+			pg_atomic_init_u64(&slot->events_dead, 0);
 			pg_atomic_init_u64(&slot->batches, 0);
 			pg_atomic_init_u64(&slot->bytes_sent, 0);
 			pg_atomic_init_u64(&slot->last_latency_us, 0);

@@ -11,6 +11,7 @@ BEGIN
 END $$;
 
 SELECT worker, pid IS NOT NULL AS running, state, database, events_sent, events_failed,
+       events_retried, events_dead,
        batches, bytes_sent, last_latency, last_error, last_error_time, stats_reset <= now() AS reset_in_past
   FROM eventpipe.pg_stat_relay;
 

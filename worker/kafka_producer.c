@@ -5,13 +5,20 @@
  *		outbox events and wait for every delivery report.
  *
  * The producer is idempotent (acks=all, no reordering or duplication by
- * librdkafka's own retries).  Delivery reports run inside rd_kafka_flush in
- * this process's main thread; each message's opaque is its OutboxEvent, and
- * the report is recorded there.  Keys are partitioned with murmur2, as
- * Kafka's Java clients do, so co-partitioned topics line up.
+ * librdkafka's own retries) and its messages never time out: while the
+ * broker is away they wait, in order, and a broker outage of any length
+ * ends in delivery, not in failures that could reorder a key's events.
+ * What does fail is refused for good (too large, forbidden topic) or after
+ * librdkafka's own retries (unknown topic): the outbox records it.
+ *
+ * Delivery reports run inside rd_kafka_flush in this process's main thread;
+ * each message's opaque is its OutboxEvent, and the report is recorded
+ * there.  Keys are partitioned with murmur2, as Kafka's Java clients do, so
+ * co-partitioned topics line up.
  */
 #include "postgres.h"
 
+#include "nodes/pg_list.h"
 #include "utils/datetime.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -61,7 +68,7 @@ create_producer(const char *bootstrap_servers, const char *options,
 		{"batch.num.messages", "10000"},
 		{"queue.buffering.max.messages", "2000000"},
 		{"queue.buffering.max.kbytes", "2097151"},
-		{"message.timeout.ms", "30000"},
+		{"message.timeout.ms", "0"},
 		{"reconnect.backoff.ms", "100"},
 		{"reconnect.backoff.max.ms", "2000"},
 		{"log.queue", "true"},
@@ -100,18 +107,38 @@ create_producer(const char *bootstrap_servers, const char *options,
  * Make sure a producer built from these settings exists.  Returns false, with
  * the reason in errbuf, if librdkafka refuses the configuration.
  */
+static char *
+settings_of(const char *bootstrap_servers, const char *options, const char *client_id)
+{
+	return psprintf("%s\n%s\n%s", bootstrap_servers, options, client_id);
+}
+
+/* Is there a producer, built from exactly these settings? */
+bool
+kafka_producer_built_from(const char *bootstrap_servers, const char *options,
+						  const char *client_id)
+{
+	char	   *settings;
+	bool		same;
+
+	if (producer == NULL)
+		return false;
+	settings = settings_of(bootstrap_servers, options, client_id);
+	same = strcmp(settings, producer_settings) == 0;
+	pfree(settings);
+	return same;
+}
+
 bool
 kafka_producer_ensure(const char *bootstrap_servers, const char *options,
 					  const char *client_id, char *errbuf, size_t errbuf_size)
 {
-	char	   *settings = psprintf("%s\n%s\n%s", bootstrap_servers, options, client_id);
+	char	   *settings;
 
-	if (producer != NULL && strcmp(settings, producer_settings) == 0)
-	{
-		pfree(settings);
+	if (kafka_producer_built_from(bootstrap_servers, options, client_id))
 		return true;
-	}
 	kafka_producer_destroy();
+	settings = settings_of(bootstrap_servers, options, client_id);
 	producer = create_producer(bootstrap_servers, options, client_id, errbuf, errbuf_size);
 	if (producer == NULL)
 	{
@@ -201,9 +228,44 @@ build_headers(OutboxEvent *event, const char *source)
 	return headers;
 }
 
-/* Hand one event to librdkafka, waiting for room in its queue if needed. */
-static void
-produce_event(OutboxEvent *event, const char *source, void (*check_interrupts) (void))
+/*
+ * Errors that no retry can cure: the event goes straight to the dead
+ * letters.  Anything else (an unknown topic, say, that may yet be created)
+ * is retried until eventpipe.relay_max_attempts.
+ */
+bool
+kafka_error_is_permanent(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR__INVALID_ARG:
+			return true;
+		default:
+			return false;
+	}
+}
+
+static bool
+same_topic_and_key(const OutboxEvent *a, const OutboxEvent *b)
+{
+	if (strcmp(a->topic, b->topic) != 0)
+		return false;
+	if (a->key == NULL || b->key == NULL)
+		return false;			/* keyless events have no order to keep */
+	return a->key_len == b->key_len && memcmp(a->key, b->key, a->key_len) == 0;
+}
+
+/*
+ * Hand one event to librdkafka, waiting for room in its queue if needed.
+ * Returns false if the relay must give up on the batch.
+ */
+static bool
+produce_event(OutboxEvent *event, const char *source, bool (*keep_waiting) (void))
 {
 	rd_kafka_headers_t *headers = build_headers(event, source);
 
@@ -221,7 +283,7 @@ produce_event(OutboxEvent *event, const char *source, void (*check_interrupts) (
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
 			reports_pending++;
-			return;
+			return true;
 		}
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 		{
@@ -229,43 +291,69 @@ produce_event(OutboxEvent *event, const char *source, void (*check_interrupts) (
 			rd_kafka_headers_destroy(headers);
 			event->reported = true;
 			event->error = err;
-			return;
+			return true;
 		}
 		rd_kafka_poll(producer, 10);
-		check_interrupts();
+		if (!keep_waiting())
+		{
+			rd_kafka_headers_destroy(headers);
+			return false;
+		}
 	}
 }
 
 /*
- * Send every event of the batch and wait until each has its delivery report
- * (success, or failure after message.timeout.ms).  Returns how many Kafka
- * acknowledged.  check_interrupts may leave the process; the outbox rows of
- * anything unacknowledged stay and are sent again.
+ * Send the batch's events in order and wait until each has its delivery
+ * report.  An event refused on the spot holds back the later events of its
+ * topic and key in this batch (they stay due, unsent).  keep_waiting is
+ * called while waiting; when it says no (the Kafka settings changed), the
+ * producer is dropped with its queue and false is returned: whatever was
+ * not acknowledged stays in the outbox and is sent again.
  */
-int
+bool
 kafka_producer_send_batch(OutboxBatch *batch, const char *source,
-						  void (*check_interrupts) (void))
+						  bool (*keep_waiting) (void))
 {
+	List	   *refused = NIL;
 	int			i;
-	int			delivered = 0;
 
 	Assert(producer != NULL);
 	reports_pending = 0;
 	for (i = 0; i < batch->count; i++)
-		produce_event(&batch->events[i], source, check_interrupts);
+	{
+		OutboxEvent *event = &batch->events[i];
+		ListCell   *lc;
+
+		foreach(lc, refused)
+		{
+			if (same_topic_and_key((OutboxEvent *) lfirst(lc), event))
+			{
+				event->held = true;
+				break;
+			}
+		}
+		if (event->held)
+			continue;
+		if (!produce_event(event, source, keep_waiting))
+		{
+			kafka_producer_destroy();
+			return false;
+		}
+		if (event->reported)
+			refused = lappend(refused, event);
+	}
 
 	while (reports_pending > 0)
 	{
 		rd_kafka_flush(producer, 100);
 		kafka_log_drain();
-		check_interrupts();
+		if (reports_pending > 0 && !keep_waiting())
+		{
+			kafka_producer_destroy();
+			return false;
+		}
 	}
-
-	for (i = 0; i < batch->count; i++)
-		if (batch->events[i].reported &&
-			batch->events[i].error == RD_KAFKA_RESP_ERR_NO_ERROR)
-			delivered++;
-	return delivered;
+	return true;
 }
 
 /*

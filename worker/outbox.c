@@ -1,13 +1,17 @@
 /*
  * outbox.c
- *		The relay's two statements against eventpipe.outbox: read the next
- *		batch of committed events of this worker's shard, and delete the
- *		ones Kafka acknowledged.  Each runs in a short transaction of its
- *		own, so no transaction stays open while waiting for the broker.
+ *		The relay's statements against eventpipe.outbox: read the next batch
+ *		of due events of this worker's shard, then record what became of
+ *		them (delete the delivered, reschedule or dead-letter the failed).
+ *		Each runs in a short transaction of its own, so no transaction stays
+ *		open while waiting for the broker.
  *
  * Nothing is skipped: the relay keeps no high-water mark, it reads whatever
  * rows are committed and still there, in id order, so a transaction that
  * took its ids early but committed late is picked up by the next batch.
+ *
+ * Order per key: an event waiting for a retry holds back every later event
+ * of its topic and key, until it is delivered or dead-lettered.
  */
 #include "postgres.h"
 
@@ -26,6 +30,8 @@
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
+static SPIPlanPtr reschedule_plan = NULL;
+static SPIPlanPtr bury_plan = NULL;
 
 static SPIPlanPtr
 prepare_kept(const char *sql, int nargs, Oid *types)
@@ -90,6 +96,7 @@ copy_event(OutboxEvent *event, HeapTuple tuple, TupleDesc desc)
 	event->headers = isnull ? NULL : DatumGetJsonbPCopy(headers);
 	event->event_type = copy_text(tuple, desc, 7, NULL);
 	event->created_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 8, &isnull));
+	event->attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 9, &isnull));
 }
 
 /*
@@ -120,11 +127,15 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards)
 		Oid			types[3] = {INT4OID, INT4OID, INT4OID};
 
 		claim_plan = prepare_kept(
-			"SELECT id, event_id::text, topic, key, payload::text, headers,"
-			"       event_type, created_at"
-			"  FROM eventpipe.outbox"
-			" WHERE $2 = 1 OR eventpipe.relay_shard(key, id, $2) = $3"
-			" ORDER BY id"
+			"SELECT o.id, o.event_id::text, o.topic, o.key, o.payload::text, o.headers,"
+			"       o.event_type, o.created_at, o.attempts"
+			"  FROM eventpipe.outbox AS o"
+			" WHERE (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())"
+			"   AND ($2 = 1 OR eventpipe.relay_shard(o.key, o.id, $2) = $3)"
+			"   AND NOT EXISTS (SELECT FROM eventpipe.outbox AS w"
+			"                    WHERE w.next_attempt_at > now()"
+			"                      AND w.topic = o.topic AND w.key = o.key AND w.id < o.id)"
+			" ORDER BY o.id"
 			" LIMIT $1",
 			3, types);
 	}
@@ -150,36 +161,129 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards)
 	return OUTBOX_READY;
 }
 
-/* Delete the rows of the events Kafka acknowledged, in one transaction. */
-void
-outbox_delete_delivered(OutboxBatch *batch)
+/* Collects ids (and, for failures, reasons) as SQL array arguments. */
+typedef struct IdList
 {
-	Datum	   *ids = palloc(sizeof(Datum) * Max(batch->count, 1));
-	int			n = 0;
-	int			i;
-	Datum		args[1];
-	Oid			types[1] = {INT8ARRAYOID};
+	int			count;
+	Datum	   *ids;
+	Datum	   *reasons;
+} IdList;
+
+static void
+id_list_init(IdList *list, int capacity)
+{
+	list->count = 0;
+	list->ids = palloc(sizeof(Datum) * Max(capacity, 1));
+	list->reasons = palloc(sizeof(Datum) * Max(capacity, 1));
+}
+
+static void
+id_list_add(IdList *list, int64 id, const char *reason)
+{
+	list->ids[list->count] = Int64GetDatum(id);
+	list->reasons[list->count] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
+	list->count++;
+}
+
+static void
+execute_with_ids(SPIPlanPtr *plan, const char *sql, IdList *list, bool with_reasons,
+				 int expected)
+{
+	Datum		args[2];
+	Oid			types[2] = {INT8ARRAYOID, TEXTARRAYOID};
 	int			rc;
 
+	if (list->count == 0)
+		return;
+	if (*plan == NULL)
+		*plan = prepare_kept(sql, with_reasons ? 2 : 1, types);
+	args[0] = PointerGetDatum(construct_array(list->ids, list->count, INT8OID,
+											  sizeof(int64), true, TYPALIGN_DOUBLE));
+	if (with_reasons)
+		args[1] = PointerGetDatum(construct_array(list->reasons, list->count, TEXTOID,
+												  -1, false, TYPALIGN_INT));
+	rc = SPI_execute_plan(*plan, args, NULL, false, 0);
+	if (rc != expected)
+		elog(ERROR, "\"%s\" failed: %s", sql, SPI_result_code_string(rc));
+}
+
+static char *
+failure_reason(OutboxEvent *event, bool last_attempt)
+{
+	const char *what = rd_kafka_err2str(event->error);
+	const char *name = rd_kafka_err2name(event->error);
+
+	if (kafka_error_is_permanent(event->error))
+		return psprintf("%s (%s)", what, name);
+	if (last_attempt)
+		return psprintf("gave up after %d attempts: %s (%s)", event->attempts + 1, what, name);
+	return psprintf("%s (%s)", what, name);
+}
+
+/*
+ * In one transaction: delete the delivered events, move those that failed
+ * for good (or for the max_attempts-th time) to eventpipe.dead_letters, and
+ * give the others a later attempt, with a delay doubling from 1 s to 5 min.
+ * Held events are left as they are.
+ */
+void
+outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcome)
+{
+	IdList		delivered;
+	IdList		rescheduled;
+	IdList		dead;
+	int			i;
+
+	memset(outcome, 0, sizeof(BatchOutcome));
+	id_list_init(&delivered, batch->count);
+	id_list_init(&rescheduled, batch->count);
+	id_list_init(&dead, batch->count);
 	for (i = 0; i < batch->count; i++)
 	{
 		OutboxEvent *event = &batch->events[i];
+		bool		last_attempt = event->attempts + 1 >= max_attempts;
 
-		if (event->reported && event->error == RD_KAFKA_RESP_ERR_NO_ERROR)
-			ids[n++] = Int64GetDatum(event->id);
+		if (event->held || !event->reported)
+			outcome->held++;
+		else if (OutboxEventDelivered(event))
+			id_list_add(&delivered, event->id, NULL);
+		else if (kafka_error_is_permanent(event->error) || last_attempt)
+			id_list_add(&dead, event->id, failure_reason(event, last_attempt));
+		else
+			id_list_add(&rescheduled, event->id, failure_reason(event, false));
+		if (event->attempts > 0 && event->reported)
+			outcome->retried++;
 	}
-	if (n == 0)
+	outcome->delivered = delivered.count;
+	outcome->rescheduled = rescheduled.count;
+	outcome->dead = dead.count;
+	if (delivered.count + rescheduled.count + dead.count == 0)
 		return;
-	args[0] = PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE));
 
-	begin_transaction("eventpipe: deleting delivered events");
+	begin_transaction("eventpipe: recording deliveries");
 	SPI_connect();
-	if (delete_plan == NULL)
-		delete_plan = prepare_kept("DELETE FROM eventpipe.outbox WHERE id = ANY ($1)",
-								   1, types);
-	rc = SPI_execute_plan(delete_plan, args, NULL, false, 0);
-	if (rc != SPI_OK_DELETE)
-		elog(ERROR, "deleting delivered events failed: %s", SPI_result_code_string(rc));
+	execute_with_ids(&delete_plan,
+					 "DELETE FROM eventpipe.outbox WHERE id = ANY ($1)",
+					 &delivered, false, SPI_OK_DELETE);
+	execute_with_ids(&reschedule_plan,
+					 "UPDATE eventpipe.outbox AS o"
+					 "   SET attempts = o.attempts + 1,"
+					 "       next_attempt_at = now() + least(interval '1 second' * power(2, o.attempts),"
+					 "                                       interval '5 minutes'),"
+					 "       last_error = f.reason"
+					 "  FROM unnest($1, $2) AS f(id, reason)"
+					 " WHERE o.id = f.id",
+					 &rescheduled, true, SPI_OK_UPDATE);
+	execute_with_ids(&bury_plan,
+					 "WITH f AS (SELECT * FROM unnest($1, $2) AS f(id, reason)),"
+					 "     d AS (DELETE FROM eventpipe.outbox AS o USING f WHERE o.id = f.id"
+					 "           RETURNING o.*, f.reason)"
+					 " INSERT INTO eventpipe.dead_letters"
+					 "   (id, event_id, topic, key, payload, headers, event_type, created_at,"
+					 "    attempts, reason)"
+					 " SELECT id, event_id, topic, key, payload, headers, event_type, created_at,"
+					 "        attempts + 1, reason FROM d",
+					 &dead, true, SPI_OK_INSERT);
 	SPI_finish();
 	end_transaction();
 }

@@ -27,10 +27,26 @@ typedef struct OutboxEvent
 	Jsonb	   *headers;		/* user headers, or NULL */
 	char	   *event_type;
 	TimestampTz created_at;
-	/* set by the delivery report */
+	int			attempts;		/* failed attempts before this one */
+	/* not sent: an earlier event of its topic and key was refused */
+	bool		held;
+	/* set by the delivery report, or by a refusal before queueing */
 	bool		reported;
 	rd_kafka_resp_err_t error;
 } OutboxEvent;
+
+#define OutboxEventDelivered(event) \
+	((event)->reported && (event)->error == RD_KAFKA_RESP_ERR_NO_ERROR)
+
+/* What became of a batch's events, as recorded in the database. */
+typedef struct BatchOutcome
+{
+	int			delivered;		/* acknowledged, rows deleted */
+	int			rescheduled;	/* failed, to be retried later */
+	int			dead;			/* failed for good, moved to dead_letters */
+	int			held;			/* not sent, still due */
+	int			retried;		/* sent again after an earlier failure */
+} BatchOutcome;
 
 typedef struct OutboxBatch
 {
@@ -47,15 +63,19 @@ typedef enum OutboxAvailability
 
 extern OutboxAvailability outbox_claim_batch(OutboxBatch *batch, int limit,
 											 int shard, int shards);
-extern void outbox_delete_delivered(OutboxBatch *batch);
+extern void outbox_record_outcome(OutboxBatch *batch, int max_attempts,
+								  BatchOutcome *outcome);
 
 /* kafka_producer.c */
 extern bool kafka_producer_ensure(const char *bootstrap_servers, const char *options,
 								  const char *client_id, char *errbuf, size_t errbuf_size);
+extern bool kafka_producer_built_from(const char *bootstrap_servers, const char *options,
+									  const char *client_id);
 extern void kafka_producer_destroy(void);
 extern void kafka_producer_poll(void);
-extern int	kafka_producer_send_batch(OutboxBatch *batch, const char *source,
-									  void (*check_interrupts) (void));
+extern bool kafka_producer_send_batch(OutboxBatch *batch, const char *source,
+									  bool (*keep_waiting) (void));
+extern bool kafka_error_is_permanent(rd_kafka_resp_err_t err);
 extern bool kafka_producer_failed_fatally(char *errbuf, size_t errbuf_size);
 
 /* kafka_log.c: librdkafka's log lines, kept until the main loop can ereport them */

@@ -39,6 +39,10 @@ static int	shard;
 static RelaySlot *slot;
 static char *ce_source;
 static int	failures_in_a_row = 0;
+static TimestampTz batch_started_at;
+
+/* A batch unacknowledged for this long shows as "waiting for broker". */
+#define BROKER_PATIENCE_MS 1000
 
 static void
 relay_exit(int code, Datum arg)
@@ -73,6 +77,39 @@ check_interrupts(void)
 				(errmsg("eventpipe relay worker %d stopping: its database is being dropped", shard)));
 		proc_exit(0);
 	}
+}
+
+static void
+client_id(char *buf, size_t size)
+{
+	snprintf(buf, size, "eventpipe-relay-%d", shard);
+}
+
+static void show_activity(RelayState state, const char *activity);
+
+/*
+ * Called while a batch waits for the broker: handles interrupts and reloads,
+ * reports a broker that keeps us waiting, and says whether to go on waiting
+ * (no, when a reload changed the Kafka settings).
+ */
+static bool
+keep_waiting(void)
+{
+	char		id[64];
+	char		error[512];
+
+	check_interrupts();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	if (kafka_log_take_broker_error(error, sizeof(error)))
+		eventpipe_set_relay_error(slot, error);
+	if (TimestampDifferenceExceeds(batch_started_at, GetCurrentTimestamp(), BROKER_PATIENCE_MS))
+		show_activity(RELAY_WAITING_FOR_BROKER, "waiting for the broker");
+	client_id(id, sizeof(id));
+	return kafka_producer_built_from(eventpipe_bootstrap_servers, eventpipe_kafka_options, id);
 }
 
 static void
@@ -142,15 +179,23 @@ claim_step(void *arg)
 											 shard, eventpipe_relay_workers);
 }
 
-static void
-delete_step(void *arg)
+typedef struct OutcomeStep
 {
-	outbox_delete_delivered((OutboxBatch *) arg);
+	OutboxBatch *batch;
+	BatchOutcome outcome;
+} OutcomeStep;
+
+static void
+outcome_step(void *arg)
+{
+	OutcomeStep *step = (OutcomeStep *) arg;
+
+	outbox_record_outcome(step->batch, eventpipe_relay_max_attempts, &step->outcome);
 }
 
-/* Record what the batch's delivery reports say. */
+/* Update the counters and the last error from the batch's outcome. */
 static void
-account_batch(OutboxBatch *batch, int delivered)
+account_batch(OutboxBatch *batch, BatchOutcome *outcome)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	uint64		bytes = 0;
@@ -162,16 +207,18 @@ account_batch(OutboxBatch *batch, int delivered)
 	{
 		OutboxEvent *event = &batch->events[i];
 
-		if (event->reported && event->error == RD_KAFKA_RESP_ERR_NO_ERROR)
+		if (OutboxEventDelivered(event))
 		{
 			bytes += event->payload_len;
 			last_delivered = event;
 		}
-		else if (first_failed == NULL)
+		else if (event->reported && first_failed == NULL)
 			first_failed = event;
 	}
-	pg_atomic_fetch_add_u64(&slot->events_sent, delivered);
-	pg_atomic_fetch_add_u64(&slot->events_failed, batch->count - delivered);
+	pg_atomic_fetch_add_u64(&slot->events_sent, outcome->delivered);
+	pg_atomic_fetch_add_u64(&slot->events_failed, outcome->rescheduled + outcome->dead);
+	pg_atomic_fetch_add_u64(&slot->events_retried, outcome->retried);
+	pg_atomic_fetch_add_u64(&slot->events_dead, outcome->dead);
 	pg_atomic_fetch_add_u64(&slot->batches, 1);
 	pg_atomic_fetch_add_u64(&slot->bytes_sent, bytes);
 	if (last_delivered != NULL && now > last_delivered->created_at)
@@ -180,8 +227,9 @@ account_batch(OutboxBatch *batch, int delivered)
 	{
 		char		message[EVENTPIPE_ERROR_LEN];
 
-		snprintf(message, sizeof(message), "%d of %d events not delivered, first to topic \"%s\": %s",
-				 batch->count - delivered, batch->count, first_failed->topic,
+		snprintf(message, sizeof(message),
+				 "%d events to retry, %d dead-lettered; first to topic \"%s\": %s",
+				 outcome->rescheduled, outcome->dead, first_failed->topic,
 				 rd_kafka_err2str(first_failed->error));
 		eventpipe_set_relay_error(slot, message);
 		ereport(LOG, (errmsg("eventpipe relay worker %d: %s", shard, message)));
@@ -193,10 +241,10 @@ static long
 relay_step(void)
 {
 	char		errbuf[512];
-	char		client_id[64];
+	char		id[64];
 	OutboxBatch batch;
 	ClaimStep	claim = {&batch, OUTBOX_READY};
-	int			delivered;
+	OutcomeStep outcome = {&batch};
 
 	if (eventpipe_bootstrap_servers[0] == '\0')
 	{
@@ -205,9 +253,9 @@ relay_step(void)
 		return eventpipe_relay_poll_interval;
 	}
 
-	snprintf(client_id, sizeof(client_id), "eventpipe-relay-%d", shard);
+	client_id(id, sizeof(id));
 	if (!kafka_producer_ensure(eventpipe_bootstrap_servers, eventpipe_kafka_options,
-							   client_id, errbuf, sizeof(errbuf)))
+							   id, errbuf, sizeof(errbuf)))
 	{
 		eventpipe_set_relay_error(slot, errbuf);
 		show_activity(RELAY_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
@@ -234,25 +282,26 @@ relay_step(void)
 	}
 
 	show_activity(RELAY_RELAYING, "relaying");
-	delivered = kafka_producer_send_batch(&batch, ce_source, check_interrupts);
-	account_batch(&batch, delivered);
-	if (delivered > 0 && !run_guarded(delete_step, &batch))
+	batch_started_at = GetCurrentTimestamp();
+	if (!kafka_producer_send_batch(&batch, ce_source, keep_waiting))
+	{
+		ereport(LOG,
+				(errmsg("eventpipe relay worker %d: Kafka settings changed, sending the batch again with the new ones",
+						shard)));
+		return 0;
+	}
+	if (!run_guarded(outcome_step, &outcome))
 	{
 		failures_in_a_row++;
 		return backoff_ms();
 	}
+	account_batch(&batch, &outcome.outcome);
 	if (kafka_producer_failed_fatally(errbuf, sizeof(errbuf)))
 	{
 		ereport(LOG,
 				(errmsg("eventpipe relay worker %d: rebuilding the Kafka producer after a fatal error: %s",
 						shard, errbuf)));
 		eventpipe_set_relay_error(slot, errbuf);
-	}
-	if (delivered < batch.count)
-	{
-		failures_in_a_row++;
-		show_activity(RELAY_WAITING_FOR_BROKER, "waiting for the broker");
-		return backoff_ms();
 	}
 	failures_in_a_row = 0;
 	/* look again at once: more may have committed meanwhile */
