@@ -245,6 +245,9 @@ relay_step(void)
 	OutboxBatch batch;
 	ClaimStep	claim = {&batch, OUTBOX_READY};
 	OutcomeStep outcome = {&batch};
+	TimestampTz step_started_at;
+	TimestampTz claimed_at;
+	TimestampTz sent_at;
 
 	if (eventpipe_bootstrap_servers[0] == '\0')
 	{
@@ -265,6 +268,7 @@ relay_step(void)
 	if (kafka_log_take_broker_error(errbuf, sizeof(errbuf)))
 		eventpipe_set_relay_error(slot, errbuf);
 
+	step_started_at = GetCurrentTimestamp();
 	if (!run_guarded(claim_step, &claim))
 	{
 		failures_in_a_row++;
@@ -283,6 +287,7 @@ relay_step(void)
 
 	show_activity(RELAY_RELAYING, "relaying");
 	batch_started_at = GetCurrentTimestamp();
+	claimed_at = batch_started_at;
 	if (!kafka_producer_send_batch(&batch, ce_source, keep_waiting))
 	{
 		ereport(LOG,
@@ -290,12 +295,16 @@ relay_step(void)
 						shard)));
 		return 0;
 	}
+	sent_at = GetCurrentTimestamp();
 	if (!run_guarded(outcome_step, &outcome))
 	{
 		failures_in_a_row++;
 		return backoff_ms();
 	}
 	account_batch(&batch, &outcome.outcome);
+	elog(DEBUG1, "eventpipe relay worker %d: batch of %d: read %.1f ms, send %.1f ms, record %.1f ms",
+		 shard, batch.count, (claimed_at - step_started_at) / 1000.0,
+		 (sent_at - claimed_at) / 1000.0, (GetCurrentTimestamp() - sent_at) / 1000.0);
 	if (kafka_producer_failed_fatally(errbuf, sizeof(errbuf)))
 	{
 		ereport(LOG,
