@@ -1,0 +1,678 @@
+# t/FaultTest.pm: helpers of the fault-injection TAP suites (t/1*.pl).
+#
+# The suites publish numbered events per key while something breaks, then
+# check with kcat that every committed event reached Kafka, in order per
+# key.  What committed is known exactly because every publish() is recorded
+# in the same transaction in a ledger table, ft_ledger (topic, key, seq,
+# event_id): a transaction cut short by a crash leaves neither its events
+# nor its ledger rows, one that committed leaves both.
+#
+#   ft_prepare($node)            ledger, control table, ft_publish_round()
+#   start_publishers($node, ...) background psql sessions publishing in a loop
+#   stop_publishers($pubs)       ask them to stop and wait for them
+#   reap_publishers($pubs)       wait for sessions a crash has ended
+#   bulk_publish($node, ...)     one transaction of many events (a backlog)
+#   ledger($node, $topic)        what committed: [{key, seq, event_id}]
+#   read_topic($bootstrap, $t)   the topic as [{partition, offset, key,
+#                                ce_id, seq, pkey}], fast (kcat -f)
+#   check_topic(...)             no loss, right keys/seqs, nothing foreign,
+#                                per-key order; duplicates are only noted
+#                                (verify_messages: the same on messages read)
+#   start_kafka_with(...)        a cluster with extra broker settings
+#   topic_admin / create_topic   topics created with Kafka's Java AdminClient
+#   partition_leaders            partition => leader node, from kcat -L
+#   end_offsets                  partition => end offset, from kcat -Q
+#
+# Builds on EventpipeTest (Kafka clusters, nodes, wait_until, ...).
+package FaultTest;
+
+use strict;
+use warnings;
+
+use Carp;
+use Cwd qw(abs_path);
+use Exporter qw(import);
+use File::Basename qw(dirname);
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+use EventpipeTest;
+
+our @EXPORT = qw(
+  ft_prepare
+  start_publishers stop_publishers reap_publishers
+  bulk_publish ledger ledger_count
+  read_topic check_topic verify_messages
+  wait_server_up server_is_up relay_pids total_outbox
+  topic_admin create_topic partition_leaders end_offsets ensure_consumer_offsets
+  log_matches start_kafka_with
+);
+
+my $repo_root = abs_path(dirname(abs_path(__FILE__)) . '/..');
+
+# Background processes (publishers, topic admins) to end at exit.
+my @children;
+
+END
+{
+	my $exit_code = $?;
+	for my $h (@children)
+	{
+		eval { $h->kill_kill if $h->pumpable; 1 };
+	}
+	$? = $exit_code;
+}
+
+# ------------------------------------------------------------- ledger ----
+
+# The test's tables and function in $db (default postgres).
+# ft_publish_round(topic, keys, rounds) publishes, for each round, one event
+# per key in array order, each numbered one past the key's last number in
+# the ledger, with payload {"key": k, "seq": n}; returns how many.
+sub ft_prepare
+{
+	my ($node, $db) = @_;
+	$node->safe_psql($db // 'postgres', q{
+CREATE TABLE ft_ledger (
+    topic    text,
+    key      text,
+    seq      integer,
+    event_id uuid NOT NULL,
+    PRIMARY KEY (topic, key, seq));
+CREATE TABLE ft_control (name text PRIMARY KEY, stop boolean NOT NULL DEFAULT false);
+CREATE FUNCTION ft_publish_round(p_topic text, p_keys text[], p_rounds integer)
+RETURNS integer LANGUAGE plpgsql AS $f$
+DECLARE
+    last jsonb;     -- key => its last number so far
+    k text;
+    s integer;
+    n integer := 0;
+BEGIN
+    SELECT jsonb_object_agg(u.key, (SELECT coalesce(max(l.seq), 0) FROM ft_ledger AS l
+                                     WHERE l.topic = p_topic AND l.key = u.key))
+      INTO last
+      FROM (SELECT DISTINCT key FROM unnest(p_keys) AS key) AS u;
+    FOR r IN 1 .. p_rounds LOOP
+        FOREACH k IN ARRAY p_keys LOOP
+            s := (last ->> k)::integer + 1;
+            last := jsonb_set(last, ARRAY[k], to_jsonb(s));
+            INSERT INTO ft_ledger (topic, key, seq, event_id)
+            VALUES (p_topic, k, s,
+                    eventpipe.publish(p_topic, k, jsonb_build_object('key', k, 'seq', s)));
+            n := n + 1;
+        END LOOP;
+    END LOOP;
+    RETURN n;
+END
+$f$;
+});
+	return;
+}
+
+sub _sql_array
+{
+	my (@items) = @_;
+	return 'ARRAY[' . join(', ', map { sql_quote($_) } @items) . ']::text[]';
+}
+
+# start_publishers($node, name => 'a', topic => T, sessions => 3, keys => 4,
+#   per_txn => 3, sleep_ms => 10, max_txns => 100000, db => 'postgres'):
+# `sessions` psql sessions, each running a DO block that loops: publish
+# per_txn events (cycling over its own keys NAME-sS-kJ, so each key has one
+# publisher and publish order is commit order), COMMIT, sleep; until
+# stop_publishers() or max_txns transactions.  Sessions started again under
+# the same name continue the keys' numbering from the ledger.
+sub start_publishers
+{
+	my ($node, %o) = @_;
+	my $name     = $o{name}     // 'pub';
+	my $db       = $o{db}       // 'postgres';
+	my $sessions = $o{sessions} // 3;
+	my $nkeys    = $o{keys}     // 4;
+	my $per_txn  = $o{per_txn}  // 3;
+	my $sleep    = ($o{sleep_ms} // 10) / 1000;
+	my $max_txns = $o{max_txns} // 100000;
+	my $topic    = $o{topic} or croak 'start_publishers needs a topic';
+
+	$node->safe_psql($db,
+		'INSERT INTO ft_control (name) VALUES (' . sql_quote($name) . ')'
+		  . ' ON CONFLICT (name) DO UPDATE SET stop = false');
+	my @procs;
+	for my $s (1 .. $sessions)
+	{
+		my @keys = map { "$name-s$s-k$_" } 0 .. $nkeys - 1;
+		my $sql  = sprintf(q{
+DO $pub$
+DECLARE
+    ks text[] := %s;
+    n integer := %d;
+    per integer := %d;
+    txns integer := 0;
+BEGIN
+    WHILE txns < %d LOOP
+        EXIT WHEN (SELECT stop FROM ft_control WHERE name = %s);
+        PERFORM ft_publish_round(%s,
+                   (SELECT array_agg(ks[(txns * per + g) %% n + 1] ORDER BY g)
+                      FROM generate_series(0, per - 1) AS g), 1);
+        COMMIT;
+        txns := txns + 1;
+        PERFORM pg_sleep(%s);
+    END LOOP;
+END
+$pub$;
+}, _sql_array(@keys), $nkeys, $per_txn, $max_txns, sql_quote($name),
+			sql_quote($topic), $sleep);
+		my ($out, $err) = ('', '');
+		my $h = IPC::Run::start(
+			[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr($db), '-c', $sql ],
+			'<', \undef, '>', \$out, '2>', \$err);
+		push @children, $h;
+		push @procs, { h => $h, out => \$out, err => \$err, label => "$name-s$s", keys => \@keys };
+	}
+	note "started $sessions publisher sessions '$name' on $topic";
+	return { node => $node, db => $db, name => $name, topic => $topic, procs => \@procs };
+}
+
+# Wait (at most $timeout s) for the sessions to end; returns how many ended
+# with exit status 0.  Those still running then are killed.
+sub reap_publishers
+{
+	my ($pubs, $timeout) = @_;
+	my $deadline = time() + ($timeout // 30);
+	my $clean = 0;
+	for my $p (@{ $pubs->{procs} })
+	{
+		my $h = $p->{h};
+		while ($h->pumpable && time() < $deadline)
+		{
+			eval { $h->pump_nb; 1 };
+			usleep(50_000);
+		}
+		if ($h->pumpable)
+		{
+			diag "publisher $p->{label} still running: killed";
+			$h->kill_kill;
+		}
+		eval { $h->finish; 1 };
+		my $status = eval { $h->full_result(0) } // -1;
+		my $rc = $status == -1 ? 'unknown status' : $status & 127 ? 'signal ' . ($status & 127) : $status >> 8;
+		$clean++ if $status == 0;
+		my $err = ${ $p->{err} };
+		$err =~ s/\s+$//;
+		note "publisher $p->{label} exited with $rc" . ($err ne '' ? ": $err" : '');
+	}
+	return $clean;
+}
+
+# Ask the sessions to stop after their current transaction, and wait.
+sub stop_publishers
+{
+	my ($pubs, $timeout) = @_;
+	$pubs->{node}->safe_psql($pubs->{db},
+		'UPDATE ft_control SET stop = true WHERE name = ' . sql_quote($pubs->{name}));
+	return reap_publishers($pubs, $timeout);
+}
+
+# One transaction publishing $rounds events for each key of @$keys (round
+# after round), numbered on from the ledger.  Returns how many.
+sub bulk_publish
+{
+	my ($node, $topic, $keys, $rounds, $db) = @_;
+	return $node->safe_psql($db // 'postgres',
+		sprintf('SELECT ft_publish_round(%s, %s, %d)',
+			sql_quote($topic), _sql_array(@$keys), $rounds));
+}
+
+# What committed for $topic: [{key, seq, event_id}], by key and seq.
+sub ledger
+{
+	my ($node, $topic, $db) = @_;
+	my $out = $node->safe_psql($db // 'postgres',
+		'SELECT key, seq, event_id FROM ft_ledger WHERE topic = '
+		  . sql_quote($topic) . ' ORDER BY key, seq');
+	my @rows;
+	for my $line (split /\n/, $out)
+	{
+		my ($key, $seq, $id) = split /\|/, $line;
+		push @rows, { key => $key, seq => $seq, event_id => $id };
+	}
+	return \@rows;
+}
+
+sub ledger_count
+{
+	my ($node, $topic, $db) = @_;
+	return $node->safe_psql($db // 'postgres',
+		'SELECT count(*) FROM ft_ledger'
+		  . (defined $topic ? ' WHERE topic = ' . sql_quote($topic) : ''));
+}
+
+# ---------------------------------------------------------- PostgreSQL ----
+
+sub server_is_up
+{
+	my ($node) = @_;
+	my ($ret) = $node->psql('postgres', 'SELECT 1');
+	return $ret == 0;
+}
+
+# Wait until the server accepts queries again (after a crash-restart).
+sub wait_server_up
+{
+	my ($node, $timeout) = @_;
+	return wait_until(sub { server_is_up($node) }, $timeout // 60);
+}
+
+# { worker => pid } of the running relay workers (pid 0 or NULL: none).
+sub relay_pids
+{
+	my ($node, $db) = @_;
+	my $out = $node->safe_psql($db // 'postgres',
+		'SELECT worker, coalesce(pid, 0) FROM eventpipe.pg_stat_relay ORDER BY worker');
+	my %pids;
+	for my $line (split /\n/, $out)
+	{
+		my ($w, $pid) = split /\|/, $line;
+		$pids{$w} = $pid;
+	}
+	return \%pids;
+}
+
+sub total_outbox
+{
+	my ($node, $db) = @_;
+	return $node->safe_psql($db // 'postgres', 'SELECT count(*) FROM eventpipe.outbox');
+}
+
+# Lines of the server log since $offset that match $re.
+sub log_matches
+{
+	my ($node, $offset, $re) = @_;
+	return grep { /$re/ } split /\n/, log_since($node, $offset // 0);
+}
+
+# ---------------------------------------------------------------- kcat ----
+
+# The whole topic, read with kcat in a line format (much faster to parse
+# than -J for tens of thousands of messages): [{partition, offset, key,
+# ce_id, seq, pkey (the payload's "key")}].  undef if kcat fails.
+sub read_topic
+{
+	my ($bootstrap, $topic, %o) = @_;
+	my ($out, $err) = ('', '');
+	my $ok = eval {
+		IPC::Run::run(
+			[
+				'kcat', '-C', '-b', $bootstrap, '-t', $topic, '-o', 'beginning',
+				'-e', '-q', '-m', '10', '-f', "%p\t%o\t%k\t%h\t%s\n"
+			],
+			'<', \undef, '>', \$out, '2>', \$err,
+			IPC::Run::timeout($o{timeout} // 60));
+	};
+	unless ($ok)
+	{
+		note "kcat could not read $topic: " . ($@ || $err);
+		return undef;
+	}
+	my @msgs;
+	for my $line (split /\n/, $out)
+	{
+		my ($p, $off, $key, $headers, $payload) = split /\t/, $line, 5;
+		next unless defined $payload;
+		my ($ce_id) = $headers =~ /(?:^|,)ce_id=([0-9a-f-]{36})/;
+		my ($seq)   = $payload =~ /"seq":\s*(\d+)/;
+		my ($pkey)  = $payload =~ /"key":\s*"([^"]*)"/;
+		push @msgs, {
+			partition => $p,
+			offset    => $off,
+			key       => $key,
+			ce_id     => $ce_id // '',
+			seq       => $seq,
+			pkey      => $pkey
+		};
+	}
+	return \@msgs;
+}
+
+# check_topic($bootstrap, $topic, \@expected, $label, timeout => 120,
+#   others_ok => \@event_ids): read the topic until every expected event
+# (ledger rows: key, seq, event_id) is there or the timeout passes, then
+# test that
+#  - every expected event arrived (no loss),
+#  - with its key, and its payload's key and seq,
+#  - nothing else is on the topic (except others_ok),
+#  - each key stayed in one partition and the first occurrences of its
+#    events, in offset order, come in increasing seq order;
+# duplicates (same ce_id more than once) are allowed and noted.
+# Returns { msgs, duplicates }.
+sub check_topic
+{
+	my ($bootstrap, $topic, $expected, $label, %o) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my %want = map { $_->{event_id} => $_ } @$expected;
+	my $deadline = time() + ($o{timeout} // 120);
+	my ($msgs, %seen);
+	while (1)
+	{
+		my $read = read_topic($bootstrap, $topic);
+		if (defined $read)
+		{
+			$msgs = $read;
+			%seen = ();
+			$seen{ $_->{ce_id} }++ for @$msgs;
+			last unless grep { !$seen{$_} } keys %want;
+		}
+		last if time() > $deadline;
+		usleep(500_000);
+	}
+	return verify_messages($msgs // [], $expected, $label, %o, topic => $topic);
+}
+
+# The tests of check_topic() on messages already read (see there).
+sub verify_messages
+{
+	my ($msgs, $expected, $label, %o) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my $topic = $o{topic} // 'the topic';
+	my %want = map { $_->{event_id} => $_ } @$expected;
+	my %other = map { $_ => 1 } @{ $o{others_ok} // [] };
+	my %seen;
+	$seen{ $_->{ce_id} }++ for @$msgs;
+
+	my @missing = sort { $a->{key} cmp $b->{key} || $a->{seq} <=> $b->{seq} }
+	  grep { !$seen{ $_->{event_id} } } @$expected;
+	is(scalar @missing, 0,
+		"$label: all " . scalar(@$expected) . " committed events are on $topic")
+	  or diag(scalar(@missing) . ' missing, e.g. '
+		  . join(', ', map { "$_->{key}#$_->{seq} ($_->{event_id})" } @missing[ 0 .. ($#missing < 9 ? $#missing : 9) ]));
+
+	my (@wrong, @foreign);
+	for my $m (@$msgs)
+	{
+		my $e = $want{ $m->{ce_id} };
+		if (!$e)
+		{
+			push @foreign, "p$m->{partition}\@$m->{offset} ce_id=$m->{ce_id} key=$m->{key}"
+			  unless $other{ $m->{ce_id} };
+			next;
+		}
+		push @wrong, "p$m->{partition}\@$m->{offset}: key $m->{key} payload "
+		  . ($m->{pkey} // '?') . '#' . ($m->{seq} // '?')
+		  . ", ledger says $e->{key}#$e->{seq}"
+		  if $m->{key} ne $e->{key}
+		  || ($m->{pkey} // '') ne $e->{key}
+		  || ($m->{seq} // -1) != $e->{seq};
+	}
+	is(scalar @wrong, 0, "$label: keys and payloads are those published")
+	  or diag join("\n", @wrong[ 0 .. ($#wrong < 9 ? $#wrong : 9) ]);
+	is(scalar @foreign, 0, "$label: nothing uncommitted or foreign is on $topic")
+	  or diag(scalar(@foreign) . " foreign messages, e.g.\n"
+		  . join("\n", @foreign[ 0 .. ($#foreign < 9 ? $#foreign : 9) ]));
+
+	# per-key order of first occurrences
+	my (%partition_of, %last_seq, %first_seen, @order);
+	for my $m (sort { $a->{partition} <=> $b->{partition} || $a->{offset} <=> $b->{offset} }
+		grep { $want{ $_->{ce_id} } } @$msgs)
+	{
+		my $e = $want{ $m->{ce_id} };
+		my $k = $e->{key};
+		$partition_of{$k} //= $m->{partition};
+		push @order, "key $k in partitions $partition_of{$k} and $m->{partition}"
+		  if $partition_of{$k} != $m->{partition};
+		next if $first_seen{ $m->{ce_id} }++;
+		push @order,
+		  "key $k: #$e->{seq} first at p$m->{partition}\@$m->{offset}, after #$last_seq{$k}"
+		  if defined $last_seq{$k} && $e->{seq} <= $last_seq{$k};
+		$last_seq{$k} = $e->{seq}
+		  if !defined $last_seq{$k} || $e->{seq} > $last_seq{$k};
+	}
+	is(scalar @order, 0, "$label: each key's events first arrived in publish order")
+	  or diag(scalar(@order) . " order violations, e.g.\n"
+		  . join("\n", @order[ 0 .. ($#order < 9 ? $#order : 9) ]));
+
+	my $dups = 0;
+	my $dup_events = 0;
+	for my $id (keys %want)
+	{
+		next unless ($seen{$id} // 0) > 1;
+		$dups += $seen{$id} - 1;
+		$dup_events++;
+	}
+	note "$label: "
+	  . scalar(@$msgs)
+	  . " messages on $topic, $dups duplicate copies ($dup_events events arrived more than once)";
+	return { msgs => $msgs, duplicates => $dups };
+}
+
+# ------------------------------------------------------------- Kafka ----
+
+# Clusters started by start_kafka_with(), killed at exit.
+my @own_kafka;
+
+END
+{
+	my $exit_code = $?;
+	for my $kafka (@own_kafka)
+	{
+		kill_kafka_node($kafka, $_) for 1 .. $kafka->{nodes};
+		stop_kafka($kafka);
+	}
+	$? = $exit_code;
+}
+
+# A base port for an N-node cluster: BASE+i-1 and BASE+100+i-1 free.
+sub _kafka_base_port
+{
+	my ($nodes) = @_;
+	for (1 .. 100)
+	{
+		my $base = PostgreSQL::Test::Cluster::get_free_port();
+		next if $base + 100 + $nodes > 32767;
+		next if grep { !PostgreSQL::Test::Cluster::can_bind('127.0.0.1', $_) }
+		  ((map { $base + $_ } 1 .. $nodes - 1), (map { $base + 100 + $_ } 0 .. $nodes - 1));
+		return $base;
+	}
+	croak "found no free ports for a $nodes-node Kafka cluster";
+}
+
+# start_kafka_with(nodes => 1, broker_properties => ['k=v', ...]): like
+# EventpipeTest's start_kafka(), with extra broker settings (scripts/kafka
+# start --broker-property).  Same hash back; killed at exit.
+sub start_kafka_with
+{
+	my (%o) = @_;
+	my $nodes = $o{nodes} // 1;
+	my $dir = PostgreSQL::Test::Utils::tempdir('kafka_props');
+	my $port = _kafka_base_port($nodes);
+	my $kafka = { dir => $dir, port => $port, nodes => $nodes };
+	# leave through the END blocks (which kill the cluster) on a signal
+	for my $sig (qw(INT TERM HUP))
+	{
+		$SIG{$sig} = sub { print STDERR "# caught SIG$sig, cleaning up\n"; exit 1; }
+		  unless ref $SIG{$sig};
+	}
+	push @own_kafka, $kafka;
+	my ($out, $err) = ('', '');
+	my @cmd = ("$repo_root/scripts/kafka", 'start', '--dir', $dir, '--nodes', $nodes,
+		'--port', $port, '--timeout', $o{timeout} // 90,
+		map { ('--broker-property', $_) } @{ $o{broker_properties} // [] });
+	my $ok = eval {
+		IPC::Run::run(\@cmd, '<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(180));
+	};
+	print "# @cmd\n$err";
+	BAIL_OUT("could not start Kafka in $dir") unless $ok;
+	($kafka->{bootstrap}) = $out =~ /^(127\.0\.0\.1:\d+\S*)\s*\z/m;
+	BAIL_OUT('scripts/kafka start printed no bootstrap servers') unless $kafka->{bootstrap};
+	note "Kafka ($nodes node(s)) at $kafka->{bootstrap} in $dir, with "
+	  . join(' ', @{ $o{broker_properties} // [] });
+	return $kafka;
+}
+
+# ------------------------------------------------------------ topics ----
+
+# Kafka's own Java AdminClient (kafka-clients, in the broker's jar set):
+# the jar set has no kafka-topics tool (kafka.admin.TopicCommand moved to
+# the kafka-tools artifact in Kafka 3.x).  One long-lived process per
+# cluster reads commands ("create TOPIC PARTITIONS RF") on stdin and answers
+# "ok" or "error: ..." on stdout, so a topic is created within a fraction of
+# a second when a test needs it at a precise moment.
+my $admin_java = <<'JAVA';
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.util.Collections;
+import java.util.Properties;
+import java.util.concurrent.TimeUnit;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.NewTopic;
+
+public class FaultTestTopics {
+    public static void main(String[] args) throws Exception {
+        Properties props = new Properties();
+        props.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, args[0]);
+        props.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "10000");
+        props.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
+        try (Admin admin = Admin.create(props)) {
+            BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
+            System.out.println("ready");
+            System.out.flush();
+            String line;
+            while ((line = in.readLine()) != null) {
+                String[] word = line.trim().split("\\s+");
+                try {
+                    if (word[0].equals("create") && word.length == 4) {
+                        NewTopic topic = new NewTopic(word[1], Integer.parseInt(word[2]),
+                                                      Short.parseShort(word[3]));
+                        admin.createTopics(Collections.singleton(topic)).all()
+                             .get(30, TimeUnit.SECONDS);
+                        System.out.println("ok");
+                    } else {
+                        System.out.println("error: unknown command: " + line);
+                    }
+                } catch (Exception e) {
+                    System.out.println("error: " + String.valueOf(e).replace('\n', ' '));
+                }
+                System.out.flush();
+            }
+        }
+    }
+}
+JAVA
+
+# topic_admin($kafka): start the admin process; returns a handle for
+# create_topic().
+sub topic_admin
+{
+	my ($kafka) = @_;
+	my $dir = PostgreSQL::Test::Utils::tempdir('topic_admin');
+	my $src = "$dir/FaultTestTopics.java";
+	open my $fh, '>', $src or croak "cannot write $src: $!";
+	print $fh $admin_java;
+	close $fh;
+	open $fh, '>', "$dir/log4j.properties" or croak $!;
+	print $fh "log4j.rootLogger=WARN, stderr\n"
+	  . "log4j.appender.stderr=org.apache.log4j.ConsoleAppender\n"
+	  . "log4j.appender.stderr.Target=System.err\n"
+	  . "log4j.appender.stderr.layout=org.apache.log4j.PatternLayout\n"
+	  . "log4j.appender.stderr.layout.ConversionPattern=%p %m (%c)%n\n";
+	close $fh;
+	my ($in, $out) = ('', '');
+	my $log = "$PostgreSQL::Test::Utils::log_path/topic_admin.log";
+	my $h = IPC::Run::start(
+		[
+			'java', '-Xshare:auto', '-XX:TieredStopAtLevel=1', '-Xmx128m',
+			"-Dlog4j.configuration=file:$dir/log4j.properties",
+			'-cp', "$repo_root/.cache/kafka-libs/*", $src, $kafka->{bootstrap}
+		],
+		'<', \$in, '>', \$out, '2>>', $log);
+	push @children, $h;
+	my $admin = { h => $h, in => \$in, out => \$out, log => $log };
+	_admin_answer($admin, 90) eq 'ready'
+	  or BAIL_OUT("the topic admin process did not start (see $log)");
+	return $admin;
+}
+
+# The admin's next line of output (undef on timeout).
+sub _admin_answer
+{
+	my ($admin, $timeout) = @_;
+	my $deadline = time() + $timeout;
+	while (time() < $deadline)
+	{
+		if (${ $admin->{out} } =~ s/^([^\n]*)\n//)
+		{
+			return $1;
+		}
+		last unless $admin->{h}->pumpable;
+		eval { $admin->{h}->pump_nb; 1 };
+		usleep(20_000);
+	}
+	return undef;
+}
+
+# create_topic($admin, $topic, $partitions, $rf): true on success; the
+# answer is noted.
+sub create_topic
+{
+	my ($admin, $topic, $partitions, $rf) = @_;
+	${ $admin->{in} } .= "create $topic $partitions $rf\n";
+	my $answer = _admin_answer($admin, 60) // 'error: no answer';
+	note "create topic $topic ($partitions partitions, RF $rf): $answer";
+	return $answer eq 'ok';
+}
+
+# { partition => leader node id (-1: none) } from kcat -L.
+sub partition_leaders
+{
+	my ($bootstrap, $topic) = @_;
+	my ($out, $err) = ('', '');
+	eval {
+		IPC::Run::run([ 'kcat', '-L', '-b', $bootstrap, '-t', $topic, '-m', '5' ],
+			'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
+	};
+	my %leaders;
+	$leaders{$1} = $2 while $out =~ /partition (\d+), leader (-?\d+)/g;
+	return \%leaders;
+}
+
+# { partition => end offset } of partitions 0..$partitions-1 (kcat -Q):
+# how many messages each holds, without reading them.
+sub end_offsets
+{
+	my ($bootstrap, $topic, $partitions) = @_;
+	my ($out, $err) = ('', '');
+	eval {
+		IPC::Run::run(
+			[ 'kcat', '-Q', '-b', $bootstrap, map { ('-t', "$topic:$_:-1") } 0 .. $partitions - 1 ],
+			'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
+	};
+	my %end;
+	$end{$1} = $2 while $out =~ /\[(\d+)\] offset (-?\d+)/g;
+	return \%end;
+}
+
+# Kafka creates __consumer_offsets on the first consumer-group request, not
+# on a metadata request: make it exist (a group consumer reads $topic).
+sub ensure_consumer_offsets
+{
+	my ($bootstrap, $topic) = @_;
+	my $has = sub {
+		my ($out, $err) = ('', '');
+		eval {
+			IPC::Run::run([ 'kcat', '-L', '-b', $bootstrap, '-t', '__consumer_offsets', '-m', '5' ],
+				'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
+		};
+		return $out =~ /topic "__consumer_offsets" with [1-9]\d* partitions/;
+	};
+	return 1 if $has->();
+	eval {
+		IPC::Run::run([ 'kcat', '-b', $bootstrap, '-G', 'faulttest-probe', '-e', '-q', $topic ],
+			'<', \undef, '>', \my $o, '2>', \my $e, IPC::Run::timeout(30));
+	};
+	return wait_until($has, 30);
+}
+
+1;
