@@ -215,6 +215,24 @@ ok(wait_for_relay_state($node, 'idle', db => 'shop'), '(e) relay back in the new
 my @e2 = publish_events(db => 'shop', topic => 't003.e', n => 10);
 check_delivered($bootstrap, 't003.e', [ @e1, @e2 ], '(e) after CREATE DATABASE shop');
 
+# A DROP DATABASE that fails (another session is connected) must not keep
+# the relay away once it has failed: it leaves for the drop, then comes back
+# as soon as the drop gave up (not after some grace period).
+my $blocker = $node->background_psql('shop');
+$blocker->query_safe('SELECT 1');
+($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE shop');
+my $failed_at = time();
+isnt($ret, 0, '(e) DROP DATABASE shop fails while another session is connected');
+like($err, qr/There is 1 other session using the database/,
+	'(e) ... because of that one session: the relay had left');
+ok(wait_for_relay_state($node, 'idle', db => 'shop'), '(e) relay back after the failed drop');
+my $back_after = time() - $failed_at;
+note sprintf('(e) relay back %.2f s after the failed DROP', $back_after);
+cmp_ok($back_after, '<', 4, '(e) relay back at once, not after a grace period');
+$blocker->quit;
+my @e2b = publish_events(db => 'shop', topic => 't003.e', n => 3);
+check_delivered($bootstrap, 't003.e', [ @e1, @e2, @e2b ], '(e) after the failed DROP');
+
 # DROP DATABASE again, this time while the relay waits for a broker that
 # does not answer, with a batch in flight.
 my $dead_port = PostgreSQL::Test::Cluster::get_free_port();
