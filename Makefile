@@ -40,6 +40,10 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies: every object is rebuilt when a header
+# changes (shared-memory layouts must agree across files).
+$(OBJS): $(wildcard extension/*.h worker/*.h)
+
 # The suite lists, for scripts/test.
 .PHONY: print-regress print-regress-not-preloaded
 print-regress:

@@ -7,13 +7,13 @@
  * seconds) for other sessions to leave the database.  The hook records the
  * database in shared memory and wakes the workers: a relay worker connected
  * to it exits at once, and the launcher starts no new one while the drop is
- * pending.
+ * pending (as long as the DROP holds the database's lock: a DROP that fails
+ * lets them back at once).
  */
 #include "postgres.h"
 
 #include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
-#include "utils/timestamp.h"
 
 #include "eventpipe.h"
 
@@ -29,10 +29,7 @@ announce_database_drop(Oid database)
 	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
 		served |= (eventpipe_shared->relay[i].database == database);
 	if (served)
-	{
 		eventpipe_shared->dropping_database = database;
-		eventpipe_shared->dropping_since = GetCurrentTimestamp();
-	}
 	LWLockRelease(eventpipe_shared->lock);
 
 	if (!served)

@@ -74,7 +74,6 @@ typedef struct EventpipeShared
 	int			launcher_procno;
 	/* DROP DATABASE of the relay's database is under way: stay out of it */
 	Oid			dropping_database;
-	TimestampTz dropping_since;
 	TimestampTz stats_reset;
 	RelaySlot	relay[EVENTPIPE_MAX_RELAY_WORKERS];
 } EventpipeShared;

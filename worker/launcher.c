@@ -7,7 +7,8 @@
  * It looks the database up in the shared catalog, starts the relay workers
  * as dynamic background workers when it exists, stops them when it goes
  * away or eventpipe.database changes, restarts them if they die (at most
- * once a second each), and keeps away from a database being dropped.
+ * once a second each), and keeps away from a database being dropped for as
+ * long as the DROP DATABASE holds the database's lock.
  */
 #include "postgres.h"
 
@@ -23,6 +24,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
@@ -36,8 +38,6 @@
 
 PGDLLEXPORT void eventpipe_launcher_main(Datum main_arg);
 
-/* How long a DROP DATABASE announced by the hook keeps the workers away. */
-#define DROP_GRACE_MS 10000
 #define RESTART_DELAY_MS 1000
 #define LAUNCHER_NAP_MS 1000
 
@@ -78,7 +78,7 @@ launcher_exit(int code, Datum arg)
 /*
  * The OID of the database called name, or InvalidOid.  A heap scan, as the
  * autovacuum launcher does: without a database of its own this process
- * cannot open pg_database's indexes.
+ * cannot open pg_database's indexes.  Call in a transaction.
  */
 static Oid
 lookup_database(const char *name)
@@ -88,8 +88,6 @@ lookup_database(const char *name)
 	TableScanDesc scan;
 	HeapTuple	tuple;
 
-	StartTransactionCommand();
-	(void) GetTransactionSnapshot();
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
 	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
@@ -104,33 +102,54 @@ lookup_database(const char *name)
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
-	CommitTransactionCommand();
 	return database;
 }
 
 /*
+ * DROP DATABASE holds the database's lock from before it calls the hook
+ * until it commits or fails.  Call in a transaction.
+ */
+static bool
+drop_still_running(Oid database)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, database, 0);
+	if (LockAcquire(&tag, AccessShareLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	LockRelease(&tag, AccessShareLock, false);
+	return false;
+}
+
+/*
  * The database to serve, or InvalidOid when it does not exist or is being
- * dropped.  Forgets a drop announcement once the database is gone or the
- * DROP evidently failed.
+ * dropped.  Forgets a drop announcement once the drop is over, whether the
+ * database went away or the DROP failed.
  */
 static Oid
 database_to_serve(void)
 {
-	Oid			database = lookup_database(eventpipe_database);
-	bool		dropping = false;
+	Oid			database;
+	Oid			dropping;
 
-	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	if (OidIsValid(eventpipe_shared->dropping_database))
-	{
-		if (eventpipe_shared->dropping_database == database &&
-			!TimestampDifferenceExceeds(eventpipe_shared->dropping_since,
-										GetCurrentTimestamp(), DROP_GRACE_MS))
-			dropping = true;
-		else
-			eventpipe_shared->dropping_database = InvalidOid;
-	}
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	database = lookup_database(eventpipe_database);
+
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	dropping = eventpipe_shared->dropping_database;
 	LWLockRelease(eventpipe_shared->lock);
-	return dropping ? InvalidOid : database;
+
+	if (OidIsValid(dropping) && !(dropping == database && drop_still_running(dropping)))
+	{
+		LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+		if (eventpipe_shared->dropping_database == dropping)
+			eventpipe_shared->dropping_database = InvalidOid;
+		LWLockRelease(eventpipe_shared->lock);
+		dropping = InvalidOid;
+	}
+	CommitTransactionCommand();
+	return OidIsValid(dropping) ? InvalidOid : database;
 }
 
 static bool
