@@ -306,9 +306,9 @@ produce_event(OutboxEvent *event, const char *source, bool (*keep_waiting) (void
  * Send the batch's events in order and wait until each has its delivery
  * report.  An event refused on the spot holds back the later events of its
  * topic and key in this batch (they stay due, unsent).  keep_waiting is
- * called while waiting; when it says no (the Kafka settings changed), the
- * producer is dropped with its queue and false is returned: whatever was
- * not acknowledged stays in the outbox and is sent again.
+ * called while waiting; when it says no (the worker must stop, or the Kafka
+ * settings changed), the producer is dropped with its queue and false is
+ * returned: events without a report stay in the outbox and are sent again.
  */
 bool
 kafka_producer_send_batch(OutboxBatch *batch, const char *source,

@@ -20,6 +20,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/pmsignal.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
@@ -87,10 +88,19 @@ client_id(char *buf, size_t size)
 
 static void show_activity(RelayState state, const char *activity);
 
+/* Must the worker leave (SIGTERM, its database dropped, no postmaster)? */
+static bool
+must_leave(void)
+{
+	return ProcDiePending || my_database_is_being_dropped() || !PostmasterIsAlive();
+}
+
 /*
- * Called while a batch waits for the broker: handles interrupts and reloads,
- * reports a broker that keeps us waiting, and says whether to go on waiting
- * (no, when a reload changed the Kafka settings).
+ * Called while a batch waits for the broker: handles reloads, reports a
+ * broker that keeps us waiting, and says whether to go on waiting: not when
+ * the worker must leave, nor when a reload changed the Kafka settings.  The
+ * caller then records what was acknowledged so far before leaving or
+ * starting over, so a stop re-sends only what Kafka had not yet confirmed.
  */
 static bool
 keep_waiting(void)
@@ -98,7 +108,8 @@ keep_waiting(void)
 	char		id[64];
 	char		error[512];
 
-	check_interrupts();
+	if (must_leave())
+		return false;
 	if (ConfigReloadPending)
 	{
 		ConfigReloadPending = false;
@@ -132,14 +143,18 @@ backoff_ms(void)
 
 /*
  * Run step; on ERROR log it, record it for pg_stat_relay, abort the
- * transaction and return false.
+ * transaction and return false.  With hold_interrupts, a pending SIGTERM
+ * waits until the step is done (its transaction committed or aborted).
  */
 static bool
-run_guarded(void (*step) (void *), void *arg)
+run_guarded(void (*step) (void *), void *arg, bool hold_interrupts)
 {
 	MemoryContext context = CurrentMemoryContext;
+	uint32		holdoff = InterruptHoldoffCount;
 	volatile bool ok = true;
 
+	if (hold_interrupts)
+		HOLD_INTERRUPTS();
 	PG_TRY();
 	{
 		step(arg);
@@ -148,6 +163,8 @@ run_guarded(void (*step) (void *), void *arg)
 	{
 		ErrorData  *edata;
 
+		/* errfinish() zeroed the holdoff count: put back the caller's */
+		InterruptHoldoffCount = holdoff;
 		MemoryContextSwitchTo(context);
 		edata = CopyErrorData();
 		FlushErrorState();
@@ -161,6 +178,8 @@ run_guarded(void (*step) (void *), void *arg)
 		ok = false;
 	}
 	PG_END_TRY();
+	if (hold_interrupts && ok)
+		RESUME_INTERRUPTS();
 	return ok;
 }
 
@@ -248,6 +267,8 @@ relay_step(void)
 	TimestampTz step_started_at;
 	TimestampTz claimed_at;
 	TimestampTz sent_at;
+	bool		completed;
+	bool		recorded;
 
 	if (eventpipe_bootstrap_servers[0] == '\0')
 	{
@@ -269,7 +290,7 @@ relay_step(void)
 		eventpipe_set_relay_error(slot, errbuf);
 
 	step_started_at = GetCurrentTimestamp();
-	if (!run_guarded(claim_step, &claim))
+	if (!run_guarded(claim_step, &claim, false))
 	{
 		failures_in_a_row++;
 		return backoff_ms();
@@ -288,15 +309,21 @@ relay_step(void)
 	show_activity(RELAY_RELAYING, "relaying");
 	batch_started_at = GetCurrentTimestamp();
 	claimed_at = batch_started_at;
-	if (!kafka_producer_send_batch(&batch, ce_source, keep_waiting))
-	{
-		ereport(LOG,
-				(errmsg("eventpipe relay worker %d: Kafka settings changed, sending the batch again with the new ones",
-						shard)));
-		return 0;
-	}
+	completed = kafka_producer_send_batch(&batch, ce_source, keep_waiting);
 	sent_at = GetCurrentTimestamp();
-	if (!run_guarded(outcome_step, &outcome))
+
+	/* what Kafka acknowledged is recorded even on the way out */
+	recorded = run_guarded(outcome_step, &outcome, true);
+	if (!completed)
+	{
+		check_interrupts();
+		if (!PostmasterIsAlive())
+			proc_exit(1);
+		ereport(LOG,
+				(errmsg("eventpipe relay worker %d: Kafka settings changed, sending the rest of the batch with the new ones",
+						shard)));
+	}
+	if (!recorded)
 	{
 		failures_in_a_row++;
 		return backoff_ms();
