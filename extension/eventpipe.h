@@ -85,6 +85,7 @@ extern void eventpipe_set_relay_state(RelaySlot *slot, RelayState state);
 extern void eventpipe_set_relay_error(RelaySlot *slot, const char *message);
 extern const char *eventpipe_relay_state_name(RelayState state);
 extern void eventpipe_set_latch_of(int procno);
+extern pid_t eventpipe_relay_slot_holder(RelaySlot *slot);
 
 /* commit_wakeup.c */
 extern void eventpipe_wake_relay_at_commit(void);

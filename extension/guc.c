@@ -10,6 +10,7 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include <librdkafka/rdkafka.h>
@@ -28,6 +29,21 @@ int			eventpipe_consumer_batch_size = 3000;
 int			eventpipe_dedup_retention = 7 * 24 * 3600;
 
 /* Refuse a kafka_options string librdkafka would not accept. */
+/*
+ * SHOW and current_setting(): the property names, never the values, unless
+ * the reader is a superuser (GUC_SUPERUSER_ONLY alone lets members of
+ * pg_read_all_settings, pg_monitor among them, read the value).
+ * GUC_NO_SHOW_ALL keeps the setting out of pg_settings, whose reset_val
+ * column would show the value unmasked.
+ */
+static const char *
+show_kafka_options(void)
+{
+	if (eventpipe_kafka_options == NULL || superuser())
+		return eventpipe_kafka_options ? eventpipe_kafka_options : "";
+	return eventpipe_mask_kafka_options(eventpipe_kafka_options);
+}
+
 static bool
 check_kafka_options(char **newval, void **extra, GucSource source)
 {
@@ -70,8 +86,8 @@ eventpipe_define_gucs(void)
 							   "For TLS and SASL settings; visible to superusers only.",
 							   &eventpipe_kafka_options,
 							   "",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   check_kafka_options, NULL, NULL);
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   check_kafka_options, NULL, show_kafka_options);
 
 	DefineCustomIntVariable("eventpipe.relay_batch_size",
 							"Most outbox events the relay sends in one batch.",
@@ -91,7 +107,7 @@ eventpipe_define_gucs(void)
 
 	DefineCustomIntVariable("eventpipe.relay_max_attempts",
 							"Delivery attempts before an event goes to the dead letters.",
-							"Not yet in effect in version 0.1: failed events are retried without limit.",
+							"Failures that no retry can cure dead-letter at once.",
 							&eventpipe_relay_max_attempts,
 							10, 1, 1000000,
 							PGC_SIGHUP, 0,

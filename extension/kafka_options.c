@@ -12,6 +12,8 @@
 #include <ctype.h>
 #include <string.h>
 
+#include "lib/stringinfo.h"
+
 #include "kafka_options.h"
 
 /* Could librdkafka's complaint about this property quote a secret? */
@@ -92,4 +94,32 @@ eventpipe_apply_kafka_options(rd_kafka_conf_t *conf, const char *options,
 	}
 	pfree(copy);
 	return ok;
+}
+
+/*
+ * The options with every value replaced by "********", for readers who may
+ * know which properties are set but not their values.  Returns a string in
+ * the current memory context.
+ */
+const char *
+eventpipe_mask_kafka_options(const char *options)
+{
+	StringInfoData masked;
+	char	   *copy = pstrdup(options);
+	char	   *item;
+	char	   *saveptr = NULL;
+
+	initStringInfo(&masked);
+	for (item = strtok_r(copy, ",", &saveptr); item != NULL;
+		 item = strtok_r(NULL, ",", &saveptr))
+	{
+		char	   *eq = strchr(item, '=');
+
+		if (eq == NULL)
+			continue;			/* a value's tail after a comma: no name */
+		*eq = '\0';
+		appendStringInfo(&masked, "%s%s=********", masked.len > 0 ? "," : "", trim(item));
+	}
+	pfree(copy);
+	return masked.data;
 }

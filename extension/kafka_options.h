@@ -12,5 +12,6 @@
 
 extern bool eventpipe_apply_kafka_options(rd_kafka_conf_t *conf, const char *options,
 										  char *errbuf, size_t errbuf_size);
+extern const char *eventpipe_mask_kafka_options(const char *options);
 
 #endif							/* EVENTPIPE_KAFKA_OPTIONS_H */

@@ -37,6 +37,7 @@ eventpipe_relay_stats(PG_FUNCTION_ARGS)
 		TimestampTz last_error_time;
 		TimestampTz stats_reset;
 		char	   *dbname;
+		NameData   *dbname_datum;
 		Interval   *latency;
 
 		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
@@ -54,8 +55,13 @@ eventpipe_relay_stats(PG_FUNCTION_ARGS)
 		nulls[1] = (pid == 0);
 		values[2] = CStringGetTextDatum(eventpipe_relay_state_name(state));
 		dbname = OidIsValid(database) ? get_database_name(database) : NULL;
-		values[3] = dbname ? CStringGetDatum(dbname) : (Datum) 0;
 		nulls[3] = (dbname == NULL);
+		if (dbname != NULL)
+		{
+			dbname_datum = palloc(NAMEDATALEN);
+			namestrcpy(dbname_datum, dbname);
+			values[3] = NameGetDatum(dbname_datum);
+		}
 		values[4] = Int64GetDatum(pg_atomic_read_u64(&slot->events_sent));
 		values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->events_failed));
 		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->events_retried));

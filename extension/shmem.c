@@ -15,6 +15,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
@@ -119,6 +120,19 @@ eventpipe_relay_state_name(RelayState state)
 			return "waiting for broker";
 	}
 	return "unknown";
+}
+
+/*
+ * The pid of the live relay worker that holds this slot, or 0.  A relay
+ * survives a restart of the launcher that started it, so the launcher asks
+ * here before starting another.  Caller holds eventpipe_shared->lock.
+ */
+pid_t
+eventpipe_relay_slot_holder(RelaySlot *slot)
+{
+	if (slot->pid != 0 && BackendPidGetProc(slot->pid) != NULL)
+		return slot->pid;
+	return 0;
 }
 
 /* Wake the process with this PGPROC number; -1 (no process) is ignored. */

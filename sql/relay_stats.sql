@@ -33,7 +33,16 @@ SELECT count(*) FROM eventpipe.pg_stat_relay;
 SET ROLE ep_watcher;
 SELECT count(*) AS rows_seen, sum(backlog) AS backlog_seen FROM eventpipe.pg_stat_relay;
 SELECT count(*) FROM eventpipe.outbox;
+-- kafka_options: pg_monitor (through pg_read_all_settings) sees the
+-- property names only, a plain role nothing, a superuser everything;
+-- pg_settings shows it to nobody (its reset_val column is not masked)
+SHOW eventpipe.kafka_options;
+SELECT current_setting('eventpipe.kafka_options');
+SELECT count(*) AS rows_in_pg_settings FROM pg_settings WHERE name = 'eventpipe.kafka_options';
+SET ROLE ep_plain;
+SHOW eventpipe.kafka_options;
 RESET ROLE;
+SHOW eventpipe.kafka_options;
 DROP ROLE ep_plain;
 DROP ROLE ep_watcher;
 

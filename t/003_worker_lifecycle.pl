@@ -290,6 +290,33 @@ cmp_ok($stats->[0]{events_sent} + $stats->[1]{events_sent}, '>=', @f + @f_keyles
 	'(f) together they sent every event');
 is_deeply([ map { $_->{backlog} } @$stats ], [ 0, 0 ], '(f) no backlog on either');
 
+# ---- (g) the launcher dies, its relay workers do not ---------------------
+# A restarted launcher must adopt the running relays, not start a second
+# worker on each shard (two workers on a shard would break per-key order).
+
+my $relay_pids = $node->safe_psql('postgres',
+	'SELECT string_agg(pid::text, \',\' ORDER BY worker) FROM eventpipe.pg_stat_relay');
+my $launcher = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventpipe launcher'");
+ok($launcher, "(g) the launcher runs (pid $launcher)");
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($launcher)");
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'eventpipe launcher'"
+		  . " AND pid <> $launcher"),
+	'(g) a new launcher started');
+# give the new launcher a few turns of its loop to start workers it should not
+usleep(3_000_000);
+is( $node->safe_psql('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'eventpipe relay'"),
+	2,
+	'(g) still exactly two relay workers');
+is( $node->safe_psql('postgres',
+		'SELECT string_agg(pid::text, \',\' ORDER BY worker) FROM eventpipe.pg_stat_relay'),
+	$relay_pids,
+	'(g) the same two, still holding their shards');
+my @g = publish_events(topic => 't003.g', n => 200, keys => 20, per_txn => 5);
+check_delivered($bootstrap, 't003.g', \@g, '(g) after the launcher restart');
+
 ok(stop_kafka($kafka), 'Kafka stopped');
 $node->stop;
 done_testing();

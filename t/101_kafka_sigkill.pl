@@ -106,7 +106,7 @@ my $pos = log_position($node);
 $node->safe_psql('postgres',
 	q{ALTER SYSTEM SET eventpipe.kafka_options = 'linger.ms=5'; SELECT pg_reload_conf()});
 ok( wait_until(
-		sub { scalar log_matches($node, $pos, qr/Kafka settings changed, sending the batch again/) },
+		sub { scalar log_matches($node, $pos, qr/Kafka settings changed, sending the rest of the batch/) },
 		15),
 	'(2) a reload changing kafka_options abandons the waiting batch');
 ok(wait_for_relay_state($node, 'waiting for broker', timeout => 30),

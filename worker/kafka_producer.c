@@ -39,9 +39,14 @@ delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 
 	if (discard_reports || event == NULL)
 		return;
+	reports_pending--;
+	/* purged or cut short by a fatal error: not an attempt, the row stays due */
+	if (msg->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+		msg->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT ||
+		msg->err == RD_KAFKA_RESP_ERR__FATAL)
+		return;
 	event->reported = true;
 	event->error = msg->err;
-	reports_pending--;
 }
 
 static bool
@@ -229,22 +234,26 @@ build_headers(OutboxEvent *event, const char *source)
 }
 
 /*
- * Errors that no retry can cure: the event goes straight to the dead
- * letters.  Anything else (an unknown topic, say, that may yet be created)
- * is retried until eventpipe.relay_max_attempts.
+ * Failures that no retry can cure: the event goes straight to the dead
+ * letters.  A topic the broker refuses is refused for every event of it.
+ * Size and record errors condemn the event only when librdkafka refused it
+ * on the spot: from the broker they come for a whole message set, innocent
+ * events included, so those are retried like anything else (an unknown
+ * topic, say, that may yet be created) until eventpipe.relay_max_attempts.
  */
 bool
-kafka_error_is_permanent(rd_kafka_resp_err_t err)
+kafka_error_is_permanent(const OutboxEvent *event)
 {
-	switch (err)
+	switch (event->error)
 	{
-		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
-		case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
-		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
 		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
 		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
 		case RD_KAFKA_RESP_ERR__INVALID_ARG:
 			return true;
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+			return event->refused_on_the_spot;
 		default:
 			return false;
 	}
@@ -285,11 +294,18 @@ produce_event(OutboxEvent *event, const char *source, bool (*keep_waiting) (void
 			reports_pending++;
 			return true;
 		}
+		if (err == RD_KAFKA_RESP_ERR__FATAL)
+		{
+			/* the producer is unusable: not the event's fault */
+			rd_kafka_headers_destroy(headers);
+			return false;
+		}
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 		{
 			/* refused before queueing: the headers are still ours */
 			rd_kafka_headers_destroy(headers);
 			event->reported = true;
+			event->refused_on_the_spot = true;
 			event->error = err;
 			return true;
 		}
@@ -307,8 +323,9 @@ produce_event(OutboxEvent *event, const char *source, bool (*keep_waiting) (void
  * report.  An event refused on the spot holds back the later events of its
  * topic and key in this batch (they stay due, unsent).  keep_waiting is
  * called while waiting; when it says no (the worker must stop, or the Kafka
- * settings changed), the producer is dropped with its queue and false is
- * returned: events without a report stay in the outbox and are sent again.
+ * settings changed), or after a fatal producer error, false is returned at
+ * once: the caller records what has its report and drops the producer;
+ * events without a report stay in the outbox and are sent again.
  */
 bool
 kafka_producer_send_batch(OutboxBatch *batch, const char *source,
@@ -335,10 +352,7 @@ kafka_producer_send_batch(OutboxBatch *batch, const char *source,
 		if (event->held)
 			continue;
 		if (!produce_event(event, source, keep_waiting))
-		{
-			kafka_producer_destroy();
 			return false;
-		}
 		if (event->reported)
 			refused = lappend(refused, event);
 	}
@@ -347,11 +361,10 @@ kafka_producer_send_batch(OutboxBatch *batch, const char *source,
 	{
 		rd_kafka_flush(producer, 100);
 		kafka_log_drain();
-		if (reports_pending > 0 && !keep_waiting())
-		{
-			kafka_producer_destroy();
+		if (reports_pending > 0 &&
+			(rd_kafka_fatal_error(producer, NULL, 0) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+			 !keep_waiting()))
 			return false;
-		}
 	}
 	return true;
 }

@@ -197,6 +197,29 @@ start_relay(int shard, Oid database)
 	}
 }
 
+/*
+ * A relay started by an earlier incarnation of the launcher (it died, the
+ * relay did not) keeps its shard; it is stopped if it serves another
+ * database.  Returns whether such a relay runs.
+ */
+static bool
+adopt_running_relay(int shard, Oid database)
+{
+	RelaySlot  *slot = &eventpipe_shared->relay[shard];
+	pid_t		holder;
+	Oid			served;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	holder = eventpipe_relay_slot_holder(slot);
+	served = slot->database;
+	LWLockRelease(eventpipe_shared->lock);
+	if (holder == 0)
+		return false;
+	if (served != database)
+		kill(holder, SIGTERM);
+	return true;
+}
+
 /* Bring the running relay workers in line with the configuration. */
 static void
 reconcile(void)
@@ -215,6 +238,8 @@ reconcile(void)
 				TerminateBackgroundWorker(relay->handle);
 			continue;
 		}
+		if (adopt_running_relay(shard, database))
+			continue;
 		if (!OidIsValid(database))
 		{
 			eventpipe_set_relay_state(&eventpipe_shared->relay[shard], RELAY_NO_DATABASE);

@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -45,20 +46,30 @@ prepare_kept(const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
-static void
+/*
+ * Start a transaction; returns the caller's memory context, which
+ * end_transaction() makes current again (committing leaves
+ * TopMemoryContext current, where the worker's per-batch allocations would
+ * pile up forever).
+ */
+static MemoryContext
 begin_transaction(const char *activity)
 {
+	MemoryContext caller_context = CurrentMemoryContext;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, activity);
+	return caller_context;
 }
 
 static void
-end_transaction(void)
+end_transaction(MemoryContext caller_context)
 {
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_context);
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
@@ -106,7 +117,7 @@ copy_event(OutboxEvent *event, HeapTuple tuple, TupleDesc desc)
 OutboxAvailability
 outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards)
 {
-	MemoryContext batch_context = CurrentMemoryContext;
+	MemoryContext batch_context;
 	Datum		args[3];
 	int			rc;
 	uint64		i;
@@ -114,10 +125,10 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards)
 	batch->count = 0;
 	batch->events = NULL;
 
-	begin_transaction("eventpipe: reading the outbox");
+	batch_context = begin_transaction("eventpipe: reading the outbox");
 	if (!OidIsValid(get_extension_oid("eventpipe", true)))
 	{
-		end_transaction();
+		end_transaction(batch_context);
 		return OUTBOX_NO_EXTENSION;
 	}
 
@@ -157,7 +168,16 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards)
 		MemoryContextSwitchTo(spi_context);
 	}
 	SPI_finish();
-	end_transaction();
+	end_transaction(batch_context);
+
+	/*
+	 * A transaction committed with synchronous_commit = off is visible
+	 * before its commit record is on disk: make sure it is before its
+	 * events leave, or a crash could erase a transaction whose events Kafka
+	 * already has.  Usually there is nothing left to flush.
+	 */
+	if (batch->count > 0)
+		XLogFlush(GetXLogInsertRecPtr());
 	return OUTBOX_READY;
 }
 
@@ -213,7 +233,7 @@ failure_reason(OutboxEvent *event, bool last_attempt)
 	const char *what = rd_kafka_err2str(event->error);
 	const char *name = rd_kafka_err2name(event->error);
 
-	if (kafka_error_is_permanent(event->error))
+	if (kafka_error_is_permanent(event))
 		return psprintf("%s (%s)", what, name);
 	if (last_attempt)
 		return psprintf("gave up after %d attempts: %s (%s)", event->attempts + 1, what, name);
@@ -233,6 +253,7 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 	IdList		rescheduled;
 	IdList		dead;
 	int			i;
+	MemoryContext caller_context;
 
 	memset(outcome, 0, sizeof(BatchOutcome));
 	id_list_init(&delivered, batch->count);
@@ -247,7 +268,7 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 			outcome->held++;
 		else if (OutboxEventDelivered(event))
 			id_list_add(&delivered, event->id, NULL);
-		else if (kafka_error_is_permanent(event->error) || last_attempt)
+		else if (kafka_error_is_permanent(event) || last_attempt)
 			id_list_add(&dead, event->id, failure_reason(event, last_attempt));
 		else
 			id_list_add(&rescheduled, event->id, failure_reason(event, false));
@@ -260,7 +281,7 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 	if (delivered.count + rescheduled.count + dead.count == 0)
 		return;
 
-	begin_transaction("eventpipe: recording deliveries");
+	caller_context = begin_transaction("eventpipe: recording deliveries");
 	SPI_connect();
 	execute_with_ids(&delete_plan,
 					 "DELETE FROM eventpipe.outbox WHERE id = ANY ($1)",
@@ -268,7 +289,7 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 	execute_with_ids(&reschedule_plan,
 					 "UPDATE eventpipe.outbox AS o"
 					 "   SET attempts = o.attempts + 1,"
-					 "       next_attempt_at = now() + least(interval '1 second' * power(2, o.attempts),"
+					 "       next_attempt_at = now() + least(interval '1 second' * pg_catalog.power(2, o.attempts),"
 					 "                                       interval '5 minutes'),"
 					 "       last_error = f.reason"
 					 "  FROM unnest($1, $2) AS f(id, reason)"
@@ -285,5 +306,5 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 					 "        attempts + 1, reason FROM d",
 					 &dead, true, SPI_OK_INSERT);
 	SPI_finish();
-	end_transaction();
+	end_transaction(caller_context);
 }

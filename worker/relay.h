@@ -32,6 +32,7 @@ typedef struct OutboxEvent
 	bool		held;
 	/* set by the delivery report, or by a refusal before queueing */
 	bool		reported;
+	bool		refused_on_the_spot;	/* by rd_kafka_producev itself */
 	rd_kafka_resp_err_t error;
 } OutboxEvent;
 
@@ -75,7 +76,7 @@ extern void kafka_producer_destroy(void);
 extern void kafka_producer_poll(void);
 extern bool kafka_producer_send_batch(OutboxBatch *batch, const char *source,
 									  bool (*keep_waiting) (void));
-extern bool kafka_error_is_permanent(rd_kafka_resp_err_t err);
+extern bool kafka_error_is_permanent(const OutboxEvent *event);
 extern bool kafka_producer_failed_fatally(char *errbuf, size_t errbuf_size);
 
 /* kafka_log.c: librdkafka's log lines, kept until the main loop can ereport them */

@@ -21,6 +21,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/pmsignal.h"
+#include "storage/procsignal.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
@@ -50,9 +51,12 @@ relay_exit(int code, Datum arg)
 {
 	kafka_producer_destroy();
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	slot->pid = 0;
-	slot->procno = -1;
-	slot->state = RELAY_STOPPED;
+	if (slot->pid == MyProcPid)
+	{
+		slot->pid = 0;
+		slot->procno = -1;
+		slot->state = RELAY_STOPPED;
+	}
 	LWLockRelease(eventpipe_shared->lock);
 }
 
@@ -96,6 +100,20 @@ must_leave(void)
 }
 
 /*
+ * While a batch waits with interrupts held, still answer what other
+ * processes wait for: DROP DATABASE and tablespace commands need every
+ * process to accept a barrier, and pg_log_backend_memory_contexts() asks.
+ */
+static void
+serve_waiting_requests(void)
+{
+	if (ProcSignalBarrierPending)
+		ProcessProcSignalBarrier();
+	if (LogMemoryContextPending)
+		ProcessLogMemoryContextInterrupt();
+}
+
+/*
  * Called while a batch waits for the broker: handles reloads, reports a
  * broker that keeps us waiting, and says whether to go on waiting: not when
  * the worker must leave, nor when a reload changed the Kafka settings.  The
@@ -108,6 +126,7 @@ keep_waiting(void)
 	char		id[64];
 	char		error[512];
 
+	serve_waiting_requests();
 	if (must_leave())
 		return false;
 	if (ConfigReloadPending)
@@ -143,18 +162,15 @@ backoff_ms(void)
 
 /*
  * Run step; on ERROR log it, record it for pg_stat_relay, abort the
- * transaction and return false.  With hold_interrupts, a pending SIGTERM
- * waits until the step is done (its transaction committed or aborted).
+ * transaction and return false.  Works with interrupts held, too.
  */
 static bool
-run_guarded(void (*step) (void *), void *arg, bool hold_interrupts)
+run_guarded(void (*step) (void *), void *arg)
 {
 	MemoryContext context = CurrentMemoryContext;
 	uint32		holdoff = InterruptHoldoffCount;
 	volatile bool ok = true;
 
-	if (hold_interrupts)
-		HOLD_INTERRUPTS();
 	PG_TRY();
 	{
 		step(arg);
@@ -178,8 +194,6 @@ run_guarded(void (*step) (void *), void *arg, bool hold_interrupts)
 		ok = false;
 	}
 	PG_END_TRY();
-	if (hold_interrupts && ok)
-		RESUME_INTERRUPTS();
 	return ok;
 }
 
@@ -290,7 +304,7 @@ relay_step(void)
 		eventpipe_set_relay_error(slot, errbuf);
 
 	step_started_at = GetCurrentTimestamp();
-	if (!run_guarded(claim_step, &claim, false))
+	if (!run_guarded(claim_step, &claim))
 	{
 		failures_in_a_row++;
 		return backoff_ms();
@@ -309,19 +323,33 @@ relay_step(void)
 	show_activity(RELAY_RELAYING, "relaying");
 	batch_started_at = GetCurrentTimestamp();
 	claimed_at = batch_started_at;
+	/*
+	 * From the first message sent until what Kafka acknowledged is recorded,
+	 * a SIGTERM waits: keep_waiting() sees it and ends the wait, the
+	 * acknowledged rows are deleted, and only then does the worker leave.
+	 */
+	HOLD_INTERRUPTS();
 	completed = kafka_producer_send_batch(&batch, ce_source, keep_waiting);
 	sent_at = GetCurrentTimestamp();
-
-	/* what Kafka acknowledged is recorded even on the way out */
-	recorded = run_guarded(outcome_step, &outcome, true);
+	recorded = run_guarded(outcome_step, &outcome);
+	RESUME_INTERRUPTS();
 	if (!completed)
 	{
 		check_interrupts();
 		if (!PostmasterIsAlive())
 			proc_exit(1);
-		ereport(LOG,
-				(errmsg("eventpipe relay worker %d: Kafka settings changed, sending the rest of the batch with the new ones",
-						shard)));
+		if (kafka_producer_failed_fatally(errbuf, sizeof(errbuf)))
+		{
+			ereport(LOG,
+					(errmsg("eventpipe relay worker %d: rebuilding the Kafka producer after a fatal error: %s",
+							shard, errbuf)));
+			eventpipe_set_relay_error(slot, errbuf);
+		}
+		else
+			ereport(LOG,
+					(errmsg("eventpipe relay worker %d: Kafka settings changed, sending the rest of the batch with the new ones",
+							shard)));
+		kafka_producer_destroy();
 	}
 	if (!recorded)
 	{
@@ -347,8 +375,20 @@ relay_step(void)
 static void
 attach_to_slot(void)
 {
+	pid_t		holder;
+
 	slot = &eventpipe_shared->relay[shard];
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	holder = eventpipe_relay_slot_holder(slot);
+	if (holder != 0)
+	{
+		/* two workers on one shard would break per-key order */
+		LWLockRelease(eventpipe_shared->lock);
+		ereport(LOG,
+				(errmsg("eventpipe relay worker %d not started: process %d already serves this shard",
+						shard, (int) holder)));
+		proc_exit(0);
+	}
 	slot->pid = MyProcPid;
 	slot->procno = MyProc->pgprocno;
 	slot->database = MyDatabaseId;
@@ -388,6 +428,12 @@ eventpipe_relay_main(Datum main_arg)
 	 * for the WAL flush.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * The worker runs as a superuser: nothing a database user creates may
+	 * stand in for the functions and operators of its statements.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	loop_context = AllocSetContextCreate(TopMemoryContext, "eventpipe relay loop",
 										 ALLOCSET_DEFAULT_SIZES);
