@@ -305,7 +305,7 @@ ok( $node->poll_query_until('postgres',
 		  . " AND pid <> $launcher"),
 	'(g) a new launcher started');
 # give the new launcher a few turns of its loop to start workers it should not
-usleep(3_000_000);
+Time::HiRes::usleep(3_000_000);
 is( $node->safe_psql('postgres',
 		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'eventpipe relay'"),
 	2,
