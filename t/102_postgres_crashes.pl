@@ -105,8 +105,9 @@ for my $round (1 .. 3)
 		"$label: pg_stat_relay.events_sent survives the worker's restart");
 	if ($round < 3)
 	{
-		# more backlog, and let the new worker get into it
-		bulk_publish($node, $topic_b, [ map { "term-bulk-k$_" } 0 .. 19 ], 1000);
+		# more backlog (enough to last a few seconds at full speed), and let
+		# the new worker get into it
+		bulk_publish($node, $topic_b, [ map { "term-bulk-k$_" } 0 .. 19 ], 5000);
 		my $sent = relay_stat($node, 'events_sent');
 		wait_until(sub { relay_stat($node, 'events_sent') >= $sent + 300 }, 60);
 	}
