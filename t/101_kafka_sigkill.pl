@@ -76,21 +76,16 @@ my $sent_restart = relay_stat($node, 'events_sent');
 ok(wait_until(sub { relay_stat($node, 'events_sent') > $sent_restart + 200 }, 90),
 	'the relay delivers again');
 
-is(stop_publishers($pubs), 3, 'the publishing sessions ended normally');
-ok(wait_until(sub { total_outbox($node) == 0 }, 120), 'the outbox drained')
-  or diag 'outbox: ' . total_outbox($node);
-
-my $ledger = ledger($node, $topic);
-note scalar(@$ledger) . ' events committed in all';
-check_topic($kafka->{bootstrap}, $topic, $ledger, 'broker SIGKILL');
-
-is($node->safe_psql('postgres', 'SELECT count(*) FROM eventpipe.dead_letters'), 0,
-	'no event was dead-lettered');
+finish_stream(
+	node              => $node,
+	label             => 'broker SIGKILL',
+	publishers        => $pubs,
+	sessions          => 3,
+	bootstrap         => $kafka->{bootstrap},
+	topic             => $topic,
+	log_start         => $log_start,
+	relay_log_pattern => qr/eventpipe relay worker \d+: /);
 ok(wait_for_relay_state($node, 'idle'), 'relay worker is idle again');
-my @crashes = log_matches($node, $log_start,
-	qr/terminated by signal|PANIC|exited with exit code|server process .* was terminated/);
-is(scalar @crashes, 0, 'no backend crashed') or diag join("\n", @crashes);
-note 'relay log lines: ' . join("\n", log_matches($node, $log_start, qr/eventpipe relay worker \d+: /));
 
 # ---- while the relay waits for the broker: reload, terminate, shut down ----
 

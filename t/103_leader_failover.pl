@@ -86,20 +86,15 @@ for my $round (1 .. 2)
 		"$r: the relay delivers with the node back");
 }
 
-is(stop_publishers($pubs), 3, 'the publishing sessions ended normally');
-ok(wait_until(sub { total_outbox($node) == 0 }, 120), 'the outbox drained')
-  or diag 'outbox: ' . total_outbox($node);
-
-my $ledger = ledger($node, $topic);
-note scalar(@$ledger) . ' events committed';
-check_topic($bootstrap, $topic, $ledger, 'leader failover');
-
-is($node->safe_psql('postgres', 'SELECT count(*) FROM eventpipe.dead_letters'), 0,
-	'no event was dead-lettered');
-my @crashes = log_matches($node, $log_start,
-	qr/terminated by signal|PANIC|exited with exit code|server process .* was terminated/);
-is(scalar @crashes, 0, 'no backend crashed') or diag join("\n", @crashes);
-note 'relay log: ' . join("\n", log_matches($node, $log_start, qr/eventpipe relay worker \d+: |librdkafka: .*(FAIL|ERROR|fatal)/i));
+finish_stream(
+	node              => $node,
+	label             => 'leader failover',
+	publishers        => $pubs,
+	sessions          => 3,
+	bootstrap         => $bootstrap,
+	topic             => $topic,
+	log_start         => $log_start,
+	relay_log_pattern => qr/eventpipe relay worker \d+: |librdkafka: .*(FAIL|ERROR|fatal)/i);
 
 $node->stop;
 ok(stop_kafka($kafka), 'Kafka stopped');

@@ -48,7 +48,7 @@ our @EXPORT = qw(
   read_topic check_topic verify_messages
   wait_server_up server_is_up relay_pids total_outbox
   topic_admin create_topic partition_leaders end_offsets ensure_consumer_offsets
-  log_matches start_kafka_with
+  log_matches start_kafka_with finish_stream
 );
 
 my $repo_root = abs_path(dirname(abs_path(__FILE__)) . '/..');
@@ -64,6 +64,34 @@ END
 		eval { $h->kill_kill if $h->pumpable; 1 };
 	}
 	$? = $exit_code;
+}
+
+# ------------------------------------------------------ end of a fault ----
+
+# After a fault: stop the publishers ($sessions of them), wait for the outbox
+# to drain, check the topic against the ledger (no loss, per-key order,
+# duplicates reported), and check that nothing was dead-lettered and no
+# backend crashed since $log_start.  $relay_log_pattern picks the log lines
+# to show with note().
+sub finish_stream
+{
+	my (%a) = @_;
+	my ($node, $label) = ($a{node}, $a{label});
+	is(stop_publishers($a{publishers}), $a{sessions},
+		"$label: the publishing sessions ended normally");
+	ok(wait_until(sub { total_outbox($node) == 0 }, 120), "$label: the outbox drained")
+	  or diag 'outbox: ' . total_outbox($node);
+	my $ledger = ledger($node, $a{topic});
+	note scalar(@$ledger) . " events committed ($label)";
+	check_topic($a{bootstrap}, $a{topic}, $ledger, $label);
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM eventpipe.dead_letters'), 0,
+		"$label: no event was dead-lettered");
+	my @crashes = log_matches($node, $a{log_start},
+		qr/terminated by signal|PANIC|exited with exit code|server process .* was terminated/);
+	is(scalar @crashes, 0, "$label: no backend crashed") or diag join("\n", @crashes);
+	note "$label: relay log: "
+	  . join("\n", log_matches($node, $a{log_start}, $a{relay_log_pattern}));
+	return;
 }
 
 # ------------------------------------------------------------- ledger ----
