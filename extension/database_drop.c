@@ -14,6 +14,7 @@
 
 #include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 
 #include "eventpipe.h"
 
@@ -22,9 +23,12 @@ static object_access_hook_type prev_object_access_hook = NULL;
 static void
 announce_database_drop(Oid database)
 {
+	char	   *name = get_database_name(database);
+	bool		served;
 	int			i;
-	bool		served = false;
 
+	/* the configured database, or one a relay still runs in */
+	served = name != NULL && strcmp(name, eventpipe_database) == 0;
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
 		served |= (eventpipe_shared->relay[i].database == database);

@@ -98,7 +98,8 @@ insert_outbox_row(pg_uuid_t *event_id, text *topic, text *key, Jsonb *payload,
 	if (headers == NULL)
 		nulls[4] = 'n';
 
-	SPI_connect();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
 	if (insert_plan == NULL)
 	{
 		Oid			types[6] = {UUIDOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID, TEXTOID};

@@ -132,7 +132,8 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards)
 		return OUTBOX_NO_EXTENSION;
 	}
 
-	SPI_connect();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
 	if (claim_plan == NULL)
 	{
 		Oid			types[3] = {INT4OID, INT4OID, INT4OID};
@@ -282,7 +283,8 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 		return;
 
 	caller_context = begin_transaction("eventpipe: recording deliveries");
-	SPI_connect();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
 	execute_with_ids(&delete_plan,
 					 "DELETE FROM eventpipe.outbox WHERE id = ANY ($1)",
 					 &delivered, false, SPI_OK_DELETE);

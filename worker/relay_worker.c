@@ -55,6 +55,7 @@ relay_exit(int code, Datum arg)
 	{
 		slot->pid = 0;
 		slot->procno = -1;
+		slot->database = InvalidOid;
 		slot->state = RELAY_STOPPED;
 	}
 	LWLockRelease(eventpipe_shared->lock);
