@@ -89,6 +89,9 @@ sub finish_stream
 	my @crashes = log_matches($node, $a{log_start},
 		qr/terminated by signal|PANIC|exited with exit code|server process .* was terminated/);
 	is(scalar @crashes, 0, "$label: no backend crashed") or diag join("\n", @crashes);
+	my @wal_errors = log_matches($node, $a{log_start}, qr/flush request .* is not satisfied/);
+	is(scalar @wal_errors, 0, "$label: the relay's WAL flushes all succeeded")
+	  or diag join("\n", @wal_errors);
 	note "$label: relay log: "
 	  . join("\n", log_matches($node, $a{log_start}, $a{relay_log_pattern}));
 	return;

@@ -17,6 +17,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -111,6 +112,23 @@ copy_event(OutboxEvent *event, HeapTuple tuple, TupleDesc desc)
 }
 
 /*
+ * The end of the WAL inserted so far, as XLogFlush() accepts it.
+ * GetXLogInsertRecPtr() points past the page header when the insert
+ * position is at a page boundary, and XLogFlush() then refuses it as
+ * "past end of generated WAL": step back to the boundary.
+ */
+static XLogRecPtr
+end_of_inserted_wal(void)
+{
+	XLogRecPtr	insert = GetXLogInsertRecPtr();
+	uint32		offset = insert % XLOG_BLCKSZ;
+
+	if (offset == SizeOfXLogShortPHD || offset == SizeOfXLogLongPHD)
+		insert -= offset;
+	return insert;
+}
+
+/*
  * Read up to limit pending events of shard number shard (of shards) into
  * batch, allocated in the caller's memory context.
  */
@@ -178,7 +196,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards)
 	 * already has.  Usually there is nothing left to flush.
 	 */
 	if (batch->count > 0)
-		XLogFlush(GetXLogInsertRecPtr());
+		XLogFlush(end_of_inserted_wal());
 	return OUTBOX_READY;
 }
 
