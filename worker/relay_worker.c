@@ -270,6 +270,24 @@ account_batch(OutboxBatch *batch, BatchOutcome *outcome)
 	}
 }
 
+/*
+ * After a fatal error the idempotent producer has lost its guarantees: drop
+ * it (the next turn builds a new one) and say why.  Returns whether it did.
+ */
+static bool
+drop_producer_after_fatal_error(void)
+{
+	char		reason[512];
+
+	if (!kafka_producer_failed_fatally(reason, sizeof(reason)))
+		return false;
+	ereport(LOG,
+			(errmsg("eventpipe relay worker %d: rebuilding the Kafka producer after a fatal error: %s",
+					shard, reason)));
+	eventpipe_set_relay_error(slot, reason);
+	return true;
+}
+
 /* One turn of the loop; returns how long to sleep before the next (0: none). */
 static long
 relay_step(void)
@@ -339,14 +357,7 @@ relay_step(void)
 		check_interrupts();
 		if (!PostmasterIsAlive())
 			proc_exit(1);
-		if (kafka_producer_failed_fatally(errbuf, sizeof(errbuf)))
-		{
-			ereport(LOG,
-					(errmsg("eventpipe relay worker %d: rebuilding the Kafka producer after a fatal error: %s",
-							shard, errbuf)));
-			eventpipe_set_relay_error(slot, errbuf);
-		}
-		else
+		if (!drop_producer_after_fatal_error())
 			ereport(LOG,
 					(errmsg("eventpipe relay worker %d: Kafka settings changed, sending the rest of the batch with the new ones",
 							shard)));
@@ -361,13 +372,7 @@ relay_step(void)
 	elog(DEBUG1, "eventpipe relay worker %d: batch of %d: read %.1f ms, send %.1f ms, record %.1f ms",
 		 shard, batch.count, (claimed_at - step_started_at) / 1000.0,
 		 (sent_at - claimed_at) / 1000.0, (GetCurrentTimestamp() - sent_at) / 1000.0);
-	if (kafka_producer_failed_fatally(errbuf, sizeof(errbuf)))
-	{
-		ereport(LOG,
-				(errmsg("eventpipe relay worker %d: rebuilding the Kafka producer after a fatal error: %s",
-						shard, errbuf)));
-		eventpipe_set_relay_error(slot, errbuf);
-	}
+	drop_producer_after_fatal_error();
 	failures_in_a_row = 0;
 	/* look again at once: more may have committed meanwhile */
 	return 0;
