@@ -3,7 +3,6 @@
 # test suites.
 
 EXTENSION = eventpipe
-EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
 
 MODULE_big = eventpipe
 OBJS = \
@@ -23,12 +22,14 @@ OBJS = \
 	worker/kafka_producer.o \
 	worker/kafka_log.o
 
-DATA = sql/$(EXTENSION)--$(EXTVERSION).sql
+# The install script of the first version and one upgrade script per later
+# version; CREATE EXTENSION chains them up to default_version.
+DATA = sql/$(EXTENSION)--0.1.sql sql/$(EXTENSION)--0.1--0.2.sql
 
 # pg_regress suites live in sql/ and expected/; scripts/test runs them with
 # a temporary instance that preloads the library (test/preload.conf), and
 # the not_preloaded suite with one that does not.
-REGRESS = publish relay_stats dead_letters
+REGRESS = publish relay_stats dead_letters upgrade
 REGRESS_NOT_PRELOADED = not_preloaded
 
 # -Wextra's unused-parameter warning is off: callback signatures (hooks,
