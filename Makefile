@@ -18,6 +18,7 @@ OBJS = \
 	extension/relay_stats.o \
 	worker/launcher.o \
 	worker/relay_worker.o \
+	worker/relay_pipeline.o \
 	worker/outbox.o \
 	worker/kafka_producer.o \
 	worker/kafka_log.o
