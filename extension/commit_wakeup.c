@@ -1,14 +1,23 @@
 /*
  * commit_wakeup.c
  *		Wakes the relay workers when a transaction that wrote to the outbox
- *		commits, so events leave in milliseconds instead of at the next poll.
+ *		commits, so events leave in milliseconds instead of at the next poll,
+ *		and tells them the lowest outbox id it committed.
  *
- * publish() marks the transaction; a transaction callback sets the relay
- * workers' latches at commit.  Latches are found through the PGPROC numbers
- * the workers publish in shared memory; reading a stale number only causes a
- * spurious wake-up, so no lock is taken on this hot path.  Transactions
- * committed with COMMIT PREPARED in another session are found by the relay's
- * poll instead.
+ * publish() marks the transaction with the ids it wrote; a transaction
+ * callback sets the relay workers' latches at commit.  Latches are found
+ * through the PGPROC numbers the workers publish in shared memory; reading a
+ * stale number only causes a spurious wake-up, so no lock is taken on this
+ * hot path.
+ *
+ * The lowest id goes to every relay slot (an atomic minimum), at a point
+ * where the commit is visible but the transaction's locks are not yet
+ * released: a relay that reads past its batches in flight learns from it
+ * that a row below them has shown up late (see relay_pipeline.c), before
+ * any later event of the same key, written after this commit, can be seen.
+ * Transactions committed with COMMIT PREPARED in another session report
+ * nothing: they are found by the relay's poll, and the relay does not read
+ * past its batches where prepared transactions are enabled.
  */
 #include "postgres.h"
 
@@ -18,8 +27,25 @@
 #include "eventpipe.h"
 
 static bool wake_at_commit = false;
+static uint64 lowest_id_written;
 static bool callback_registered = false;
 
+/* *target = Min(*target, value), atomically. */
+static void
+atomic_lower_to(pg_atomic_uint64 *target, uint64 value)
+{
+	uint64		current = pg_atomic_read_u64(target);
+
+	while (value < current &&
+		   !pg_atomic_compare_exchange_u64(target, &current, value))
+		;
+}
+
+/*
+ * Every slot hears of the commit, whatever its database: a slot whose
+ * worker is just starting must not miss it, and a needless report costs a
+ * relay elsewhere no more than one claim from the start of its outbox.
+ */
 static void
 wake_relay_workers(void)
 {
@@ -27,8 +53,9 @@ wake_relay_workers(void)
 
 	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
 	{
-		volatile RelaySlot *slot = &eventpipe_shared->relay[i];
+		RelaySlot  *slot = &eventpipe_shared->relay[i];
 
+		atomic_lower_to(&slot->lowest_committed_id, lowest_id_written);
 		if (slot->database == MyDatabaseId)
 			eventpipe_set_latch_of(slot->procno);
 	}
@@ -55,13 +82,16 @@ commit_wakeup_callback(XactEvent event, void *arg)
 	}
 }
 
+/* The current transaction wrote outbox row outbox_id. */
 void
-eventpipe_wake_relay_at_commit(void)
+eventpipe_wake_relay_at_commit(int64 outbox_id)
 {
 	if (!callback_registered)
 	{
 		RegisterXactCallback(commit_wakeup_callback, NULL);
 		callback_registered = true;
 	}
+	if (!wake_at_commit || (uint64) outbox_id < lowest_id_written)
+		lowest_id_written = (uint64) outbox_id;
 	wake_at_commit = true;
 }

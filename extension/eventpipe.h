@@ -45,6 +45,8 @@ typedef enum RelayState
 	RELAY_WAITING_FOR_BROKER	/* the last batch failed; retrying */
 } RelayState;
 
+#define EVENTPIPE_NO_COMMITTED_ID PG_UINT64_MAX
+
 /*
  * One relay worker's slot.  pid, procno, database, state and the error fields
  * are written under EventpipeShared->lock; the counters are atomics that only
@@ -63,6 +65,12 @@ typedef struct RelaySlot
 	pg_atomic_uint64 batches;
 	pg_atomic_uint64 bytes_sent;
 	pg_atomic_uint64 last_latency_us;
+	/*
+	 * The lowest outbox id committed since the worker last looked
+	 * (EVENTPIPE_NO_COMMITTED_ID: none): lowered by every committing
+	 * publisher (commit_wakeup.c), taken and reset by the worker.
+	 */
+	pg_atomic_uint64 lowest_committed_id;
 	char		last_error[EVENTPIPE_ERROR_LEN];
 	TimestampTz last_error_time;
 } RelaySlot;
@@ -88,7 +96,7 @@ extern void eventpipe_set_latch_of(int procno);
 extern pid_t eventpipe_relay_slot_holder(RelaySlot *slot);
 
 /* commit_wakeup.c */
-extern void eventpipe_wake_relay_at_commit(void);
+extern void eventpipe_wake_relay_at_commit(int64 outbox_id);
 
 /* database_drop.c */
 extern void eventpipe_install_drop_database_hook(void);

@@ -79,13 +79,16 @@ resolve_event_type(FunctionCallInfo fcinfo, Jsonb *payload)
 	return type ? type : cstring_to_text(DEFAULT_EVENT_TYPE);
 }
 
-static void
+/* Write the event to the outbox; returns its outbox id. */
+static int64
 insert_outbox_row(pg_uuid_t *event_id, text *topic, text *key, Jsonb *payload,
 				  Jsonb *headers, text *event_type)
 {
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	int			rc;
+	bool		isnull;
+	int64		id;
 
 	values[0] = UUIDPGetDatum(event_id);
 	values[1] = PointerGetDatum(topic);
@@ -107,7 +110,8 @@ insert_outbox_row(pg_uuid_t *event_id, text *topic, text *key, Jsonb *payload,
 
 		plan = SPI_prepare("INSERT INTO eventpipe.outbox"
 						   " (event_id, topic, key, payload, headers, event_type)"
-						   " VALUES ($1, $2, $3, $4, $5, $6)",
+						   " VALUES ($1, $2, $3, $4, $5, $6)"
+						   " RETURNING id",
 						   6, types);
 		if (plan == NULL)
 			elog(ERROR, "could not prepare the outbox insert: %s",
@@ -116,9 +120,11 @@ insert_outbox_row(pg_uuid_t *event_id, text *topic, text *key, Jsonb *payload,
 		insert_plan = plan;
 	}
 	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
-	if (rc != SPI_OK_INSERT)
+	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "outbox insert failed: %s", SPI_result_code_string(rc));
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
+	return id;
 }
 
 Datum
@@ -154,9 +160,8 @@ eventpipe_publish(PG_FUNCTION_ARGS)
 	}
 
 	event_id = new_event_id();
-	insert_outbox_row(event_id, topic, key, payload, headers,
-					  resolve_event_type(fcinfo, payload));
-	eventpipe_wake_relay_at_commit();
+	eventpipe_wake_relay_at_commit(insert_outbox_row(event_id, topic, key, payload, headers,
+													 resolve_event_type(fcinfo, payload)));
 
 	PG_RETURN_UUID_P(event_id);
 }

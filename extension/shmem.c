@@ -66,6 +66,7 @@ eventpipe_shmem_startup(void)
 			pg_atomic_init_u64(&slot->batches, 0);
 			pg_atomic_init_u64(&slot->bytes_sent, 0);
 			pg_atomic_init_u64(&slot->last_latency_us, 0);
+			pg_atomic_init_u64(&slot->lowest_committed_id, EVENTPIPE_NO_COMMITTED_ID);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);

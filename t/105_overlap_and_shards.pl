@@ -3,8 +3,8 @@
 #      commits last, after T2 and after many later events were relayed; a
 #      prepared transaction committed later; nothing may be skipped;
 #  (a2) a transaction committed late while the relay works through a
-#      backlog (batches in flight) goes out with the next batches, not
-#      after the backlog;
+#      backlog (claiming past its batches in flight) goes out with the next
+#      batches, not after the backlog;
 #  (b) eventpipe.relay_workers = 4 and 200 keys x 20 events from 4 sessions:
 #      every event arrives, in order per key, and each worker relayed its
 #      share of the keys (pg_stat_relay);
@@ -97,9 +97,12 @@ note '(a) key S arrived in the order: '
   . join(', ', map { $_->{ce_id} eq $id1 ? 'T1 (published first, committed last)' : 'T2' } @$msgs);
 
 # ---- (a2) a late commit while the relay works through a backlog ----------
-# With batches in flight the relay claims the next ones passing over the
-# rows in flight; rows committed late below them must still go out with the
-# next batches, long before the backlog is gone.
+# With batches in flight the relay claims the next ones past them (where
+# prepared transactions are disabled); rows committed late below them must
+# still go out with the next batches, long before the backlog is gone.
+q1('ALTER SYSTEM SET max_prepared_transactions = 0');
+$node->restart;
+ok(wait_for_relay_state($node, 'idle'), '(a2) relay worker is idle, prepared transactions disabled');
 my $topic_late = 't105.late';
 $t1 = $node->background_psql('postgres');
 $t1->query_safe('BEGIN');

@@ -6,10 +6,10 @@
  *		Each runs in a short transaction of its own, so no transaction stays
  *		open while waiting for the broker.
  *
- * Nothing is skipped: the relay keeps no high-water mark, it reads whatever
- * rows are committed and still there, in id order, but those of the batches
- * it has in flight, so a transaction that took its ids early but committed
- * late is picked up by the next batch.
+ * Nothing is skipped: a claim reads the rows committed and still there, in
+ * id order, passing over those of the batches in flight, either from the
+ * start or past the batches in flight when relay_pipeline.c knows that no
+ * row can have shown up late below them.
  *
  * Order per key: an event with a retry scheduled holds back every later
  * event of its topic and key, until it is delivered or dead-lettered.
@@ -130,16 +130,17 @@ end_of_inserted_wal(void)
 }
 
 /*
- * Read up to limit pending events of shard number shard (of shards) into
- * batch, allocated in the caller's memory context, passing over the events
- * whose ids are in in_flight (an int8[], maybe empty).
+ * Read up to limit pending events of shard number shard (of shards) with
+ * ids above after_id into batch, allocated in the caller's memory context,
+ * passing over the events whose ids are in in_flight (an int8[], maybe
+ * empty).
  */
 OutboxAvailability
 outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
-				   ArrayType *in_flight)
+				   int64 after_id, ArrayType *in_flight)
 {
 	MemoryContext batch_context;
-	Datum		args[4];
+	Datum		args[5];
 	int			rc;
 	uint64		i;
 
@@ -157,7 +158,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 		elog(ERROR, "SPI_connect failed");
 	if (claim_plan == NULL)
 	{
-		Oid			types[4] = {INT4OID, INT4OID, INT4OID, INT8ARRAYOID};
+		Oid			types[5] = {INT4OID, INT4OID, INT4OID, INT8OID, INT8ARRAYOID};
 
 		/*
 		 * An earlier event of the key with a retry scheduled, due or not,
@@ -170,7 +171,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 			"SELECT o.id, o.event_id::text, o.topic, o.key, o.payload::text, o.headers,"
 			"       o.event_type, o.created_at, o.attempts"
 			"  FROM eventpipe.outbox AS o"
-			" WHERE o.id <> ALL ($4)"
+			" WHERE o.id > $4 AND o.id <> ALL ($5)"
 			"   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())"
 			"   AND ($2 = 1 OR eventpipe.relay_shard(o.key, o.id, $2) = $3)"
 			"   AND NOT EXISTS (SELECT FROM eventpipe.outbox AS w"
@@ -178,12 +179,13 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 			"                      AND w.topic = o.topic AND w.key = o.key AND w.id < o.id)"
 			" ORDER BY o.id"
 			" LIMIT $1",
-			4, types, CURSOR_OPT_CUSTOM_PLAN);
+			5, types, CURSOR_OPT_CUSTOM_PLAN);
 	}
 	args[0] = Int32GetDatum(limit);
 	args[1] = Int32GetDatum(shards);
 	args[2] = Int32GetDatum(shard);
-	args[3] = PointerGetDatum(in_flight);
+	args[3] = Int64GetDatum(after_id);
+	args[4] = PointerGetDatum(in_flight);
 	rc = SPI_execute_plan(claim_plan, args, NULL, true, limit);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading the outbox failed: %s", SPI_result_code_string(rc));

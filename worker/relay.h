@@ -72,7 +72,8 @@ typedef enum OutboxAvailability
 } OutboxAvailability;
 
 extern OutboxAvailability outbox_claim_batch(OutboxBatch *batch, int limit,
-											 int shard, int shards, ArrayType *in_flight);
+											 int shard, int shards, int64 after_id,
+											 ArrayType *in_flight);
 extern void outbox_record_outcome(OutboxBatch *batch, int max_attempts,
 								  BatchOutcome *outcome);
 
@@ -121,5 +122,6 @@ extern bool relay_keep_waiting(void);
 extern bool relay_must_leave(void);
 extern void relay_show_activity(RelayState state, const char *activity);
 extern void relay_account_batch(OutboxBatch *batch, BatchOutcome *outcome);
+extern uint64 relay_take_lowest_committed_id(void);
 
 #endif							/* EVENTPIPE_RELAY_H */

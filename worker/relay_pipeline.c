@@ -16,11 +16,22 @@
  * further batch is claimed; those in flight are awaited and recorded, and
  * the run ends.
  *
- * A claim made while batches are in flight reads the outbox from its start
- * as any claim does, passing over the rows in flight only, so a row that
- * shows up late below them (its transaction took its id early and committed
- * after later ones) goes out in the next batch, in order.  A run claims no
- * more after RUN_MS, so that the main loop gets to reloads and the like.
+ * Claims pass over the rows in flight (their rows are still in the outbox).
+ * A claim from the start of the outbox steps over every row deleted since the
+ * last vacuum too; a claim past the batches in flight does not, but would
+ * pass over a row that shows up late below them: its transaction took its id
+ * early and committed after later ones.  So a run claims past its batches
+ * only while no such row can exist.  Every publisher's commit lowers an
+ * atomic "lowest id committed" in the worker's slot before its locks are
+ * released (commit_wakeup.c), so before any later event of the same key can
+ * be written; after each claim the worker takes that value.  At or below the
+ * claim's floor, the claim's rows are dropped unsent and it claims again from
+ * the start; at or below the highest id claimed, the next claim starts from
+ * the start.  Rows written otherwise (retry_dead(), a superuser's INSERT, a
+ * COMMIT PREPARED in another session) report nothing: where prepared
+ * transactions are enabled claims always start from the start, and rows
+ * written by other means are found by the next full claim: each run starts
+ * with one, and claims no more after RUN_MS.
  *
  * Interrupts are held for the whole run (see relay_worker.c): a SIGTERM ends
  * it once what is in flight is acknowledged and recorded.
@@ -28,6 +39,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "access/twophase.h"
 #include "miscadmin.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -35,7 +47,7 @@
 #include "../extension/eventpipe.h"
 #include "relay.h"
 
-/* A run of batches claims no more after this long. */
+/* A run of batches claims no more after this long: then a full claim. */
 #define RUN_MS 1000
 
 /* Most batches in flight at once. */
@@ -46,6 +58,7 @@ typedef struct ClaimedBatch
 {
 	OutboxBatch rows;
 	MemoryContext context;
+	bool		from_start;		/* claimed from the start of the outbox */
 	TimestampTz claim_started;
 	TimestampTz claimed;
 	TimestampTz produced;
@@ -56,6 +69,7 @@ typedef struct ClaimStep
 {
 	ClaimedBatch *claimed;
 	int			shard;
+	int64		after_id;
 	ArrayType  *in_flight;
 	OutboxAvailability availability;
 } ClaimStep;
@@ -67,31 +81,31 @@ claim_step(void *arg)
 
 	step->availability = outbox_claim_batch(&step->claimed->rows, eventpipe_relay_batch_size,
 											step->shard, eventpipe_relay_workers,
-											step->in_flight);
+											step->after_id, step->in_flight);
 }
 
 /*
- * Claim the next batch, passing over the ids in flight.  Returns NULL if
- * the claim failed (already logged and recorded).
+ * Claim a batch of rows with ids above after_id (0: from the start), passing
+ * over the ids in flight.  Returns NULL if the claim failed (already logged
+ * and recorded).
  */
 static ClaimedBatch *
-claim(int shard, ArrayType *in_flight, OutboxAvailability *availability)
+claim(int shard, int64 after_id, ArrayType *in_flight, OutboxAvailability *availability)
 {
 	MemoryContext context = AllocSetContextCreate(CurrentMemoryContext,
 												  "eventpipe relay batch",
 												  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext caller = MemoryContextSwitchTo(context);
 	ClaimedBatch *claimed = palloc0(sizeof(ClaimedBatch));
-	ClaimStep	step = {claimed, shard, in_flight, OUTBOX_READY};
+	ClaimStep	step = {claimed, shard, after_id, in_flight, OUTBOX_READY};
 	bool		ok;
 
 	claimed->context = context;
+	claimed->from_start = after_id == 0;
 	claimed->claim_started = GetCurrentTimestamp();
 	ok = relay_run_guarded(claim_step, &step);
 	claimed->claimed = GetCurrentTimestamp();
 	MemoryContextSwitchTo(caller);
-	if (in_flight != NULL)
-		pfree(in_flight);
 	if (!ok)
 	{
 		MemoryContextDelete(context);
@@ -162,10 +176,11 @@ record(ClaimedBatch *claimed, int shard)
 	if (!relay_run_guarded(outcome_step, &step))
 		return false;
 	relay_account_batch(&claimed->rows, &step.outcome);
-	elog(DEBUG1, "eventpipe relay worker %d: batch of %d: claim %.1f ms, produce %.1f ms, "
+	elog(DEBUG1, "eventpipe relay worker %d: batch of %d: claim %.1f ms (%s), produce %.1f ms, "
 		 "await %.1f ms, record %.1f ms",
 		 shard, claimed->rows.count,
 		 (claimed->claimed - claimed->claim_started) / 1000.0,
+		 claimed->from_start ? "from the start" : "past the batches in flight",
 		 (claimed->produced - claimed->claimed) / 1000.0,
 		 (claimed->awaited - claimed->produced) / 1000.0,
 		 (GetCurrentTimestamp() - started) / 1000.0);
@@ -216,6 +231,71 @@ take_oldest(InFlight *in_flight)
 	return oldest;
 }
 
+/* Where the run's next claim may start. */
+typedef struct ClaimFloor
+{
+	int64		highest_claimed;	/* highest id claimed in this run */
+	bool		may_skip;		/* no row can have shown up late below it */
+} ClaimFloor;
+
+static int64
+highest_id(OutboxBatch *rows, int64 other)
+{
+	return rows->count > 0 ? Max(rows->events[rows->count - 1].id, other) : other;
+}
+
+/*
+ * After a claim: is a claim past the highest id claimed safe next?  Not
+ * where COMMIT PREPARED can make rows visible without a report.
+ */
+static void
+update_floor(ClaimFloor *floor, OutboxBatch *claimed_rows, uint64 lowest_committed)
+{
+	floor->highest_claimed = highest_id(claimed_rows, floor->highest_claimed);
+	floor->may_skip = max_prepared_xacts == 0 &&
+		lowest_committed > (uint64) floor->highest_claimed;
+}
+
+/*
+ * The run's next batch: past the highest id claimed when that is safe, else
+ * (or when a commit below it shows up meanwhile) from the start of the
+ * outbox; either way passing over the batches in flight.
+ */
+static ClaimedBatch *
+claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
+		   OutboxAvailability *availability)
+{
+	ArrayType  *ids = ids_in_flight(in_flight);
+	ClaimedBatch *next = NULL;
+	uint64		lowest_committed;
+
+	if (floor->may_skip)
+	{
+		next = claim(shard, floor->highest_claimed, ids, availability);
+		if (next != NULL)
+		{
+			lowest_committed = relay_take_lowest_committed_id();
+			if (lowest_committed > (uint64) floor->highest_claimed)
+				update_floor(floor, &next->rows, lowest_committed);
+			else
+			{
+				/* a row committed below the floor: this claim may have passed over it */
+				release(next);
+				next = NULL;
+				floor->may_skip = false;
+			}
+		}
+	}
+	if (next == NULL && !floor->may_skip)
+	{
+		next = claim(shard, 0, ids, availability);
+		if (next != NULL)
+			update_floor(floor, &next->rows, relay_take_lowest_committed_id());
+	}
+	pfree(ids);
+	return next;
+}
+
 /*
  * One run of batches of this worker's shard, until the outbox has no more
  * for it, a batch does not go through entirely, or RUN_MS have passed.
@@ -228,11 +308,14 @@ relay_pipeline_run(int shard, const char *ce_source)
 	OutboxAvailability availability = OUTBOX_READY;
 	InFlight	in_flight = {{NULL}, 0};
 	List	   *refused = NIL;
+	ClaimFloor	floor = {0, false};
 	ClaimedBatch *first;
 	bool		claiming = true;
 	bool		awaiting;		/* false: record what is reported, wait no more */
 
-	first = claim(shard, construct_empty_array(INT8OID), &availability);
+	/* what committed before the full claim below is seen by it */
+	(void) relay_take_lowest_committed_id();
+	first = claim(shard, 0, construct_empty_array(INT8OID), &availability);
 	if (first == NULL)
 		run.end = RELAY_RUN_CLAIM_FAILED;
 	else if (availability == OUTBOX_NO_EXTENSION)
@@ -245,6 +328,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 		return run;
 	}
 
+	update_floor(&floor, &first->rows, relay_take_lowest_committed_id());
 	relay_show_activity(RELAY_RELAYING, "relaying");
 	HOLD_INTERRUPTS();
 	in_flight.batches[in_flight.count++] = first;
@@ -266,7 +350,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 				claiming = false;
 				break;
 			}
-			next = claim(shard, ids_in_flight(&in_flight), &availability);
+			next = claim_next(shard, &in_flight, &floor, &availability);
 			if (next == NULL || availability != OUTBOX_READY || next->rows.count == 0)
 			{
 				release(next);

@@ -241,6 +241,16 @@ relay_account_batch(OutboxBatch *batch, BatchOutcome *outcome)
 }
 
 /*
+ * The lowest outbox id committed by a publisher since the last call
+ * (EVENTPIPE_NO_COMMITTED_ID: none), see commit_wakeup.c.
+ */
+uint64
+relay_take_lowest_committed_id(void)
+{
+	return pg_atomic_exchange_u64(&slot->lowest_committed_id, EVENTPIPE_NO_COMMITTED_ID);
+}
+
+/*
  * After a fatal error the idempotent producer has lost its guarantees: drop
  * it (the next turn builds a new one) and say why.  Returns whether it did.
  */
@@ -386,6 +396,16 @@ eventpipe_relay_main(Datum main_arg)
 	 * stand in for the functions and operators of its statements.
 	 */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Its claims read the outbox in id order up to a limit, planned anew
+	 * for each set of ids in flight: along the primary key, always, never
+	 * by sorting a scan of the whole table (which a plan made for given
+	 * constants can prefer when many rows belong to other shards).
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET, PGC_S_OVERRIDE);
 
 	loop_context = AllocSetContextCreate(TopMemoryContext, "eventpipe relay loop",
 										 ALLOCSET_DEFAULT_SIZES);
