@@ -71,20 +71,22 @@ sub _port_is_free
 	return PostgreSQL::Test::Cluster::can_bind('127.0.0.1', $port);
 }
 
-# A base port for an N-node cluster: BASE..BASE+N-1 (brokers) and
-# BASE+100..BASE+100+N-1 (controllers) must all be free.  BASE comes from
+# A base port for an N-node cluster: BASE..BASE+N-1 (brokers),
+# BASE+100..BASE+100+N-1 (controllers) and BASE+200..BASE+200+N-1 (SASL
+# listeners, when there are) must all be free.  BASE comes from
 # get_free_port(), which also reserves it against concurrent test runs; the
 # other ports are checked and, where the test library allows it, reserved.
 sub _pick_kafka_port
 {
-	my ($nodes) = @_;
+	my ($nodes, $sasl) = @_;
 	for my $try (1 .. 100)
 	{
 		my $base = PostgreSQL::Test::Cluster::get_free_port();
-		next if $base + 100 + $nodes > 32767;
+		next if $base + 200 + $nodes > 32767;
 		my @others = (
 			(map { $base + $_ } 1 .. $nodes - 1),
-			(map { $base + 100 + $_ } 0 .. $nodes - 1));
+			(map { $base + 100 + $_ } 0 .. $nodes - 1),
+			($sasl ? (map { $base + 200 + $_ } 0 .. $nodes - 1) : ()));
 		next if grep { !_port_is_free($_) } @others;
 		if (PostgreSQL::Test::Cluster->can('_reserve_port'))
 		{
@@ -110,9 +112,11 @@ sub _install_signal_handlers
 	}
 }
 
-# start_kafka(nodes => 1, timeout => 90): a new cluster in its own directory
-# under tmp_check, on free ports.  Returns a hash: dir, bootstrap, port,
-# nodes.  Stopped at exit if the test does not stop it.
+# start_kafka(nodes => 1, timeout => 90, sasl_users => ['name:password']):
+# a new cluster in its own directory under tmp_check, on free ports, with a
+# SASL_PLAINTEXT listener (PLAIN) for sasl_users if given.  Returns a hash:
+# dir, bootstrap, sasl_bootstrap (with sasl_users), port, nodes.  Stopped at
+# exit if the test does not stop it.
 sub start_kafka
 {
 	my (%opts) = @_;
@@ -123,22 +127,32 @@ sub start_kafka
 	my $dir = PostgreSQL::Test::Utils::tempdir("kafka_$name");
 
 	_install_signal_handlers();
-	my $port = _pick_kafka_port($nodes);
+	my @sasl_users = @{ $opts{sasl_users} // [] };
+	my $port = _pick_kafka_port($nodes, scalar @sasl_users);
 	$running_kafka{$dir} = 1;
 	my ($ok, $out) = _kafka_cmd(
 		'start',     '--dir',   $dir,  '--nodes', $nodes,
-		'--port',    $port,     '--timeout', $timeout);
+		'--port',    $port,     '--timeout', $timeout,
+		map { ('--sasl-user', $_) } @sasl_users);
 	BAIL_OUT("could not start Kafka in $dir") unless $ok;
 	my @lines     = split /\n/, $out;
 	my $bootstrap = $lines[-1];
 	BAIL_OUT("scripts/kafka start printed no bootstrap servers")
 	  unless defined $bootstrap && $bootstrap =~ /^127\.0\.0\.1:\d+/;
 	note "Kafka ($nodes node(s)) at $bootstrap in $dir";
+	my $sasl_bootstrap;
+	if (@sasl_users)
+	{
+		(my $sasl_ok, $sasl_bootstrap) = _kafka_cmd('bootstrap', '--dir', $dir, '--sasl');
+		BAIL_OUT("scripts/kafka bootstrap --sasl failed") unless $sasl_ok;
+		chomp $sasl_bootstrap;
+	}
 	return {
-		dir       => $dir,
-		bootstrap => $bootstrap,
-		port      => $port,
-		nodes     => $nodes
+		dir            => $dir,
+		bootstrap      => $bootstrap,
+		sasl_bootstrap => $sasl_bootstrap,
+		port           => $port,
+		nodes          => $nodes
 	};
 }
 

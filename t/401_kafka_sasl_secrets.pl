@@ -1,0 +1,111 @@
+# t/401_kafka_sasl_secrets.pl: the relay through a broker's SASL_PLAINTEXT
+# listener (mechanism PLAIN), its password in eventpipe.kafka_options, and
+# that password kept from other roles and from what eventpipe writes:
+#  (a) with the right credentials, published events reach Kafka through the
+#      SASL listener only (the relay knows no other address);
+#  (b) a role in pg_monitor reads pg_stat_relay but never the password:
+#      not in SHOW, current_setting(), pg_settings or the relay's last_error;
+#  (c) with a wrong password the relay says "authentication" in
+#      pg_stat_relay, without the password, loses nothing, and delivers once
+#      the password is right again (restarts, not reloads: PostgreSQL's own
+#      "parameter changed" log line would show the value, a known gap that
+#      the README states);
+#  (d) no line of the server log holds either password.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+use EventpipeTest;
+
+my $password = 'Pw-4401.sasl~secret';
+my $wrong    = 'Wrong-4401.pw';
+my $kafka    = start_kafka(sasl_users => ["shop:$password"]);
+ok(defined $kafka->{sasl_bootstrap}, "Kafka has a SASL listener at $kafka->{sasl_bootstrap}");
+
+sub sasl_options
+{
+	my ($pw) = @_;
+	return "security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN,"
+	  . "sasl.username=shop,sasl.password=$pw";
+}
+
+sub set_kafka_options
+{
+	my ($node, $pw) = @_;
+	$node->adjust_conf('postgresql.conf', 'eventpipe.kafka_options',
+		"'" . sasl_options($pw) . "'");
+	$node->restart;
+}
+
+my $node = new_node('main',
+	bootstrap => $kafka->{sasl_bootstrap},
+	conf      => "eventpipe.kafka_options = '" . sasl_options($password) . "'");
+$node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
+
+# ---- (a) delivery through the SASL listener -----------------------------
+
+my $topic = 't401.sasl';
+my @ids = map {
+	$node->safe_psql('postgres',
+		"SELECT eventpipe.publish('$topic', 'k$_', '{\"n\": $_}')")
+} 1 .. 5;
+ok(wait_until(sub { outbox_count($node) == 0 }, 60),
+	'(a) the relay delivered 5 events through SASL_PLAINTEXT');
+ok(consume_ids($kafka->{bootstrap}, $topic, \@ids, 60), '(a) all 5 are in the topic');
+is(relay_stat($node, 'events_failed'), 0, '(a) no failed attempt');
+
+# ---- (b) the password stays with superusers -------------------------------
+
+$node->safe_psql('postgres', 'CREATE ROLE ep_watcher LOGIN IN ROLE pg_monitor');
+my $as_watcher = sub {
+	my ($sql) = @_;
+	return $node->safe_psql('postgres', $sql, extra_params => [ '-U', 'ep_watcher' ]);
+};
+my $shown = $as_watcher->('SHOW eventpipe.kafka_options');
+unlike($shown, qr/\Q$password\E/, "(b) SHOW hides the password from pg_monitor ($shown)");
+like($shown, qr/sasl\.password/, '(b) ... and still names the property');
+unlike($as_watcher->(q{SELECT current_setting('eventpipe.kafka_options')}),
+	qr/\Q$password\E/, '(b) current_setting() hides it');
+is($as_watcher->(q{SELECT count(*) FROM pg_settings WHERE name = 'eventpipe.kafka_options'}),
+	0, '(b) pg_settings does not list it');
+my $stats = $as_watcher->('SELECT state, events_sent FROM eventpipe.pg_stat_relay');
+like($stats, qr/\|5$/, "(b) pg_monitor reads pg_stat_relay ($stats)");
+like($node->safe_psql('postgres', 'SHOW eventpipe.kafka_options'),
+	qr/\Q$password\E/, '(b) a superuser sees the value');
+
+# ---- (c) a wrong password ---------------------------------------------------
+
+set_kafka_options($node, $wrong);
+my @held = map {
+	$node->safe_psql('postgres',
+		"SELECT eventpipe.publish('$topic', 'h$_', '{\"held\": $_}')")
+} 1 .. 3;
+my $error = '';
+ok( wait_until(
+		sub {
+			$error = $as_watcher->('SELECT coalesce(last_error, \'\') FROM eventpipe.pg_stat_relay');
+			return $error =~ /authenticat/i;
+		},
+		60),
+	"(c) pg_stat_relay reports the authentication failure ($error)");
+unlike($error, qr/\Q$wrong\E|\Q$password\E/, '(c) ... without the password');
+is(outbox_count($node), 3, '(c) the 3 events wait in the outbox');
+
+set_kafka_options($node, $password);
+ok(wait_until(sub { outbox_count($node) == 0 }, 60),
+	'(c) with the right password again, the waiting events leave');
+ok(consume_ids($kafka->{bootstrap}, $topic, [ @ids, @held ], 60),
+	'(c) all 8 events are in the topic');
+
+# ---- (d) the logs ---------------------------------------------------------
+
+my @leaks = grep { /\Q$password\E|\Q$wrong\E/ } split /\n/, log_since($node, 0);
+is(scalar @leaks, 0, '(d) no server log line holds a password')
+  or diag join("\n", @leaks);
+
+$node->stop;
+ok(stop_kafka($kafka), 'Kafka stopped');
+done_testing();
