@@ -10,14 +10,17 @@
  * stale number only causes a spurious wake-up, so no lock is taken on this
  * hot path.
  *
- * The lowest id goes to every relay slot (an atomic minimum), at a point
- * where the commit is visible but the transaction's locks are not yet
- * released: a relay that reads past its batches in flight learns from it
- * that a row below them has shown up late (see relay_pipeline.c), before
- * any later event of the same key, written after this commit, can be seen.
- * Transactions committed with COMMIT PREPARED in another session report
- * nothing: they are found by the relay's poll, and the relay does not read
- * past its batches where prepared transactions are enabled.
+ * The lowest id goes to every relay slot (an atomic minimum) once the
+ * commit is visible; from before it is visible (pre-commit) until then the
+ * transaction counts in publishers_committing.  A relay that reads past its
+ * batches in flight looks at both after each claim (see relay_pipeline.c):
+ * any commit its claim could see is either counted or reported by then, so
+ * it learns of a row that showed up late below its batches before it sends
+ * a later event of the same key, which only a later transaction (or a later
+ * statement of this one) can have written.  Transactions committed with
+ * COMMIT PREPARED in another session report nothing: they are found by the
+ * relay's poll, and the relay does not read past its batches where prepared
+ * transactions are enabled.
  */
 #include "postgres.h"
 
@@ -28,6 +31,7 @@
 
 static bool wake_at_commit = false;
 static uint64 lowest_id_written;
+static bool counted_as_committing = false;
 static bool callback_registered = false;
 
 /* *target = Min(*target, value), atomically. */
@@ -62,19 +66,36 @@ wake_relay_workers(void)
 }
 
 static void
+stop_counting_as_committing(void)
+{
+	if (counted_as_committing)
+		pg_atomic_fetch_sub_u32(&eventpipe_shared->publishers_committing, 1);
+	counted_as_committing = false;
+}
+
+static void
 commit_wakeup_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (wake_at_commit && !counted_as_committing)
+			{
+				pg_atomic_fetch_add_u32(&eventpipe_shared->publishers_committing, 1);
+				counted_as_committing = true;
+			}
+			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (wake_at_commit)
 				wake_relay_workers();
+			stop_counting_as_committing();
 			wake_at_commit = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
+			stop_counting_as_committing();
 			wake_at_commit = false;
 			break;
 		default:

@@ -83,6 +83,12 @@ typedef struct EventpipeShared
 	/* DROP DATABASE of the relay's database is under way: stay out of it */
 	Oid			dropping_database;
 	TimestampTz stats_reset;
+	/*
+	 * Publishing transactions between their pre-commit and the report of
+	 * their lowest id (commit_wakeup.c): their commit may be visible before
+	 * the report is.
+	 */
+	pg_atomic_uint32 publishers_committing;
 	RelaySlot	relay[EVENTPIPE_MAX_RELAY_WORKERS];
 } EventpipeShared;
 

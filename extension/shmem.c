@@ -53,6 +53,7 @@ eventpipe_shmem_startup(void)
 		eventpipe_shared->lock = &(GetNamedLWLockTranche("eventpipe"))->lock;
 		eventpipe_shared->launcher_procno = -1;
 		eventpipe_shared->stats_reset = GetCurrentTimestamp();
+		pg_atomic_init_u32(&eventpipe_shared->publishers_committing, 0);
 		for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
 		{
 			RelaySlot  *slot = &eventpipe_shared->relay[i];

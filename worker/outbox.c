@@ -6,10 +6,10 @@
  *		Each runs in a short transaction of its own, so no transaction stays
  *		open while waiting for the broker.
  *
- * Nothing is skipped: a claim reads the rows committed and still there, in
- * id order, passing over those of the batches in flight, either from the
- * start or past the batches in flight when relay_pipeline.c knows that no
- * row can have shown up late below them.
+ * A claim reads the rows committed, due and still there, in id order,
+ * passing over those of the batches in flight, either from the start or past
+ * the batches in flight when relay_pipeline.c knows that no row can have
+ * become due below them.
  *
  * Order per key: an event with a retry scheduled holds back every later
  * event of its topic and key, until it is delivered or dead-lettered.
@@ -20,11 +20,13 @@
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
 #include "catalog/pg_type.h"
+#include "catalog/namespace.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "nodes/makefuncs.h"
 #include "utils/jsonb.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -133,11 +135,12 @@ end_of_inserted_wal(void)
  * Read up to limit pending events of shard number shard (of shards) with
  * ids above after_id into batch, allocated in the caller's memory context,
  * passing over the events whose ids are in in_flight (an int8[], maybe
- * empty).
+ * empty).  With nowait, returns OUTBOX_BUSY rather than wait for a lock on
+ * the outbox (TRUNCATE, VACUUM FULL, ALTER TABLE, LOCK TABLE).
  */
 OutboxAvailability
 outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
-				   int64 after_id, ArrayType *in_flight)
+				   int64 after_id, ArrayType *in_flight, bool nowait)
 {
 	MemoryContext batch_context;
 	Datum		args[5];
@@ -152,6 +155,14 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 	{
 		end_transaction(batch_context);
 		return OUTBOX_NO_EXTENSION;
+	}
+	if (nowait &&
+		!OidIsValid(RangeVarGetRelidExtended(makeRangeVar("eventpipe", "outbox", -1),
+											 AccessShareLock, RVR_SKIP_LOCKED,
+											 NULL, NULL)))
+	{
+		end_transaction(batch_context);
+		return OUTBOX_BUSY;
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)

@@ -68,12 +68,13 @@ typedef struct OutboxBatch
 typedef enum OutboxAvailability
 {
 	OUTBOX_READY,
+	OUTBOX_BUSY,				/* locked by someone else, and asked not to wait */
 	OUTBOX_NO_EXTENSION
 } OutboxAvailability;
 
 extern OutboxAvailability outbox_claim_batch(OutboxBatch *batch, int limit,
 											 int shard, int shards, int64 after_id,
-											 ArrayType *in_flight);
+											 ArrayType *in_flight, bool nowait);
 extern void outbox_record_outcome(OutboxBatch *batch, int max_attempts,
 								  BatchOutcome *outcome);
 

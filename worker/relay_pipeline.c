@@ -19,19 +19,25 @@
  * Claims pass over the rows in flight (their rows are still in the outbox).
  * A claim from the start of the outbox steps over every row deleted since the
  * last vacuum too; a claim past the batches in flight does not, but would
- * pass over a row that shows up late below them: its transaction took its id
- * early and committed after later ones.  So a run claims past its batches
- * only while no such row can exist.  Every publisher's commit lowers an
- * atomic "lowest id committed" in the worker's slot before its locks are
- * released (commit_wakeup.c), so before any later event of the same key can
- * be written; after each claim the worker takes that value.  At or below the
- * claim's floor, the claim's rows are dropped unsent and it claims again from
- * the start; at or below the highest id claimed, the next claim starts from
- * the start.  Rows written otherwise (retry_dead(), a superuser's INSERT, a
- * COMMIT PREPARED in another session) report nothing: where prepared
- * transactions are enabled claims always start from the start, and rows
- * written by other means are found by the next full claim: each run starts
- * with one, and claims no more after RUN_MS.
+ * pass over a row that became due below them.  So a run claims past its
+ * batches only while no such row can exist:
+ *  - a row that showed up late, its transaction having taken its id early
+ *    and committed after later ones: publishers count themselves as
+ *    committing from before their commit is visible until they have lowered
+ *    the "lowest id committed" of every relay slot (commit_wakeup.c).  After
+ *    each claim the worker reads that count, then takes that id: a claim
+ *    that may have passed over such a row is dropped unsent and made again
+ *    from the start, and the next one starts from the start;
+ *  - events held back behind a retry: once a batch with retried events is
+ *    recorded, the next claim starts from the start;
+ *  - the rows past the end of a claim from the start that filled its batch:
+ *    the next claim starts after its last row, not after the batches in
+ *    flight.
+ * Rows written otherwise than by publish() or capture (retry_dead(), a
+ * superuser's INSERT, a COMMIT PREPARED in another session) report nothing:
+ * where prepared transactions are enabled claims always start from the
+ * start, and the others are found by the claim from the start that begins
+ * each run; a run claims no more after RUN_MS.
  *
  * Interrupts are held for the whole run (see relay_worker.c): a SIGTERM ends
  * it once what is in flight is acknowledged and recorded.
@@ -79,9 +85,12 @@ claim_step(void *arg)
 {
 	ClaimStep  *step = (ClaimStep *) arg;
 
+	/* with batches in flight interrupts are held: wait for no lock then */
 	step->availability = outbox_claim_batch(&step->claimed->rows, eventpipe_relay_batch_size,
 											step->shard, eventpipe_relay_workers,
-											step->after_id, step->in_flight);
+											step->after_id, step->in_flight,
+											ArrayGetNItems(ARR_NDIM(step->in_flight),
+														   ARR_DIMS(step->in_flight)) > 0);
 }
 
 /*
@@ -166,15 +175,23 @@ outcome_step(void *arg)
 	outbox_record_outcome(step->batch, eventpipe_relay_max_attempts, &step->outcome);
 }
 
-/* Record what became of the batch and count it; false if that failed. */
+/*
+ * Record what became of the batch and count it, in the batch's memory;
+ * false if that failed.  *retried: events sent again after a failure got an
+ * outcome (and may no longer hold back later events of their key).
+ */
 static bool
-record(ClaimedBatch *claimed, int shard)
+record(ClaimedBatch *claimed, int shard, bool *retried)
 {
 	OutcomeStep step = {&claimed->rows};
 	TimestampTz started = GetCurrentTimestamp();
+	MemoryContext caller = MemoryContextSwitchTo(claimed->context);
+	bool		ok = relay_run_guarded(outcome_step, &step);
 
-	if (!relay_run_guarded(outcome_step, &step))
+	MemoryContextSwitchTo(caller);
+	if (!ok)
 		return false;
+	*retried = step.outcome.retried > 0;
 	relay_account_batch(&claimed->rows, &step.outcome);
 	elog(DEBUG1, "eventpipe relay worker %d: batch of %d: claim %.1f ms (%s), produce %.1f ms, "
 		 "await %.1f ms, record %.1f ms",
@@ -238,20 +255,28 @@ typedef struct ClaimFloor
 	bool		may_skip;		/* no row can have shown up late below it */
 } ClaimFloor;
 
-static int64
-highest_id(OutboxBatch *rows, int64 other)
-{
-	return rows->count > 0 ? Max(rows->events[rows->count - 1].id, other) : other;
-}
-
 /*
- * After a claim: is a claim past the highest id claimed safe next?  Not
- * where COMMIT PREPARED can make rows visible without a report.
+ * After a claim: where may the next one start, and may it skip what lies
+ * below?  A claim from the start that filled its batch saw nothing past its
+ * last row, so the floor comes down to that row; other claims saw every due
+ * row up to their last one.  Skipping is unsafe when a commit at or below
+ * the floor was reported (or is under way), and where COMMIT PREPARED can
+ * make rows visible without a report.
  */
 static void
-update_floor(ClaimFloor *floor, OutboxBatch *claimed_rows, uint64 lowest_committed)
+update_floor(ClaimFloor *floor, ClaimedBatch *claimed, uint64 lowest_committed)
 {
-	floor->highest_claimed = highest_id(claimed_rows, floor->highest_claimed);
+	OutboxBatch *rows = &claimed->rows;
+
+	if (rows->count > 0)
+	{
+		int64		last = rows->events[rows->count - 1].id;
+
+		if (claimed->from_start && rows->count >= eventpipe_relay_batch_size)
+			floor->highest_claimed = last;
+		else
+			floor->highest_claimed = Max(floor->highest_claimed, last);
+	}
 	floor->may_skip = max_prepared_xacts == 0 &&
 		lowest_committed > (uint64) floor->highest_claimed;
 }
@@ -276,7 +301,7 @@ claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
 		{
 			lowest_committed = relay_take_lowest_committed_id();
 			if (lowest_committed > (uint64) floor->highest_claimed)
-				update_floor(floor, &next->rows, lowest_committed);
+				update_floor(floor, next, lowest_committed);
 			else
 			{
 				/* a row committed below the floor: this claim may have passed over it */
@@ -290,7 +315,7 @@ claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
 	{
 		next = claim(shard, 0, ids, availability);
 		if (next != NULL)
-			update_floor(floor, &next->rows, relay_take_lowest_committed_id());
+			update_floor(floor, next, relay_take_lowest_committed_id());
 	}
 	pfree(ids);
 	return next;
@@ -312,6 +337,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 	ClaimedBatch *first;
 	bool		claiming = true;
 	bool		awaiting;		/* false: record what is reported, wait no more */
+	bool		retried = false;
 
 	/* what committed before the full claim below is seen by it */
 	(void) relay_take_lowest_committed_id();
@@ -328,7 +354,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 		return run;
 	}
 
-	update_floor(&floor, &first->rows, relay_take_lowest_committed_id());
+	update_floor(&floor, first, relay_take_lowest_committed_id());
 	relay_show_activity(RELAY_RELAYING, "relaying");
 	HOLD_INTERRUPTS();
 	in_flight.batches[in_flight.count++] = first;
@@ -373,7 +399,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 		}
 		if (!every_event_delivered(&oldest->rows))
 			claiming = false;
-		if (!record(oldest, shard))
+		if (!record(oldest, shard, &retried))
 		{
 			run.record_failed = true;
 			claiming = false;
@@ -383,6 +409,11 @@ relay_pipeline_run(int shard, const char *ce_source)
 				kafka_producer_destroy();
 				awaiting = false;
 			}
+		}
+		else if (retried)
+		{
+			/* the events it held back are due now, maybe below the floor */
+			floor.may_skip = false;
 		}
 		release(oldest);
 	}

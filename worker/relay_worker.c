@@ -241,13 +241,21 @@ relay_account_batch(OutboxBatch *batch, BatchOutcome *outcome)
 }
 
 /*
- * The lowest outbox id committed by a publisher since the last call
- * (EVENTPIPE_NO_COMMITTED_ID: none), see commit_wakeup.c.
+ * The lowest outbox id a publisher may have committed since the last call:
+ * EVENTPIPE_NO_COMMITTED_ID if none, 0 if a publisher is committing right
+ * now (see commit_wakeup.c).  The count is read first: a commit that ends
+ * after that read has reported its id by the time it stops counting.
  */
 uint64
 relay_take_lowest_committed_id(void)
 {
-	return pg_atomic_exchange_u64(&slot->lowest_committed_id, EVENTPIPE_NO_COMMITTED_ID);
+	uint32		committing;
+	uint64		lowest;
+
+	pg_memory_barrier();
+	committing = pg_atomic_read_u32(&eventpipe_shared->publishers_committing);
+	lowest = pg_atomic_exchange_u64(&slot->lowest_committed_id, EVENTPIPE_NO_COMMITTED_ID);
+	return committing > 0 ? 0 : lowest;
 }
 
 /*
