@@ -1,13 +1,18 @@
 /*
  * publish.c
- *		eventpipe.publish(topic, key, payload, headers, event_type): checks
- *		one event and writes it to eventpipe.outbox in the caller's
+ *		Writing events into eventpipe.outbox: eventpipe_enqueue_event(), the
+ *		one place that inserts an outbox row and arranges the relay's
+ *		wake-up at commit (used by publish() and by the capture trigger),
+ *		and eventpipe.publish(topic, key, payload, headers, event_type),
+ *		which checks one event given in SQL and enqueues it in the caller's
  *		transaction, so it is committed or rolled back with the business
  *		write it belongs to.
  *
- * The function is SECURITY DEFINER (the outbox is not writable by callers);
- * its one statement names everything schema-qualified and takes its values
- * as parameters, so the caller's search_path cannot redirect it.
+ * The insert runs with the privileges of the current user: publish() is
+ * SECURITY DEFINER (the outbox is not writable by callers), the capture
+ * trigger switches to the extension's owner around the call.  Its one
+ * statement names everything schema-qualified and takes its values as
+ * parameters, so the caller's search_path cannot redirect it.
  */
 #include "postgres.h"
 
@@ -121,6 +126,23 @@ insert_outbox_row(pg_uuid_t *event_id, text *topic, text *key, Jsonb *payload,
 	SPI_finish();
 }
 
+/*
+ * Writes one checked event (topic legal, headers valid, event_type
+ * non-empty) to the outbox in the current transaction and has the relay
+ * woken when it commits.  key and headers may be NULL.  Returns the new
+ * event id.
+ */
+pg_uuid_t *
+eventpipe_enqueue_event(text *topic, text *key, Jsonb *payload, Jsonb *headers,
+						text *event_type)
+{
+	pg_uuid_t  *event_id = new_event_id();
+
+	insert_outbox_row(event_id, topic, key, payload, headers, event_type);
+	eventpipe_wake_relay_at_commit();
+	return event_id;
+}
+
 Datum
 eventpipe_publish(PG_FUNCTION_ARGS)
 {
@@ -153,10 +175,8 @@ eventpipe_publish(PG_FUNCTION_ARGS)
 		eventpipe_check_user_headers(headers);
 	}
 
-	event_id = new_event_id();
-	insert_outbox_row(event_id, topic, key, payload, headers,
-					  resolve_event_type(fcinfo, payload));
-	eventpipe_wake_relay_at_commit();
+	event_id = eventpipe_enqueue_event(topic, key, payload, headers,
+									   resolve_event_type(fcinfo, payload));
 
 	PG_RETURN_UUID_P(event_id);
 }
