@@ -14,6 +14,7 @@ OBJS = \
 	extension/database_drop.o \
 	extension/topic_name.o \
 	extension/event_headers.o \
+	extension/outbox_insert.o \
 	extension/publish.o \
 	extension/capture.o \
 	extension/capture_trigger.o \

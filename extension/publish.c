@@ -1,23 +1,16 @@
 /*
  * publish.c
- *		Writing events into eventpipe.outbox: eventpipe_enqueue_event(), the
- *		one place that inserts an outbox row and arranges the relay's
- *		wake-up at commit (used by publish() and by the capture trigger),
- *		and eventpipe.publish(topic, key, payload, headers, event_type),
- *		which checks one event given in SQL and enqueues it in the caller's
+ *		eventpipe.publish(topic, key, payload, headers, event_type): checks
+ *		one event and enqueues it (outbox_insert.c) in the caller's
  *		transaction, so it is committed or rolled back with the business
  *		write it belongs to.
  *
- * The insert runs with the privileges of the current user: publish() is
- * SECURITY DEFINER (the outbox is not writable by callers), the capture
- * trigger switches to the extension's owner around the call.  Its one
- * statement names everything schema-qualified and takes its values as
- * parameters, so the caller's search_path cannot redirect it.
+ * The function is SECURITY DEFINER (the outbox is not writable by
+ * callers); the insert names the outbox schema-qualified, so the caller's
+ * search_path cannot redirect it.
  */
 #include "postgres.h"
 
-#include "catalog/pg_type.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -29,23 +22,6 @@ PG_FUNCTION_INFO_V1(eventpipe_publish);
 
 /* ce_type when neither event_type nor a "type" member of the payload says */
 #define DEFAULT_EVENT_TYPE "eventpipe.event"
-
-static SPIPlanPtr insert_plan = NULL;
-
-static pg_uuid_t *
-new_event_id(void)
-{
-	pg_uuid_t  *uuid = palloc(sizeof(pg_uuid_t));
-
-	if (!pg_strong_random(uuid->data, UUID_LEN))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate a random event id")));
-	/* RFC 4122 version 4, variant 1 */
-	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
-	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
-	return uuid;
-}
 
 /* The payload's top-level "type" member, if it is a non-empty string. */
 static text *
@@ -82,65 +58,6 @@ resolve_event_type(FunctionCallInfo fcinfo, Jsonb *payload)
 	}
 	type = payload_type(payload);
 	return type ? type : cstring_to_text(DEFAULT_EVENT_TYPE);
-}
-
-static void
-insert_outbox_row(pg_uuid_t *event_id, text *topic, text *key, Jsonb *payload,
-				  Jsonb *headers, text *event_type)
-{
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-	int			rc;
-
-	values[0] = UUIDPGetDatum(event_id);
-	values[1] = PointerGetDatum(topic);
-	values[2] = PointerGetDatum(key);
-	values[3] = JsonbPGetDatum(payload);
-	values[4] = PointerGetDatum(headers);
-	values[5] = PointerGetDatum(event_type);
-	if (key == NULL)
-		nulls[2] = 'n';
-	if (headers == NULL)
-		nulls[4] = 'n';
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (insert_plan == NULL)
-	{
-		Oid			types[6] = {UUIDOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID, TEXTOID};
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare("INSERT INTO eventpipe.outbox"
-						   " (event_id, topic, key, payload, headers, event_type)"
-						   " VALUES ($1, $2, $3, $4, $5, $6)",
-						   6, types);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare the outbox insert: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		insert_plan = plan;
-	}
-	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "outbox insert failed: %s", SPI_result_code_string(rc));
-	SPI_finish();
-}
-
-/*
- * Writes one checked event (topic legal, headers valid, event_type
- * non-empty) to the outbox in the current transaction and has the relay
- * woken when it commits.  key and headers may be NULL.  Returns the new
- * event id.
- */
-pg_uuid_t *
-eventpipe_enqueue_event(text *topic, text *key, Jsonb *payload, Jsonb *headers,
-						text *event_type)
-{
-	pg_uuid_t  *event_id = new_event_id();
-
-	insert_outbox_row(event_id, topic, key, payload, headers, event_type);
-	eventpipe_wake_relay_at_commit();
-	return event_id;
 }
 
 Datum
