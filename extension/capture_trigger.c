@@ -10,9 +10,9 @@
  * The event: topic and event type from the trigger's arguments (capture.h),
  * key = the key columns' text (one column) or a JSON array of their texts
  * (several), payload = {"op", "table", "before", "after", "txid"} with the
- * row images rendered by PostgreSQL's own row_to_json(), after the tuple is
- * flattened (TOASTed values, also those an UPDATE left unchanged, are
- * fetched).
+ * row images rendered by PostgreSQL's own to_jsonb() (as row_to_json()
+ * renders them), after the tuple is flattened (TOASTed values, also those
+ * an UPDATE left unchanged, are fetched).
  *
  * This runs on users' write paths: the settings come from the trigger's
  * arguments (kept in the relcache), the row images are built as the writing
@@ -28,7 +28,9 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
-#include "utils/fmgrprotos.h"
+#include "nodes/makefuncs.h"
+#include "utils/fmgroids.h"
+#include "utils/numeric.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -151,42 +153,92 @@ row_unchanged(const RowChange *change)
 	return true;
 }
 
-/* A row image as row_to_json() renders it, or null */
-static void
-append_row_image(StringInfo buf, Relation rel, HeapTuple tuple)
+/*
+ * A row image: to_jsonb() of the row, which renders every value as
+ * row_to_json() does (the payload column is jsonb: the same as
+ * row_to_json(row)::jsonb) without printing and parsing JSON text.
+ * TOASTed values are fetched first.
+ */
+static Jsonb *
+row_image(Relation rel, HeapTuple tuple)
 {
-	Datum		row;
-	text	   *json;
+	FmgrInfo	to_jsonb;
+	Const	   *row_type;
 
-	if (tuple == NULL)
-	{
-		appendStringInfoString(buf, "null");
-		return;
-	}
-	/* a composite datum, with every TOASTed value fetched inline */
-	row = heap_copy_tuple_as_datum(tuple, RelationGetDescr(rel));
-	json = DatumGetTextPP(DirectFunctionCall1(row_to_json, row));
-	appendBinaryStringInfo(buf, VARDATA_ANY(json), VARSIZE_ANY_EXHDR(json));
+	/* to_jsonb(anyelement) learns the type of its argument from fn_expr */
+	fmgr_info(F_TO_JSONB, &to_jsonb);
+	row_type = makeNullConst(RelationGetDescr(rel)->tdtypeid, -1, InvalidOid);
+	fmgr_info_set_expr((Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+											 list_make1(row_type), InvalidOid,
+											 InvalidOid, COERCE_EXPLICIT_CALL),
+					   &to_jsonb);
+	return DatumGetJsonbP(FunctionCall1(&to_jsonb,
+										heap_copy_tuple_as_datum(tuple, RelationGetDescr(rel))));
 }
 
+static void
+push_key(JsonbParseState **state, const char *name)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) name;
+	v.val.string.len = strlen(name);
+	pushJsonbValue(state, WJB_KEY, &v);
+}
+
+static void
+push_string_member(JsonbParseState **state, const char *name, const char *value)
+{
+	JsonbValue	v;
+
+	push_key(state, name);
+	v.type = jbvString;
+	v.val.string.val = (char *) value;
+	v.val.string.len = strlen(value);
+	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/* name: the row image of tuple, or null */
+static void
+push_image_member(JsonbParseState **state, const char *name, Relation rel,
+				  HeapTuple tuple)
+{
+	JsonbValue	v;
+
+	push_key(state, name);
+	if (tuple == NULL)
+		v.type = jbvNull;
+	else
+	{
+		Jsonb	   *image = row_image(rel, tuple);
+
+		v.type = jbvBinary;
+		v.val.binary.data = &image->root;
+		v.val.binary.len = VARSIZE(image) - VARHDRSZ;
+	}
+	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/* {"op", "table", "before", "after", "txid"} */
 static Jsonb *
 event_payload(const RowChange *change)
 {
-	StringInfoData buf;
-	char	   *table;
+	JsonbParseState *state = NULL;
+	JsonbValue	txid;
 
-	table = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(change->rel)),
-									   RelationGetRelationName(change->rel));
-	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"op\":\"%s\",\"table\":", change->op);
-	escape_json(&buf, table);
-	appendStringInfoString(&buf, ",\"before\":");
-	append_row_image(&buf, change->rel, change->before);
-	appendStringInfoString(&buf, ",\"after\":");
-	append_row_image(&buf, change->rel, change->after);
-	appendStringInfo(&buf, ",\"txid\":" UINT64_FORMAT "}",
-					 U64FromFullTransactionId(GetTopFullTransactionId()));
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_string_member(&state, "op", change->op);
+	push_string_member(&state, "table",
+					   quote_qualified_identifier(get_namespace_name(RelationGetNamespace(change->rel)),
+												  RelationGetRelationName(change->rel)));
+	push_image_member(&state, "before", change->rel, change->before);
+	push_image_member(&state, "after", change->rel, change->after);
+	push_key(&state, "txid");
+	txid.type = jbvNumeric;
+	txid.val.numeric = int64_to_numeric((int64) U64FromFullTransactionId(GetTopFullTransactionId()));
+	pushJsonbValue(&state, WJB_VALUE, &txid);
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
 }
 
 static text *
