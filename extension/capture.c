@@ -316,6 +316,15 @@ become_function_owner(FunctionCallInfo fcinfo, Oid *save_userid, int *save_sec_c
 						   *save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 }
 
+static void
+require_argument(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
 Datum
 eventpipe_capture(PG_FUNCTION_ARGS)
 {
@@ -327,18 +336,9 @@ eventpipe_capture(PG_FUNCTION_ARGS)
 	Oid			save_userid;
 	int			save_sec_context;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("rel must not be null")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("topic must not be null")));
-	if (PG_ARGISNULL(4))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("skip_unchanged must not be null")));
+	require_argument(fcinfo, 0, "rel");
+	require_argument(fcinfo, 1, "topic");
+	require_argument(fcinfo, 4, "skip_unchanged");
 
 	rel = open_owned_table(PG_GETARG_OID(0));
 	check_capturable(rel);
@@ -377,10 +377,7 @@ eventpipe_uncapture(PG_FUNCTION_ARGS)
 	Oid			save_userid;
 	int			save_sec_context;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("rel must not be null")));
+	require_argument(fcinfo, 0, "rel");
 	rel = open_owned_table(PG_GETARG_OID(0));
 	become_function_owner(fcinfo, &save_userid, &save_sec_context);
 	was_captured = drop_capture_triggers(rel, qualified_table_name(rel));

@@ -110,7 +110,7 @@ event_key(const RowChange *change, Trigger *trigger)
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("key column \"%s\" of captured table \"%s\" does not exist",
 							name, RelationGetRelationName(change->rel)),
-					 errhint("The column was renamed after eventpipe.capture(): capture the table again to name its key columns.")));
+					 errhint("The column was renamed (or dropped after a restore) since eventpipe.capture(): capture the table again to name its key columns.")));
 		value = column_text(change->rel, row, attnum);
 		if (nkeys == 1)
 			return value ? cstring_to_text(value) : NULL;
