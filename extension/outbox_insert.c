@@ -8,9 +8,10 @@
  * The row is inserted directly, through the executor's single-row helpers
  * (as logical replication's apply worker does): heap insert, NOT NULL
  * checks, index entries, triggers of the outbox if any.  The capture
- * trigger runs this once per changed row, on users' write paths; an SQL
- * INSERT through a kept SPI plan spent most of its time starting an
- * executor (bench/capture, see README).  Columns are filled by name; an
+ * trigger runs this once per changed row, on users' write paths, where an
+ * SQL INSERT through a kept SPI plan spends its time starting an executor
+ * for one row: the whole trigger took 14.3 us of CPU per row with it, 12.3
+ * with this (50,000-row UPDATEs, README).  Columns are filled by name; an
  * outbox column this file does not know is an error if it has a default
  * or is NOT NULL (a later version that adds one must fill it here).
  *
