@@ -14,7 +14,10 @@ OBJS = \
 	extension/database_drop.o \
 	extension/topic_name.o \
 	extension/event_headers.o \
+	extension/outbox_insert.o \
 	extension/publish.o \
+	extension/capture.o \
+	extension/capture_trigger.o \
 	extension/relay_stats.o \
 	worker/launcher.o \
 	worker/relay_worker.o \
@@ -30,7 +33,7 @@ DATA = sql/$(EXTENSION)--0.1.sql sql/$(EXTENSION)--0.1--0.2.sql
 # pg_regress suites live in sql/ and expected/; scripts/test runs them with
 # a temporary instance that preloads the library (test/preload.conf), and
 # the not_preloaded suite with one that does not.
-REGRESS = publish relay_stats dead_letters upgrade
+REGRESS = publish relay_stats dead_letters upgrade capture
 REGRESS_NOT_PRELOADED = not_preloaded
 
 # -Wextra's unused-parameter warning is off: callback signatures (hooks,

@@ -101,6 +101,11 @@ extern const char *eventpipe_relay_state_name(RelayState state);
 extern void eventpipe_set_latch_of(int procno);
 extern pid_t eventpipe_relay_slot_holder(RelaySlot *slot);
 
+/* outbox_insert.c */
+struct pg_uuid_t;
+extern struct pg_uuid_t *eventpipe_enqueue_event(text *topic, text *key, Jsonb *payload,
+												 Jsonb *headers, text *event_type);
+
 /* commit_wakeup.c */
 extern void eventpipe_wake_relay_at_commit(int64 outbox_id);
 

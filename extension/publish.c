@@ -1,18 +1,16 @@
 /*
  * publish.c
  *		eventpipe.publish(topic, key, payload, headers, event_type): checks
- *		one event and writes it to eventpipe.outbox in the caller's
+ *		one event and enqueues it (outbox_insert.c) in the caller's
  *		transaction, so it is committed or rolled back with the business
  *		write it belongs to.
  *
- * The function is SECURITY DEFINER (the outbox is not writable by callers);
- * its one statement names everything schema-qualified and takes its values
- * as parameters, so the caller's search_path cannot redirect it.
+ * The function is SECURITY DEFINER (the outbox is not writable by
+ * callers); the insert names the outbox schema-qualified, so the caller's
+ * search_path cannot redirect it.
  */
 #include "postgres.h"
 
-#include "catalog/pg_type.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -24,23 +22,6 @@ PG_FUNCTION_INFO_V1(eventpipe_publish);
 
 /* ce_type when neither event_type nor a "type" member of the payload says */
 #define DEFAULT_EVENT_TYPE "eventpipe.event"
-
-static SPIPlanPtr insert_plan = NULL;
-
-static pg_uuid_t *
-new_event_id(void)
-{
-	pg_uuid_t  *uuid = palloc(sizeof(pg_uuid_t));
-
-	if (!pg_strong_random(uuid->data, UUID_LEN))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate a random event id")));
-	/* RFC 4122 version 4, variant 1 */
-	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
-	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
-	return uuid;
-}
 
 /* The payload's top-level "type" member, if it is a non-empty string. */
 static text *
@@ -79,54 +60,6 @@ resolve_event_type(FunctionCallInfo fcinfo, Jsonb *payload)
 	return type ? type : cstring_to_text(DEFAULT_EVENT_TYPE);
 }
 
-/* Write the event to the outbox; returns its outbox id. */
-static int64
-insert_outbox_row(pg_uuid_t *event_id, text *topic, text *key, Jsonb *payload,
-				  Jsonb *headers, text *event_type)
-{
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-	int			rc;
-	bool		isnull;
-	int64		id;
-
-	values[0] = UUIDPGetDatum(event_id);
-	values[1] = PointerGetDatum(topic);
-	values[2] = PointerGetDatum(key);
-	values[3] = JsonbPGetDatum(payload);
-	values[4] = PointerGetDatum(headers);
-	values[5] = PointerGetDatum(event_type);
-	if (key == NULL)
-		nulls[2] = 'n';
-	if (headers == NULL)
-		nulls[4] = 'n';
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (insert_plan == NULL)
-	{
-		Oid			types[6] = {UUIDOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID, TEXTOID};
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare("INSERT INTO eventpipe.outbox"
-						   " (event_id, topic, key, payload, headers, event_type)"
-						   " VALUES ($1, $2, $3, $4, $5, $6)"
-						   " RETURNING id",
-						   6, types);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare the outbox insert: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		insert_plan = plan;
-	}
-	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
-	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
-		elog(ERROR, "outbox insert failed: %s", SPI_result_code_string(rc));
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	return id;
-}
-
 Datum
 eventpipe_publish(PG_FUNCTION_ARGS)
 {
@@ -159,9 +92,8 @@ eventpipe_publish(PG_FUNCTION_ARGS)
 		eventpipe_check_user_headers(headers);
 	}
 
-	event_id = new_event_id();
-	eventpipe_wake_relay_at_commit(insert_outbox_row(event_id, topic, key, payload, headers,
-													 resolve_event_type(fcinfo, payload)));
+	event_id = eventpipe_enqueue_event(topic, key, payload, headers,
+									   resolve_event_type(fcinfo, payload));
 
 	PG_RETURN_UUID_P(event_id);
 }

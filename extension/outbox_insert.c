@@ -1,0 +1,181 @@
+/*
+ * outbox_insert.c
+ *		eventpipe_enqueue_event(): the one place that writes an event into
+ *		eventpipe.outbox, in the current transaction, and has the relay
+ *		woken when that transaction commits.  Used by publish() and by the
+ *		capture trigger.
+ *
+ * The row is inserted directly, through the executor's single-row helpers
+ * (as logical replication's apply worker does): heap insert, NOT NULL
+ * checks, index entries, triggers of the outbox if any.  The capture
+ * trigger runs this once per changed row, on users' write paths, where an
+ * SQL INSERT through a kept SPI plan spends its time starting an executor
+ * for one row: the whole trigger took 14.3 us of CPU per row with it, 12.3
+ * with this (50,000-row UPDATEs, README).  Columns are filled by name; an
+ * outbox column this file does not know is an error if it has a default
+ * or is NOT NULL (a later version that adds one must fill it here).
+ *
+ * The current user must be allowed to insert into the outbox: publish() is
+ * SECURITY DEFINER, the capture trigger switches to the extension's owner.
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "catalog/dependency.h"
+#include "catalog/namespace.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "eventpipe.h"
+
+/* The identity sequence of outbox.id, for the outbox it was looked up for */
+static Oid	sequence_outbox = InvalidOid;
+static Oid	id_sequence = InvalidOid;
+
+static pg_uuid_t *
+new_event_id(void)
+{
+	pg_uuid_t  *uuid = palloc(sizeof(pg_uuid_t));
+
+	if (!pg_strong_random(uuid->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random event id")));
+	/* RFC 4122 version 4, variant 1 */
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
+	return uuid;
+}
+
+/* eventpipe.outbox, opened for an insert by the current user */
+static Relation
+open_outbox(void)
+{
+	Oid			relid;
+	AclResult	aclresult;
+
+	relid = RangeVarGetRelid(makeRangeVar("eventpipe", "outbox", -1),
+							 RowExclusiveLock, false);
+	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_INSERT);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_TABLE, "outbox");
+	return table_open(relid, NoLock);
+}
+
+static int64
+next_outbox_id(Relation outbox, AttrNumber id_attnum)
+{
+	if (sequence_outbox != RelationGetRelid(outbox))
+	{
+		id_sequence = getIdentitySequence(RelationGetRelid(outbox), id_attnum, false);
+		sequence_outbox = RelationGetRelid(outbox);
+	}
+	return nextval_internal(id_sequence, false);
+}
+
+/* Fills the slot's columns, by name, for one new event; returns its id */
+static int64
+fill_outbox_row(Relation outbox, TupleTableSlot *slot, pg_uuid_t *event_id,
+				text *topic, text *key, Jsonb *payload, Jsonb *headers,
+				text *event_type)
+{
+	TupleDesc	desc = RelationGetDescr(outbox);
+	int			i;
+	int64		id = 0;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *name = NameStr(att->attname);
+		Datum		value = (Datum) 0;
+		bool		isnull = false;
+
+		if (att->attisdropped)
+			isnull = true;
+		else if (strcmp(name, "id") == 0)
+		{
+			id = next_outbox_id(outbox, att->attnum);
+			value = Int64GetDatum(id);
+		}
+		else if (strcmp(name, "event_id") == 0)
+			value = UUIDPGetDatum(event_id);
+		else if (strcmp(name, "topic") == 0)
+			value = PointerGetDatum(topic);
+		else if (strcmp(name, "key") == 0)
+		{
+			value = PointerGetDatum(key);
+			isnull = (key == NULL);
+		}
+		else if (strcmp(name, "payload") == 0)
+			value = JsonbPGetDatum(payload);
+		else if (strcmp(name, "headers") == 0)
+		{
+			value = PointerGetDatum(headers);
+			isnull = (headers == NULL);
+		}
+		else if (strcmp(name, "event_type") == 0)
+			value = PointerGetDatum(event_type);
+		else if (strcmp(name, "created_at") == 0)
+			value = TimestampTzGetDatum(GetCurrentTimestamp());
+		else if (strcmp(name, "attempts") == 0)
+			value = Int32GetDatum(0);
+		else if (att->atthasdef || att->attnotnull)
+			elog(ERROR, "eventpipe.outbox column \"%s\" is not filled by the outbox insert", name);
+		else
+			isnull = true;
+		slot->tts_values[i] = value;
+		slot->tts_isnull[i] = isnull;
+	}
+	ExecStoreVirtualTuple(slot);
+	return id;
+}
+
+/*
+ * Writes one checked event (topic legal, headers valid, event_type
+ * non-empty) to the outbox in the current transaction and has the relay
+ * woken when it commits.  key and headers may be NULL.  Returns the new
+ * event id.
+ */
+pg_uuid_t *
+eventpipe_enqueue_event(text *topic, text *key, Jsonb *payload, Jsonb *headers,
+						text *event_type)
+{
+	pg_uuid_t  *event_id = new_event_id();
+	Relation	outbox = open_outbox();
+	EState	   *estate = CreateExecutorState();
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+	ResultRelInfo *result_rel = makeNode(ResultRelInfo);
+	TupleTableSlot *slot;
+	int64		id;
+
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(outbox);
+	rte->relkind = RELKIND_RELATION;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
+	InitResultRelInfo(result_rel, outbox, 1, NULL, 0);
+	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(outbox), &TTSOpsVirtual);
+	id = fill_outbox_row(outbox, slot, event_id, topic, key, payload, headers, event_type);
+
+	AfterTriggerBeginQuery();
+	ExecOpenIndices(result_rel, false);
+	ExecSimpleRelationInsert(result_rel, estate, slot);
+	ExecCloseIndices(result_rel);
+	AfterTriggerEndQuery(estate);
+
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	table_close(outbox, NoLock);
+
+	eventpipe_wake_relay_at_commit(id);
+	return event_id;
+}
