@@ -34,6 +34,7 @@
 #include "relay.h"
 
 static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr claim_excluding_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
 static SPIPlanPtr reschedule_plan = NULL;
 static SPIPlanPtr bury_plan = NULL;
@@ -144,6 +145,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 {
 	MemoryContext batch_context;
 	Datum		args[5];
+	bool		excluding;
 	int			rc;
 	uint64		i;
 
@@ -167,6 +169,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	excluding = ArrayGetNItems(ARR_NDIM(in_flight), ARR_DIMS(in_flight)) > 0;
 	if (claim_plan == NULL)
 	{
 		Oid			types[5] = {INT4OID, INT4OID, INT4OID, INT8OID, INT8ARRAYOID};
@@ -174,30 +177,33 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 		/*
 		 * An earlier event of the key with a retry scheduled, due or not,
 		 * holds this one back: a due retry is claimed first, and the events
-		 * after it in the following batches.  The plan is made for each
-		 * claim's ids in flight, as constants: the planner then looks them up
-		 * in a hash table.
+		 * after it in the following batches.  The plan that passes over ids
+		 * in flight is made for each claim's ids, as constants: the planner
+		 * then looks them up in a hash table.
 		 */
-		claim_plan = prepare_kept(
+		const char *claim_sql =
 			"SELECT o.id, o.event_id::text, o.topic, o.key, o.payload::text, o.headers,"
 			"       o.event_type, o.created_at, o.attempts"
 			"  FROM eventpipe.outbox AS o"
-			" WHERE o.id > $4 AND o.id <> ALL ($5)"
+			" WHERE o.id > $4 %s"
 			"   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())"
 			"   AND ($2 = 1 OR eventpipe.relay_shard(o.key, o.id, $2) = $3)"
 			"   AND NOT EXISTS (SELECT FROM eventpipe.outbox AS w"
 			"                    WHERE w.next_attempt_at IS NOT NULL"
 			"                      AND w.topic = o.topic AND w.key = o.key AND w.id < o.id)"
 			" ORDER BY o.id"
-			" LIMIT $1",
-			5, types, CURSOR_OPT_CUSTOM_PLAN);
+			" LIMIT $1";
+
+		claim_excluding_plan = prepare_kept(psprintf(claim_sql, "AND o.id <> ALL ($5)"),
+											5, types, CURSOR_OPT_CUSTOM_PLAN);
+		claim_plan = prepare_kept(psprintf(claim_sql, ""), 4, types, 0);
 	}
 	args[0] = Int32GetDatum(limit);
 	args[1] = Int32GetDatum(shards);
 	args[2] = Int32GetDatum(shard);
 	args[3] = Int64GetDatum(after_id);
 	args[4] = PointerGetDatum(in_flight);
-	rc = SPI_execute_plan(claim_plan, args, NULL, true, limit);
+	rc = SPI_execute_plan(excluding ? claim_excluding_plan : claim_plan, args, NULL, true, limit);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading the outbox failed: %s", SPI_result_code_string(rc));
 

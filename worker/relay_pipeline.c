@@ -77,6 +77,7 @@ typedef struct ClaimStep
 	int			shard;
 	int64		after_id;
 	ArrayType  *in_flight;
+	bool		nowait;
 	OutboxAvailability availability;
 } ClaimStep;
 
@@ -85,28 +86,27 @@ claim_step(void *arg)
 {
 	ClaimStep  *step = (ClaimStep *) arg;
 
-	/* with batches in flight interrupts are held: wait for no lock then */
 	step->availability = outbox_claim_batch(&step->claimed->rows, eventpipe_relay_batch_size,
 											step->shard, eventpipe_relay_workers,
-											step->after_id, step->in_flight,
-											ArrayGetNItems(ARR_NDIM(step->in_flight),
-														   ARR_DIMS(step->in_flight)) > 0);
+											step->after_id, step->in_flight, step->nowait);
 }
 
 /*
  * Claim a batch of rows with ids above after_id (0: from the start), passing
- * over the ids in flight.  Returns NULL if the claim failed (already logged
- * and recorded).
+ * over the ids in flight.  With batches in flight interrupts are held: then
+ * it waits for no lock on the outbox (nowait).  Returns NULL if the claim
+ * failed (already logged and recorded).
  */
 static ClaimedBatch *
-claim(int shard, int64 after_id, ArrayType *in_flight, OutboxAvailability *availability)
+claim(int shard, int64 after_id, ArrayType *in_flight, bool nowait,
+	  OutboxAvailability *availability)
 {
 	MemoryContext context = AllocSetContextCreate(CurrentMemoryContext,
 												  "eventpipe relay batch",
 												  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext caller = MemoryContextSwitchTo(context);
 	ClaimedBatch *claimed = palloc0(sizeof(ClaimedBatch));
-	ClaimStep	step = {claimed, shard, after_id, in_flight, OUTBOX_READY};
+	ClaimStep	step = {claimed, shard, after_id, in_flight, nowait, OUTBOX_READY};
 	bool		ok;
 
 	claimed->context = context;
@@ -115,6 +115,7 @@ claim(int shard, int64 after_id, ArrayType *in_flight, OutboxAvailability *avail
 	ok = relay_run_guarded(claim_step, &step);
 	claimed->claimed = GetCurrentTimestamp();
 	MemoryContextSwitchTo(caller);
+	pfree(in_flight);
 	if (!ok)
 	{
 		MemoryContextDelete(context);
@@ -211,9 +212,9 @@ typedef struct InFlight
 	int			count;
 } InFlight;
 
-/* The ids of the events in flight, as an int8[]. */
+/* The ids above after_id of the events in flight, as an int8[]. */
 static ArrayType *
-ids_in_flight(InFlight *in_flight)
+ids_in_flight(InFlight *in_flight, int64 after_id)
 {
 	Datum	   *ids;
 	int			count = 0;
@@ -230,7 +231,8 @@ ids_in_flight(InFlight *in_flight)
 		OutboxBatch *rows = &in_flight->batches[b]->rows;
 
 		for (i = 0; i < rows->count; i++)
-			ids[count++] = Int64GetDatum(rows->events[i].id);
+			if (rows->events[i].id > after_id)
+				ids[count++] = Int64GetDatum(rows->events[i].id);
 	}
 	array = construct_array(ids, count, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE);
 	pfree(ids);
@@ -290,13 +292,13 @@ static ClaimedBatch *
 claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
 		   OutboxAvailability *availability)
 {
-	ArrayType  *ids = ids_in_flight(in_flight);
 	ClaimedBatch *next = NULL;
 	uint64		lowest_committed;
 
 	if (floor->may_skip)
 	{
-		next = claim(shard, floor->highest_claimed, ids, availability);
+		next = claim(shard, floor->highest_claimed,
+					 ids_in_flight(in_flight, floor->highest_claimed), true, availability);
 		if (next != NULL)
 		{
 			lowest_committed = relay_take_lowest_committed_id();
@@ -313,11 +315,10 @@ claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
 	}
 	if (next == NULL && !floor->may_skip)
 	{
-		next = claim(shard, 0, ids, availability);
+		next = claim(shard, 0, ids_in_flight(in_flight, 0), true, availability);
 		if (next != NULL)
 			update_floor(floor, next, relay_take_lowest_committed_id());
 	}
-	pfree(ids);
 	return next;
 }
 
@@ -341,7 +342,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 
 	/* what committed before the full claim below is seen by it */
 	(void) relay_take_lowest_committed_id();
-	first = claim(shard, 0, construct_empty_array(INT8OID), &availability);
+	first = claim(shard, 0, construct_empty_array(INT8OID), false, &availability);
 	if (first == NULL)
 		run.end = RELAY_RUN_CLAIM_FAILED;
 	else if (availability == OUTBOX_NO_EXTENSION)
