@@ -46,13 +46,10 @@ $$;
 ensure_topic($bootstrap, $topic);
 
 my $log_start = log_position($node);
-$node->safe_psql($db,
-	subscribe_sql($sub, [$topic],
-		subscribe => "batch_size => 500, dedup_field => 'event_id'",
-		customers => 1,
-		more => "SELECT eventpipe.add_handler('$sub', 'PaymentCompleted', 'record_payment(jsonb, jsonb)');\n"));
-my $pid = wait_consumer_pid($node, $db, $sub, timeout => 30);
-ok($pid, "a consumer worker runs for the new subscription (pid $pid), no restart needed");
+my $pid = start_subscription($node, $db, $sub, [$topic],
+	subscribe => "batch_size => 500, dedup_field => 'event_id'",
+	customers => 1,
+	handlers  => [ [ 'PaymentCompleted', 'record_payment(jsonb, jsonb)' ] ]);
 
 my $events = make_events(prefix => 'shop', count => 3000, headered => 600, products => 12,
 	customers => 10, unmatched => 60, seed => 310);

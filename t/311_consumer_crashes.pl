@@ -41,13 +41,10 @@ $$;
 });
 ensure_topic($bootstrap, $topic);
 my $log_start = log_position($node);
-$node->safe_psql($db,
-	subscribe_sql($sub, [$topic],
-		subscribe => "batch_size => 200, dedup_field => 'event_id'",
-		customers => 1,
-		more => "SELECT eventpipe.add_handler('$sub', 'ProductViewed', 'record_view(jsonb, jsonb)');\n"));
-my $pid = wait_consumer_pid($node, $db, $sub, timeout => 30);
-ok($pid, "consumer worker running (pid $pid)");
+my $pid = start_subscription($node, $db, $sub, [$topic],
+	subscribe => "batch_size => 200, dedup_field => 'event_id'",
+	customers => 1,
+	handlers  => [ [ 'ProductViewed', 'record_view(jsonb, jsonb)' ] ]);
 
 sub views_seen { return $node->safe_psql($db, 'SELECT count(*) FROM views_seen') }
 

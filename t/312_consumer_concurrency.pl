@@ -52,7 +52,7 @@ for my $sub (sort keys %topics)
 	my $one = subscribe_sql($sub, [ $topics{$sub} ],
 		subscribe => "group_id => 't312-$sub', batch_size => 100, dedup_field => 'event_id'",
 		customers => 1,
-		more => "SELECT eventpipe.add_handler('$sub', 'LikeChanged', 'slow_like(jsonb, jsonb)');\n");
+		handlers  => [ [ 'LikeChanged', 'slow_like(jsonb, jsonb)' ] ]);
 	$one =~ s/^BEGIN;\n|COMMIT;\n$//g;
 	$sql .= $one;
 }

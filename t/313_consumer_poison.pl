@@ -47,13 +47,10 @@ $$;
 });
 ensure_topic($bootstrap, $topic);
 my $log_start = log_position($node);
-$node->safe_psql($db,
-	subscribe_sql($sub, [$topic],
-		subscribe => "batch_size => 100, dedup_field => 'event_id'",
-		customers => 1,
-		more => "SELECT eventpipe.add_handler('$sub', 'RefundIssued', 'apply_refund(jsonb, jsonb)');\n"));
-my $pid = wait_consumer_pid($node, $db, $sub, timeout => 30);
-ok($pid, "consumer worker running (pid $pid)");
+my $pid = start_subscription($node, $db, $sub, [$topic],
+	subscribe => "batch_size => 100, dedup_field => 'event_id'",
+	customers => 1,
+	handlers  => [ [ 'RefundIssued', 'apply_refund(jsonb, jsonb)' ] ]);
 
 # ---- what is produced -------------------------------------------------------
 

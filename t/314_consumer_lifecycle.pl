@@ -61,16 +61,14 @@ sub views_seen
 	return $ret == 0 ? $out : 0;
 }
 
-my $slow_handler = "SELECT eventpipe.add_handler('%s', 'ProductViewed', 'record_view(jsonb, jsonb)');\n";
+my @slow_handler = (handlers => [ [ 'ProductViewed', 'record_view(jsonb, jsonb)' ] ]);
 
 prepare_shop();
 my $log_start = log_position($node);
 
 # ---- (a) subscribe, unsubscribe ----------------------------------------------
 
-$node->safe_psql($db, subscribe_sql('life', [$t_life], subscribe => "dedup_field => 'event_id'"));
-my $pid = wait_consumer_pid($node, $db, 'life', timeout => 30);
-ok($pid, "(a) subscribe started a worker (pid $pid)");
+my $pid = start_subscription($node, $db, 'life', [$t_life], subscribe => "dedup_field => 'event_id'");
 my $e1 = make_events(prefix => 'l1', count => 1500, headered => 50, products => 6, seed => 3141);
 produce_events($bootstrap, $t_life, $e1);
 ok(wait_caught_up($node, $db, 'life', $bootstrap, [$t_life], 120), '(a) the worker caught up');
@@ -115,11 +113,8 @@ sub start_busy
 {
 	my ($label, $sub, $events) = @_;
 	my $views = sum_events($events, 'ProductViewed');
-	$node->safe_psql($db,
-		subscribe_sql($sub, [$t_busy], subscribe => "batch_size => 100, dedup_field => 'event_id'",
-			more => sprintf($slow_handler, $sub)));
-	my $p = wait_consumer_pid($node, $db, $sub, timeout => 30);
-	ok($p, "$label: worker $p runs");
+	my $p = start_subscription($node, $db, $sub, [$t_busy],
+		subscribe => "batch_size => 100, dedup_field => 'event_id'", @slow_handler);
 	my $into = wait_until(sub { views_seen() >= 200 }, 60);
 	my $now = views_seen();
 	ok($into && $now < $views, "$label: the worker is in the middle of its topic ($now of $views views)");
@@ -144,7 +139,7 @@ $node->safe_psql($db, 'CREATE EXTENSION eventpipe');
 $node->safe_psql($db, 'TRUNCATE product_metrics, customer_metrics, views_seen');
 $node->safe_psql($db,
 	subscribe_sql('again', [$t_busy], subscribe => "dedup_field => 'event_id'",
-		more => sprintf($slow_handler, 'again')));
+		@slow_handler));
 ok(wait_caught_up($node, $db, 'again', $bootstrap, [$t_busy], 120),
 	'(b) after CREATE EXTENSION a new subscription consumed the topic');
 check_product_metrics($node, $db, expected_metrics($busy), '(b) and its product_metrics are exact');

@@ -16,8 +16,10 @@
 #   produce_events / produce_messages / produce_with_headers / produce_file
 #                                         kcat -P, checked by end offsets
 #   topic_positions($bootstrap, $topic)   key => [[partition, offset], ...]
-#   metrics_sql / subscribe_sql           the target tables; a subscription
-#                                         and its rules in one transaction
+#   metrics_sql / subscribe_sql / start_subscription
+#                                         the target tables; a subscription,
+#                                         its rules and handlers in one
+#                                         transaction; its worker started
 #   expected_metrics(\@events, ...)       what the tables must hold
 #   check_product_metrics / check_customer_metrics
 #                                         exact comparison (amounts in cents)
@@ -47,7 +49,7 @@ our @EXPORT = qw(
   make_events event_message sum_events
   produce_events produce_messages produce_with_headers produce_file
   topic_positions topic_event_ids total_end_offset
-  metrics_sql product_rules_sql subscribe_sql
+  metrics_sql product_rules_sql subscribe_sql start_subscription
   expected_metrics check_product_metrics check_customer_metrics
   consumer_stats consumer_stat consumer_pid wait_consumer_pid
   db_offsets caught_up wait_caught_up
@@ -350,21 +352,26 @@ sub produce_events
 	return $n;
 }
 
+# The lines kcat prints for every message of $topic, from the beginning to
+# the end, with the output format $format (one line per message).
+sub _kcat_read
+{
+	my ($bootstrap, $topic, $format) = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run(
+		[ 'kcat', '-C', '-b', $bootstrap, '-t', $topic, '-o', 'beginning', '-e', '-q', '-f', $format ],
+		'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(120))
+	  or croak "kcat could not read $topic: $err";
+	return split /\n/, $out;
+}
+
 # Where each key's messages are: key => [[partition, offset], ...] in
-# partition/offset order (kcat -C from the beginning).
+# partition/offset order.
 sub topic_positions
 {
 	my ($bootstrap, $topic) = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run(
-		[
-			'kcat', '-C', '-b', $bootstrap, '-t', $topic, '-o', 'beginning', '-e', '-q',
-			'-f', "%p\t%o\t%k\n"
-		],
-		'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(120))
-	  or croak "kcat could not read $topic: $err";
 	my %pos;
-	for my $line (split /\n/, $out)
+	for my $line (_kcat_read($bootstrap, $topic, "%p\t%o\t%k\n"))
 	{
 		my ($p, $off, $key) = split /\t/, $line, 3;
 		push @{ $pos{ $key // '' } }, [ $p, $off ];
@@ -377,16 +384,8 @@ sub topic_positions
 sub topic_event_ids
 {
 	my ($bootstrap, $topic) = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run(
-		[
-			'kcat', '-C', '-b', $bootstrap, '-t', $topic, '-o', 'beginning', '-e', '-q',
-			'-f', "%p\t%o\t%h\t%s\n"
-		],
-		'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(120))
-	  or croak "kcat could not read $topic: $err";
 	my %ids;
-	for my $line (split /\n/, $out)
+	for my $line (_kcat_read($bootstrap, $topic, "%p\t%o\t%h\t%s\n"))
 	{
 		my ($p, $off, $headers, $value) = split /\t/, $line, 4;
 		next unless defined $off;
@@ -441,8 +440,9 @@ SELECT eventpipe.add_metric($s, 'PaymentCompleted', 'customer_metrics', 'custome
 }
 
 # subscribe_sql($sub, [topics], subscribe => "more named arguments",
-#   customers => 1, table => ..., more => "more statements"): one
-# transaction creating the subscription and its product rules.
+#   customers => 1, table => ..., handlers => [[type, 'f(jsonb, jsonb)'],
+#   ...]): one transaction creating the subscription, its product rules and
+# its handlers.
 sub subscribe_sql
 {
 	my ($sub, $topics, %o) = @_;
@@ -450,11 +450,22 @@ sub subscribe_sql
 		sql_quote($sub),
 		'ARRAY[' . join(', ', map { sql_quote($_) } @$topics) . ']::text[]',
 		$o{subscribe} // ());
-	return "BEGIN;
-SELECT eventpipe.subscribe($args);
-"
-	  . product_rules_sql($sub, %o) . ($o{more} // '') . "COMMIT;
-";
+	my $handlers = join('',
+		map { sprintf("SELECT eventpipe.add_handler(%s, %s, %s);\n", sql_quote($sub), sql_quote($_->[0]), sql_quote($_->[1])) }
+		  @{ $o{handlers} // [] });
+	return "BEGIN;\nSELECT eventpipe.subscribe($args);\n" . product_rules_sql($sub, %o) . $handlers . "COMMIT;\n";
+}
+
+# subscribe_sql() run in $db, then wait (30 s at most) for the worker: one
+# test; returns its pid (0 if none came).
+sub start_subscription
+{
+	my ($node, $db, $sub, $topics, %o) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	$node->safe_psql($db, subscribe_sql($sub, $topics, %o));
+	my $pid = wait_consumer_pid($node, $db, $sub, timeout => 30);
+	ok($pid, "subscription $sub: a consumer worker runs (pid $pid) without a restart");
+	return $pid;
 }
 
 # expected_metrics(\@events, times => 1): {products => {p => {sales_count,
