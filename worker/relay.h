@@ -14,6 +14,8 @@
 #include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
+#include "kafka_log.h"
+
 /* One outbox row, copied out of the database for delivery. */
 typedef struct OutboxEvent
 {
@@ -79,12 +81,6 @@ extern bool kafka_producer_send_batch(OutboxBatch *batch, const char *source,
 extern bool kafka_error_is_permanent(const OutboxEvent *event);
 extern bool kafka_producer_failed_fatally(char *errbuf, size_t errbuf_size);
 
-/* kafka_log.c: librdkafka's log lines, kept until the main loop can ereport them */
-extern void kafka_log_callback(const rd_kafka_t *rk, int level, const char *facility,
-							   const char *message);
-extern void kafka_error_callback(rd_kafka_t *rk, int err, const char *reason, void *opaque);
-extern void kafka_log_drain(void);
-extern bool kafka_log_take_broker_error(char *buf, size_t size);
 
 /* relay_worker.c */
 extern PGDLLEXPORT void eventpipe_relay_main(Datum main_arg);
