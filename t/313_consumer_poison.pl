@@ -37,7 +37,7 @@ BEGIN
     IF payload ->> 'fail' = 'early' THEN
         RAISE EXCEPTION 'refund % refused by the handler', metadata ->> 'id';
     END IF;
-    INSERT INTO refunds VALUES (metadata ->> 'id', payload ->> 'product_id',
+    INSERT INTO public.refunds VALUES (metadata ->> 'id', payload ->> 'product_id',
                                 (payload ->> 'amount')::numeric);
     IF payload ->> 'fail' = 'late' THEN
         RAISE EXCEPTION 'refund % refused by the handler after its insert', metadata ->> 'id';

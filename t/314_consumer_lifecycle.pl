@@ -42,7 +42,7 @@ CREATE FUNCTION record_view(payload jsonb, metadata jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_sleep(0.001);
-    INSERT INTO views_seen VALUES (metadata ->> 'id');
+    INSERT INTO public.views_seen VALUES (metadata ->> 'id');
 END
 $$;
 });
