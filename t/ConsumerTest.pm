@@ -340,15 +340,17 @@ sub _check_grown
 	return;
 }
 
-# Events in the given order: the runs of events without headers from a
-# file, the others one kcat each.  Returns how many.
+# Events, in their order within each kind: first those with headers, one
+# kcat each (slow: a few milliseconds apiece), then those without headers,
+# all at once from a file — so that a test can strike while the consumer is
+# busy with the bulk that arrived last.  Returns how many.
 sub produce_events
 {
 	my ($bootstrap, $topic, $events, %o) = @_;
-	my @plain = map { event_message($_) } grep { !$_->{headered} } @$events;
 	my @with  = map { event_message($_) } grep { $_->{headered} } @$events;
-	my $n = produce_messages($bootstrap, $topic, \@plain);
-	$n += produce_with_headers($bootstrap, $topic, \@with, %o);
+	my @plain = map { event_message($_) } grep { !$_->{headered} } @$events;
+	my $n = produce_with_headers($bootstrap, $topic, \@with, %o);
+	$n += produce_messages($bootstrap, $topic, \@plain);
 	return $n;
 }
 
