@@ -130,9 +130,9 @@ is($node->safe_psql($db, 'SELECT count(*) FROM eventpipe.consumer_dead_letters')
 cmp_ok($node->safe_psql($db,
 		"SELECT count(*) FROM eventpipe.event_handled WHERE subscription = '$sub'"),
 	'>=', $matched, 'the dedup ledger holds every applied event');
-my @crashes = crash_lines($node, $log_start);
-is(scalar @crashes, 0, 'no worker crashed') or diag join("\n", @crashes);
+my @crashes = crash_lines($node, $log_start, exits => 1);
+is(scalar @crashes, 0, 'no worker crashed or exited') or diag join("\n", @crashes);
 
-$node->stop;
+stop_node($node);
 ok(stop_kafka($kafka), 'Kafka stopped');
 done_testing();

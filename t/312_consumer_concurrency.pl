@@ -107,8 +107,8 @@ is($node->safe_psql($db, 'SELECT count(*) FROM eventpipe.consumer_dead_letters')
 	'nothing was dead-lettered');
 my @deadlocks = log_matches_re(qr/deadlock detected/);
 is(scalar @deadlocks, 0, 'no deadlock in the server log') or diag join("\n", @deadlocks);
-my @crashes = crash_lines($node, $log_start);
-is(scalar @crashes, 0, 'no worker crashed') or diag join("\n", @crashes);
+my @crashes = crash_lines($node, $log_start, exits => 1);
+is(scalar @crashes, 0, 'no worker crashed or exited') or diag join("\n", @crashes);
 note 'lock waits logged: ' . scalar(log_matches_re(qr/still waiting for/));
 
 sub log_matches_re
@@ -117,6 +117,6 @@ sub log_matches_re
 	return grep { /$re/ } split /\n/, log_since($node, $log_start);
 }
 
-$node->stop;
+stop_node($node);
 ok(stop_kafka($kafka), 'Kafka stopped');
 done_testing();

@@ -204,9 +204,9 @@ is($stats->{events_dead}, scalar(keys %garbage), 'consumer_stats.events_dead cou
 is($stats->{events_applied}, sum_events($good, PRODUCT_TYPES) + 1 + @refunds,
 	'consumer_stats.events_applied counts the good events');
 is(consumer_pid($node, $db, $sub), $pid, 'the same worker consumed everything: it never restarted');
-my @crashes = crash_lines($node, $log_start);
+my @crashes = crash_lines($node, $log_start, exits => 1);
 is(scalar @crashes, 0, 'no worker crashed or exited') or diag join("\n", @crashes);
 
-$node->stop;
+stop_node($node);
 ok(stop_kafka($kafka), 'Kafka stopped');
 done_testing();

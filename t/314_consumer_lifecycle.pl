@@ -104,7 +104,7 @@ check_product_metrics($node, $db, expected_metrics([ $e1, 1 ], [ $e2, 1 ]),
 check_product_metrics($node, $db, expected_metrics($e1),
 	'(a) product_metrics did not change after the unsubscribe');
 my @crashes = crash_lines($node, $log_start);
-is(scalar @crashes, 0, '(a) no worker crashed or exited with an error') or diag join("\n", @crashes);
+is(scalar @crashes, 0, '(a) no worker crashed') or diag join("\n", @crashes);
 
 # ---- (b) DROP EXTENSION while consuming --------------------------------------
 
@@ -144,9 +144,9 @@ ok(wait_caught_up($node, $db, 'again', $bootstrap, [$t_busy], 120),
 	'(b) after CREATE EXTENSION a new subscription consumed the topic');
 check_product_metrics($node, $db, expected_metrics($busy), '(b) and its product_metrics are exact');
 is(views_seen(), sum_events($busy, 'ProductViewed'), '(b) its handler ran once per view');
-@crashes = grep { !/exited with exit code 1/ } crash_lines($node, $log_b);
+@crashes = crash_lines($node, $log_b);
 is(scalar @crashes, 0, '(b) nothing crashed (no PANIC, no signal)') or diag join("\n", @crashes);
-note '(b) workers that exited with an error: ' . join("\n", grep { /exited with exit code/ } crash_lines($node, $log_b));
+note '(b) workers that exited with an error: ' . join("\n", grep { /exited with exit code/ } crash_lines($node, $log_b, exits => 1));
 
 # ---- (c) DROP DATABASE while consuming ----------------------------------------
 
@@ -158,16 +158,20 @@ my $log_c = log_position($node);
 is($ret, 0, '(c) DROP DATABASE of the workers\' database while one consumes is not blocked') or diag $err;
 ok(server_is_up($node), '(c) the server is up');
 ok(wait_until(sub { !backend_exists($pid) }, 30), "(c) worker $pid is gone");
-@crashes = grep { !/exited with exit code 1/ } crash_lines($node, $log_c);
+@crashes = crash_lines($node, $log_c);
 is(scalar @crashes, 0, '(c) nothing crashed (no PANIC, no signal)') or diag join("\n", @crashes);
 
 # the database again: workers come back to it
-prepare_shop();
-$node->safe_psql($db, subscribe_sql('reborn', [$t_life], subscribe => "dedup_field => 'event_id'"));
-ok(wait_caught_up($node, $db, 'reborn', $bootstrap, [$t_life], 120),
-	'(c) in the database created again, a new subscription consumed its topic');
-check_product_metrics($node, $db, expected_metrics([ $e1, 1 ], [ $e2, 1 ]), '(c) exactly');
+SKIP:
+{
+	skip '(c) shop was not dropped', 2 unless $ret == 0;
+	prepare_shop();
+	$node->safe_psql($db, subscribe_sql('reborn', [$t_life], subscribe => "dedup_field => 'event_id'"));
+	ok(wait_caught_up($node, $db, 'reborn', $bootstrap, [$t_life], 120),
+		'(c) in the database created again, a new subscription consumed its topic');
+	check_product_metrics($node, $db, expected_metrics([ $e1, 1 ], [ $e2, 1 ]), '(c) exactly');
+}
 
-$node->stop;
+stop_node($node);
 ok(stop_kafka($kafka), 'Kafka stopped');
 done_testing();

@@ -27,6 +27,7 @@
 #   db_offsets / wait_caught_up           the offsets stored in the database
 #                                         reach the topics' end offsets
 #   crash_lines($node, $offset)           crashes in the server log since
+#   stop_node($node)                      a fast shutdown must work (one test)
 package ConsumerTest;
 
 use strict;
@@ -53,7 +54,7 @@ our @EXPORT = qw(
   expected_metrics check_product_metrics check_customer_metrics
   consumer_stats consumer_stat consumer_pid wait_consumer_pid
   db_offsets caught_up wait_caught_up
-  crash_lines PRODUCT_TYPES
+  crash_lines stop_node PRODUCT_TYPES
 );
 
 use constant PRODUCT_TYPES => qw(ProductViewed LikeChanged PaymentCompleted);
@@ -670,12 +671,30 @@ sub wait_caught_up
 	return $ok;
 }
 
-# Server log lines since $offset that show a crash or a worker dying.
+# Server log lines since $offset that show a crash (PANIC, a process ended
+# by a signal, a crash-restart).  With exits => 1, also the background
+# workers that exited with an error: where no worker was stopped on
+# purpose, a worker that exits is one that failed (a crash loop in the
+# making); a worker stopped with SIGTERM exits with code 1 too.
 sub crash_lines
 {
-	my ($node, $offset) = @_;
-	return log_matches($node, $offset,
-		qr/PANIC|terminated by signal|segmentation fault|server process .* was terminated|exited with exit code|was terminated by exception/);
+	my ($node, $offset, %o) = @_;
+	my $re = qr/PANIC|terminated by signal|segmentation fault|server process .* was terminated|was terminated by exception/;
+	$re = qr/$re|exited with exit code/ if $o{exits};
+	return log_matches($node, $offset, $re);
+}
+
+# Stop the node in fast mode: one test, since a worker that cannot exit
+# holds a fast shutdown up for ever; then in immediate mode if it did not
+# stop (instead of the BAIL_OUT of a failed stop, which ends every test
+# file of the run).
+sub stop_node
+{
+	my ($node) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my $ok = ok($node->stop('fast', fail_ok => 1), 'the server stops in fast mode');
+	$node->stop('immediate') unless $ok;
+	return $ok;
 }
 
 1;
