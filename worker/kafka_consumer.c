@@ -101,6 +101,8 @@ create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_si
 		{"enable.auto.offset.store", "false"},
 		{"enable.partition.eof", "false"},
 		{"session.timeout.ms", "10000"},
+		/* notice a subscribed topic created after the subscription soon */
+		{"topic.metadata.refresh.interval.ms", "10000"},
 		{"reconnect.backoff.ms", "100"},
 		{"reconnect.backoff.max.ms", "2000"},
 		{"log.queue", "true"},
