@@ -9,9 +9,9 @@
  * the handlers' work, the metric upserts (deltas summed per target row, one
  * statement per target column), its dead letters and its partitions' next
  * offsets.  Metric rows are guarded by transaction-level advisory locks on
- * (target, key), all of a batch's taken in one statement in sorted order
- * before any upsert, so two workers touching the same rows wait for each
- * other instead of deadlocking.
+ * (target, hash bucket of the key), all of a batch's taken in one statement
+ * in sorted order before any upsert, so two workers touching the same rows
+ * wait for each other instead of deadlocking.
  *
  * A handler runs in a subtransaction of its own: its error dead-letters
  * that message only.  Any other error fails the whole batch; the worker then
@@ -378,7 +378,16 @@ run_handlers(ConsumedMessage *messages, int count, const char *name)
 	}
 }
 
-/* Advisory locks on every (target, key) the messages touch, in sorted order. */
+/*
+ * Transaction-level advisory locks on the metric rows the messages touch,
+ * taken in one statement in sorted order, before any upsert: two workers
+ * that touch the same rows wait for each other, and, all locks coming in one
+ * global order, never deadlock.  A lock covers (target, a bucket of keys by
+ * hash), so a batch takes at most LOCK_BUCKETS locks per target whatever
+ * its number of keys, and never fills the server's lock table.
+ */
+#define LOCK_BUCKETS 256
+
 static void
 lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rules)
 {
@@ -386,7 +395,7 @@ lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rule
 	List	   *keys = NIL;
 	Datum	   *target_datums;
 	Datum	   *key_datums;
-	Datum		values[2];
+	Datum		values[3];
 	ListCell   *lc1;
 	ListCell   *lc2;
 	int			n = 0;
@@ -417,11 +426,13 @@ lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rule
 	}
 	values[0] = make_array(target_datums, NULL, n, OIDOID);
 	values[1] = make_array(key_datums, NULL, n, TEXTOID);
-	if (SPI_execute_with_args("SELECT count(pg_advisory_xact_lock(s.lock))"
-							  " FROM (SELECT DISTINCT hashtextextended(u.k, u.t::int8) AS lock"
+	values[2] = Int32GetDatum(LOCK_BUCKETS);
+	if (SPI_execute_with_args("SELECT count(pg_advisory_xact_lock(s.target, s.bucket))"
+							  " FROM (SELECT DISTINCT (u.t::int8 & 2147483647)::int4 AS target,"
+							  "              (hashtext(u.k) & 2147483647) % $3 AS bucket"
 							  "       FROM unnest($1::oid[], $2::text[]) AS u(t, k)"
-							  "       ORDER BY 1) AS s",
-							  2, (Oid[]) {OIDARRAYOID, TEXTARRAYOID}, values, NULL,
+							  "       ORDER BY 1, 2) AS s",
+							  3, (Oid[]) {OIDARRAYOID, TEXTARRAYOID, INT4OID}, values, NULL,
 							  false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "eventpipe consumer: could not lock the metric rows");
 }

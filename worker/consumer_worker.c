@@ -272,6 +272,8 @@ consumer_step(void)
 	char		errbuf[512];
 	bool		applied;
 	int			i;
+	TimestampTz step_started_at;
+	TimestampTz polled_at;
 
 	if (eventpipe_bootstrap_servers[0] == '\0')
 	{
@@ -299,6 +301,7 @@ consumer_step(void)
 	}
 
 	raw = palloc(sizeof(rd_kafka_message_t *) * subscription.batch_size);
+	step_started_at = GetCurrentTimestamp();
 	batch.count = kafka_consumer_poll_batch(raw, subscription.batch_size, POLL_WAIT_MS);
 	note_kafka_errors();
 	if (batch.count == 0)
@@ -317,7 +320,10 @@ consumer_step(void)
 	batch.messages = palloc0(sizeof(ConsumedMessage) * batch.count);
 	for (i = 0; i < batch.count; i++)
 		batch.messages[i].raw = raw[i];
+	polled_at = GetCurrentTimestamp();
 	applied = apply_batch(&batch);
+	elog(DEBUG1, "%s: batch of %d: poll %.1f ms, apply %.1f ms", who, batch.count,
+		 (polled_at - step_started_at) / 1000.0, (GetCurrentTimestamp() - polled_at) / 1000.0);
 	if (applied)
 	{
 		kafka_consumer_commit(&batch);
