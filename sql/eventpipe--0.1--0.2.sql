@@ -207,7 +207,8 @@ COMMENT ON FUNCTION eventpipe.unsubscribe(text) IS
     'Stop a subscription''s worker and forget its rules, handlers, ledger and offsets (dead letters stay)';
 REVOKE ALL ON FUNCTION eventpipe.unsubscribe(text) FROM PUBLIC;
 
--- Raise the error for an unknown subscription; shared by add_metric and add_handler.
+-- Raise the error for an unknown subscription; shared by add_metric and
+-- add_handler, whose callers must be able to run it (it changes nothing).
 CREATE FUNCTION eventpipe.check_subscription(subscription text)
 RETURNS void
 LANGUAGE plpgsql STABLE
@@ -221,7 +222,6 @@ BEGIN
     END IF;
 END;
 $$;
-REVOKE ALL ON FUNCTION eventpipe.check_subscription(text) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.add_metric(
     subscription text,

@@ -16,9 +16,9 @@
  * A handler runs in a subtransaction of its own: its error dead-letters
  * that message only.  Any other error fails the whole batch; the worker then
  * applies it again one_by_one, each message in a subtransaction, so the
- * message at fault is dead-lettered and the rest applied.  Statements run as
- * the role that declared the rule or handler, with the worker's search_path
- * (pg_catalog, pg_temp) and every name quoted.
+ * message at fault is dead-lettered and the rest applied.  The worker's own
+ * statements run with search_path pg_catalog, pg_temp; the user's part (see
+ * become_user) as the role that declared it.  Every name is quoted.
  */
 #include "postgres.h"
 
@@ -33,6 +33,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -321,6 +322,36 @@ forget_event_id(const ConsumedMessage *message, const char *name)
 	execute_plan(plan, values, SPI_OK_DELETE);
 }
 
+/*
+ * The user's part of a batch (handlers, upserts into their tables, the
+ * triggers these fire) runs as the role that declared the rule or handler,
+ * with the search_path of an ordinary session ("$user", public; pg_catalog
+ * still first), not the worker's superuser rights and path.
+ */
+typedef struct UserContext
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nestlevel;
+} UserContext;
+
+static void
+become_user(Oid role, UserContext *context)
+{
+	GetUserIdAndSecContext(&context->save_userid, &context->save_sec_context);
+	SetUserIdAndSecContext(role, context->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	context->nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "\"$user\", public", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+static void
+stop_being_user(UserContext *context)
+{
+	AtEOXact_GUC(true, context->nestlevel);
+	SetUserIdAndSecContext(context->save_userid, context->save_sec_context);
+}
+
 typedef struct HandlerCall
 {
 	const ConsumedMessage *message;
@@ -338,13 +369,11 @@ call_handlers(void *arg)
 	{
 		EventHandler *handler = (EventHandler *) lfirst(lc);
 		FmgrInfo	flinfo;
-		Oid			save_userid;
-		int			save_sec_context;
+		UserContext user;
 
 		LOCAL_FCINFO(fcinfo, 2);
 
-		GetUserIdAndSecContext(&save_userid, &save_sec_context);
-		SetUserIdAndSecContext(handler->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		become_user(handler->owner, &user);
 		fmgr_info(handler->handler, &flinfo);
 		InitFunctionCallInfoData(*fcinfo, &flinfo, 2, InvalidOid, NULL, NULL);
 		fcinfo->args[0].value = JsonbPGetDatum(message->payload);
@@ -352,7 +381,7 @@ call_handlers(void *arg)
 		fcinfo->args[1].value = metadata;
 		fcinfo->args[1].isnull = false;
 		(void) FunctionCallInvoke(fcinfo);	/* its result, even NULL, is ignored */
-		SetUserIdAndSecContext(save_userid, save_sec_context);
+		stop_being_user(&user);
 		CommandCounterIncrement();
 	}
 }
@@ -459,8 +488,7 @@ upsert_group(ConsumedMessage *messages, int count, const ConsumerRules *rules, i
 	char	   *sql;
 	int			n = 0;
 	int			i;
-	Oid			save_userid;
-	int			save_sec_context;
+	UserContext user;
 
 	for (i = 0; i < count; i++)
 	{
@@ -497,19 +525,18 @@ upsert_group(ConsumedMessage *messages, int count, const ConsumerRules *rules, i
 	values[0] = make_array(key_datums, NULL, n, TEXTOID);
 	values[1] = make_array(delta_datums, NULL, n, TEXTOID);
 	sql = psprintf("INSERT INTO %s AS t (%s, %s)"
-				   " SELECT u.k::%s, sum(u.v::numeric)"
-				   " FROM unnest($1::text[], $2::text[]) AS u(k, v)"
+				   " SELECT u.k::%s, pg_catalog.sum(u.v::pg_catalog.numeric)"
+				   " FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS u(k, v)"
 				   " GROUP BY 1 ORDER BY 1"
 				   " ON CONFLICT (%s) DO UPDATE SET %s = COALESCE(t.%s, 0) + EXCLUDED.%s",
 				   rule->target_name, rule->key_column, rule->column, rule->key_type,
 				   rule->key_column, rule->column, rule->column, rule->column);
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(rule->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	become_user(rule->owner, &user);
 	if (SPI_execute_with_args(sql, 2, (Oid[]) {TEXTARRAYOID, TEXTARRAYOID}, values, NULL,
 							  false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "eventpipe consumer: the upsert into %s failed", rule->target_name);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	stop_being_user(&user);
 }
 
 static void

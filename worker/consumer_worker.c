@@ -300,9 +300,8 @@ consumer_step(void)
 		return BACKOFF_LAST_MS;
 	}
 
-	raw = palloc(sizeof(rd_kafka_message_t *) * subscription.batch_size);
 	step_started_at = GetCurrentTimestamp();
-	batch.count = kafka_consumer_poll_batch(raw, subscription.batch_size, POLL_WAIT_MS);
+	batch.count = kafka_consumer_poll_batch(&raw, subscription.batch_size, POLL_WAIT_MS);
 	note_kafka_errors();
 	if (batch.count == 0)
 	{
@@ -329,8 +328,7 @@ consumer_step(void)
 		kafka_consumer_commit(&batch);
 		account_batch(&batch);
 	}
-	for (i = 0; i < batch.count; i++)
-		rd_kafka_message_destroy(raw[i]);
+	kafka_consumer_release_batch();
 	if (!applied)
 		return fail_and_back_off();
 	failures_in_a_row = 0;

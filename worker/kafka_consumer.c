@@ -36,6 +36,15 @@ static bool rebalanced = false;
 static bool assignment_failed = false;
 static char poll_error[512];
 
+/*
+ * The messages of the last batch, until released: librdkafka's
+ * rd_kafka_destroy() waits for every message to be destroyed first, so a
+ * worker leaving in the middle of a batch (FATAL) must not forget them.
+ */
+static rd_kafka_message_t **held = NULL;
+static int	held_count = 0;
+static int	held_capacity = 0;
+
 typedef struct OffsetsStep
 {
 	rd_kafka_topic_partition_list_t *partitions;
@@ -218,6 +227,7 @@ kafka_consumer_ensure(const Subscription *subscription, char *errbuf, size_t err
 void
 kafka_consumer_stop(bool leave_group)
 {
+	kafka_consumer_release_batch();
 	if (consumer == NULL)
 		return;
 	if (leave_group)
@@ -230,28 +240,41 @@ kafka_consumer_stop(bool leave_group)
 	kafka_log_drain();
 }
 
+/* Destroy the messages of the last batch. */
+void
+kafka_consumer_release_batch(void)
+{
+	while (held_count > 0)
+		rd_kafka_message_destroy(held[--held_count]);
+}
+
 /*
  * Poll up to limit messages: the first within wait_ms, the next ones while
  * they keep coming.  Messages of a failed poll are skipped (the error is
  * kept for kafka_consumer_take_error); messages polled before a rebalance
- * are dropped.  Returns how many are in messages[], which the caller
- * destroys.
+ * are dropped.  Sets *messages to the batch, held until
+ * kafka_consumer_release_batch(), and returns its size.
  */
 int
-kafka_consumer_poll_batch(rd_kafka_message_t **messages, int limit, int wait_ms)
+kafka_consumer_poll_batch(rd_kafka_message_t ***messages, int limit, int wait_ms)
 {
-	int			count = 0;
-
+	kafka_consumer_release_batch();
+	if (held_capacity < limit)
+	{
+		if (held != NULL)
+			pfree(held);
+		held = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * limit);
+		held_capacity = limit;
+	}
 	rebalanced = false;
-	while (count < limit && consumer != NULL && !assignment_failed)
+	while (held_count < limit && consumer != NULL && !assignment_failed)
 	{
 		rd_kafka_message_t *message;
 
-		message = rd_kafka_consumer_poll(consumer, count == 0 ? wait_ms : FOLLOW_WAIT_MS);
+		message = rd_kafka_consumer_poll(consumer, held_count == 0 ? wait_ms : FOLLOW_WAIT_MS);
 		if (rebalanced)
 		{
-			while (count > 0)
-				rd_kafka_message_destroy(messages[--count]);
+			kafka_consumer_release_batch();
 			rebalanced = false;
 		}
 		if (message == NULL)
@@ -262,10 +285,11 @@ kafka_consumer_poll_batch(rd_kafka_message_t **messages, int limit, int wait_ms)
 			rd_kafka_message_destroy(message);
 			break;
 		}
-		messages[count++] = message;
+		held[held_count++] = message;
 	}
 	kafka_log_drain();
-	return count;
+	*messages = held;
+	return held_count;
 }
 
 /* Did the last assignment fail to read its offsets (the consumer must be rebuilt)? */
