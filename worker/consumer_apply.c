@@ -407,6 +407,58 @@ run_handlers(ConsumedMessage *messages, int count, const char *name)
 	}
 }
 
+/* Are two rules one upsert: same target column, same role? */
+static bool
+same_group(const MetricRule *a, const MetricRule *b)
+{
+	return a->target == b->target && a->owner == b->owner && strcmp(a->column, b->column) == 0;
+}
+
+/*
+ * The effects of the messages still to apply, as arrays: the target of
+ * each, its key and its value.  Only the rules of leader's group when
+ * leader >= 0.  Returns how many.
+ */
+static int
+collect_effects(ConsumedMessage *messages, int count, const ConsumerRules *rules, int leader,
+				Datum *targets, Datum *keys, Datum *values)
+{
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < count; i++)
+	{
+		ListCell   *lc;
+
+		if (messages[i].fate != MESSAGE_APPLIED)
+			continue;
+		foreach(lc, messages[i].effects)
+		{
+			MetricEffect *effect = (MetricEffect *) lfirst(lc);
+			const MetricRule *rule = &rules->metrics[effect->rule];
+
+			if (leader >= 0 && !same_group(rule, &rules->metrics[leader]))
+				continue;
+			targets[n] = ObjectIdGetDatum(rule->target);
+			keys[n] = CStringGetTextDatum(effect->key);
+			values[n++] = CStringGetTextDatum(effect->value);
+		}
+	}
+	return n;
+}
+
+/* How many effects the messages have at most. */
+static int
+count_effects(ConsumedMessage *messages, int count)
+{
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < count; i++)
+		n += list_length(messages[i].effects);
+	return n;
+}
+
 /*
  * Transaction-level advisory locks on the metric rows the messages touch,
  * taken in one statement in sorted order, before any upsert: two workers
@@ -420,41 +472,17 @@ run_handlers(ConsumedMessage *messages, int count, const char *name)
 static void
 lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rules)
 {
-	List	   *targets = NIL;
-	List	   *keys = NIL;
-	Datum	   *target_datums;
-	Datum	   *key_datums;
+	int			most = count_effects(messages, count);
+	Datum	   *targets = palloc(sizeof(Datum) * (most + 1));
+	Datum	   *keys = palloc(sizeof(Datum) * (most + 1));
+	Datum	   *deltas = palloc(sizeof(Datum) * (most + 1));
+	int			n = collect_effects(messages, count, rules, -1, targets, keys, deltas);
 	Datum		values[3];
-	ListCell   *lc1;
-	ListCell   *lc2;
-	int			n = 0;
-	int			i;
 
-	for (i = 0; i < count; i++)
-	{
-		ListCell   *lc;
-
-		if (messages[i].fate != MESSAGE_APPLIED)
-			continue;
-		foreach(lc, messages[i].effects)
-		{
-			MetricEffect *effect = (MetricEffect *) lfirst(lc);
-
-			targets = lappend_oid(targets, rules->metrics[effect->rule].target);
-			keys = lappend(keys, effect->key);
-		}
-	}
-	if (keys == NIL)
+	if (n == 0)
 		return;
-	target_datums = palloc(sizeof(Datum) * list_length(keys));
-	key_datums = palloc(sizeof(Datum) * list_length(keys));
-	forboth(lc1, targets, lc2, keys)
-	{
-		target_datums[n] = ObjectIdGetDatum(lfirst_oid(lc1));
-		key_datums[n++] = CStringGetTextDatum((char *) lfirst(lc2));
-	}
-	values[0] = make_array(target_datums, NULL, n, OIDOID);
-	values[1] = make_array(key_datums, NULL, n, TEXTOID);
+	values[0] = make_array(targets, NULL, n, OIDOID);
+	values[1] = make_array(keys, NULL, n, TEXTOID);
 	values[2] = Int32GetDatum(LOCK_BUCKETS);
 	if (SPI_execute_with_args("SELECT count(pg_advisory_xact_lock(s.target, s.bucket))"
 							  " FROM (SELECT DISTINCT (u.t::int8 & 2147483647)::int4 AS target,"
@@ -466,48 +494,21 @@ lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rule
 		elog(ERROR, "eventpipe consumer: could not lock the metric rows");
 }
 
-/* Are two rules one upsert: same target column, same role? */
-static bool
-same_group(const MetricRule *a, const MetricRule *b)
-{
-	return a->target == b->target && a->owner == b->owner && strcmp(a->column, b->column) == 0;
-}
-
 /* One upsert for every rule of the group of rule leader. */
 static void
 upsert_group(ConsumedMessage *messages, int count, const ConsumerRules *rules, int leader)
 {
 	const MetricRule *rule = &rules->metrics[leader];
-	List	   *keys = NIL;
-	List	   *deltas = NIL;
-	Datum	   *key_datums;
-	Datum	   *delta_datums;
+	int			most = count_effects(messages, count);
+	Datum	   *targets = palloc(sizeof(Datum) * (most + 1));
+	Datum	   *keys = palloc(sizeof(Datum) * (most + 1));
+	Datum	   *deltas = palloc(sizeof(Datum) * (most + 1));
+	int			n = collect_effects(messages, count, rules, leader, targets, keys, deltas);
 	Datum		values[2];
-	ListCell   *lc1;
-	ListCell   *lc2;
 	char	   *sql;
-	int			n = 0;
-	int			i;
 	UserContext user;
 
-	for (i = 0; i < count; i++)
-	{
-		ListCell   *lc;
-
-		if (messages[i].fate != MESSAGE_APPLIED)
-			continue;
-		foreach(lc, messages[i].effects)
-		{
-			MetricEffect *effect = (MetricEffect *) lfirst(lc);
-
-			if (same_group(&rules->metrics[effect->rule], rule))
-			{
-				keys = lappend(keys, effect->key);
-				deltas = lappend(deltas, effect->value);
-			}
-		}
-	}
-	if (keys == NIL)
+	if (n == 0)
 		return;
 	if (rule->key_column == NULL)
 		ereport(ERROR,
@@ -515,15 +516,8 @@ upsert_group(ConsumedMessage *messages, int count, const ConsumerRules *rules, i
 				 errmsg("metric target \"%s\" has no single-column primary key any more",
 						rule->target_name)));
 
-	key_datums = palloc(sizeof(Datum) * list_length(keys));
-	delta_datums = palloc(sizeof(Datum) * list_length(keys));
-	forboth(lc1, keys, lc2, deltas)
-	{
-		key_datums[n] = CStringGetTextDatum((char *) lfirst(lc1));
-		delta_datums[n++] = CStringGetTextDatum((char *) lfirst(lc2));
-	}
-	values[0] = make_array(key_datums, NULL, n, TEXTOID);
-	values[1] = make_array(delta_datums, NULL, n, TEXTOID);
+	values[0] = make_array(keys, NULL, n, TEXTOID);
+	values[1] = make_array(deltas, NULL, n, TEXTOID);
 	sql = psprintf("INSERT INTO %s AS t (%s, %s)"
 				   " SELECT u.k::%s, pg_catalog.sum(u.v::pg_catalog.numeric)"
 				   " FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS u(k, v)"

@@ -49,7 +49,6 @@ typedef struct ConsumerHandle
 } ConsumerHandle;
 
 static ConsumerHandle consumers[EVENTPIPE_MAX_CONSUMERS];
-static char *database_name;
 
 static void
 stop_consumers(void)
@@ -73,28 +72,6 @@ manager_exit(int code, Datum arg)
 		eventpipe_shared->consumer_manager_database = InvalidOid;
 	}
 	LWLockRelease(eventpipe_shared->lock);
-}
-
-static void
-leave(const char *why)
-{
-	ereport(LOG, (errmsg("eventpipe consumer manager stopping: %s", why)));
-	proc_exit(0);
-}
-
-static void
-check_interrupts(void)
-{
-	CHECK_FOR_INTERRUPTS();
-	if (eventpipe_database_is_being_dropped(MyDatabaseId))
-		leave("its database is being dropped");
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-	}
-	if (strcmp(eventpipe_database, database_name) != 0)
-		leave("eventpipe.database names another database");
 }
 
 static bool
@@ -184,7 +161,7 @@ list_step(void *arg)
 }
 
 /* Bring the running consumer workers in line with eventpipe.subscriptions. */
-static void
+static long
 reconcile(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
@@ -193,7 +170,7 @@ reconcile(void)
 
 	subscriptions = NIL;
 	if (!worker_run_guarded(list_step, NULL, "eventpipe consumer manager", NULL))
-		return;
+		return MANAGER_POLL_MS;
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
 	{
@@ -225,6 +202,7 @@ reconcile(void)
 			start_consumer(consumer);
 	}
 	set_ps_display(subscriptions == NIL ? "idle: no subscription" : "serving");
+	return MANAGER_POLL_MS;
 }
 
 static void
@@ -255,34 +233,7 @@ attach(void)
 void
 eventpipe_consumer_manager_main(Datum main_arg)
 {
-	Oid			database;
-	MemoryContext loop_context;
-
-	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
+	worker_connect("eventpipe consumer manager");
 	attach();
-
-	StartTransactionCommand();
-	database_name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
-	CommitTransactionCommand();
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
-
-	loop_context = AllocSetContextCreate(TopMemoryContext, "eventpipe consumer manager loop",
-										 ALLOCSET_DEFAULT_SIZES);
-	ereport(LOG, (errmsg("eventpipe consumer manager started")));
-	for (;;)
-	{
-		check_interrupts();
-		MemoryContextSwitchTo(loop_context);
-		reconcile();
-		MemoryContextSwitchTo(TopMemoryContext);
-		MemoryContextReset(loop_context);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 MANAGER_POLL_MS, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-	}
+	worker_main_loop(reconcile);
 }

@@ -50,7 +50,6 @@
 
 static char subscription_name[EVENTPIPE_SUBSCRIPTION_LEN];
 static char who[EVENTPIPE_SUBSCRIPTION_LEN + 64];
-static char *database_name;
 static ConsumerSlot *slot;
 static bool subscription_gone = false;
 static int	failures_in_a_row = 0;
@@ -75,29 +74,6 @@ consumer_exit(int code, Datum arg)
 	/* a dropped database cannot wait for a goodbye to the group */
 	kafka_consumer_stop(!eventpipe_database_is_being_dropped(MyDatabaseId));
 	eventpipe_release_consumer_slot(slot, subscription_gone);
-}
-
-static void
-leave(const char *why)
-{
-	ereport(LOG, (errmsg("%s stopping: %s", who, why)));
-	proc_exit(0);
-}
-
-/* Leave on SIGTERM, or when our database is dropped or no longer served. */
-static void
-check_interrupts(void)
-{
-	CHECK_FOR_INTERRUPTS();
-	if (eventpipe_database_is_being_dropped(MyDatabaseId))
-		leave("its database is being dropped");
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-	}
-	if (strcmp(eventpipe_database, database_name) != 0)
-		leave("eventpipe.database names another database");
 }
 
 static void
@@ -202,7 +178,7 @@ prune_ledger_now_and_then(void)
 	while (pruned == PRUNE_ROWS && consumer_worker_run_guarded(prune_step, &pruned))
 	{
 		total += pruned;
-		check_interrupts();
+		worker_check_interrupts();
 	}
 	if (total > 0)
 		elog(DEBUG1, "%s: pruned %lld dedup ledger rows", who, (long long) total);
@@ -254,10 +230,10 @@ apply_batch(ConsumerBatch *batch)
 	if (step.result == APPLY_NO_SUBSCRIPTION)
 	{
 		subscription_gone = true;
-		leave("its subscription is gone");
+		worker_leave("its subscription is gone");
 	}
 	if (step.result == APPLY_NO_EXTENSION)
-		leave("extension eventpipe is not installed or is being dropped");
+		worker_leave("extension eventpipe is not installed or is being dropped");
 	return true;
 }
 
@@ -286,10 +262,10 @@ consumer_step(void)
 	if (read.result == APPLY_NO_SUBSCRIPTION)
 	{
 		subscription_gone = true;
-		leave("its subscription is gone");
+		worker_leave("its subscription is gone");
 	}
 	if (read.result == APPLY_NO_EXTENSION)
-		leave("extension eventpipe is not installed or is being dropped");
+		worker_leave("extension eventpipe is not installed or is being dropped");
 
 	if (kafka_consumer_assignment_failed())
 		return fail_and_back_off();
@@ -359,23 +335,10 @@ attach_to_slot(void)
 void
 eventpipe_consumer_main(Datum main_arg)
 {
-	Oid			database;
-	MemoryContext loop_context;
-
-	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 	strlcpy(subscription_name, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(subscription_name));
 	snprintf(who, sizeof(who), "eventpipe consumer \"%s\"", subscription_name);
-
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
+	worker_connect(who);
 	attach_to_slot();
-
-	StartTransactionCommand();
-	database_name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
-	CommitTransactionCommand();
 
 	/*
 	 * A lost commit loses effects, ledger rows and offsets together, and the
@@ -383,28 +346,5 @@ eventpipe_consumer_main(Datum main_arg)
 	 * commit need not wait for the WAL flush.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	/* a superuser's statements: nothing a user creates may stand in for built-ins */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
-
-	loop_context = AllocSetContextCreate(TopMemoryContext, "eventpipe consumer loop",
-										 ALLOCSET_DEFAULT_SIZES);
-	ereport(LOG, (errmsg("%s started", who)));
-
-	for (;;)
-	{
-		long		sleep_ms;
-
-		check_interrupts();
-		MemoryContextSwitchTo(loop_context);
-		sleep_ms = consumer_step();
-		MemoryContextSwitchTo(TopMemoryContext);
-		MemoryContextReset(loop_context);
-
-		if (sleep_ms > 0)
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 sleep_ms, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-		}
-	}
+	worker_main_loop(consumer_step);
 }

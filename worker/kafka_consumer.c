@@ -90,18 +90,6 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		rd_kafka_assign(rk, NULL);
 }
 
-static bool
-set_property(rd_kafka_conf_t *conf, const char *name, const char *value,
-			 char *errbuf, size_t errbuf_size)
-{
-	char		rderr[512];
-
-	if (rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr)) == RD_KAFKA_CONF_OK)
-		return true;
-	snprintf(errbuf, errbuf_size, "librdkafka rejected property \"%s\": %s", name, rderr);
-	return false;
-}
-
 static rd_kafka_t *
 create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_size)
 {
@@ -122,13 +110,13 @@ create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_si
 	size_t		i;
 	bool		ok;
 
-	ok = set_property(conf, "bootstrap.servers", eventpipe_bootstrap_servers, errbuf, errbuf_size) &&
-		set_property(conf, "client.id", client_id, errbuf, errbuf_size) &&
-		set_property(conf, "group.id", subscription->group_id, errbuf, errbuf_size) &&
-		set_property(conf, "auto.offset.reset",
+	ok = eventpipe_kafka_conf_set(conf, "bootstrap.servers", eventpipe_bootstrap_servers, errbuf, errbuf_size) &&
+		eventpipe_kafka_conf_set(conf, "client.id", client_id, errbuf, errbuf_size) &&
+		eventpipe_kafka_conf_set(conf, "group.id", subscription->group_id, errbuf, errbuf_size) &&
+		eventpipe_kafka_conf_set(conf, "auto.offset.reset",
 					 subscription->start_latest ? "latest" : "earliest", errbuf, errbuf_size);
 	for (i = 0; ok && i < lengthof(defaults); i++)
-		ok = set_property(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
+		ok = eventpipe_kafka_conf_set(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
 	/* the DBA's options come last and win */
 	ok = ok && eventpipe_apply_kafka_options(conf, eventpipe_kafka_options, errbuf, errbuf_size);
 	if (!ok)
