@@ -75,9 +75,12 @@ COMMENT ON TABLE eventpipe.handlers IS
     'Per event type: a function (payload jsonb, metadata jsonb) called once per new event';
 
 -- The dedup ledger: an event id is in it once its effects are committed.
--- Pruned past eventpipe.dedup_retention.
+-- Pruned past eventpipe.dedup_retention.  No foreign key: a check per row
+-- would cost every batch thousands of lookups; unsubscribe() deletes the
+-- rows, and a batch of a subscription being deleted cannot commit rows
+-- after it (its offsets' foreign key fails, and the batch with it).
 CREATE TABLE eventpipe.event_handled (
-    subscription text        NOT NULL REFERENCES eventpipe.subscriptions ON DELETE CASCADE,
+    subscription text        NOT NULL,
     event_id     text        NOT NULL,
     handled_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (subscription, event_id)
@@ -195,12 +198,14 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- rules, handlers, ledger and offsets go with it (ON DELETE CASCADE)
+    -- rules, handlers and offsets go with it (ON DELETE CASCADE); a batch in
+    -- flight that stored its offsets first has committed once this returns
     DELETE FROM eventpipe.subscriptions AS s WHERE s.name = unsubscribe.name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'subscription "%" does not exist', name
             USING ERRCODE = 'undefined_object';
     END IF;
+    DELETE FROM eventpipe.event_handled AS h WHERE h.subscription = unsubscribe.name;
 END;
 $$;
 COMMENT ON FUNCTION eventpipe.unsubscribe(text) IS

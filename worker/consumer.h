@@ -73,7 +73,11 @@ typedef enum MessageFate
 	MESSAGE_DEAD
 } MessageFate;
 
-/* One Kafka message of a batch and what it means. */
+/*
+ * One Kafka message of a batch and what it means.  payload, event_type,
+ * event_id, effects and handlers live in the apply transaction's memory and
+ * are cleared when it ends; fate and error (copied out) remain.
+ */
 typedef struct ConsumedMessage
 {
 	rd_kafka_message_t *raw;	/* owned by the batch */

@@ -712,6 +712,30 @@ consumer_read_subscription(const char *name, Subscription *subscription)
 }
 
 /*
+ * What the caller may read once the transaction is over: the fates, and
+ * the errors copied out of SPI's memory (freed by SPI_finish; a batch with
+ * large messages gives it blocks that go back to the system, and reading
+ * them then crashed the worker).  Pointers into that memory are cleared.
+ */
+static void
+keep_outcome(ConsumerBatch *batch, MemoryContext caller_context)
+{
+	int			i;
+
+	for (i = 0; i < batch->count; i++)
+	{
+		ConsumedMessage *message = &batch->messages[i];
+
+		message->error = message->error ? MemoryContextStrdup(caller_context, message->error) : NULL;
+		message->payload = NULL;
+		message->event_type = NULL;
+		message->event_id = NULL;
+		message->effects = NIL;
+		message->handlers = NIL;
+	}
+}
+
+/*
  * Apply a batch in one transaction: interpret each message against the
  * subscription's current rules, apply the new ones (all at once, or
  * one_by_one in subtransactions after the batch failed), dead-letter what
@@ -770,6 +794,7 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool one_by_one)
 
 	store_dead_letters(batch, name);
 	store_offsets(batch, name);
+	keep_outcome(batch, caller_context);
 	SPI_finish();
 	worker_end_transaction(caller_context);
 	return APPLY_DONE;

@@ -9,10 +9,12 @@
  * sets its latch, see commit_wakeup.c; so does a consumer worker's death,
  * as bgw_notify_pid) and every MANAGER_POLL_MS otherwise, starts a worker
  * for each subscription without one (at most once a second per
- * subscription), and stops the workers of subscriptions that are gone.  A
- * worker started by an earlier manager is adopted, not doubled.  It leaves,
- * stopping its workers, on SIGTERM, when its database is being dropped or
- * no longer eventpipe.database; the workers would leave by themselves too.
+ * subscription).  A worker started by an earlier manager is adopted, not
+ * doubled.  Workers stop by themselves (exit code 0, no signal): when their
+ * subscription or the extension is gone (they reread their row before
+ * every batch), when their database is being dropped or is no longer
+ * eventpipe.database.  The manager leaves in the last two cases too, and on
+ * SIGTERM.
  */
 #include "postgres.h"
 
@@ -51,19 +53,8 @@ typedef struct ConsumerHandle
 static ConsumerHandle consumers[EVENTPIPE_MAX_CONSUMERS];
 
 static void
-stop_consumers(void)
-{
-	int			i;
-
-	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
-		if (consumers[i].handle != NULL)
-			TerminateBackgroundWorker(consumers[i].handle);
-}
-
-static void
 manager_exit(int code, Datum arg)
 {
-	stop_consumers();
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	if (eventpipe_shared->consumer_manager_pid == MyProcPid)
 	{
@@ -176,11 +167,9 @@ reconcile(void)
 	{
 		ConsumerHandle *consumer = &consumers[i];
 
-		if (consumer->subscription[0] == '\0' || name_in(subscriptions, consumer->subscription))
-			continue;
-		if (is_running(consumer))
-			TerminateBackgroundWorker(consumer->handle);
-		else
+		/* a worker whose subscription is gone leaves by itself */
+		if (consumer->subscription[0] != '\0' && !is_running(consumer) &&
+			!name_in(subscriptions, consumer->subscription))
 			consumer->subscription[0] = '\0';
 	}
 
