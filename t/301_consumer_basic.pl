@@ -2,7 +2,9 @@
 # client) are applied to metrics tables exactly: counters and sums equal
 # those computed from the produced messages, the handler runs once per
 # event; the same events produced again change nothing and are counted as
-# duplicates; unsubscribe stops the worker.
+# duplicates; ledger rows past eventpipe.dedup_retention are pruned, and a
+# copy arriving after that is applied again (the documented duplicate
+# window); unsubscribe stops the worker.
 use strict;
 use warnings;
 
@@ -199,6 +201,31 @@ ok(wait_for_offsets(3 * $produced), 'the consumer read the copies');
 check_metrics('after two redeliveries');
 is_deeply(stats(), { applied => $matched, duplicates => 2 * $matched, unmatched => 3 * $unmatched, dead => 0 },
 	'the copies are counted as duplicates, none applied');
+
+# ---- past dedup_retention, a copy counts again ------------------------------------
+
+# The ledger rows of the views look 8 days old (retention: 7 days): the
+# worker prunes them, and the views, produced once more, are applied again;
+# everything else is still a duplicate.
+my $views_total = 0;
+$views_total += $_ for values %views;
+$node->safe_psql('postgres',
+	q{UPDATE eventpipe.event_handled SET handled_at = now() - interval '8 days' WHERE event_id LIKE 'v-%'});
+ok( wait_until(
+		sub {
+			$node->safe_psql('postgres', q{SELECT count(*) FROM eventpipe.event_handled WHERE event_id LIKE 'v-%'}) == 0;
+		},
+		60),
+	'the worker pruned the ledger rows older than eventpipe.dedup_retention');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM eventpipe.event_handled'),
+	$matched - $views_total, 'and only those');
+produce_all();
+ok(wait_for_offsets(4 * $produced), 'the consumer read the fourth copy');
+$views{$_} *= 2 for keys %views;
+check_metrics('a copy after the retention');
+is_deeply(stats(),
+	{ applied => $matched + $views_total, duplicates => 3 * $matched - $views_total, unmatched => 4 * $unmatched, dead => 0 },
+	'the views are applied again, the rest are duplicates');
 
 # ---- unsubscribe stops the worker --------------------------------------------------
 

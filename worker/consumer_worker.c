@@ -45,7 +45,7 @@
 /* The state says "waiting for broker" this long after a broker error. */
 #define BROKER_ERROR_SHOWN_MS 5000
 /* The dedup ledger is pruned this often, this many rows per transaction. */
-#define PRUNE_INTERVAL_MS 60000
+#define PRUNE_INTERVAL_MS 10000
 #define PRUNE_ROWS 10000
 
 static char subscription_name[EVENTPIPE_SUBSCRIPTION_LEN];
