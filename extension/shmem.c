@@ -111,13 +111,20 @@ eventpipe_set_relay_state(RelaySlot *slot, RelayState state)
 	LWLockRelease(eventpipe_shared->lock);
 }
 
+/* A slot's last error (EVENTPIPE_ERROR_LEN bytes) and its time. */
+static void
+set_error(char *last_error, TimestampTz *last_error_time, const char *message)
+{
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	strlcpy(last_error, message, EVENTPIPE_ERROR_LEN);
+	*last_error_time = GetCurrentTimestamp();
+	LWLockRelease(eventpipe_shared->lock);
+}
+
 void
 eventpipe_set_relay_error(RelaySlot *slot, const char *message)
 {
-	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	strlcpy(slot->last_error, message, sizeof(slot->last_error));
-	slot->last_error_time = GetCurrentTimestamp();
-	LWLockRelease(eventpipe_shared->lock);
+	set_error(slot->last_error, &slot->last_error_time, message);
 }
 
 const char *
@@ -282,10 +289,7 @@ eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state)
 void
 eventpipe_set_consumer_error(ConsumerSlot *slot, const char *message)
 {
-	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	strlcpy(slot->last_error, message, sizeof(slot->last_error));
-	slot->last_error_time = GetCurrentTimestamp();
-	LWLockRelease(eventpipe_shared->lock);
+	set_error(slot->last_error, &slot->last_error_time, message);
 }
 
 const char *

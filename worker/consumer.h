@@ -73,7 +73,11 @@ typedef enum MessageFate
 	MESSAGE_DEAD
 } MessageFate;
 
-/* One Kafka message of a batch and what it means. */
+/*
+ * One Kafka message of a batch and what it means.  payload, event_type,
+ * event_id, effects and handlers live in the apply transaction's memory and
+ * are cleared when it ends; fate and error (copied out) remain.
+ */
 typedef struct ConsumedMessage
 {
 	rd_kafka_message_t *raw;	/* owned by the batch */
@@ -120,7 +124,8 @@ extern int64 consumer_prune_ledger(const char *name, int retention_s, int limit)
 extern bool kafka_consumer_ensure(const Subscription *subscription, char *errbuf,
 								  size_t errbuf_size);
 extern void kafka_consumer_stop(bool leave_group);
-extern int	kafka_consumer_poll_batch(rd_kafka_message_t **messages, int limit, int wait_ms);
+extern int	kafka_consumer_poll_batch(rd_kafka_message_t ***messages, int limit, int wait_ms);
+extern void kafka_consumer_release_batch(void);
 extern void kafka_consumer_commit(ConsumerBatch *batch);
 extern bool kafka_consumer_assignment_failed(void);
 extern bool kafka_consumer_take_error(char *buf, size_t size);

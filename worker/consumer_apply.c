@@ -9,16 +9,16 @@
  * the handlers' work, the metric upserts (deltas summed per target row, one
  * statement per target column), its dead letters and its partitions' next
  * offsets.  Metric rows are guarded by transaction-level advisory locks on
- * (target, key), all of a batch's taken in one statement in sorted order
- * before any upsert, so two workers touching the same rows wait for each
- * other instead of deadlocking.
+ * (target, hash bucket of the key), all of a batch's taken in one statement
+ * in sorted order before any upsert, so two workers touching the same rows
+ * wait for each other instead of deadlocking.
  *
  * A handler runs in a subtransaction of its own: its error dead-letters
  * that message only.  Any other error fails the whole batch; the worker then
  * applies it again one_by_one, each message in a subtransaction, so the
- * message at fault is dead-lettered and the rest applied.  Statements run as
- * the role that declared the rule or handler, with the worker's search_path
- * (pg_catalog, pg_temp) and every name quoted.
+ * message at fault is dead-lettered and the rest applied.  The worker's own
+ * statements run with search_path pg_catalog, pg_temp; the user's part (see
+ * become_user) as the role that declared it.  Every name is quoted.
  */
 #include "postgres.h"
 
@@ -33,6 +33,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -321,6 +322,36 @@ forget_event_id(const ConsumedMessage *message, const char *name)
 	execute_plan(plan, values, SPI_OK_DELETE);
 }
 
+/*
+ * The user's part of a batch (handlers, upserts into their tables, the
+ * triggers these fire) runs as the role that declared the rule or handler,
+ * with the search_path of an ordinary session ("$user", public; pg_catalog
+ * still first), not the worker's superuser rights and path.
+ */
+typedef struct UserContext
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nestlevel;
+} UserContext;
+
+static void
+become_user(Oid role, UserContext *context)
+{
+	GetUserIdAndSecContext(&context->save_userid, &context->save_sec_context);
+	SetUserIdAndSecContext(role, context->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	context->nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "\"$user\", public", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+static void
+stop_being_user(UserContext *context)
+{
+	AtEOXact_GUC(true, context->nestlevel);
+	SetUserIdAndSecContext(context->save_userid, context->save_sec_context);
+}
+
 typedef struct HandlerCall
 {
 	const ConsumedMessage *message;
@@ -338,13 +369,11 @@ call_handlers(void *arg)
 	{
 		EventHandler *handler = (EventHandler *) lfirst(lc);
 		FmgrInfo	flinfo;
-		Oid			save_userid;
-		int			save_sec_context;
+		UserContext user;
 
 		LOCAL_FCINFO(fcinfo, 2);
 
-		GetUserIdAndSecContext(&save_userid, &save_sec_context);
-		SetUserIdAndSecContext(handler->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		become_user(handler->owner, &user);
 		fmgr_info(handler->handler, &flinfo);
 		InitFunctionCallInfoData(*fcinfo, &flinfo, 2, InvalidOid, NULL, NULL);
 		fcinfo->args[0].value = JsonbPGetDatum(message->payload);
@@ -352,7 +381,7 @@ call_handlers(void *arg)
 		fcinfo->args[1].value = metadata;
 		fcinfo->args[1].isnull = false;
 		(void) FunctionCallInvoke(fcinfo);	/* its result, even NULL, is ignored */
-		SetUserIdAndSecContext(save_userid, save_sec_context);
+		stop_being_user(&user);
 		CommandCounterIncrement();
 	}
 }
@@ -378,54 +407,6 @@ run_handlers(ConsumedMessage *messages, int count, const char *name)
 	}
 }
 
-/* Advisory locks on every (target, key) the messages touch, in sorted order. */
-static void
-lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rules)
-{
-	List	   *targets = NIL;
-	List	   *keys = NIL;
-	Datum	   *target_datums;
-	Datum	   *key_datums;
-	Datum		values[2];
-	ListCell   *lc1;
-	ListCell   *lc2;
-	int			n = 0;
-	int			i;
-
-	for (i = 0; i < count; i++)
-	{
-		ListCell   *lc;
-
-		if (messages[i].fate != MESSAGE_APPLIED)
-			continue;
-		foreach(lc, messages[i].effects)
-		{
-			MetricEffect *effect = (MetricEffect *) lfirst(lc);
-
-			targets = lappend_oid(targets, rules->metrics[effect->rule].target);
-			keys = lappend(keys, effect->key);
-		}
-	}
-	if (keys == NIL)
-		return;
-	target_datums = palloc(sizeof(Datum) * list_length(keys));
-	key_datums = palloc(sizeof(Datum) * list_length(keys));
-	forboth(lc1, targets, lc2, keys)
-	{
-		target_datums[n] = ObjectIdGetDatum(lfirst_oid(lc1));
-		key_datums[n++] = CStringGetTextDatum((char *) lfirst(lc2));
-	}
-	values[0] = make_array(target_datums, NULL, n, OIDOID);
-	values[1] = make_array(key_datums, NULL, n, TEXTOID);
-	if (SPI_execute_with_args("SELECT count(pg_advisory_xact_lock(s.lock))"
-							  " FROM (SELECT DISTINCT hashtextextended(u.k, u.t::int8) AS lock"
-							  "       FROM unnest($1::oid[], $2::text[]) AS u(t, k)"
-							  "       ORDER BY 1) AS s",
-							  2, (Oid[]) {OIDARRAYOID, TEXTARRAYOID}, values, NULL,
-							  false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "eventpipe consumer: could not lock the metric rows");
-}
-
 /* Are two rules one upsert: same target column, same role? */
 static bool
 same_group(const MetricRule *a, const MetricRule *b)
@@ -433,23 +414,17 @@ same_group(const MetricRule *a, const MetricRule *b)
 	return a->target == b->target && a->owner == b->owner && strcmp(a->column, b->column) == 0;
 }
 
-/* One upsert for every rule of the group of rule leader. */
-static void
-upsert_group(ConsumedMessage *messages, int count, const ConsumerRules *rules, int leader)
+/*
+ * The effects of the messages still to apply, as arrays: the target of
+ * each, its key and its value.  Only the rules of leader's group when
+ * leader >= 0.  Returns how many.
+ */
+static int
+collect_effects(ConsumedMessage *messages, int count, const ConsumerRules *rules, int leader,
+				Datum *targets, Datum *keys, Datum *values)
 {
-	const MetricRule *rule = &rules->metrics[leader];
-	List	   *keys = NIL;
-	List	   *deltas = NIL;
-	Datum	   *key_datums;
-	Datum	   *delta_datums;
-	Datum		values[2];
-	ListCell   *lc1;
-	ListCell   *lc2;
-	char	   *sql;
 	int			n = 0;
 	int			i;
-	Oid			save_userid;
-	int			save_sec_context;
 
 	for (i = 0; i < count; i++)
 	{
@@ -460,15 +435,80 @@ upsert_group(ConsumedMessage *messages, int count, const ConsumerRules *rules, i
 		foreach(lc, messages[i].effects)
 		{
 			MetricEffect *effect = (MetricEffect *) lfirst(lc);
+			const MetricRule *rule = &rules->metrics[effect->rule];
 
-			if (same_group(&rules->metrics[effect->rule], rule))
-			{
-				keys = lappend(keys, effect->key);
-				deltas = lappend(deltas, effect->value);
-			}
+			if (leader >= 0 && !same_group(rule, &rules->metrics[leader]))
+				continue;
+			targets[n] = ObjectIdGetDatum(rule->target);
+			keys[n] = CStringGetTextDatum(effect->key);
+			values[n++] = CStringGetTextDatum(effect->value);
 		}
 	}
-	if (keys == NIL)
+	return n;
+}
+
+/* How many effects the messages have at most. */
+static int
+count_effects(ConsumedMessage *messages, int count)
+{
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < count; i++)
+		n += list_length(messages[i].effects);
+	return n;
+}
+
+/*
+ * Transaction-level advisory locks on the metric rows the messages touch,
+ * taken in one statement in sorted order, before any upsert: two workers
+ * that touch the same rows wait for each other, and, all locks coming in one
+ * global order, never deadlock.  A lock covers (target, a bucket of keys by
+ * hash), so a batch takes at most LOCK_BUCKETS locks per target whatever
+ * its number of keys, and never fills the server's lock table.
+ */
+#define LOCK_BUCKETS 256
+
+static void
+lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rules)
+{
+	int			most = count_effects(messages, count);
+	Datum	   *targets = palloc(sizeof(Datum) * (most + 1));
+	Datum	   *keys = palloc(sizeof(Datum) * (most + 1));
+	Datum	   *deltas = palloc(sizeof(Datum) * (most + 1));
+	int			n = collect_effects(messages, count, rules, -1, targets, keys, deltas);
+	Datum		values[3];
+
+	if (n == 0)
+		return;
+	values[0] = make_array(targets, NULL, n, OIDOID);
+	values[1] = make_array(keys, NULL, n, TEXTOID);
+	values[2] = Int32GetDatum(LOCK_BUCKETS);
+	if (SPI_execute_with_args("SELECT count(pg_advisory_xact_lock(s.target, s.bucket))"
+							  " FROM (SELECT DISTINCT (u.t::int8 & 2147483647)::int4 AS target,"
+							  "              (hashtext(u.k) & 2147483647) % $3 AS bucket"
+							  "       FROM unnest($1::oid[], $2::text[]) AS u(t, k)"
+							  "       ORDER BY 1, 2) AS s",
+							  3, (Oid[]) {OIDARRAYOID, TEXTARRAYOID, INT4OID}, values, NULL,
+							  false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "eventpipe consumer: could not lock the metric rows");
+}
+
+/* One upsert for every rule of the group of rule leader. */
+static void
+upsert_group(ConsumedMessage *messages, int count, const ConsumerRules *rules, int leader)
+{
+	const MetricRule *rule = &rules->metrics[leader];
+	int			most = count_effects(messages, count);
+	Datum	   *targets = palloc(sizeof(Datum) * (most + 1));
+	Datum	   *keys = palloc(sizeof(Datum) * (most + 1));
+	Datum	   *deltas = palloc(sizeof(Datum) * (most + 1));
+	int			n = collect_effects(messages, count, rules, leader, targets, keys, deltas);
+	Datum		values[2];
+	char	   *sql;
+	UserContext user;
+
+	if (n == 0)
 		return;
 	if (rule->key_column == NULL)
 		ereport(ERROR,
@@ -476,29 +516,21 @@ upsert_group(ConsumedMessage *messages, int count, const ConsumerRules *rules, i
 				 errmsg("metric target \"%s\" has no single-column primary key any more",
 						rule->target_name)));
 
-	key_datums = palloc(sizeof(Datum) * list_length(keys));
-	delta_datums = palloc(sizeof(Datum) * list_length(keys));
-	forboth(lc1, keys, lc2, deltas)
-	{
-		key_datums[n] = CStringGetTextDatum((char *) lfirst(lc1));
-		delta_datums[n++] = CStringGetTextDatum((char *) lfirst(lc2));
-	}
-	values[0] = make_array(key_datums, NULL, n, TEXTOID);
-	values[1] = make_array(delta_datums, NULL, n, TEXTOID);
+	values[0] = make_array(keys, NULL, n, TEXTOID);
+	values[1] = make_array(deltas, NULL, n, TEXTOID);
 	sql = psprintf("INSERT INTO %s AS t (%s, %s)"
-				   " SELECT u.k::%s, sum(u.v::numeric)"
-				   " FROM unnest($1::text[], $2::text[]) AS u(k, v)"
+				   " SELECT u.k::%s, pg_catalog.sum(u.v::pg_catalog.numeric)"
+				   " FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS u(k, v)"
 				   " GROUP BY 1 ORDER BY 1"
 				   " ON CONFLICT (%s) DO UPDATE SET %s = COALESCE(t.%s, 0) + EXCLUDED.%s",
 				   rule->target_name, rule->key_column, rule->column, rule->key_type,
 				   rule->key_column, rule->column, rule->column, rule->column);
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(rule->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	become_user(rule->owner, &user);
 	if (SPI_execute_with_args(sql, 2, (Oid[]) {TEXTARRAYOID, TEXTARRAYOID}, values, NULL,
 							  false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "eventpipe consumer: the upsert into %s failed", rule->target_name);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	stop_being_user(&user);
 }
 
 static void
@@ -680,6 +712,30 @@ consumer_read_subscription(const char *name, Subscription *subscription)
 }
 
 /*
+ * What the caller may read once the transaction is over: the fates, and
+ * the errors copied out of SPI's memory (freed by SPI_finish; a batch with
+ * large messages gives it blocks that go back to the system, and reading
+ * them then crashed the worker).  Pointers into that memory are cleared.
+ */
+static void
+keep_outcome(ConsumerBatch *batch, MemoryContext caller_context)
+{
+	int			i;
+
+	for (i = 0; i < batch->count; i++)
+	{
+		ConsumedMessage *message = &batch->messages[i];
+
+		message->error = message->error ? MemoryContextStrdup(caller_context, message->error) : NULL;
+		message->payload = NULL;
+		message->event_type = NULL;
+		message->event_id = NULL;
+		message->effects = NIL;
+		message->handlers = NIL;
+	}
+}
+
+/*
  * Apply a batch in one transaction: interpret each message against the
  * subscription's current rules, apply the new ones (all at once, or
  * one_by_one in subtransactions after the batch failed), dead-letter what
@@ -738,6 +794,7 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool one_by_one)
 
 	store_dead_letters(batch, name);
 	store_offsets(batch, name);
+	keep_outcome(batch, caller_context);
 	SPI_finish();
 	worker_end_transaction(caller_context);
 	return APPLY_DONE;

@@ -9,10 +9,12 @@
  * sets its latch, see commit_wakeup.c; so does a consumer worker's death,
  * as bgw_notify_pid) and every MANAGER_POLL_MS otherwise, starts a worker
  * for each subscription without one (at most once a second per
- * subscription), and stops the workers of subscriptions that are gone.  A
- * worker started by an earlier manager is adopted, not doubled.  It leaves,
- * stopping its workers, on SIGTERM, when its database is being dropped or
- * no longer eventpipe.database; the workers would leave by themselves too.
+ * subscription).  A worker started by an earlier manager is adopted, not
+ * doubled.  Workers stop by themselves (exit code 0, no signal): when their
+ * subscription or the extension is gone (they reread their row before
+ * every batch), when their database is being dropped or is no longer
+ * eventpipe.database.  The manager leaves in the last two cases too, and on
+ * SIGTERM.
  */
 #include "postgres.h"
 
@@ -49,22 +51,10 @@ typedef struct ConsumerHandle
 } ConsumerHandle;
 
 static ConsumerHandle consumers[EVENTPIPE_MAX_CONSUMERS];
-static char *database_name;
-
-static void
-stop_consumers(void)
-{
-	int			i;
-
-	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
-		if (consumers[i].handle != NULL)
-			TerminateBackgroundWorker(consumers[i].handle);
-}
 
 static void
 manager_exit(int code, Datum arg)
 {
-	stop_consumers();
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	if (eventpipe_shared->consumer_manager_pid == MyProcPid)
 	{
@@ -73,28 +63,6 @@ manager_exit(int code, Datum arg)
 		eventpipe_shared->consumer_manager_database = InvalidOid;
 	}
 	LWLockRelease(eventpipe_shared->lock);
-}
-
-static void
-leave(const char *why)
-{
-	ereport(LOG, (errmsg("eventpipe consumer manager stopping: %s", why)));
-	proc_exit(0);
-}
-
-static void
-check_interrupts(void)
-{
-	CHECK_FOR_INTERRUPTS();
-	if (eventpipe_database_is_being_dropped(MyDatabaseId))
-		leave("its database is being dropped");
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-	}
-	if (strcmp(eventpipe_database, database_name) != 0)
-		leave("eventpipe.database names another database");
 }
 
 static bool
@@ -184,7 +152,7 @@ list_step(void *arg)
 }
 
 /* Bring the running consumer workers in line with eventpipe.subscriptions. */
-static void
+static long
 reconcile(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
@@ -193,17 +161,15 @@ reconcile(void)
 
 	subscriptions = NIL;
 	if (!worker_run_guarded(list_step, NULL, "eventpipe consumer manager", NULL))
-		return;
+		return MANAGER_POLL_MS;
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
 	{
 		ConsumerHandle *consumer = &consumers[i];
 
-		if (consumer->subscription[0] == '\0' || name_in(subscriptions, consumer->subscription))
-			continue;
-		if (is_running(consumer))
-			TerminateBackgroundWorker(consumer->handle);
-		else
+		/* a worker whose subscription is gone leaves by itself */
+		if (consumer->subscription[0] != '\0' && !is_running(consumer) &&
+			!name_in(subscriptions, consumer->subscription))
 			consumer->subscription[0] = '\0';
 	}
 
@@ -225,6 +191,7 @@ reconcile(void)
 			start_consumer(consumer);
 	}
 	set_ps_display(subscriptions == NIL ? "idle: no subscription" : "serving");
+	return MANAGER_POLL_MS;
 }
 
 static void
@@ -255,34 +222,7 @@ attach(void)
 void
 eventpipe_consumer_manager_main(Datum main_arg)
 {
-	Oid			database;
-	MemoryContext loop_context;
-
-	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
+	worker_connect("eventpipe consumer manager");
 	attach();
-
-	StartTransactionCommand();
-	database_name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
-	CommitTransactionCommand();
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
-
-	loop_context = AllocSetContextCreate(TopMemoryContext, "eventpipe consumer manager loop",
-										 ALLOCSET_DEFAULT_SIZES);
-	ereport(LOG, (errmsg("eventpipe consumer manager started")));
-	for (;;)
-	{
-		check_interrupts();
-		MemoryContextSwitchTo(loop_context);
-		reconcile();
-		MemoryContextSwitchTo(TopMemoryContext);
-		MemoryContextReset(loop_context);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 MANAGER_POLL_MS, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-	}
+	worker_main_loop(reconcile);
 }

@@ -110,7 +110,9 @@ parse_payload(ConsumedMessage *message)
 		if (!is_data_error(edata->sqlerrcode))
 			PG_RE_THROW();
 		FlushErrorState();
-		error = psprintf("value is not valid JSON: %s", edata->message);
+		error = edata->detail
+			? psprintf("value is not valid JSON: %s: %s", edata->message, edata->detail)
+			: psprintf("value is not valid JSON: %s", edata->message);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();

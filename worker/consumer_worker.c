@@ -45,12 +45,11 @@
 /* The state says "waiting for broker" this long after a broker error. */
 #define BROKER_ERROR_SHOWN_MS 5000
 /* The dedup ledger is pruned this often, this many rows per transaction. */
-#define PRUNE_INTERVAL_MS 60000
+#define PRUNE_INTERVAL_MS 10000
 #define PRUNE_ROWS 10000
 
 static char subscription_name[EVENTPIPE_SUBSCRIPTION_LEN];
 static char who[EVENTPIPE_SUBSCRIPTION_LEN + 64];
-static char *database_name;
 static ConsumerSlot *slot;
 static bool subscription_gone = false;
 static int	failures_in_a_row = 0;
@@ -75,29 +74,6 @@ consumer_exit(int code, Datum arg)
 	/* a dropped database cannot wait for a goodbye to the group */
 	kafka_consumer_stop(!eventpipe_database_is_being_dropped(MyDatabaseId));
 	eventpipe_release_consumer_slot(slot, subscription_gone);
-}
-
-static void
-leave(const char *why)
-{
-	ereport(LOG, (errmsg("%s stopping: %s", who, why)));
-	proc_exit(0);
-}
-
-/* Leave on SIGTERM, or when our database is dropped or no longer served. */
-static void
-check_interrupts(void)
-{
-	CHECK_FOR_INTERRUPTS();
-	if (eventpipe_database_is_being_dropped(MyDatabaseId))
-		leave("its database is being dropped");
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-	}
-	if (strcmp(eventpipe_database, database_name) != 0)
-		leave("eventpipe.database names another database");
 }
 
 static void
@@ -202,7 +178,7 @@ prune_ledger_now_and_then(void)
 	while (pruned == PRUNE_ROWS && consumer_worker_run_guarded(prune_step, &pruned))
 	{
 		total += pruned;
-		check_interrupts();
+		worker_check_interrupts();
 	}
 	if (total > 0)
 		elog(DEBUG1, "%s: pruned %lld dedup ledger rows", who, (long long) total);
@@ -254,10 +230,10 @@ apply_batch(ConsumerBatch *batch)
 	if (step.result == APPLY_NO_SUBSCRIPTION)
 	{
 		subscription_gone = true;
-		leave("its subscription is gone");
+		worker_leave("its subscription is gone");
 	}
 	if (step.result == APPLY_NO_EXTENSION)
-		leave("extension eventpipe is not installed or is being dropped");
+		worker_leave("extension eventpipe is not installed or is being dropped");
 	return true;
 }
 
@@ -272,6 +248,8 @@ consumer_step(void)
 	char		errbuf[512];
 	bool		applied;
 	int			i;
+	TimestampTz step_started_at;
+	TimestampTz polled_at;
 
 	if (eventpipe_bootstrap_servers[0] == '\0')
 	{
@@ -284,10 +262,10 @@ consumer_step(void)
 	if (read.result == APPLY_NO_SUBSCRIPTION)
 	{
 		subscription_gone = true;
-		leave("its subscription is gone");
+		worker_leave("its subscription is gone");
 	}
 	if (read.result == APPLY_NO_EXTENSION)
-		leave("extension eventpipe is not installed or is being dropped");
+		worker_leave("extension eventpipe is not installed or is being dropped");
 
 	if (kafka_consumer_assignment_failed())
 		return fail_and_back_off();
@@ -298,8 +276,8 @@ consumer_step(void)
 		return BACKOFF_LAST_MS;
 	}
 
-	raw = palloc(sizeof(rd_kafka_message_t *) * subscription.batch_size);
-	batch.count = kafka_consumer_poll_batch(raw, subscription.batch_size, POLL_WAIT_MS);
+	step_started_at = GetCurrentTimestamp();
+	batch.count = kafka_consumer_poll_batch(&raw, subscription.batch_size, POLL_WAIT_MS);
 	note_kafka_errors();
 	if (batch.count == 0)
 	{
@@ -317,14 +295,16 @@ consumer_step(void)
 	batch.messages = palloc0(sizeof(ConsumedMessage) * batch.count);
 	for (i = 0; i < batch.count; i++)
 		batch.messages[i].raw = raw[i];
+	polled_at = GetCurrentTimestamp();
 	applied = apply_batch(&batch);
+	elog(DEBUG1, "%s: batch of %d: poll %.1f ms, apply %.1f ms", who, batch.count,
+		 (polled_at - step_started_at) / 1000.0, (GetCurrentTimestamp() - polled_at) / 1000.0);
 	if (applied)
 	{
 		kafka_consumer_commit(&batch);
 		account_batch(&batch);
 	}
-	for (i = 0; i < batch.count; i++)
-		rd_kafka_message_destroy(raw[i]);
+	kafka_consumer_release_batch();
 	if (!applied)
 		return fail_and_back_off();
 	failures_in_a_row = 0;
@@ -355,23 +335,10 @@ attach_to_slot(void)
 void
 eventpipe_consumer_main(Datum main_arg)
 {
-	Oid			database;
-	MemoryContext loop_context;
-
-	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 	strlcpy(subscription_name, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(subscription_name));
 	snprintf(who, sizeof(who), "eventpipe consumer \"%s\"", subscription_name);
-
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
+	worker_connect(who);
 	attach_to_slot();
-
-	StartTransactionCommand();
-	database_name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
-	CommitTransactionCommand();
 
 	/*
 	 * A lost commit loses effects, ledger rows and offsets together, and the
@@ -379,28 +346,5 @@ eventpipe_consumer_main(Datum main_arg)
 	 * commit need not wait for the WAL flush.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	/* a superuser's statements: nothing a user creates may stand in for built-ins */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
-
-	loop_context = AllocSetContextCreate(TopMemoryContext, "eventpipe consumer loop",
-										 ALLOCSET_DEFAULT_SIZES);
-	ereport(LOG, (errmsg("%s started", who)));
-
-	for (;;)
-	{
-		long		sleep_ms;
-
-		check_interrupts();
-		MemoryContextSwitchTo(loop_context);
-		sleep_ms = consumer_step();
-		MemoryContextSwitchTo(TopMemoryContext);
-		MemoryContextReset(loop_context);
-
-		if (sleep_ms > 0)
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 sleep_ms, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-		}
-	}
+	worker_main_loop(consumer_step);
 }

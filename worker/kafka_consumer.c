@@ -36,6 +36,15 @@ static bool rebalanced = false;
 static bool assignment_failed = false;
 static char poll_error[512];
 
+/*
+ * The messages of the last batch, until released: librdkafka's
+ * rd_kafka_destroy() waits for every message to be destroyed first, so a
+ * worker leaving in the middle of a batch (FATAL) must not forget them.
+ */
+static rd_kafka_message_t **held = NULL;
+static int	held_count = 0;
+static int	held_capacity = 0;
+
 typedef struct OffsetsStep
 {
 	rd_kafka_topic_partition_list_t *partitions;
@@ -81,18 +90,6 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		rd_kafka_assign(rk, NULL);
 }
 
-static bool
-set_property(rd_kafka_conf_t *conf, const char *name, const char *value,
-			 char *errbuf, size_t errbuf_size)
-{
-	char		rderr[512];
-
-	if (rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr)) == RD_KAFKA_CONF_OK)
-		return true;
-	snprintf(errbuf, errbuf_size, "librdkafka rejected property \"%s\": %s", name, rderr);
-	return false;
-}
-
 static rd_kafka_t *
 create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_size)
 {
@@ -101,6 +98,8 @@ create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_si
 		{"enable.auto.offset.store", "false"},
 		{"enable.partition.eof", "false"},
 		{"session.timeout.ms", "10000"},
+		/* notice a subscribed topic created after the subscription soon */
+		{"topic.metadata.refresh.interval.ms", "10000"},
 		{"reconnect.backoff.ms", "100"},
 		{"reconnect.backoff.max.ms", "2000"},
 		{"log.queue", "true"},
@@ -111,13 +110,13 @@ create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_si
 	size_t		i;
 	bool		ok;
 
-	ok = set_property(conf, "bootstrap.servers", eventpipe_bootstrap_servers, errbuf, errbuf_size) &&
-		set_property(conf, "client.id", client_id, errbuf, errbuf_size) &&
-		set_property(conf, "group.id", subscription->group_id, errbuf, errbuf_size) &&
-		set_property(conf, "auto.offset.reset",
+	ok = eventpipe_kafka_conf_set(conf, "bootstrap.servers", eventpipe_bootstrap_servers, errbuf, errbuf_size) &&
+		eventpipe_kafka_conf_set(conf, "client.id", client_id, errbuf, errbuf_size) &&
+		eventpipe_kafka_conf_set(conf, "group.id", subscription->group_id, errbuf, errbuf_size) &&
+		eventpipe_kafka_conf_set(conf, "auto.offset.reset",
 					 subscription->start_latest ? "latest" : "earliest", errbuf, errbuf_size);
 	for (i = 0; ok && i < lengthof(defaults); i++)
-		ok = set_property(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
+		ok = eventpipe_kafka_conf_set(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
 	/* the DBA's options come last and win */
 	ok = ok && eventpipe_apply_kafka_options(conf, eventpipe_kafka_options, errbuf, errbuf_size);
 	if (!ok)
@@ -216,6 +215,7 @@ kafka_consumer_ensure(const Subscription *subscription, char *errbuf, size_t err
 void
 kafka_consumer_stop(bool leave_group)
 {
+	kafka_consumer_release_batch();
 	if (consumer == NULL)
 		return;
 	if (leave_group)
@@ -228,28 +228,41 @@ kafka_consumer_stop(bool leave_group)
 	kafka_log_drain();
 }
 
+/* Destroy the messages of the last batch. */
+void
+kafka_consumer_release_batch(void)
+{
+	while (held_count > 0)
+		rd_kafka_message_destroy(held[--held_count]);
+}
+
 /*
  * Poll up to limit messages: the first within wait_ms, the next ones while
  * they keep coming.  Messages of a failed poll are skipped (the error is
  * kept for kafka_consumer_take_error); messages polled before a rebalance
- * are dropped.  Returns how many are in messages[], which the caller
- * destroys.
+ * are dropped.  Sets *messages to the batch, held until
+ * kafka_consumer_release_batch(), and returns its size.
  */
 int
-kafka_consumer_poll_batch(rd_kafka_message_t **messages, int limit, int wait_ms)
+kafka_consumer_poll_batch(rd_kafka_message_t ***messages, int limit, int wait_ms)
 {
-	int			count = 0;
-
+	kafka_consumer_release_batch();
+	if (held_capacity < limit)
+	{
+		if (held != NULL)
+			pfree(held);
+		held = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * limit);
+		held_capacity = limit;
+	}
 	rebalanced = false;
-	while (count < limit && consumer != NULL && !assignment_failed)
+	while (held_count < limit && consumer != NULL && !assignment_failed)
 	{
 		rd_kafka_message_t *message;
 
-		message = rd_kafka_consumer_poll(consumer, count == 0 ? wait_ms : FOLLOW_WAIT_MS);
+		message = rd_kafka_consumer_poll(consumer, held_count == 0 ? wait_ms : FOLLOW_WAIT_MS);
 		if (rebalanced)
 		{
-			while (count > 0)
-				rd_kafka_message_destroy(messages[--count]);
+			kafka_consumer_release_batch();
 			rebalanced = false;
 		}
 		if (message == NULL)
@@ -260,10 +273,11 @@ kafka_consumer_poll_batch(rd_kafka_message_t **messages, int limit, int wait_ms)
 			rd_kafka_message_destroy(message);
 			break;
 		}
-		messages[count++] = message;
+		held[held_count++] = message;
 	}
 	kafka_log_drain();
-	return count;
+	*messages = held;
+	return held_count;
 }
 
 /* Did the last assignment fail to read its offsets (the consumer must be rebuilt)? */
