@@ -5,8 +5,10 @@
 # key, raw value and an error — invalid JSON (with and without headers),
 # invalid UTF-8, an empty value, a ~900 kB value, a JSON value that is not
 # an object, a missing or null key field, a key field missing for one of
-# four rules only, a value field that is not a number, a handler raising an
-# error (once before and once after writing a row that must not survive).
+# four rules only, a value field that is not a number, a sum that overflows
+# its bigint column, a key that is not a bigint for a bigint key column (the
+# last two fail only in the batch's upsert), a handler raising an error
+# (once before and once after writing a row that must not survive).
 # Everything else is applied exactly (a valid ~900 kB event included), the
 # handler's rows are exactly those of the good refunds, and the worker never
 # dies: the same pid throughout, no crash in the server log.
@@ -83,6 +85,13 @@ my %garbage = (
 	},
 	'object-value' =>
 	  { value => '{"type":"LikeChanged","event_id":"object-value","product_id":"p2","delta":{"n":1}}' },
+	# errors that only the upsert meets: its batch must be applied again
+	# without them
+	'overflow' =>
+	  { value => '{"type":"LikeChanged","event_id":"overflow","product_id":"p7","delta":99999999999999999999}' },
+	'bad-key-type' => {
+		value => '{"type":"PaymentCompleted","event_id":"bad-key-type","product_id":"p8","amount":2.5,"customer_id":"abc"}'
+	},
 	'raise-early' => {
 		value => '{"type":"RefundIssued","event_id":"raise-early","product_id":"p3","amount":4.5,"fail":"early"}'
 	},
@@ -190,7 +199,7 @@ for my $line (split /\n/, $rows)
 	  if $g->{headers} && index($headers, $key) < 0;
 	push @problems, "$key: the handler's error is not recorded ($error)"
 	  if $key =~ /^raise/ && $error !~ /refused by the handler/;
-	note "dead letter $key at $p/$o: $error";
+	note "dead letter $key at $p/$o: " . (length($error) > 200 ? substr($error, 0, 200) . "... (" . length($error) . " characters)" : $error);
 }
 push @problems, "$_: not dead-lettered" for grep { !$dead{$_} } sort keys %garbage;
 push @problems, "$_: dead-lettered " . scalar(@{ $dead{$_} }) . ' times' for grep { @{ $dead{$_} } > 1 } sort keys %dead;
