@@ -21,6 +21,7 @@ OBJS = \
 	worker/launcher.o \
 	worker/worker_loop.o \
 	worker/relay_worker.o \
+	worker/relay_pipeline.o \
 	worker/outbox.o \
 	worker/kafka_producer.o \
 	worker/kafka_log.o \

@@ -1,8 +1,10 @@
 # t/105_overlap_and_shards.pl:
 #  (a) transactions that commit out of id order: T1 publishes first and
 #      commits last, after T2 and after many later events were relayed; a
-#      prepared transaction committed later; nothing may be skipped (the
-#      relay keeps no high-water mark);
+#      prepared transaction committed later; nothing may be skipped;
+#  (a2) a transaction committed late while the relay works through a
+#      backlog (batches in flight) goes out with the next batches, not
+#      after the backlog;
 #  (b) eventpipe.relay_workers = 4 and 200 keys x 20 events from 4 sessions:
 #      every event arrives, in order per key, and each worker relayed its
 #      share of the keys (pg_stat_relay);
@@ -93,6 +95,39 @@ ok( wait_until(
 	'(a) both events of key S arrived');
 note '(a) key S arrived in the order: '
   . join(', ', map { $_->{ce_id} eq $id1 ? 'T1 (published first, committed last)' : 'T2' } @$msgs);
+
+# ---- (a2) a late commit while the relay works through a backlog ----------
+# With batches in flight the relay claims the next ones passing over the
+# rows in flight; rows committed late below them must still go out with the
+# next batches, long before the backlog is gone.
+my $topic_late = 't105.late';
+$t1 = $node->background_psql('postgres');
+$t1->query_safe('BEGIN');
+my @late_ids = split /\n/, $t1->query_safe(
+	qq{SELECT eventpipe.publish('$topic_late', 'L', pg_catalog.jsonb_build_object('seq', i))
+	     FROM generate_series(1, 3) AS i ORDER BY i});
+$sent = relay_stat($node, 'events_sent');
+q1(q{INSERT INTO eventpipe.outbox (event_id, topic, key, payload, event_type)
+     SELECT gen_random_uuid(), 't105.backlog', 'b' || (i % 100), '{"pad": "0123456789"}', 'Backlog'
+       FROM generate_series(1, 200000) AS i});
+ok(wait_until(sub { relay_stat($node, 'events_sent') >= $sent + 5000 }, 60),
+	'(a2) the relay works through a backlog of 200,000 events');
+$t1->query_safe('COMMIT');
+$t1->quit;
+my ($late_left, $backlog_left) = (3, 0);
+wait_until(
+	sub {
+		($late_left, $backlog_left) = split /\|/, q1(
+			qq{SELECT count(*) FILTER (WHERE topic = '$topic_late'), count(*) FILTER (WHERE topic <> '$topic_late')
+			     FROM eventpipe.outbox});
+		return $late_left == 0 || $backlog_left == 0;
+	},
+	120);
+is($late_left, 0, '(a2) the events committed late left the outbox');
+cmp_ok($backlog_left, '>', 0,
+	"(a2) ... while the backlog was still being relayed ($backlog_left events left)");
+ok(consume_ids($bootstrap, $topic_late, \@late_ids, 30), '(a2) the late events are in Kafka');
+ok(wait_until(sub { total_outbox($node) == 0 }, 120), '(a2) the backlog drained');
 
 # ---- (b) four relay workers ----------------------------------------------
 

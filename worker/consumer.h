@@ -114,7 +114,7 @@ extern Jsonb *consumer_message_metadata(const ConsumedMessage *message);
 /* consumer_apply.c: each runs its own transaction */
 extern ApplyResult consumer_read_subscription(const char *name, Subscription *subscription);
 extern ApplyResult consumer_apply_batch(ConsumerBatch *batch, const char *name,
-										bool one_by_one);
+										bool isolate_failures);
 extern void consumer_read_offsets(const char *name, rd_kafka_topic_partition_list_t *partitions,
 								  bool start_latest);
 extern List *consumer_list_subscriptions(void);
@@ -124,6 +124,7 @@ extern int64 consumer_prune_ledger(const char *name, int retention_s, int limit)
 extern bool kafka_consumer_ensure(const Subscription *subscription, char *errbuf,
 								  size_t errbuf_size);
 extern void kafka_consumer_stop(bool leave_group);
+extern void kafka_consumer_set_broker_trouble(bool trouble);
 extern int	kafka_consumer_poll_batch(rd_kafka_message_t ***messages, int limit, int wait_ms);
 extern void kafka_consumer_release_batch(void);
 extern void kafka_consumer_commit(ConsumerBatch *batch);

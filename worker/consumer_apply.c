@@ -15,8 +15,8 @@
  *
  * A handler runs in a subtransaction of its own: its error dead-letters
  * that message only.  Any other error fails the whole batch; the worker then
- * applies it again one_by_one, each message in a subtransaction, so the
- * message at fault is dead-lettered and the rest applied.  The worker's own
+ * applies it again isolating failures (apply_in_halves), so the messages at
+ * fault are dead-lettered and the rest applied.  The worker's own
  * statements run with search_path pg_catalog, pg_temp; the user's part (see
  * become_user) as the role that declared it.  Every name is quoted.
  */
@@ -712,6 +712,50 @@ consumer_read_subscription(const char *name, Subscription *subscription)
 }
 
 /*
+ * Apply the messages in a subtransaction; if that fails, apply each half
+ * the same way, down to single messages, which are then dead-lettered with
+ * the error.  One bad message among n costs about 2 log2(n)
+ * subtransactions, not n (every message in its own subtransaction made a
+ * batch about 13 times slower).
+ */
+static void
+apply_in_halves(ConsumedMessage *messages, int count, const char *name,
+				const ConsumerRules *rules)
+{
+	EffectsStep step = {messages, count, name, rules};
+	bool	   *to_apply = palloc(sizeof(bool) * count);
+	bool		any = false;
+	char	   *error;
+	int			i;
+
+	for (i = 0; i < count; i++)
+	{
+		to_apply[i] = messages[i].fate == MESSAGE_APPLIED;
+		any |= to_apply[i];
+	}
+	if (!any)
+		return;
+	error = run_in_subtransaction(apply_effects, &step);
+	if (error == NULL)
+		return;
+	/* all rolled back: the fates the attempt changed are void */
+	for (i = 0; i < count; i++)
+		if (to_apply[i])
+		{
+			messages[i].fate = MESSAGE_APPLIED;
+			messages[i].error = NULL;
+		}
+	if (count == 1)
+	{
+		messages[0].fate = MESSAGE_DEAD;
+		messages[0].error = error;
+		return;
+	}
+	apply_in_halves(messages, count / 2, name, rules);
+	apply_in_halves(messages + count / 2, count - count / 2, name, rules);
+}
+
+/*
  * What the caller may read once the transaction is over: the fates, and
  * the errors copied out of SPI's memory (freed by SPI_finish; a batch with
  * large messages gives it blocks that go back to the system, and reading
@@ -737,21 +781,21 @@ keep_outcome(ConsumerBatch *batch, MemoryContext caller_context)
 
 /*
  * Apply a batch in one transaction: interpret each message against the
- * subscription's current rules, apply the new ones (all at once, or
- * one_by_one in subtransactions after the batch failed), dead-letter what
+ * subscription's current rules, apply the new ones (all at once, or, after
+ * the batch failed, isolate_failures: see apply_in_halves), dead-letter what
  * cannot be applied, and store the next offsets.  Each message's fate says
  * what became of it.
  */
 ApplyResult
-consumer_apply_batch(ConsumerBatch *batch, const char *name, bool one_by_one)
+consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failures)
 {
 	MemoryContext caller_context;
 	Subscription subscription;
 	ConsumerRules rules;
 	int			i;
 
-	caller_context = worker_begin_transaction(one_by_one
-											  ? "eventpipe: applying a batch message by message"
+	caller_context = worker_begin_transaction(isolate_failures
+											  ? "eventpipe: applying a batch, isolating failures"
 											  : "eventpipe: applying a batch");
 	if (!extension_ready())
 	{
@@ -769,28 +813,14 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool one_by_one)
 	for (i = 0; i < batch->count; i++)
 		consumer_message_interpret(&batch->messages[i], &subscription, &rules);
 
-	if (!one_by_one)
+	if (!isolate_failures)
 	{
 		EffectsStep step = {batch->messages, batch->count, name, &rules};
 
 		apply_effects(&step);
 	}
 	else
-		for (i = 0; i < batch->count; i++)
-		{
-			ConsumedMessage *message = &batch->messages[i];
-			EffectsStep step = {message, 1, name, &rules};
-			char	   *error;
-
-			if (message->fate != MESSAGE_APPLIED)
-				continue;
-			error = run_in_subtransaction(apply_effects, &step);
-			if (error != NULL)
-			{
-				message->fate = MESSAGE_DEAD;
-				message->error = error;
-			}
-		}
+		apply_in_halves(batch->messages, batch->count, name, &rules);
 
 	store_dead_letters(batch, name);
 	store_offsets(batch, name);

@@ -9,7 +9,7 @@
  * eventpipe.database; the subscription's name comes in bgw_extra.  It
  * leaves when its subscription is gone, the extension is dropped, its
  * database is being dropped or is no longer eventpipe.database, or on
- * SIGTERM.  A batch that fails even message by message is not lost: the
+ * SIGTERM.  A batch that fails even when isolating failures is not lost: the
  * consumer is rebuilt and, on its next assignment, resumes from the offsets
  * in the database after a back-off.  A broker outage only makes polls come
  * back empty.
@@ -143,7 +143,7 @@ read_step(void *arg)
 typedef struct ApplyStep
 {
 	ConsumerBatch *batch;
-	bool		one_by_one;
+	bool		isolate_failures;
 	ApplyResult result;
 } ApplyStep;
 
@@ -152,7 +152,7 @@ apply_step(void *arg)
 {
 	ApplyStep  *step = (ApplyStep *) arg;
 
-	step->result = consumer_apply_batch(step->batch, subscription_name, step->one_by_one);
+	step->result = consumer_apply_batch(step->batch, subscription_name, step->isolate_failures);
 }
 
 static void
@@ -213,7 +213,7 @@ account_batch(ConsumerBatch *batch)
 }
 
 /*
- * Apply the batch: at once, else message by message.  Returns whether it
+ * Apply the batch: at once, else isolating the failures.  Returns whether it
  * is in the database.
  */
 static bool
@@ -223,7 +223,7 @@ apply_batch(ConsumerBatch *batch)
 
 	if (!consumer_worker_run_guarded(apply_step, &step))
 	{
-		step.one_by_one = true;
+		step.isolate_failures = true;
 		if (!consumer_worker_run_guarded(apply_step, &step))
 			return false;
 	}
@@ -250,6 +250,7 @@ consumer_step(void)
 	int			i;
 	TimestampTz step_started_at;
 	TimestampTz polled_at;
+	bool		broker_trouble;
 
 	if (eventpipe_bootstrap_servers[0] == '\0')
 	{
@@ -279,10 +280,12 @@ consumer_step(void)
 	step_started_at = GetCurrentTimestamp();
 	batch.count = kafka_consumer_poll_batch(&raw, subscription.batch_size, POLL_WAIT_MS);
 	note_kafka_errors();
+	broker_trouble = last_broker_error != 0 &&
+		!TimestampDifferenceExceeds(last_broker_error, GetCurrentTimestamp(), BROKER_ERROR_SHOWN_MS);
+	kafka_consumer_set_broker_trouble(broker_trouble && batch.count == 0);
 	if (batch.count == 0)
 	{
-		if (last_broker_error != 0 &&
-			!TimestampDifferenceExceeds(last_broker_error, GetCurrentTimestamp(), BROKER_ERROR_SHOWN_MS))
+		if (broker_trouble)
 			show_activity(CONSUMER_WAITING_FOR_BROKER, "waiting for the broker");
 		else
 			show_activity(CONSUMER_IDLE, "idle");
@@ -308,6 +311,8 @@ consumer_step(void)
 	if (!applied)
 		return fail_and_back_off();
 	failures_in_a_row = 0;
+	/* under sustained load the worker is never idle: prune between batches too */
+	prune_ledger_now_and_then();
 	return 0;
 }
 

@@ -33,6 +33,7 @@ static char *consumer_settings = NULL;	/* what it was built from */
 static char *subscription_name = NULL;
 static bool start_latest = false;
 static bool rebalanced = false;
+static bool broker_in_trouble = false;
 static bool assignment_failed = false;
 static char poll_error[512];
 
@@ -208,9 +209,19 @@ kafka_consumer_ensure(const Subscription *subscription, char *errbuf, size_t err
 }
 
 /*
- * Drop the consumer.  With leave_group, leave the group first so its
- * partitions go to another member at once (this may wait for the broker);
- * without, the group notices after session.timeout.ms.
+ * The broker reports errors: leaving the group would wait for it, so
+ * kafka_consumer_stop() does not.
+ */
+void
+kafka_consumer_set_broker_trouble(bool trouble)
+{
+	broker_in_trouble = trouble;
+}
+
+/*
+ * Drop the consumer.  With leave_group (and no broker trouble), leave the
+ * group first so its partitions go to another member at once; without, the
+ * group notices after session.timeout.ms.
  */
 void
 kafka_consumer_stop(bool leave_group)
@@ -218,6 +229,7 @@ kafka_consumer_stop(bool leave_group)
 	kafka_consumer_release_batch();
 	if (consumer == NULL)
 		return;
+	leave_group = leave_group && !broker_in_trouble;
 	if (leave_group)
 		rd_kafka_consumer_close(consumer);
 	rd_kafka_destroy_flags(consumer, leave_group ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);

@@ -1,8 +1,8 @@
 /*
  * kafka_producer.c
  *		The relay's librdkafka producer: built from the GUCs, rebuilt when
- *		they change or after a fatal error, and used to send one batch of
- *		outbox events and wait for every delivery report.
+ *		they change or after a fatal error, and used to send a batch of
+ *		outbox events, then wait for every delivery report.
  *
  * The producer is idempotent (acks=all, no reordering or duplication by
  * librdkafka's own retries) and its messages never time out: while the
@@ -29,17 +29,20 @@
 
 static rd_kafka_t *producer = NULL;
 static char *producer_settings = NULL;	/* what the producer was built from */
-static int	reports_pending = 0;
 static bool discard_reports = false;
+
+/* How often a wait for delivery reports looks up from librdkafka. */
+#define WAIT_CHECK_MS 100
 
 static void
 delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
 	OutboxEvent *event = (OutboxEvent *) msg->_private;
 
+	/* the batches of a dropped producer may be gone already */
 	if (discard_reports || event == NULL)
 		return;
-	reports_pending--;
+	event->batch->awaiting--;
 	/* purged or cut short by a fatal error: not an attempt, the row stays due */
 	if (msg->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
 		msg->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT ||
@@ -170,7 +173,6 @@ kafka_producer_destroy(void)
 	rd_kafka_destroy(producer);
 	producer = NULL;
 	discard_reports = false;
-	reports_pending = 0;
 	if (producer_settings)
 		pfree(producer_settings);
 	producer_settings = NULL;
@@ -270,6 +272,24 @@ same_topic_and_key(const OutboxEvent *a, const OutboxEvent *b)
 }
 
 /*
+ * A copy of the event's topic and key, in the current memory context: it
+ * outlives the event's batch.
+ */
+static OutboxEvent *
+topic_and_key_of(const OutboxEvent *event)
+{
+	OutboxEvent *copy = palloc0(sizeof(OutboxEvent));
+
+	copy->topic = pstrdup(event->topic);
+	if (event->key != NULL)
+	{
+		copy->key = pnstrdup(event->key, event->key_len);
+		copy->key_len = event->key_len;
+	}
+	return copy;
+}
+
+/*
  * Hand one event to librdkafka, waiting for room in its queue if needed.
  * Returns false if the relay must give up on the batch.
  */
@@ -291,7 +311,7 @@ produce_event(OutboxEvent *event, const char *source, bool (*keep_waiting) (void
 								RD_KAFKA_V_END);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
-			reports_pending++;
+			event->batch->awaiting++;
 			return true;
 		}
 		if (err == RD_KAFKA_RESP_ERR__FATAL)
@@ -319,29 +339,28 @@ produce_event(OutboxEvent *event, const char *source, bool (*keep_waiting) (void
 }
 
 /*
- * Send the batch's events in order and wait until each has its delivery
- * report.  An event refused on the spot holds back the later events of its
- * topic and key in this batch (they stay due, unsent).  keep_waiting is
- * called while waiting; when it says no (the worker must stop, or the Kafka
- * settings changed), or after a fatal producer error, false is returned at
- * once: the caller records what has its report and drops the producer;
- * events without a report stay in the outbox and are sent again.
+ * Hand the batch's events to librdkafka in order, without waiting for their
+ * delivery (kafka_producer_await_batch does).  An event refused on the spot
+ * is added to *refused (allocated in the current memory context), and holds
+ * back the later events of its topic and key in this batch and in the
+ * batches sent after it with the same list (they stay due, unsent).  Returns false when the relay must give up on the
+ * batch: a fatal producer error, or keep_waiting said no while librdkafka's
+ * queue was full.
  */
 bool
-kafka_producer_send_batch(OutboxBatch *batch, const char *source,
-						  bool (*keep_waiting) (void))
+kafka_producer_produce_batch(OutboxBatch *batch, const char *source, List **refused,
+							 bool (*keep_waiting) (void))
 {
-	List	   *refused = NIL;
 	int			i;
 
 	Assert(producer != NULL);
-	reports_pending = 0;
 	for (i = 0; i < batch->count; i++)
 	{
 		OutboxEvent *event = &batch->events[i];
 		ListCell   *lc;
 
-		foreach(lc, refused)
+		event->batch = batch;
+		foreach(lc, *refused)
 		{
 			if (same_topic_and_key((OutboxEvent *) lfirst(lc), event))
 			{
@@ -354,16 +373,38 @@ kafka_producer_send_batch(OutboxBatch *batch, const char *source,
 		if (!produce_event(event, source, keep_waiting))
 			return false;
 		if (event->reported)
-			refused = lappend(refused, event);
+			*refused = lappend(*refused, topic_and_key_of(event));
 	}
+	return true;
+}
 
-	while (reports_pending > 0)
+/*
+ * Wait until every event sent of the batch has its delivery report (later
+ * batches may still be in flight).  keep_waiting is called every
+ * WAIT_CHECK_MS while waiting; when it says no (the worker must stop, or the
+ * Kafka settings changed), or after a fatal producer error, false is
+ * returned at once: the caller records what has its report and drops the
+ * producer; events without a report stay in the outbox and are sent again.
+ */
+bool
+kafka_producer_await_batch(OutboxBatch *batch, bool (*keep_waiting) (void))
+{
+	TimestampTz checked = GetCurrentTimestamp();
+
+	while (batch->awaiting > 0)
 	{
-		rd_kafka_flush(producer, 100);
+		TimestampTz now;
+
+		rd_kafka_poll(producer, WAIT_CHECK_MS);
+		if (batch->awaiting == 0)
+			break;
+		now = GetCurrentTimestamp();
+		if (!TimestampDifferenceExceeds(checked, now, WAIT_CHECK_MS))
+			continue;
+		checked = now;
 		kafka_log_drain();
-		if (reports_pending > 0 &&
-			(rd_kafka_fatal_error(producer, NULL, 0) != RD_KAFKA_RESP_ERR_NO_ERROR ||
-			 !keep_waiting()))
+		if (rd_kafka_fatal_error(producer, NULL, 0) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+			!keep_waiting())
 			return false;
 	}
 	return true;

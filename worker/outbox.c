@@ -7,11 +7,12 @@
  *		open while waiting for the broker.
  *
  * Nothing is skipped: the relay keeps no high-water mark, it reads whatever
- * rows are committed and still there, in id order, so a transaction that
- * took its ids early but committed late is picked up by the next batch.
+ * rows are committed and still there, in id order, but those of the batches
+ * it has in flight, so a transaction that took its ids early but committed
+ * late is picked up by the next batch.
  *
- * Order per key: an event waiting for a retry holds back every later event
- * of its topic and key, until it is delivered or dead-lettered.
+ * Order per key: an event with a retry scheduled holds back every later
+ * event of its topic and key, until it is delivered or dead-lettered.
  */
 #include "postgres.h"
 
@@ -36,9 +37,9 @@ static SPIPlanPtr reschedule_plan = NULL;
 static SPIPlanPtr bury_plan = NULL;
 
 static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *types)
+prepare_kept(const char *sql, int nargs, Oid *types, int cursor_options)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, types, cursor_options);
 
 	if (plan == NULL)
 		elog(ERROR, "could not prepare \"%s\": %s", sql,
@@ -130,13 +131,15 @@ end_of_inserted_wal(void)
 
 /*
  * Read up to limit pending events of shard number shard (of shards) into
- * batch, allocated in the caller's memory context.
+ * batch, allocated in the caller's memory context, passing over the events
+ * whose ids are in in_flight (an int8[], maybe empty).
  */
 OutboxAvailability
-outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards)
+outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
+				   ArrayType *in_flight)
 {
 	MemoryContext batch_context;
-	Datum		args[3];
+	Datum		args[4];
 	int			rc;
 	uint64		i;
 
@@ -154,24 +157,33 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards)
 		elog(ERROR, "SPI_connect failed");
 	if (claim_plan == NULL)
 	{
-		Oid			types[3] = {INT4OID, INT4OID, INT4OID};
+		Oid			types[4] = {INT4OID, INT4OID, INT4OID, INT8ARRAYOID};
 
+		/*
+		 * An earlier event of the key with a retry scheduled, due or not,
+		 * holds this one back: a due retry is claimed first, and the events
+		 * after it in the following batches.  The plan is made for each
+		 * claim's ids in flight, as constants: the planner then looks them up
+		 * in a hash table.
+		 */
 		claim_plan = prepare_kept(
 			"SELECT o.id, o.event_id::text, o.topic, o.key, o.payload::text, o.headers,"
 			"       o.event_type, o.created_at, o.attempts"
 			"  FROM eventpipe.outbox AS o"
-			" WHERE (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())"
+			" WHERE o.id <> ALL ($4)"
+			"   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())"
 			"   AND ($2 = 1 OR eventpipe.relay_shard(o.key, o.id, $2) = $3)"
 			"   AND NOT EXISTS (SELECT FROM eventpipe.outbox AS w"
-			"                    WHERE w.next_attempt_at > now()"
+			"                    WHERE w.next_attempt_at IS NOT NULL"
 			"                      AND w.topic = o.topic AND w.key = o.key AND w.id < o.id)"
 			" ORDER BY o.id"
 			" LIMIT $1",
-			3, types);
+			4, types, CURSOR_OPT_CUSTOM_PLAN);
 	}
 	args[0] = Int32GetDatum(limit);
 	args[1] = Int32GetDatum(shards);
 	args[2] = Int32GetDatum(shard);
+	args[3] = PointerGetDatum(in_flight);
 	rc = SPI_execute_plan(claim_plan, args, NULL, true, limit);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading the outbox failed: %s", SPI_result_code_string(rc));
@@ -235,7 +247,7 @@ execute_with_ids(SPIPlanPtr *plan, const char *sql, IdList *list, bool with_reas
 	if (list->count == 0)
 		return;
 	if (*plan == NULL)
-		*plan = prepare_kept(sql, with_reasons ? 2 : 1, types);
+		*plan = prepare_kept(sql, with_reasons ? 2 : 1, types, 0);
 	args[0] = PointerGetDatum(construct_array(list->ids, list->count, INT8OID,
 											  sizeof(int64), true, TYPALIGN_DOUBLE));
 	if (with_reasons)

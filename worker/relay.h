@@ -2,7 +2,8 @@
  * relay.h
  *		The relay worker's pieces: a batch of outbox events, read from and
  *		deleted in the database (outbox.c), sent with librdkafka
- *		(kafka_producer.c), driven by the worker's main loop (relay_worker.c).
+ *		(kafka_producer.c), in runs of overlapping batches
+ *		(relay_pipeline.c), driven by the worker's main loop (relay_worker.c).
  */
 #ifndef EVENTPIPE_RELAY_H
 #define EVENTPIPE_RELAY_H
@@ -12,9 +13,14 @@
 #include <librdkafka/rdkafka.h>
 
 #include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
+#include "utils/array.h"
 #include "utils/jsonb.h"
 
+#include "../extension/eventpipe.h"
 #include "kafka_log.h"
+
+struct OutboxBatch;
 
 /* One outbox row, copied out of the database for delivery. */
 typedef struct OutboxEvent
@@ -36,6 +42,7 @@ typedef struct OutboxEvent
 	bool		reported;
 	bool		refused_on_the_spot;	/* by rd_kafka_producev itself */
 	rd_kafka_resp_err_t error;
+	struct OutboxBatch *batch;	/* the batch it was sent in */
 } OutboxEvent;
 
 #define OutboxEventDelivered(event) \
@@ -55,6 +62,7 @@ typedef struct OutboxBatch
 {
 	int			count;
 	OutboxEvent *events;
+	int			awaiting;		/* events sent, their delivery report not yet in */
 } OutboxBatch;
 
 /* outbox.c: each runs its own transaction */
@@ -65,7 +73,7 @@ typedef enum OutboxAvailability
 } OutboxAvailability;
 
 extern OutboxAvailability outbox_claim_batch(OutboxBatch *batch, int limit,
-											 int shard, int shards);
+											 int shard, int shards, ArrayType *in_flight);
 extern void outbox_record_outcome(OutboxBatch *batch, int max_attempts,
 								  BatchOutcome *outcome);
 
@@ -76,13 +84,37 @@ extern bool kafka_producer_built_from(const char *bootstrap_servers, const char 
 									  const char *client_id);
 extern void kafka_producer_destroy(void);
 extern void kafka_producer_poll(void);
-extern bool kafka_producer_send_batch(OutboxBatch *batch, const char *source,
-									  bool (*keep_waiting) (void));
+extern bool kafka_producer_produce_batch(OutboxBatch *batch, const char *source,
+										 List **refused, bool (*keep_waiting) (void));
+extern bool kafka_producer_await_batch(OutboxBatch *batch, bool (*keep_waiting) (void));
 extern bool kafka_error_is_permanent(const OutboxEvent *event);
 extern bool kafka_producer_failed_fatally(char *errbuf, size_t errbuf_size);
 
 
-/* relay_worker.c */
+/* relay_pipeline.c: how a run of batches ended */
+typedef enum RelayRunEnd
+{
+	RELAY_RUN_SENT,				/* batches went out */
+	RELAY_RUN_IDLE,				/* nothing to send */
+	RELAY_RUN_NO_EXTENSION,		/* eventpipe is not installed here */
+	RELAY_RUN_CLAIM_FAILED		/* reading the outbox failed */
+} RelayRunEnd;
+
+typedef struct RelayRun
+{
+	RelayRunEnd end;
+	bool		gave_up;		/* a batch was cut short: drop the producer */
+	bool		record_failed;	/* an outcome could not be recorded */
+} RelayRun;
+
+extern RelayRun relay_pipeline_run(int shard, const char *ce_source);
+
+/* relay_worker.c: the worker process, for the pipeline */
 extern PGDLLEXPORT void eventpipe_relay_main(Datum main_arg);
+extern bool relay_run_guarded(void (*step) (void *), void *arg);
+extern bool relay_keep_waiting(void);
+extern bool relay_must_leave(void);
+extern void relay_show_activity(RelayState state, const char *activity);
+extern void relay_account_batch(OutboxBatch *batch, BatchOutcome *outcome);
 
 #endif							/* EVENTPIPE_RELAY_H */

@@ -1,9 +1,9 @@
 /*
  * relay_worker.c
- *		The relay worker's main loop: wait for a commit (or the poll
- *		interval), read a batch of its shard of the outbox, send it to Kafka,
- *		delete what was acknowledged, and say what it is doing in
- *		pg_stat_relay and its process title.
+ *		The relay worker process: its main loop waits for a commit (or the
+ *		poll interval), then has relay_pipeline.c send its shard of the
+ *		outbox to Kafka; it says what it is doing in pg_stat_relay and its
+ *		process title, counts the batches, and recovers from errors.
  *
  * Started by the launcher, one per shard, connected to eventpipe.database.
  * An error in one step is logged and recorded, its transaction aborted, and
@@ -42,9 +42,9 @@ static int	shard;
 static RelaySlot *slot;
 static char *ce_source;
 static int	failures_in_a_row = 0;
-static TimestampTz batch_started_at;
+static TimestampTz last_progress_at;	/* last run started or batch recorded */
 
-/* A batch unacknowledged for this long shows as "waiting for broker". */
+/* No batch recorded for this long shows as "waiting for broker". */
 #define BROKER_PATIENCE_MS 1000
 
 static void
@@ -87,11 +87,9 @@ client_id(char *buf, size_t size)
 	snprintf(buf, size, "eventpipe-relay-%d", shard);
 }
 
-static void show_activity(RelayState state, const char *activity);
-
 /* Must the worker leave (SIGTERM, its database dropped, no postmaster)? */
-static bool
-must_leave(void)
+bool
+relay_must_leave(void)
 {
 	return ProcDiePending || my_database_is_being_dropped() || !PostmasterIsAlive();
 }
@@ -117,14 +115,14 @@ serve_waiting_requests(void)
  * caller then records what was acknowledged so far before leaving or
  * starting over, so a stop re-sends only what Kafka had not yet confirmed.
  */
-static bool
-keep_waiting(void)
+bool
+relay_keep_waiting(void)
 {
 	char		id[64];
 	char		error[512];
 
 	serve_waiting_requests();
-	if (must_leave())
+	if (relay_must_leave())
 		return false;
 	if (ConfigReloadPending)
 	{
@@ -133,14 +131,14 @@ keep_waiting(void)
 	}
 	if (kafka_log_take_broker_error(error, sizeof(error)))
 		eventpipe_set_relay_error(slot, error);
-	if (TimestampDifferenceExceeds(batch_started_at, GetCurrentTimestamp(), BROKER_PATIENCE_MS))
-		show_activity(RELAY_WAITING_FOR_BROKER, "waiting for the broker");
+	if (TimestampDifferenceExceeds(last_progress_at, GetCurrentTimestamp(), BROKER_PATIENCE_MS))
+		relay_show_activity(RELAY_WAITING_FOR_BROKER, "waiting for the broker");
 	client_id(id, sizeof(id));
 	return kafka_producer_built_from(eventpipe_bootstrap_servers, eventpipe_kafka_options, id);
 }
 
-static void
-show_activity(RelayState state, const char *activity)
+void
+relay_show_activity(RelayState state, const char *activity)
 {
 	eventpipe_set_relay_state(slot, state);
 	set_ps_display(activity);
@@ -163,9 +161,12 @@ record_relay_error(const char *message)
 	eventpipe_set_relay_error(slot, message);
 }
 
-/* Run step; on ERROR log it, record it for pg_stat_relay, and return false. */
-static bool
-run_guarded(void (*step) (void *), void *arg)
+/*
+ * Run step; on ERROR log it, record it for pg_stat_relay, abort the
+ * transaction and return false.  Works with interrupts held, too.
+ */
+bool
+relay_run_guarded(void (*step) (void *), void *arg)
 {
 	char		who[64];
 
@@ -173,38 +174,9 @@ run_guarded(void (*step) (void *), void *arg)
 	return worker_run_guarded(step, arg, who, record_relay_error);
 }
 
-typedef struct ClaimStep
-{
-	OutboxBatch *batch;
-	OutboxAvailability availability;
-} ClaimStep;
-
-static void
-claim_step(void *arg)
-{
-	ClaimStep  *claim = (ClaimStep *) arg;
-
-	claim->availability = outbox_claim_batch(claim->batch, eventpipe_relay_batch_size,
-											 shard, eventpipe_relay_workers);
-}
-
-typedef struct OutcomeStep
-{
-	OutboxBatch *batch;
-	BatchOutcome outcome;
-} OutcomeStep;
-
-static void
-outcome_step(void *arg)
-{
-	OutcomeStep *step = (OutcomeStep *) arg;
-
-	outbox_record_outcome(step->batch, eventpipe_relay_max_attempts, &step->outcome);
-}
-
 /* Update the counters and the last error from the batch's outcome. */
-static void
-account_batch(OutboxBatch *batch, BatchOutcome *outcome)
+void
+relay_account_batch(OutboxBatch *batch, BatchOutcome *outcome)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	uint64		bytes = 0;
@@ -212,6 +184,7 @@ account_batch(OutboxBatch *batch, BatchOutcome *outcome)
 	OutboxEvent *last_delivered = NULL;
 	OutboxEvent *first_failed = NULL;
 
+	last_progress_at = now;
 	for (i = 0; i < batch->count; i++)
 	{
 		OutboxEvent *event = &batch->events[i];
@@ -269,19 +242,12 @@ relay_step(void)
 {
 	char		errbuf[512];
 	char		id[64];
-	OutboxBatch batch;
-	ClaimStep	claim = {&batch, OUTBOX_READY};
-	OutcomeStep outcome = {&batch};
-	TimestampTz step_started_at;
-	TimestampTz claimed_at;
-	TimestampTz sent_at;
-	bool		completed;
-	bool		recorded;
+	RelayRun	run;
 
 	if (eventpipe_bootstrap_servers[0] == '\0')
 	{
 		kafka_producer_destroy();
-		show_activity(RELAY_NOT_CONFIGURED, "waiting: eventpipe.bootstrap_servers is not set");
+		relay_show_activity(RELAY_NOT_CONFIGURED, "waiting: eventpipe.bootstrap_servers is not set");
 		return eventpipe_relay_poll_interval;
 	}
 
@@ -290,44 +256,31 @@ relay_step(void)
 							   id, errbuf, sizeof(errbuf)))
 	{
 		eventpipe_set_relay_error(slot, errbuf);
-		show_activity(RELAY_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
+		relay_show_activity(RELAY_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
 		return RELAY_BACKOFF_LAST_MS;
 	}
 	kafka_producer_poll();
 	if (kafka_log_take_broker_error(errbuf, sizeof(errbuf)))
 		eventpipe_set_relay_error(slot, errbuf);
 
-	step_started_at = GetCurrentTimestamp();
-	if (!run_guarded(claim_step, &claim))
+	last_progress_at = GetCurrentTimestamp();
+	run = relay_pipeline_run(shard, ce_source);
+	switch (run.end)
 	{
-		failures_in_a_row++;
-		return backoff_ms();
-	}
-	if (claim.availability == OUTBOX_NO_EXTENSION)
-	{
-		show_activity(RELAY_NO_EXTENSION, "waiting: extension eventpipe is not installed");
-		return eventpipe_relay_poll_interval;
-	}
-	if (batch.count == 0)
-	{
-		show_activity(RELAY_IDLE, "idle");
-		return eventpipe_relay_poll_interval;
+		case RELAY_RUN_CLAIM_FAILED:
+			failures_in_a_row++;
+			return backoff_ms();
+		case RELAY_RUN_NO_EXTENSION:
+			relay_show_activity(RELAY_NO_EXTENSION, "waiting: extension eventpipe is not installed");
+			return eventpipe_relay_poll_interval;
+		case RELAY_RUN_IDLE:
+			relay_show_activity(RELAY_IDLE, "idle");
+			return eventpipe_relay_poll_interval;
+		case RELAY_RUN_SENT:
+			break;
 	}
 
-	show_activity(RELAY_RELAYING, "relaying");
-	batch_started_at = GetCurrentTimestamp();
-	claimed_at = batch_started_at;
-	/*
-	 * From the first message sent until what Kafka acknowledged is recorded,
-	 * a SIGTERM waits: keep_waiting() sees it and ends the wait, the
-	 * acknowledged rows are deleted, and only then does the worker leave.
-	 */
-	HOLD_INTERRUPTS();
-	completed = kafka_producer_send_batch(&batch, ce_source, keep_waiting);
-	sent_at = GetCurrentTimestamp();
-	recorded = run_guarded(outcome_step, &outcome);
-	RESUME_INTERRUPTS();
-	if (!completed)
+	if (run.gave_up)
 	{
 		check_interrupts();
 		if (!PostmasterIsAlive())
@@ -338,15 +291,11 @@ relay_step(void)
 							shard)));
 		kafka_producer_destroy();
 	}
-	if (!recorded)
+	if (run.record_failed)
 	{
 		failures_in_a_row++;
 		return backoff_ms();
 	}
-	account_batch(&batch, &outcome.outcome);
-	elog(DEBUG1, "eventpipe relay worker %d: batch of %d: read %.1f ms, send %.1f ms, record %.1f ms",
-		 shard, batch.count, (claimed_at - step_started_at) / 1000.0,
-		 (sent_at - claimed_at) / 1000.0, (GetCurrentTimestamp() - sent_at) / 1000.0);
 	drop_producer_after_fatal_error();
 	failures_in_a_row = 0;
 	/* look again at once: more may have committed meanwhile */
