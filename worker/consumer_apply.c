@@ -289,7 +289,7 @@ claim_event_ids(ConsumedMessage *messages, int count, const char *name)
 						"  FROM unnest($2::text[]) WITH ORDINALITY AS u(id, n) GROUP BY u.id),"
 						" ins AS ("
 						"  INSERT INTO eventpipe.event_handled AS h (subscription, event_id)"
-						"  SELECT $1, u.id FROM u ORDER BY u.id"
+						"  SELECT $1, u.id FROM u ORDER BY u.id COLLATE \"C\""
 						"  ON CONFLICT DO NOTHING RETURNING h.event_id)"
 						" SELECT u.n FROM u JOIN ins ON ins.event_id = u.id",
 						2, types);
