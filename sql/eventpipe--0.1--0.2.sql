@@ -79,9 +79,11 @@ COMMENT ON TABLE eventpipe.handlers IS
 -- would cost every batch thousands of lookups; unsubscribe() deletes the
 -- rows, and a batch of a subscription being deleted cannot commit rows
 -- after it (its offsets' foreign key fails, and the batch with it).
+-- The ids are only ever compared for equality: collation "C" makes every
+-- comparison in its index a memcmp instead of a locale's strcoll.
 CREATE TABLE eventpipe.event_handled (
-    subscription text        NOT NULL,
-    event_id     text        NOT NULL,
+    subscription text        COLLATE "C" NOT NULL,
+    event_id     text        COLLATE "C" NOT NULL,
     handled_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (subscription, event_id)
 ) WITH (autovacuum_vacuum_scale_factor = 0,

@@ -28,6 +28,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/array.h"
@@ -288,7 +289,7 @@ claim_event_ids(ConsumedMessage *messages, int count, const char *name)
 						"  FROM unnest($2::text[]) WITH ORDINALITY AS u(id, n) GROUP BY u.id),"
 						" ins AS ("
 						"  INSERT INTO eventpipe.event_handled AS h (subscription, event_id)"
-						"  SELECT $1, u.id FROM u ORDER BY u.id"
+						"  SELECT $1, u.id FROM u ORDER BY u.id COLLATE \"C\""
 						"  ON CONFLICT DO NOTHING RETURNING h.event_id)"
 						" SELECT u.n FROM u JOIN ins ON ins.event_id = u.id",
 						2, types);
@@ -584,6 +585,23 @@ bytes_datum(const void *bytes, size_t len, bool *isnull)
 	return PointerGetDatum(value);
 }
 
+/* Longest error text stored with a dead letter, in bytes. */
+#define DEAD_LETTER_ERROR_MAX 1024
+
+/*
+ * An error cut to DEAD_LETTER_ERROR_MAX bytes (on a character boundary):
+ * a JSON error quotes the offending token, which may be the whole value.
+ */
+static const char *
+clipped(const char *error)
+{
+	int			len = strlen(error);
+
+	if (len <= DEAD_LETTER_ERROR_MAX)
+		return error;
+	return psprintf("%.*s...", pg_mbcliplen(error, len, DEAD_LETTER_ERROR_MAX), error);
+}
+
 static void
 store_dead_letters(ConsumerBatch *batch, const char *name)
 {
@@ -618,7 +636,7 @@ store_dead_letters(ConsumerBatch *batch, const char *name)
 		headers = consumer_message_headers(raw);
 		columns[5][n] = PointerGetDatum(headers);
 		nulls[5][n] = (headers == NULL);
-		columns[6][n] = CStringGetTextDatum(message->error);
+		columns[6][n] = CStringGetTextDatum(clipped(message->error));
 		n++;
 	}
 	if (n == 0)

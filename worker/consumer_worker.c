@@ -18,6 +18,7 @@
 
 #include "access/xact.h"
 #include "commands/dbcommands.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -204,8 +205,11 @@ account_batch(ConsumerBatch *batch)
 	pg_atomic_fetch_add_u64(&slot->batches, 1);
 	if (first_error != NULL)
 	{
-		char	   *message = psprintf("%llu messages dead-lettered, the first: %s",
-									   (unsigned long long) counts[MESSAGE_DEAD], first_error);
+		/* the whole error is in consumer_dead_letters; the log gets its start */
+		char	   *message = psprintf("%llu messages dead-lettered, the first: %.*s",
+									   (unsigned long long) counts[MESSAGE_DEAD],
+									   pg_mbcliplen(first_error, strlen(first_error), EVENTPIPE_ERROR_LEN),
+									   first_error);
 
 		record_error(message);
 		ereport(LOG, (errmsg("%s: %s", who, message)));

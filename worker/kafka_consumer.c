@@ -33,6 +33,7 @@ static char *consumer_settings = NULL;	/* what it was built from */
 static char *subscription_name = NULL;
 static bool start_latest = false;
 static bool rebalanced = false;
+static bool in_rebalance = false;
 static bool broker_in_trouble = false;
 static bool assignment_failed = false;
 static char poll_error[512];
@@ -73,8 +74,12 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 	{
 		OffsetsStep step = {partitions};
+		bool		read;
 
-		if (!consumer_worker_run_guarded(read_offsets_step, &step))
+		in_rebalance = true;
+		read = consumer_worker_run_guarded(read_offsets_step, &step);
+		in_rebalance = false;
+		if (!read)
 		{
 			/* not assigned: the worker rebuilds the consumer after a pause */
 			assignment_failed = true;
@@ -229,6 +234,16 @@ kafka_consumer_stop(bool leave_group)
 	kafka_consumer_release_batch();
 	if (consumer == NULL)
 		return;
+	if (in_rebalance)
+	{
+		/*
+		 * The process is leaving (FATAL) from inside the rebalance callback,
+		 * that is inside rd_kafka_consumer_poll: librdkafka must not be
+		 * destroyed from there.  The handle goes with the process.
+		 */
+		consumer = NULL;
+		return;
+	}
 	leave_group = leave_group && !broker_in_trouble;
 	if (leave_group)
 		rd_kafka_consumer_close(consumer);
