@@ -19,12 +19,20 @@ OBJS = \
 	extension/capture.o \
 	extension/capture_trigger.o \
 	extension/relay_stats.o \
+	extension/subscriptions_trigger.o \
+	extension/consumer_stats.o \
 	worker/launcher.o \
+	worker/worker_loop.o \
 	worker/relay_worker.o \
 	worker/relay_pipeline.o \
 	worker/outbox.o \
 	worker/kafka_producer.o \
-	worker/kafka_log.o
+	worker/kafka_log.o \
+	worker/consumer_manager.o \
+	worker/consumer_worker.o \
+	worker/consumer_message.o \
+	worker/consumer_apply.o \
+	worker/kafka_consumer.o
 
 # The install script of the first version and one upgrade script per later
 # version; CREATE EXTENSION chains them up to default_version.
@@ -33,7 +41,7 @@ DATA = sql/$(EXTENSION)--0.1.sql sql/$(EXTENSION)--0.1--0.2.sql
 # pg_regress suites live in sql/ and expected/; scripts/test runs them with
 # a temporary instance that preloads the library (test/preload.conf), and
 # the not_preloaded suite with one that does not.
-REGRESS = publish relay_stats dead_letters upgrade capture
+REGRESS = publish relay_stats dead_letters upgrade capture consumer_api
 REGRESS_NOT_PRELOADED = not_preloaded
 
 # -Wextra's unused-parameter warning is off: callback signatures (hooks,

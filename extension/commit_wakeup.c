@@ -2,13 +2,14 @@
  * commit_wakeup.c
  *		Wakes the relay workers when a transaction that wrote to the outbox
  *		commits, so events leave in milliseconds instead of at the next poll,
- *		and tells them the lowest outbox id it committed.
+ *		and tells them the lowest outbox id it committed; wakes the consumer
+ *		manager when a transaction changed eventpipe.subscriptions.
  *
- * publish() marks the transaction with the ids it wrote; a transaction
- * callback sets the relay workers' latches at commit.  Latches are found
- * through the PGPROC numbers the workers publish in shared memory; reading a
- * stale number only causes a spurious wake-up, so no lock is taken on this
- * hot path.
+ * publish() (and the capture trigger) mark the transaction with the ids they
+ * wrote, the subscriptions trigger marks it too; a transaction callback sets
+ * the workers' latches at commit.  Latches are found through the PGPROC
+ * numbers the workers publish in shared memory; reading a stale number only
+ * causes a spurious wake-up, so no lock is taken on this hot path.
  *
  * The lowest id goes to every relay slot (an atomic minimum) once the
  * commit is visible; from before it is visible (pre-commit) until then the
@@ -32,6 +33,7 @@
 static bool wake_at_commit = false;
 static uint64 lowest_id_written;
 static bool counted_as_committing = false;
+static bool wake_manager_at_commit = false;
 static bool callback_registered = false;
 
 /* *target = Min(*target, value), atomically. */
@@ -90,16 +92,30 @@ commit_wakeup_callback(XactEvent event, void *arg)
 			if (wake_at_commit)
 				wake_relay_workers();
 			stop_counting_as_committing();
+			if (wake_manager_at_commit)
+				eventpipe_set_latch_of(eventpipe_shared->consumer_manager_procno);
 			wake_at_commit = false;
+			wake_manager_at_commit = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			stop_counting_as_committing();
 			wake_at_commit = false;
+			wake_manager_at_commit = false;
 			break;
 		default:
 			break;
+	}
+}
+
+static void
+register_callback(void)
+{
+	if (!callback_registered)
+	{
+		RegisterXactCallback(commit_wakeup_callback, NULL);
+		callback_registered = true;
 	}
 }
 
@@ -107,12 +123,15 @@ commit_wakeup_callback(XactEvent event, void *arg)
 void
 eventpipe_wake_relay_at_commit(int64 outbox_id)
 {
-	if (!callback_registered)
-	{
-		RegisterXactCallback(commit_wakeup_callback, NULL);
-		callback_registered = true;
-	}
+	register_callback();
 	if (!wake_at_commit || (uint64) outbox_id < lowest_id_written)
 		lowest_id_written = (uint64) outbox_id;
 	wake_at_commit = true;
+}
+
+void
+eventpipe_wake_consumer_manager_at_commit(void)
+{
+	register_callback();
+	wake_manager_at_commit = true;
 }

@@ -5,10 +5,10 @@
  *
  * DROP DATABASE runs the object-access hook before it waits (at most five
  * seconds) for other sessions to leave the database.  The hook records the
- * database in shared memory and wakes the workers: a relay worker connected
- * to it exits at once, and the launcher starts no new one while the drop is
- * pending (as long as the DROP holds the database's lock: a DROP that fails
- * lets them back at once).
+ * database in shared memory and wakes the workers: a relay worker, consumer
+ * worker or consumer manager connected to it exits at once, and the
+ * launcher starts no new one while the drop is pending (as long as the DROP
+ * holds the database's lock: a DROP that fails lets them back at once).
  */
 #include "postgres.h"
 
@@ -32,6 +32,9 @@ announce_database_drop(Oid database)
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
 		served |= (eventpipe_shared->relay[i].database == database);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+		served |= (eventpipe_shared->consumer[i].database == database);
+	served |= (eventpipe_shared->consumer_manager_database == database);
 	if (served)
 		eventpipe_shared->dropping_database = database;
 	LWLockRelease(eventpipe_shared->lock);
@@ -40,6 +43,9 @@ announce_database_drop(Oid database)
 		return;
 	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
 		eventpipe_set_latch_of(eventpipe_shared->relay[i].procno);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+		eventpipe_set_latch_of(eventpipe_shared->consumer[i].procno);
+	eventpipe_set_latch_of(eventpipe_shared->consumer_manager_procno);
 	eventpipe_set_latch_of(eventpipe_shared->launcher_procno);
 }
 

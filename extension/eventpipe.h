@@ -17,6 +17,12 @@
 /* Upper bound of eventpipe.relay_workers, and so of the relay slots in shared memory. */
 #define EVENTPIPE_MAX_RELAY_WORKERS 32
 
+/* Most consumer workers (subscriptions) with a statistics slot at a time. */
+#define EVENTPIPE_MAX_CONSUMERS 64
+
+/* Longest subscription name, terminator included (names have 1..63 chars). */
+#define EVENTPIPE_SUBSCRIPTION_LEN 64
+
 /* Longest error text kept in shared memory for the stat views. */
 #define EVENTPIPE_ERROR_LEN 256
 
@@ -75,6 +81,40 @@ typedef struct RelaySlot
 	TimestampTz last_error_time;
 } RelaySlot;
 
+/* What a consumer worker is doing, as shown by consumer_stats().state. */
+typedef enum ConsumerState
+{
+	CONSUMER_STOPPED = 0,		/* no process in this slot */
+	CONSUMER_NOT_CONFIGURED,	/* eventpipe.bootstrap_servers is empty */
+	CONSUMER_STARTING,			/* joining the consumer group */
+	CONSUMER_IDLE,				/* caught up, waiting for messages */
+	CONSUMER_APPLYING,			/* a batch is being applied */
+	CONSUMER_WAITING_FOR_BROKER,	/* the broker reports errors */
+	CONSUMER_BACKING_OFF		/* the last batch failed; retrying */
+} ConsumerState;
+
+/*
+ * One subscription's slot, found by name, so its counters survive worker
+ * restarts.  subscription, database, pid, procno, state and the error fields
+ * are written under EventpipeShared->lock; the counters are atomics that
+ * only the slot's worker increments.
+ */
+typedef struct ConsumerSlot
+{
+	char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];	/* "" = free */
+	Oid			database;
+	pid_t		pid;
+	int			procno;
+	ConsumerState state;
+	pg_atomic_uint64 events_applied;
+	pg_atomic_uint64 duplicates;
+	pg_atomic_uint64 unmatched;
+	pg_atomic_uint64 events_dead;
+	pg_atomic_uint64 batches;
+	char		last_error[EVENTPIPE_ERROR_LEN];
+	TimestampTz last_error_time;
+} ConsumerSlot;
+
 typedef struct EventpipeShared
 {
 	LWLock	   *lock;
@@ -90,6 +130,11 @@ typedef struct EventpipeShared
 	 */
 	pg_atomic_uint32 publishers_committing;
 	RelaySlot	relay[EVENTPIPE_MAX_RELAY_WORKERS];
+	/* the consumer manager: starts one consumer worker per subscription */
+	pid_t		consumer_manager_pid;
+	int			consumer_manager_procno;
+	Oid			consumer_manager_database;
+	ConsumerSlot consumer[EVENTPIPE_MAX_CONSUMERS];
 } EventpipeShared;
 
 /* shmem.c */
@@ -100,6 +145,13 @@ extern void eventpipe_set_relay_error(RelaySlot *slot, const char *message);
 extern const char *eventpipe_relay_state_name(RelayState state);
 extern void eventpipe_set_latch_of(int procno);
 extern pid_t eventpipe_relay_slot_holder(RelaySlot *slot);
+extern bool eventpipe_database_is_being_dropped(Oid database);
+extern ConsumerSlot *eventpipe_claim_consumer_slot(const char *subscription, pid_t *holder);
+extern void eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget);
+extern pid_t eventpipe_consumer_slot_holder(const char *subscription);
+extern void eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state);
+extern void eventpipe_set_consumer_error(ConsumerSlot *slot, const char *message);
+extern const char *eventpipe_consumer_state_name(ConsumerState state);
 
 /* outbox_insert.c */
 struct pg_uuid_t;
@@ -108,6 +160,7 @@ extern struct pg_uuid_t *eventpipe_enqueue_event(text *topic, text *key, Jsonb *
 
 /* commit_wakeup.c */
 extern void eventpipe_wake_relay_at_commit(int64 outbox_id);
+extern void eventpipe_wake_consumer_manager_at_commit(void);
 
 /* database_drop.c */
 extern void eventpipe_install_drop_database_hook(void);

@@ -67,7 +67,7 @@ eventpipe_define_gucs(void)
 {
 	DefineCustomStringVariable("eventpipe.database",
 							   "Database the eventpipe workers connect to.",
-							   "The relay reads the outbox of this database only.",
+							   "The relay reads the outbox, and the consumers apply the subscriptions, of this database only.",
 							   &eventpipe_database,
 							   "postgres",
 							   PGC_SIGHUP, 0,
@@ -123,7 +123,7 @@ eventpipe_define_gucs(void)
 
 	DefineCustomIntVariable("eventpipe.consumer_batch_size",
 							"Most Kafka messages a consumer applies in one transaction.",
-							"Not yet in effect in version 0.1: there is no consumer yet.",
+							"For subscriptions whose batch_size is NULL.",
 							&eventpipe_consumer_batch_size,
 							3000, 1, 1000000,
 							PGC_SIGHUP, 0,
@@ -131,7 +131,7 @@ eventpipe_define_gucs(void)
 
 	DefineCustomIntVariable("eventpipe.dedup_retention",
 							"How long the consumer remembers applied event ids.",
-							"Not yet in effect in version 0.1: there is no consumer yet.",
+							"A copy of an event redelivered later than this after it was applied is applied again.",
 							&eventpipe_dedup_retention,
 							7 * 24 * 3600, 60, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,

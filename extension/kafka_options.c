@@ -4,7 +4,8 @@
  *		configuration properties.
  *
  * Used by the GUC check hook (so a bad value is refused at reload, with the
- * old one kept) and by the workers when they build a Kafka handle.  Values
+ * old one kept) and by the workers when they build a Kafka handle; also sets
+ * the workers' own properties (eventpipe_kafka_conf_set).  Values
  * may be secrets: error texts name the property, never its value.
  */
 #include "postgres.h"
@@ -122,4 +123,20 @@ eventpipe_mask_kafka_options(const char *options)
 	}
 	pfree(copy);
 	return masked.data;
+}
+
+/*
+ * Set one of the workers' own properties (not a DBA's: the value is
+ * quoted back).  Returns false, with the reason in errbuf, if refused.
+ */
+bool
+eventpipe_kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
+						 char *errbuf, size_t errbuf_size)
+{
+	char		rderr[512];
+
+	if (rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr)) == RD_KAFKA_CONF_OK)
+		return true;
+	snprintf(errbuf, errbuf_size, "librdkafka rejected property \"%s\": %s", name, rderr);
+	return false;
 }

@@ -13,5 +13,7 @@
 extern bool eventpipe_apply_kafka_options(rd_kafka_conf_t *conf, const char *options,
 										  char *errbuf, size_t errbuf_size);
 extern const char *eventpipe_mask_kafka_options(const char *options);
+extern bool eventpipe_kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
+									 char *errbuf, size_t errbuf_size);
 
 #endif							/* EVENTPIPE_KAFKA_OPTIONS_H */

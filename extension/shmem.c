@@ -1,11 +1,11 @@
 /*
  * shmem.c
- *		eventpipe's shared memory: the launcher's and relay workers' slots
- *		with their statistics.
+ *		eventpipe's shared memory: the launcher's, relay workers' and
+ *		consumer workers' slots with their statistics.
  *
  * Locking: EventpipeShared->lock protects pid, procno, database, state and
- * the last-error fields of every slot, and the launcher and drop-database
- * fields.  Counters are pg_atomic_uint64 written only by the slot's own
+ * the last-error fields of every slot, a consumer slot's subscription name,
+ * and the launcher, consumer manager and drop-database fields.  Counters are pg_atomic_uint64 written only by the slot's own
  * worker; readers take no lock for them.  Nothing here points into
  * process-local memory.
  */
@@ -33,6 +33,24 @@ eventpipe_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(EventpipeShared)));
 	RequestNamedLWLockTranche("eventpipe", 1);
+}
+
+/* Empty a consumer slot and give it to subscription, counters at zero. */
+static void
+reset_consumer_slot(ConsumerSlot *slot, const char *subscription)
+{
+	strlcpy(slot->subscription, subscription, sizeof(slot->subscription));
+	slot->database = InvalidOid;
+	slot->pid = 0;
+	slot->procno = -1;
+	slot->state = CONSUMER_STOPPED;
+	pg_atomic_init_u64(&slot->events_applied, 0);
+	pg_atomic_init_u64(&slot->duplicates, 0);
+	pg_atomic_init_u64(&slot->unmatched, 0);
+	pg_atomic_init_u64(&slot->events_dead, 0);
+	pg_atomic_init_u64(&slot->batches, 0);
+	slot->last_error[0] = '\0';
+	slot->last_error_time = 0;
 }
 
 static void
@@ -69,6 +87,9 @@ eventpipe_shmem_startup(void)
 			pg_atomic_init_u64(&slot->last_latency_us, 0);
 			pg_atomic_init_u64(&slot->lowest_committed_id, EVENTPIPE_NO_COMMITTED_ID);
 		}
+		eventpipe_shared->consumer_manager_procno = -1;
+		for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+			reset_consumer_slot(&eventpipe_shared->consumer[i], "");
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -92,13 +113,20 @@ eventpipe_set_relay_state(RelaySlot *slot, RelayState state)
 	LWLockRelease(eventpipe_shared->lock);
 }
 
+/* A slot's last error (EVENTPIPE_ERROR_LEN bytes) and its time. */
+static void
+set_error(char *last_error, TimestampTz *last_error_time, const char *message)
+{
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	strlcpy(last_error, message, EVENTPIPE_ERROR_LEN);
+	*last_error_time = GetCurrentTimestamp();
+	LWLockRelease(eventpipe_shared->lock);
+}
+
 void
 eventpipe_set_relay_error(RelaySlot *slot, const char *message)
 {
-	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	strlcpy(slot->last_error, message, sizeof(slot->last_error));
-	slot->last_error_time = GetCurrentTimestamp();
-	LWLockRelease(eventpipe_shared->lock);
+	set_error(slot->last_error, &slot->last_error_time, message);
 }
 
 const char *
@@ -143,4 +171,148 @@ eventpipe_set_latch_of(int procno)
 {
 	if (procno >= 0)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/* Is DROP DATABASE of this database under way (a worker in it must leave)? */
+bool
+eventpipe_database_is_being_dropped(Oid database)
+{
+	bool		dropping;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	dropping = eventpipe_shared->dropping_database == database;
+	LWLockRelease(eventpipe_shared->lock);
+	return dropping;
+}
+
+static pid_t
+consumer_holder(ConsumerSlot *slot)
+{
+	if (slot->pid != 0 && BackendPidGetProc(slot->pid) != NULL)
+		return slot->pid;
+	return 0;
+}
+
+/*
+ * The live process that consumes for this subscription, or 0.  The consumer
+ * manager asks before starting a worker: one started by an earlier manager
+ * may still run.
+ */
+pid_t
+eventpipe_consumer_slot_holder(const char *subscription)
+{
+	pid_t		holder = 0;
+	int			i;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+	{
+		ConsumerSlot *slot = &eventpipe_shared->consumer[i];
+
+		if (strcmp(slot->subscription, subscription) == 0)
+			holder = consumer_holder(slot);
+	}
+	LWLockRelease(eventpipe_shared->lock);
+	return holder;
+}
+
+/*
+ * Take the slot of this subscription for the calling process: the one with
+ * its name (counters kept), else a free one, else one no process holds.
+ * Returns NULL when none is left, or when a live process holds the
+ * subscription's slot (its pid then in *holder).
+ */
+ConsumerSlot *
+eventpipe_claim_consumer_slot(const char *subscription, pid_t *holder)
+{
+	ConsumerSlot *found = NULL;
+	ConsumerSlot *free_slot = NULL;
+	ConsumerSlot *idle_slot = NULL;
+	int			i;
+
+	*holder = 0;
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+	{
+		ConsumerSlot *slot = &eventpipe_shared->consumer[i];
+
+		if (strcmp(slot->subscription, subscription) == 0)
+			found = slot;
+		else if (slot->subscription[0] == '\0' && free_slot == NULL)
+			free_slot = slot;
+		else if (consumer_holder(slot) == 0 && idle_slot == NULL)
+			idle_slot = slot;
+	}
+	if (found != NULL && (*holder = consumer_holder(found)) != 0)
+		found = NULL;
+	else if (found == NULL && (found = free_slot ? free_slot : idle_slot) != NULL)
+		reset_consumer_slot(found, subscription);
+	if (found != NULL)
+	{
+		found->pid = MyProcPid;
+		found->procno = MyProc->pgprocno;
+		found->database = MyDatabaseId;
+		found->state = CONSUMER_STARTING;
+	}
+	LWLockRelease(eventpipe_shared->lock);
+	return found;
+}
+
+/*
+ * The calling process leaves its slot; with forget (its subscription is
+ * gone), the slot and its counters are freed for another subscription.
+ */
+void
+eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget)
+{
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	if (slot->pid == MyProcPid)
+	{
+		if (forget)
+			reset_consumer_slot(slot, "");
+		slot->pid = 0;
+		slot->procno = -1;
+		slot->database = InvalidOid;
+		slot->state = CONSUMER_STOPPED;
+	}
+	LWLockRelease(eventpipe_shared->lock);
+}
+
+void
+eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state)
+{
+	if (slot->state == state)
+		return;
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	slot->state = state;
+	LWLockRelease(eventpipe_shared->lock);
+}
+
+void
+eventpipe_set_consumer_error(ConsumerSlot *slot, const char *message)
+{
+	set_error(slot->last_error, &slot->last_error_time, message);
+}
+
+const char *
+eventpipe_consumer_state_name(ConsumerState state)
+{
+	switch (state)
+	{
+		case CONSUMER_STOPPED:
+			return "stopped";
+		case CONSUMER_NOT_CONFIGURED:
+			return "not configured";
+		case CONSUMER_STARTING:
+			return "starting";
+		case CONSUMER_IDLE:
+			return "idle";
+		case CONSUMER_APPLYING:
+			return "applying";
+		case CONSUMER_WAITING_FOR_BROKER:
+			return "waiting for broker";
+		case CONSUMER_BACKING_OFF:
+			return "backing off";
+	}
+	return "unknown";
 }

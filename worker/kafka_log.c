@@ -12,7 +12,7 @@
 
 #include <pthread.h>
 
-#include "relay.h"
+#include "kafka_log.h"
 
 #define KAFKA_LOG_RING 64
 #define KAFKA_LOG_LINE 512

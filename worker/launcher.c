@@ -1,11 +1,13 @@
 /*
  * launcher.c
  *		The eventpipe launcher: a background worker registered at preload
- *		that connects to no database and keeps one relay worker per shard
- *		running in eventpipe.database.
+ *		that connects to no database and keeps one relay worker per shard,
+ *		and the consumer manager, running in eventpipe.database.
  *
  * It looks the database up in the shared catalog, starts the relay workers
- * as dynamic background workers when it exists, stops them when it goes
+ * and the consumer manager (which starts the consumer workers: it can read
+ * eventpipe.subscriptions, the launcher cannot) as dynamic background
+ * workers when it exists, stops them when it goes
  * away or eventpipe.database changes, restarts them if they die (at most
  * once a second each), and keeps away from a database being dropped for as
  * long as the DROP DATABASE holds the database's lock.
@@ -26,6 +28,7 @@
 #include "storage/latch.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/ps_status.h"
@@ -49,6 +52,7 @@ typedef struct RelayHandle
 } RelayHandle;
 
 static RelayHandle relays[EVENTPIPE_MAX_RELAY_WORKERS];
+static RelayHandle consumer_manager;
 
 void
 eventpipe_register_launcher(void)
@@ -168,21 +172,22 @@ relay_is_running(RelayHandle *relay)
 	return false;
 }
 
+/* Start a dynamic worker in database that tells the launcher when it ends. */
 static void
-start_relay(int shard, Oid database)
+start_worker(RelayHandle *relay, const char *function, const char *name, const char *type,
+			 Datum main_arg, Oid database)
 {
 	BackgroundWorker worker;
-	RelayHandle *relay = &relays[shard];
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(worker.bgw_library_name, "eventpipe", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "eventpipe_relay_main", BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "eventpipe relay %d", shard);
-	strlcpy(worker.bgw_type, "eventpipe relay", BGW_MAXLEN);
-	worker.bgw_main_arg = Int32GetDatum(shard);
+	strlcpy(worker.bgw_function_name, function, BGW_MAXLEN);
+	strlcpy(worker.bgw_name, name, BGW_MAXLEN);
+	strlcpy(worker.bgw_type, type, BGW_MAXLEN);
+	worker.bgw_main_arg = main_arg;
 	memcpy(worker.bgw_extra, &database, sizeof(Oid));
 	worker.bgw_notify_pid = MyProcPid;
 
@@ -192,9 +197,19 @@ start_relay(int shard, Oid database)
 	{
 		relay->handle = NULL;
 		ereport(WARNING,
-				(errmsg("eventpipe could not start relay worker %d", shard),
-				 errhint("Raise max_worker_processes: eventpipe needs 1 + eventpipe.relay_workers.")));
+				(errmsg("eventpipe could not start the %s", name),
+				 errhint("Raise max_worker_processes: eventpipe needs 2 + eventpipe.relay_workers + one per subscription.")));
 	}
+}
+
+static void
+start_relay(int shard, Oid database)
+{
+	char		name[BGW_MAXLEN];
+
+	snprintf(name, sizeof(name), "eventpipe relay %d", shard);
+	start_worker(&relays[shard], "eventpipe_relay_main", name, "eventpipe relay",
+				 Int32GetDatum(shard), database);
 }
 
 /*
@@ -220,7 +235,42 @@ adopt_running_relay(int shard, Oid database)
 	return true;
 }
 
-/* Bring the running relay workers in line with the configuration. */
+/*
+ * The same for the consumer manager: one, in the database served, adopted
+ * if an earlier launcher started it.
+ */
+static void
+reconcile_consumer_manager(Oid database, TimestampTz now)
+{
+	pid_t		holder;
+	Oid			served;
+
+	if (relay_is_running(&consumer_manager))
+	{
+		if (consumer_manager.database != database)
+			TerminateBackgroundWorker(consumer_manager.handle);
+		return;
+	}
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	holder = eventpipe_shared->consumer_manager_pid;
+	if (holder != 0 && BackendPidGetProc(holder) == NULL)
+		holder = 0;
+	served = eventpipe_shared->consumer_manager_database;
+	LWLockRelease(eventpipe_shared->lock);
+	if (holder != 0)
+	{
+		if (served != database)
+			kill(holder, SIGTERM);
+		return;
+	}
+	if (OidIsValid(database) &&
+		TimestampDifferenceExceeds(consumer_manager.started_at, now, RESTART_DELAY_MS))
+		start_worker(&consumer_manager, "eventpipe_consumer_manager_main",
+					 "eventpipe consumer manager", "eventpipe consumer manager",
+					 (Datum) 0, database);
+}
+
+/* Bring the running relay workers and consumer manager in line with the configuration. */
 static void
 reconcile(void)
 {
@@ -248,6 +298,7 @@ reconcile(void)
 		if (TimestampDifferenceExceeds(relay->started_at, now, RESTART_DELAY_MS))
 			start_relay(shard, database);
 	}
+	reconcile_consumer_manager(database, now);
 	set_ps_display(OidIsValid(database) ? "serving" : "waiting: eventpipe.database does not exist");
 }
 

@@ -18,6 +18,7 @@
 #include "utils/jsonb.h"
 
 #include "../extension/eventpipe.h"
+#include "kafka_log.h"
 
 struct OutboxBatch;
 
@@ -91,12 +92,6 @@ extern bool kafka_producer_await_batch(OutboxBatch *batch, bool (*keep_waiting) 
 extern bool kafka_error_is_permanent(const OutboxEvent *event);
 extern bool kafka_producer_failed_fatally(char *errbuf, size_t errbuf_size);
 
-/* kafka_log.c: librdkafka's log lines, kept until the main loop can ereport them */
-extern void kafka_log_callback(const rd_kafka_t *rk, int level, const char *facility,
-							   const char *message);
-extern void kafka_error_callback(rd_kafka_t *rk, int err, const char *reason, void *opaque);
-extern void kafka_log_drain(void);
-extern bool kafka_log_take_broker_error(char *buf, size_t size);
 
 /* relay_pipeline.c: how a run of batches ended */
 typedef enum RelayRunEnd

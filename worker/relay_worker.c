@@ -32,6 +32,7 @@
 
 #include "../extension/eventpipe.h"
 #include "relay.h"
+#include "worker_loop.h"
 
 /* Back-off after a failed batch: doubles from the first to the last. */
 #define RELAY_BACKOFF_FIRST_MS 100
@@ -64,12 +65,7 @@ relay_exit(int code, Datum arg)
 static bool
 my_database_is_being_dropped(void)
 {
-	bool		dropping;
-
-	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-	dropping = eventpipe_shared->dropping_database == MyDatabaseId;
-	LWLockRelease(eventpipe_shared->lock);
-	return dropping;
+	return eventpipe_database_is_being_dropped(MyDatabaseId);
 }
 
 /* Leave on SIGTERM, or when our database is about to be dropped. */
@@ -159,6 +155,12 @@ backoff_ms(void)
 	return Min(ms, RELAY_BACKOFF_LAST_MS);
 }
 
+static void
+record_relay_error(const char *message)
+{
+	eventpipe_set_relay_error(slot, message);
+}
+
 /*
  * Run step; on ERROR log it, record it for pg_stat_relay, abort the
  * transaction and return false.  Works with interrupts held, too.
@@ -166,34 +168,10 @@ backoff_ms(void)
 bool
 relay_run_guarded(void (*step) (void *), void *arg)
 {
-	MemoryContext context = CurrentMemoryContext;
-	uint32		holdoff = InterruptHoldoffCount;
-	volatile bool ok = true;
+	char		who[64];
 
-	PG_TRY();
-	{
-		step(arg);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		/* errfinish() zeroed the holdoff count: put back the caller's */
-		InterruptHoldoffCount = holdoff;
-		MemoryContextSwitchTo(context);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(context);
-		ereport(LOG,
-				(errmsg("eventpipe relay worker %d: %s", shard, edata->message),
-				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
-		eventpipe_set_relay_error(slot, edata->message);
-		pgstat_report_activity(STATE_IDLE, NULL);
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok;
+	snprintf(who, sizeof(who), "eventpipe relay worker %d", shard);
+	return worker_run_guarded(step, arg, who, record_relay_error);
 }
 
 /* Update the counters and the last error from the batch's outcome. */

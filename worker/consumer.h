@@ -1,0 +1,141 @@
+/*
+ * consumer.h
+ *		The consumer worker's pieces: its subscription and rules as read from
+ *		the database (consumer_apply.c), the Kafka messages of a batch and
+ *		what each one means (consumer_message.c), the librdkafka consumer
+ *		(kafka_consumer.c), and the main loops of the consumer manager
+ *		(consumer_manager.c) and consumer worker (consumer_worker.c).
+ */
+#ifndef EVENTPIPE_CONSUMER_H
+#define EVENTPIPE_CONSUMER_H
+
+#include "postgres.h"
+
+#include <librdkafka/rdkafka.h>
+
+#include "nodes/pg_list.h"
+#include "utils/jsonb.h"
+
+/* A subscription's row of eventpipe.subscriptions. */
+typedef struct Subscription
+{
+	char	   *name;
+	List	   *topics;			/* of char * */
+	char	   *group_id;
+	bool		start_latest;	/* start_from = 'latest' */
+	int			batch_size;		/* resolved: never 0 */
+	char	   *dedup_field;	/* NULL: none */
+} Subscription;
+
+/* A metric rule, with the target's names ready to quote into SQL. */
+typedef struct MetricRule
+{
+	char	   *event_type;
+	Oid			target;
+	char	   *target_name;	/* schema-qualified, quoted */
+	char	   *key_column;		/* quoted */
+	char	   *key_type;		/* schema-qualified type name */
+	char	   *column;			/* quoted */
+	char	   *key_field;
+	char	   *value_field;	/* NULL: add 1 */
+	Oid			owner;
+} MetricRule;
+
+typedef struct EventHandler
+{
+	char	   *event_type;
+	Oid			handler;
+	Oid			owner;
+} EventHandler;
+
+typedef struct ConsumerRules
+{
+	int			nmetrics;
+	MetricRule *metrics;
+	int			nhandlers;
+	EventHandler *handlers;
+} ConsumerRules;
+
+/* One effect of a message: add value to a metric rule's row keyed by key. */
+typedef struct MetricEffect
+{
+	int			rule;			/* index in ConsumerRules.metrics */
+	char	   *key;
+	char	   *value;			/* numeric text */
+} MetricEffect;
+
+/* What became of a message, for the counters. */
+typedef enum MessageFate
+{
+	MESSAGE_APPLIED,
+	MESSAGE_DUPLICATE,
+	MESSAGE_UNMATCHED,
+	MESSAGE_DEAD
+} MessageFate;
+
+/*
+ * One Kafka message of a batch and what it means.  payload, event_type,
+ * event_id, effects and handlers live in the apply transaction's memory and
+ * are cleared when it ends; fate and error (copied out) remain.
+ */
+typedef struct ConsumedMessage
+{
+	rd_kafka_message_t *raw;	/* owned by the batch */
+	const char *topic;
+	Jsonb	   *payload;		/* NULL when the value is not valid JSON */
+	char	   *event_type;		/* NULL: none */
+	char	   *event_id;		/* the dedup key */
+	char	   *error;			/* why it cannot be applied; NULL if it can */
+	List	   *effects;		/* of MetricEffect * */
+	List	   *handlers;		/* of EventHandler * */
+	MessageFate fate;
+} ConsumedMessage;
+
+typedef struct ConsumerBatch
+{
+	int			count;
+	ConsumedMessage *messages;
+} ConsumerBatch;
+
+/* What applying a batch found. */
+typedef enum ApplyResult
+{
+	APPLY_DONE,
+	APPLY_NO_EXTENSION,
+	APPLY_NO_SUBSCRIPTION
+} ApplyResult;
+
+/* consumer_message.c */
+extern void consumer_message_interpret(ConsumedMessage *message, const Subscription *subscription,
+									   const ConsumerRules *rules);
+extern Jsonb *consumer_message_headers(const rd_kafka_message_t *raw);
+extern Jsonb *consumer_message_metadata(const ConsumedMessage *message);
+
+/* consumer_apply.c: each runs its own transaction */
+extern ApplyResult consumer_read_subscription(const char *name, Subscription *subscription);
+extern ApplyResult consumer_apply_batch(ConsumerBatch *batch, const char *name,
+										bool isolate_failures);
+extern void consumer_read_offsets(const char *name, rd_kafka_topic_partition_list_t *partitions,
+								  bool start_latest);
+extern List *consumer_list_subscriptions(void);
+extern int64 consumer_prune_ledger(const char *name, int retention_s, int limit);
+
+/* kafka_consumer.c */
+extern bool kafka_consumer_ensure(const Subscription *subscription, char *errbuf,
+								  size_t errbuf_size);
+extern void kafka_consumer_stop(bool leave_group);
+extern void kafka_consumer_set_broker_trouble(bool trouble);
+extern int	kafka_consumer_poll_batch(rd_kafka_message_t ***messages, int limit, int wait_ms);
+extern void kafka_consumer_release_batch(void);
+extern void kafka_consumer_commit(ConsumerBatch *batch);
+extern bool kafka_consumer_assignment_failed(void);
+extern bool kafka_consumer_take_error(char *buf, size_t size);
+
+/* consumer_worker.c: for the rebalance callback's database step */
+extern bool consumer_worker_run_guarded(void (*step) (void *), void *arg);
+
+/* consumer_manager.c, consumer_worker.c */
+extern PGDLLEXPORT void eventpipe_consumer_manager_main(Datum main_arg);
+extern PGDLLEXPORT void eventpipe_consumer_main(Datum main_arg);
+
+#endif							/* EVENTPIPE_CONSUMER_H */

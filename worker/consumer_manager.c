@@ -1,0 +1,228 @@
+/*
+ * consumer_manager.c
+ *		The consumer manager: a dynamic background worker, started and
+ *		supervised by the launcher in eventpipe.database, that keeps one
+ *		consumer worker running per row of eventpipe.subscriptions.
+ *
+ * The launcher connects to no database and cannot read tables; this worker
+ * can.  It reads the subscriptions when woken (a commit that changed them
+ * sets its latch, see commit_wakeup.c; so does a consumer worker's death,
+ * as bgw_notify_pid) and every MANAGER_POLL_MS otherwise, starts a worker
+ * for each subscription without one (at most once a second per
+ * subscription).  A worker started by an earlier manager is adopted, not
+ * doubled.  Workers stop by themselves (exit code 0, no signal): when their
+ * subscription or the extension is gone (they reread their row before
+ * every batch), when their database is being dropped or is no longer
+ * eventpipe.database.  The manager leaves in the last two cases too, and on
+ * SIGTERM.
+ */
+#include "postgres.h"
+
+#include "commands/dbcommands.h"
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/ps_status.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "../extension/eventpipe.h"
+#include "consumer.h"
+#include "worker_loop.h"
+
+/* Subscriptions are reread, and dead workers restarted, at least this often. */
+#define MANAGER_POLL_MS 1000
+#define RESTART_DELAY_MS 1000
+
+typedef struct ConsumerHandle
+{
+	char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];	/* "" = unused */
+	BackgroundWorkerHandle *handle;
+	TimestampTz started_at;
+} ConsumerHandle;
+
+static ConsumerHandle consumers[EVENTPIPE_MAX_CONSUMERS];
+
+static void
+manager_exit(int code, Datum arg)
+{
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	if (eventpipe_shared->consumer_manager_pid == MyProcPid)
+	{
+		eventpipe_shared->consumer_manager_pid = 0;
+		eventpipe_shared->consumer_manager_procno = -1;
+		eventpipe_shared->consumer_manager_database = InvalidOid;
+	}
+	LWLockRelease(eventpipe_shared->lock);
+}
+
+static bool
+is_running(ConsumerHandle *consumer)
+{
+	pid_t		pid;
+	BgwHandleStatus status;
+
+	if (consumer->handle == NULL)
+		return false;
+	status = GetBackgroundWorkerPid(consumer->handle, &pid);
+	if (status == BGWH_STARTED || status == BGWH_NOT_YET_STARTED)
+		return true;
+	pfree(consumer->handle);
+	consumer->handle = NULL;
+	return false;
+}
+
+static ConsumerHandle *
+handle_of(const char *subscription)
+{
+	ConsumerHandle *unused = NULL;
+	int			i;
+
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+	{
+		if (strcmp(consumers[i].subscription, subscription) == 0)
+			return &consumers[i];
+		if (unused == NULL && consumers[i].subscription[0] == '\0')
+			unused = &consumers[i];
+	}
+	if (unused != NULL)
+	{
+		strlcpy(unused->subscription, subscription, sizeof(unused->subscription));
+		unused->started_at = 0;
+	}
+	return unused;
+}
+
+static void
+start_consumer(ConsumerHandle *consumer)
+{
+	BackgroundWorker worker;
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "eventpipe", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "eventpipe_consumer_main", BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "eventpipe consumer %s", consumer->subscription);
+	strlcpy(worker.bgw_type, "eventpipe consumer", BGW_MAXLEN);
+	memcpy(worker.bgw_extra, &MyDatabaseId, sizeof(Oid));
+	strlcpy(worker.bgw_extra + sizeof(Oid), consumer->subscription, EVENTPIPE_SUBSCRIPTION_LEN);
+	worker.bgw_notify_pid = MyProcPid;
+
+	consumer->started_at = GetCurrentTimestamp();
+	if (!RegisterDynamicBackgroundWorker(&worker, &consumer->handle))
+	{
+		consumer->handle = NULL;
+		ereport(WARNING,
+				(errmsg("eventpipe could not start the consumer worker of subscription \"%s\"",
+						consumer->subscription),
+				 errhint("Raise max_worker_processes: eventpipe needs 2 + eventpipe.relay_workers + one per subscription.")));
+	}
+	MemoryContextSwitchTo(old);
+}
+
+static bool
+name_in(List *names, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, names)
+		if (strcmp((char *) lfirst(lc), name) == 0)
+			return true;
+	return false;
+}
+
+static List *subscriptions;
+
+static void
+list_step(void *arg)
+{
+	subscriptions = consumer_list_subscriptions();
+}
+
+/* Bring the running consumer workers in line with eventpipe.subscriptions. */
+static long
+reconcile(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	ListCell   *lc;
+	int			i;
+
+	subscriptions = NIL;
+	if (!worker_run_guarded(list_step, NULL, "eventpipe consumer manager", NULL))
+		return MANAGER_POLL_MS;
+
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+	{
+		ConsumerHandle *consumer = &consumers[i];
+
+		/* a worker whose subscription is gone leaves by itself */
+		if (consumer->subscription[0] != '\0' && !is_running(consumer) &&
+			!name_in(subscriptions, consumer->subscription))
+			consumer->subscription[0] = '\0';
+	}
+
+	foreach(lc, subscriptions)
+	{
+		const char *name = (const char *) lfirst(lc);
+		ConsumerHandle *consumer = handle_of(name);
+
+		if (consumer == NULL)
+		{
+			ereport(WARNING,
+					(errmsg("eventpipe consumer manager: no room for the worker of subscription \"%s\"", name),
+					 errdetail("At most %d subscriptions have a worker.", EVENTPIPE_MAX_CONSUMERS)));
+			continue;
+		}
+		if (is_running(consumer) || eventpipe_consumer_slot_holder(name) != 0)
+			continue;
+		if (TimestampDifferenceExceeds(consumer->started_at, now, RESTART_DELAY_MS))
+			start_consumer(consumer);
+	}
+	set_ps_display(subscriptions == NIL ? "idle: no subscription" : "serving");
+	return MANAGER_POLL_MS;
+}
+
+static void
+attach(void)
+{
+	pid_t		holder = 0;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	if (eventpipe_shared->consumer_manager_pid != 0 &&
+		BackendPidGetProc(eventpipe_shared->consumer_manager_pid) != NULL)
+		holder = eventpipe_shared->consumer_manager_pid;
+	else
+	{
+		eventpipe_shared->consumer_manager_pid = MyProcPid;
+		eventpipe_shared->consumer_manager_procno = MyProc->pgprocno;
+		eventpipe_shared->consumer_manager_database = MyDatabaseId;
+	}
+	LWLockRelease(eventpipe_shared->lock);
+	if (holder != 0)
+	{
+		ereport(LOG,
+				(errmsg("eventpipe consumer manager not started: process %d already runs", (int) holder)));
+		proc_exit(0);
+	}
+	before_shmem_exit(manager_exit, (Datum) 0);
+}
+
+void
+eventpipe_consumer_manager_main(Datum main_arg)
+{
+	worker_connect("eventpipe consumer manager");
+	attach();
+	worker_main_loop(reconcile);
+}

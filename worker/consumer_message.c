@@ -1,0 +1,301 @@
+/*
+ * consumer_message.c
+ *		What a Kafka message means to a subscription: whether it can be
+ *		applied at all (a non-empty UTF-8 JSON value), its event type (the
+ *		ce_type header, else the payload's "type"), its dedup key (the ce_id
+ *		header, else the payload's dedup_field, else topic/partition/offset),
+ *		and the metric effects and handlers its type calls for.
+ *
+ * Everything here is in memory: a message that cannot be applied gets an
+ * error text, later stored with its raw bytes in consumer_dead_letters.
+ * Parsing a value as JSON may raise an ERROR; it is caught here, without a
+ * subtransaction, because the JSON parser only allocates memory (it takes
+ * no lock, pins no buffer), so there is nothing to release but the error.
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "pgtime.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+
+#include "consumer.h"
+
+/* Is this text fit for a text column and a JSON string (UTF-8, no NUL)? */
+static bool
+is_clean_text(const char *bytes, size_t len)
+{
+	return memchr(bytes, '\0', len) == NULL &&
+		pg_verify_mbstr(PG_UTF8, bytes, (int) len, true);
+}
+
+/* The last header of that name as a string, or NULL (absent or not clean text). */
+static char *
+header_text(const rd_kafka_message_t *raw, const char *name)
+{
+	rd_kafka_headers_t *headers;
+	const void *value;
+	size_t		size;
+
+	if (rd_kafka_message_headers(raw, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return NULL;
+	if (rd_kafka_header_get_last(headers, name, &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+		value == NULL || size == 0 || !is_clean_text(value, size))
+		return NULL;
+	return pnstrdup(value, size);
+}
+
+static JsonbValue *
+payload_field(Jsonb *payload, const char *name)
+{
+	if (payload == NULL || !JB_ROOT_IS_OBJECT(payload))
+		return NULL;
+	return getKeyJsonValueFromContainer(&payload->root, name, strlen(name), NULL);
+}
+
+/* A string's text or a number as written; NULL for anything else. */
+static char *
+scalar_text(JsonbValue *value)
+{
+	if (value == NULL)
+		return NULL;
+	if (value->type == jbvString)
+		return pnstrdup(value->val.string.val, value->val.string.len);
+	if (value->type == jbvNumeric)
+		return DatumGetCString(DirectFunctionCall1(numeric_out,
+												   NumericGetDatum(value->val.numeric)));
+	return NULL;
+}
+
+/* Is this error the message's fault (bad data), not the server's? */
+static bool
+is_data_error(int sqlerrcode)
+{
+	return ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_DATA_EXCEPTION ||
+		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+}
+
+/* Parse the value as JSON into message->payload; returns an error text or NULL. */
+static char *
+parse_payload(ConsumedMessage *message)
+{
+	rd_kafka_message_t *raw = message->raw;
+	MemoryContext context = CurrentMemoryContext;
+	char	   *volatile error = NULL;
+
+	if (raw->payload == NULL || raw->len == 0)
+		return pstrdup("empty value");
+	if (memchr(raw->payload, '\0', raw->len) != NULL)
+		return pstrdup("value contains a NUL byte");
+	if (!pg_verify_mbstr(PG_UTF8, raw->payload, (int) raw->len, true))
+		return pstrdup("value is not valid UTF-8");
+
+	PG_TRY();
+	{
+		char	   *text = pg_any_to_server(pnstrdup(raw->payload, raw->len), (int) raw->len, PG_UTF8);
+
+		message->payload = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		if (!is_data_error(edata->sqlerrcode))
+			PG_RE_THROW();
+		FlushErrorState();
+		error = edata->detail
+			? psprintf("value is not valid JSON: %s: %s", edata->message, edata->detail)
+			: psprintf("value is not valid JSON: %s", edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	return error;
+}
+
+/* The dedup key: ce_id, else payload[dedup_field], else the message's place. */
+static char *
+event_id_of(ConsumedMessage *message, const Subscription *subscription)
+{
+	rd_kafka_message_t *raw = message->raw;
+	char	   *id = header_text(raw, "ce_id");
+
+	if (id == NULL && subscription->dedup_field != NULL)
+		id = scalar_text(payload_field(message->payload, subscription->dedup_field));
+	if (id == NULL || id[0] == '\0')
+		id = psprintf("%s/%d/%lld", message->topic, (int) raw->partition,
+					  (long long) raw->offset);
+	return id;
+}
+
+/* The effect of one rule, or an error text. */
+static char *
+metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
+{
+	const MetricRule *metric = &rules->metrics[rule];
+	MetricEffect *effect = palloc(sizeof(MetricEffect));
+	JsonbValue *value;
+
+	effect->rule = rule;
+	effect->key = scalar_text(payload_field(message->payload, metric->key_field));
+	if (effect->key == NULL)
+		return psprintf("key field \"%s\" is missing or not a string or number",
+						metric->key_field);
+	if (metric->value_field == NULL)
+		effect->value = "1";
+	else
+	{
+		value = payload_field(message->payload, metric->value_field);
+		if (value == NULL || value->type != jbvNumeric)
+			return psprintf("value field \"%s\" is missing or not a number",
+							metric->value_field);
+		effect->value = scalar_text(value);
+	}
+	message->effects = lappend(message->effects, effect);
+	return NULL;
+}
+
+void
+consumer_message_interpret(ConsumedMessage *message, const Subscription *subscription,
+						   const ConsumerRules *rules)
+{
+	rd_kafka_message_t *raw = message->raw;
+	int			i;
+
+	message->topic = rd_kafka_topic_name(raw->rkt);
+	message->payload = NULL;
+	message->effects = NIL;
+	message->handlers = NIL;
+	message->error = parse_payload(message);
+	message->event_id = event_id_of(message, subscription);
+	message->event_type = header_text(raw, "ce_type");
+	if (message->event_type == NULL)
+		message->event_type = scalar_text(payload_field(message->payload, "type"));
+	if (message->error != NULL)
+	{
+		message->fate = MESSAGE_DEAD;
+		return;
+	}
+
+	for (i = 0; i < rules->nmetrics && message->error == NULL && message->event_type; i++)
+		if (strcmp(rules->metrics[i].event_type, message->event_type) == 0)
+			message->error = metric_effect(message, rules, i);
+	for (i = 0; i < rules->nhandlers && message->event_type; i++)
+		if (strcmp(rules->handlers[i].event_type, message->event_type) == 0)
+			message->handlers = lappend(message->handlers, &rules->handlers[i]);
+
+	if (message->error != NULL)
+	{
+		message->fate = MESSAGE_DEAD;
+		message->effects = NIL;
+		message->handlers = NIL;
+	}
+	else if (message->effects == NIL && message->handlers == NIL)
+		message->fate = MESSAGE_UNMATCHED;
+	else
+		message->fate = MESSAGE_APPLIED;	/* unless the ledger knows it */
+}
+
+/* bytes as a JSON string: as is when clean text, else "\x" and hex. */
+static void
+append_json_bytes(StringInfo buf, const void *bytes, size_t len)
+{
+	if (bytes == NULL)
+		appendStringInfoString(buf, "null");
+	else if (is_clean_text(bytes, len))
+		escape_json(buf, pg_any_to_server(pnstrdup(bytes, len), (int) len, PG_UTF8));
+	else
+	{
+		char	   *hex = palloc(len * 2 + 3);
+
+		hex[0] = '\\';
+		hex[1] = 'x';
+		hex[hex_encode(bytes, len, hex + 2) + 2] = '\0';
+		escape_json(buf, hex);
+	}
+}
+
+static void
+append_headers(StringInfo buf, const rd_kafka_message_t *raw)
+{
+	rd_kafka_headers_t *headers;
+	const char *name;
+	const void *value;
+	size_t		size;
+	size_t		i;
+
+	appendStringInfoChar(buf, '{');
+	if (rd_kafka_message_headers(raw, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		for (i = 0; rd_kafka_header_get_all(headers, i, &name, &value, &size) ==
+			 RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+		{
+			if (i > 0)
+				appendStringInfoString(buf, ", ");
+			append_json_bytes(buf, name, strlen(name));
+			appendStringInfoString(buf, ": ");
+			append_json_bytes(buf, value, size);
+		}
+	appendStringInfoChar(buf, '}');
+}
+
+static Jsonb *
+jsonb_of(StringInfo buf)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf->data)));
+}
+
+/* The message's headers as a JSON object (undecodable bytes as "\x" hex); NULL for none. */
+Jsonb *
+consumer_message_headers(const rd_kafka_message_t *raw)
+{
+	rd_kafka_headers_t *headers;
+	StringInfoData buf;
+
+	if (rd_kafka_message_headers(raw, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return NULL;
+	initStringInfo(&buf);
+	append_headers(&buf, raw);
+	return jsonb_of(&buf);
+}
+
+/* The handler's second argument: where the message came from and what it is. */
+Jsonb *
+consumer_message_metadata(const ConsumedMessage *message)
+{
+	rd_kafka_message_t *raw = message->raw;
+	StringInfoData buf;
+	int64		ms = rd_kafka_message_timestamp(raw, NULL);
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"topic\": ");
+	escape_json(&buf, message->topic);
+	appendStringInfo(&buf, ", \"partition\": %d, \"offset\": %lld, \"key\": ",
+					 (int) raw->partition, (long long) raw->offset);
+	append_json_bytes(&buf, raw->key, raw->key_len);
+	appendStringInfoString(&buf, ", \"id\": ");
+	escape_json(&buf, message->event_id);
+	appendStringInfoString(&buf, ", \"type\": ");
+	escape_json(&buf, message->event_type);
+	appendStringInfoString(&buf, ", \"headers\": ");
+	append_headers(&buf, raw);
+	appendStringInfoString(&buf, ", \"timestamp\": ");
+	if (ms < 0)
+		appendStringInfoString(&buf, "null");
+	else
+	{
+		pg_time_t	seconds = (pg_time_t) (ms / 1000);
+		struct pg_tm *tm = pg_gmtime(&seconds);
+
+		appendStringInfo(&buf, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"",
+						 tm->tm_year + 1900, tm->tm_mon + 1, tm->tm_mday,
+						 tm->tm_hour, tm->tm_min, tm->tm_sec, (int) (ms % 1000));
+	}
+	appendStringInfoChar(&buf, '}');
+	return jsonb_of(&buf);
+}

@@ -1,0 +1,357 @@
+/*
+ * kafka_consumer.c
+ *		The consumer worker's librdkafka high-level consumer: built from the
+ *		GUCs and the subscription, rebuilt when either changes, polled one
+ *		message at a time (rd_kafka_consumer_poll, never the batch API), and
+ *		told the offsets to commit once the database has committed a batch.
+ *
+ * Offsets live in the database.  Auto-commit and auto-store are off; on
+ * every assignment the rebalance callback reads eventpipe.consumer_offsets
+ * and assigns each partition at its stored offset, or at the beginning or
+ * end (start_from) when none is stored.  The callback runs inside
+ * rd_kafka_consumer_poll in this process's main thread, so it may use the
+ * database, guarded so that no ERROR unwinds through librdkafka.  Messages
+ * polled before a rebalance are dropped: the new assignment starts again
+ * from the database's offsets.
+ */
+#include "postgres.h"
+
+#include "nodes/pg_list.h"
+#include "lib/stringinfo.h"
+#include "utils/memutils.h"
+
+#include "../extension/eventpipe.h"
+#include "../extension/kafka_options.h"
+#include "consumer.h"
+#include "kafka_log.h"
+
+/* After the first message, wait this long for more before the batch is applied. */
+#define FOLLOW_WAIT_MS 10
+
+static rd_kafka_t *consumer = NULL;
+static char *consumer_settings = NULL;	/* what it was built from */
+static char *subscription_name = NULL;
+static bool start_latest = false;
+static bool rebalanced = false;
+static bool in_rebalance = false;
+static bool broker_in_trouble = false;
+static bool assignment_failed = false;
+static char poll_error[512];
+
+/*
+ * The messages of the last batch, until released: librdkafka's
+ * rd_kafka_destroy() waits for every message to be destroyed first, so a
+ * worker leaving in the middle of a batch (FATAL) must not forget them.
+ */
+static rd_kafka_message_t **held = NULL;
+static int	held_count = 0;
+static int	held_capacity = 0;
+
+typedef struct OffsetsStep
+{
+	rd_kafka_topic_partition_list_t *partitions;
+} OffsetsStep;
+
+static void
+read_offsets_step(void *arg)
+{
+	OffsetsStep *step = (OffsetsStep *) arg;
+
+	consumer_read_offsets(subscription_name, step->partitions, start_latest);
+}
+
+static bool
+cooperative(rd_kafka_t *rk)
+{
+	return strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+}
+
+static void
+rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+		  rd_kafka_topic_partition_list_t *partitions, void *opaque)
+{
+	rebalanced = true;
+	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+	{
+		OffsetsStep step = {partitions};
+		bool		read;
+
+		in_rebalance = true;
+		read = consumer_worker_run_guarded(read_offsets_step, &step);
+		in_rebalance = false;
+		if (!read)
+		{
+			/* not assigned: the worker rebuilds the consumer after a pause */
+			assignment_failed = true;
+			return;
+		}
+		if (cooperative(rk))
+			rd_kafka_error_destroy(rd_kafka_incremental_assign(rk, partitions));
+		else
+			rd_kafka_assign(rk, partitions);
+	}
+	else if (cooperative(rk))
+		rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, partitions));
+	else
+		rd_kafka_assign(rk, NULL);
+}
+
+static rd_kafka_t *
+create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_size)
+{
+	static const char *const defaults[][2] = {
+		{"enable.auto.commit", "false"},
+		{"enable.auto.offset.store", "false"},
+		{"enable.partition.eof", "false"},
+		{"session.timeout.ms", "10000"},
+		/* notice a subscribed topic created after the subscription soon */
+		{"topic.metadata.refresh.interval.ms", "10000"},
+		{"reconnect.backoff.ms", "100"},
+		{"reconnect.backoff.max.ms", "2000"},
+		{"log.queue", "true"},
+	};
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_t *rk;
+	char	   *client_id = psprintf("eventpipe-consumer-%s", subscription->name);
+	size_t		i;
+	bool		ok;
+
+	ok = eventpipe_kafka_conf_set(conf, "bootstrap.servers", eventpipe_bootstrap_servers, errbuf, errbuf_size) &&
+		eventpipe_kafka_conf_set(conf, "client.id", client_id, errbuf, errbuf_size) &&
+		eventpipe_kafka_conf_set(conf, "group.id", subscription->group_id, errbuf, errbuf_size) &&
+		eventpipe_kafka_conf_set(conf, "auto.offset.reset",
+					 subscription->start_latest ? "latest" : "earliest", errbuf, errbuf_size);
+	for (i = 0; ok && i < lengthof(defaults); i++)
+		ok = eventpipe_kafka_conf_set(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
+	/* the DBA's options come last and win */
+	ok = ok && eventpipe_apply_kafka_options(conf, eventpipe_kafka_options, errbuf, errbuf_size);
+	if (!ok)
+	{
+		rd_kafka_conf_destroy(conf);
+		return NULL;
+	}
+	rd_kafka_conf_set_rebalance_cb(conf, rebalance);
+	rd_kafka_conf_set_log_cb(conf, kafka_log_callback);
+	rd_kafka_conf_set_error_cb(conf, kafka_error_callback);
+
+	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errbuf, errbuf_size);
+	if (rk == NULL)
+	{
+		rd_kafka_conf_destroy(conf);
+		return NULL;
+	}
+	rd_kafka_set_log_queue(rk, NULL);
+	/* logs, errors and rebalances are all served by rd_kafka_consumer_poll */
+	rd_kafka_poll_set_consumer(rk);
+	return rk;
+}
+
+static char *
+settings_of(const Subscription *subscription)
+{
+	StringInfoData settings;
+	ListCell   *lc;
+
+	initStringInfo(&settings);
+	appendStringInfo(&settings, "%s\n%s\n%s\n%s\n%d", eventpipe_bootstrap_servers,
+					 eventpipe_kafka_options, subscription->group_id,
+					 subscription->name, subscription->start_latest);
+	foreach(lc, subscription->topics)
+		appendStringInfo(&settings, "\n%s", (char *) lfirst(lc));
+	return settings.data;
+}
+
+static bool
+subscribe_topics(const Subscription *subscription, char *errbuf, size_t errbuf_size)
+{
+	rd_kafka_topic_partition_list_t *topics;
+	rd_kafka_resp_err_t err;
+	ListCell   *lc;
+
+	topics = rd_kafka_topic_partition_list_new(list_length(subscription->topics));
+	foreach(lc, subscription->topics)
+		rd_kafka_topic_partition_list_add(topics, (char *) lfirst(lc), RD_KAFKA_PARTITION_UA);
+	err = rd_kafka_subscribe(consumer, topics);
+	rd_kafka_topic_partition_list_destroy(topics);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return true;
+	snprintf(errbuf, errbuf_size, "could not subscribe to the topics: %s", rd_kafka_err2str(err));
+	return false;
+}
+
+/*
+ * Make sure a consumer built from the current settings and this
+ * subscription runs.  Returns false, with the reason in errbuf, if
+ * librdkafka refuses the configuration.
+ */
+bool
+kafka_consumer_ensure(const Subscription *subscription, char *errbuf, size_t errbuf_size)
+{
+	char	   *settings = settings_of(subscription);
+
+	if (consumer != NULL && strcmp(settings, consumer_settings) == 0)
+	{
+		pfree(settings);
+		return true;
+	}
+	kafka_consumer_stop(true);
+	if (subscription_name)
+		pfree(subscription_name);
+	subscription_name = MemoryContextStrdup(TopMemoryContext, subscription->name);
+	start_latest = subscription->start_latest;
+	assignment_failed = false;
+	consumer = create_consumer(subscription, errbuf, errbuf_size);
+	if (consumer != NULL && !subscribe_topics(subscription, errbuf, errbuf_size))
+		kafka_consumer_stop(false);
+	if (consumer == NULL)
+	{
+		pfree(settings);
+		return false;
+	}
+	consumer_settings = MemoryContextStrdup(TopMemoryContext, settings);
+	pfree(settings);
+	return true;
+}
+
+/*
+ * The broker reports errors: leaving the group would wait for it, so
+ * kafka_consumer_stop() does not.
+ */
+void
+kafka_consumer_set_broker_trouble(bool trouble)
+{
+	broker_in_trouble = trouble;
+}
+
+/*
+ * Drop the consumer.  With leave_group (and no broker trouble), leave the
+ * group first so its partitions go to another member at once; without, the
+ * group notices after session.timeout.ms.
+ */
+void
+kafka_consumer_stop(bool leave_group)
+{
+	kafka_consumer_release_batch();
+	if (consumer == NULL)
+		return;
+	if (in_rebalance)
+	{
+		/*
+		 * The process is leaving (FATAL) from inside the rebalance callback,
+		 * that is inside rd_kafka_consumer_poll: librdkafka must not be
+		 * destroyed from there.  The handle goes with the process.
+		 */
+		consumer = NULL;
+		return;
+	}
+	leave_group = leave_group && !broker_in_trouble;
+	if (leave_group)
+		rd_kafka_consumer_close(consumer);
+	rd_kafka_destroy_flags(consumer, leave_group ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+	consumer = NULL;
+	if (consumer_settings)
+		pfree(consumer_settings);
+	consumer_settings = NULL;
+	kafka_log_drain();
+}
+
+/* Destroy the messages of the last batch. */
+void
+kafka_consumer_release_batch(void)
+{
+	while (held_count > 0)
+		rd_kafka_message_destroy(held[--held_count]);
+}
+
+/*
+ * Poll up to limit messages: the first within wait_ms, the next ones while
+ * they keep coming.  Messages of a failed poll are skipped (the error is
+ * kept for kafka_consumer_take_error); messages polled before a rebalance
+ * are dropped.  Sets *messages to the batch, held until
+ * kafka_consumer_release_batch(), and returns its size.
+ */
+int
+kafka_consumer_poll_batch(rd_kafka_message_t ***messages, int limit, int wait_ms)
+{
+	kafka_consumer_release_batch();
+	if (held_capacity < limit)
+	{
+		if (held != NULL)
+			pfree(held);
+		held = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * limit);
+		held_capacity = limit;
+	}
+	rebalanced = false;
+	while (held_count < limit && consumer != NULL && !assignment_failed)
+	{
+		rd_kafka_message_t *message;
+
+		message = rd_kafka_consumer_poll(consumer, held_count == 0 ? wait_ms : FOLLOW_WAIT_MS);
+		if (rebalanced)
+		{
+			kafka_consumer_release_batch();
+			rebalanced = false;
+		}
+		if (message == NULL)
+			break;
+		if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			snprintf(poll_error, sizeof(poll_error), "%s", rd_kafka_message_errstr(message));
+			rd_kafka_message_destroy(message);
+			break;
+		}
+		held[held_count++] = message;
+	}
+	kafka_log_drain();
+	*messages = held;
+	return held_count;
+}
+
+/* Did the last assignment fail to read its offsets (the consumer must be rebuilt)? */
+bool
+kafka_consumer_assignment_failed(void)
+{
+	return assignment_failed;
+}
+
+/* The last poll error since the previous call, if any. */
+bool
+kafka_consumer_take_error(char *buf, size_t size)
+{
+	bool		found = poll_error[0] != '\0';
+
+	if (found)
+		strlcpy(buf, poll_error, size);
+	poll_error[0] = '\0';
+	return found;
+}
+
+/*
+ * Tell Kafka the offsets the database has just committed (asynchronously:
+ * the database's offsets are the ones that count; Kafka's serve tools).
+ */
+void
+kafka_consumer_commit(ConsumerBatch *batch)
+{
+	rd_kafka_topic_partition_list_t *offsets;
+	int			i;
+
+	if (consumer == NULL || batch->count == 0)
+		return;
+	offsets = rd_kafka_topic_partition_list_new(4);
+	for (i = 0; i < batch->count; i++)
+	{
+		rd_kafka_message_t *raw = batch->messages[i].raw;
+		rd_kafka_topic_partition_t *entry;
+
+		entry = rd_kafka_topic_partition_list_find(offsets, batch->messages[i].topic,
+												   raw->partition);
+		if (entry == NULL)
+			entry = rd_kafka_topic_partition_list_add(offsets, batch->messages[i].topic,
+													  raw->partition);
+		if (raw->offset + 1 > entry->offset)
+			entry->offset = raw->offset + 1;
+	}
+	rd_kafka_commit(consumer, offsets, 1);
+	rd_kafka_topic_partition_list_destroy(offsets);
+}

@@ -1,0 +1,175 @@
+/*
+ * worker_loop.c
+ *		Pieces of the workers' main loops: starting in a database, the loop
+ *		itself (interrupts, reloads, leaving a database that is dropped or no
+ *		longer eventpipe.database), the transaction around one unit of work,
+ *		and error recovery (a step that raises an ERROR is logged, recorded
+ *		and rolled back, and the loop goes on).
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/wait_event.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "../extension/eventpipe.h"
+#include "worker_loop.h"
+
+static const char *worker_name;
+static char *database_name;
+
+/*
+ * Run step; on ERROR log it (prefixed with who), pass its message to
+ * record_error (unless NULL), abort the transaction and return false.  Works with
+ * interrupts held, too.
+ */
+bool
+worker_run_guarded(void (*step) (void *), void *arg, const char *who,
+				   void (*record_error) (const char *message))
+{
+	MemoryContext context = CurrentMemoryContext;
+	uint32		holdoff = InterruptHoldoffCount;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		step(arg);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* errfinish() zeroed the holdoff count: put back the caller's */
+		InterruptHoldoffCount = holdoff;
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(context);
+		ereport(LOG,
+				(errmsg("%s: %s", who, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+		if (record_error != NULL)
+			record_error(edata->message);
+		pgstat_report_activity(STATE_IDLE, NULL);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * Start a transaction with a snapshot; returns the caller's memory context,
+ * which worker_end_transaction() makes current again (committing leaves
+ * TopMemoryContext current, where a worker's per-batch allocations would
+ * pile up forever).
+ */
+MemoryContext
+worker_begin_transaction(const char *activity)
+{
+	MemoryContext caller_context = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+	return caller_context;
+}
+
+void
+worker_end_transaction(MemoryContext caller_context)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_context);
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Start a dynamic worker whose bgw_extra begins with its database's OID:
+ * signals, the connection, and the search_path of a superuser's worker
+ * (nothing a database user creates may stand in for built-ins).  who names
+ * the worker in its log lines.
+ */
+void
+worker_connect(const char *who)
+{
+	Oid			database;
+
+	worker_name = who;
+	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
+
+	StartTransactionCommand();
+	database_name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
+	CommitTransactionCommand();
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+void
+worker_leave(const char *why)
+{
+	ereport(LOG, (errmsg("%s stopping: %s", worker_name, why)));
+	proc_exit(0);
+}
+
+/* Leave on SIGTERM, or when our database is dropped or no longer served. */
+void
+worker_check_interrupts(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (eventpipe_database_is_being_dropped(MyDatabaseId))
+		worker_leave("its database is being dropped");
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	if (strcmp(eventpipe_database, database_name) != 0)
+		worker_leave("eventpipe.database names another database");
+}
+
+/*
+ * The main loop: step() in a memory context reset after every turn, then
+ * sleep as long as it says (0: go on at once) or until the latch is set.
+ */
+void
+worker_main_loop(long (*step) (void))
+{
+	MemoryContext loop_context = AllocSetContextCreate(TopMemoryContext, "eventpipe worker loop",
+													   ALLOCSET_DEFAULT_SIZES);
+
+	ereport(LOG, (errmsg("%s started", worker_name)));
+	for (;;)
+	{
+		long		sleep_ms;
+
+		worker_check_interrupts();
+		MemoryContextSwitchTo(loop_context);
+		sleep_ms = step();
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(loop_context);
+
+		if (sleep_ms > 0)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 sleep_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+}
