@@ -52,18 +52,6 @@ delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 	event->error = msg->err;
 }
 
-static bool
-set_property(rd_kafka_conf_t *conf, const char *name, const char *value,
-			 char *errbuf, size_t errbuf_size)
-{
-	char		rderr[512];
-
-	if (rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr)) == RD_KAFKA_CONF_OK)
-		return true;
-	snprintf(errbuf, errbuf_size, "librdkafka rejected property \"%s\": %s", name, rderr);
-	return false;
-}
-
 static rd_kafka_t *
 create_producer(const char *bootstrap_servers, const char *options,
 				const char *client_id, char *errbuf, size_t errbuf_size)
@@ -86,10 +74,10 @@ create_producer(const char *bootstrap_servers, const char *options,
 	size_t		i;
 	bool		ok;
 
-	ok = set_property(conf, "bootstrap.servers", bootstrap_servers, errbuf, errbuf_size) &&
-		set_property(conf, "client.id", client_id, errbuf, errbuf_size);
+	ok = eventpipe_kafka_conf_set(conf, "bootstrap.servers", bootstrap_servers, errbuf, errbuf_size) &&
+		eventpipe_kafka_conf_set(conf, "client.id", client_id, errbuf, errbuf_size);
 	for (i = 0; ok && i < lengthof(defaults); i++)
-		ok = set_property(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
+		ok = eventpipe_kafka_conf_set(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
 	/* the DBA's options come last and win */
 	ok = ok && eventpipe_apply_kafka_options(conf, options, errbuf, errbuf_size);
 	if (!ok)

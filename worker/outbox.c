@@ -32,6 +32,7 @@
 #include "utils/timestamp.h"
 
 #include "relay.h"
+#include "worker_loop.h"
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr claim_excluding_plan = NULL;
@@ -49,34 +50,6 @@ prepare_kept(const char *sql, int nargs, Oid *types, int cursor_options)
 			 SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	return plan;
-}
-
-/*
- * Start a transaction; returns the caller's memory context, which
- * end_transaction() makes current again (committing leaves
- * TopMemoryContext current, where the worker's per-batch allocations would
- * pile up forever).
- */
-static MemoryContext
-begin_transaction(const char *activity)
-{
-	MemoryContext caller_context = CurrentMemoryContext;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-	return caller_context;
-}
-
-static void
-end_transaction(MemoryContext caller_context)
-{
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(caller_context);
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 static char *
@@ -152,10 +125,10 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 	batch->count = 0;
 	batch->events = NULL;
 
-	batch_context = begin_transaction("eventpipe: reading the outbox");
+	batch_context = worker_begin_transaction("eventpipe: reading the outbox");
 	if (!OidIsValid(get_extension_oid("eventpipe", true)))
 	{
-		end_transaction(batch_context);
+		worker_end_transaction(batch_context);
 		return OUTBOX_NO_EXTENSION;
 	}
 	if (nowait &&
@@ -163,7 +136,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 											 AccessShareLock, RVR_SKIP_LOCKED,
 											 NULL, NULL)))
 	{
-		end_transaction(batch_context);
+		worker_end_transaction(batch_context);
 		return OUTBOX_BUSY;
 	}
 
@@ -218,7 +191,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 		MemoryContextSwitchTo(spi_context);
 	}
 	SPI_finish();
-	end_transaction(batch_context);
+	worker_end_transaction(batch_context);
 
 	/*
 	 * A transaction committed with synchronous_commit = off is visible
@@ -331,7 +304,7 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 	if (delivered.count + rescheduled.count + dead.count == 0)
 		return;
 
-	caller_context = begin_transaction("eventpipe: recording deliveries");
+	caller_context = worker_begin_transaction("eventpipe: recording deliveries");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	execute_with_ids(&delete_plan,
@@ -357,5 +330,5 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 					 "        attempts + 1, reason FROM d",
 					 &dead, true, SPI_OK_INSERT);
 	SPI_finish();
-	end_transaction(caller_context);
+	worker_end_transaction(caller_context);
 }

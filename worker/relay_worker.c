@@ -68,19 +68,6 @@ my_database_is_being_dropped(void)
 	return eventpipe_database_is_being_dropped(MyDatabaseId);
 }
 
-/* Leave on SIGTERM, or when our database is about to be dropped. */
-static void
-check_interrupts(void)
-{
-	CHECK_FOR_INTERRUPTS();
-	if (my_database_is_being_dropped())
-	{
-		ereport(LOG,
-				(errmsg("eventpipe relay worker %d stopping: its database is being dropped", shard)));
-		proc_exit(0);
-	}
-}
-
 static void
 client_id(char *buf, size_t size)
 {
@@ -300,7 +287,7 @@ relay_step(void)
 
 	if (run.gave_up)
 	{
-		check_interrupts();
+		worker_check_interrupts();
 		if (!PostmasterIsAlive())
 			proc_exit(1);
 		if (!drop_producer_after_fatal_error())
@@ -356,17 +343,8 @@ set_ce_source(void)
 void
 eventpipe_relay_main(Datum main_arg)
 {
-	Oid			database;
-	MemoryContext loop_context;
-
 	shard = DatumGetInt32(main_arg);
-	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
-
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
+	worker_connect(psprintf("eventpipe relay worker %d", shard));
 	attach_to_slot();
 	set_ce_source();
 
@@ -378,12 +356,6 @@ eventpipe_relay_main(Datum main_arg)
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
-	 * The worker runs as a superuser: nothing a database user creates may
-	 * stand in for the functions and operators of its statements.
-	 */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
-
-	/*
 	 * Its claims read the outbox in id order up to a limit, planned anew
 	 * for each set of ids in flight: along the primary key, always, never
 	 * by sorting a scan of the whole table (which a plan made for given
@@ -393,31 +365,5 @@ eventpipe_relay_main(Datum main_arg)
 	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET, PGC_S_OVERRIDE);
 
-	loop_context = AllocSetContextCreate(TopMemoryContext, "eventpipe relay loop",
-										 ALLOCSET_DEFAULT_SIZES);
-	ereport(LOG, (errmsg("eventpipe relay worker %d started", shard)));
-
-	for (;;)
-	{
-		long		sleep_ms;
-
-		check_interrupts();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-
-		MemoryContextSwitchTo(loop_context);
-		sleep_ms = relay_step();
-		MemoryContextSwitchTo(TopMemoryContext);
-		MemoryContextReset(loop_context);
-
-		if (sleep_ms > 0)
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 sleep_ms, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-		}
-	}
+	worker_main_loop(relay_step);
 }
