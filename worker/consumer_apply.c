@@ -58,14 +58,7 @@ static SPIPlanPtr
 prepare_once(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 {
 	if (*plan == NULL)
-	{
-		SPIPlanPtr	prepared = SPI_prepare(sql, nargs, types);
-
-		if (prepared == NULL)
-			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-		SPI_keepplan(prepared);
-		*plan = prepared;
-	}
+		*plan = worker_prepare_kept(sql, nargs, types, 0);
 	return *plan;
 }
 

@@ -40,18 +40,6 @@ static SPIPlanPtr delete_plan = NULL;
 static SPIPlanPtr reschedule_plan = NULL;
 static SPIPlanPtr bury_plan = NULL;
 
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *types, int cursor_options)
-{
-	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, types, cursor_options);
-
-	if (plan == NULL)
-		elog(ERROR, "could not prepare \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 static char *
 copy_text(HeapTuple tuple, TupleDesc desc, int column, int *len)
 {
@@ -167,9 +155,9 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 			" ORDER BY o.id"
 			" LIMIT $1";
 
-		claim_excluding_plan = prepare_kept(psprintf(claim_sql, "AND o.id <> ALL ($5)"),
+		claim_excluding_plan = worker_prepare_kept(psprintf(claim_sql, "AND o.id <> ALL ($5)"),
 											5, types, CURSOR_OPT_CUSTOM_PLAN);
-		claim_plan = prepare_kept(psprintf(claim_sql, ""), 4, types, 0);
+		claim_plan = worker_prepare_kept(psprintf(claim_sql, ""), 4, types, 0);
 	}
 	args[0] = Int32GetDatum(limit);
 	args[1] = Int32GetDatum(shards);
@@ -239,7 +227,7 @@ execute_with_ids(SPIPlanPtr *plan, const char *sql, IdList *list, bool with_reas
 	if (list->count == 0)
 		return;
 	if (*plan == NULL)
-		*plan = prepare_kept(sql, with_reasons ? 2 : 1, types, 0);
+		*plan = worker_prepare_kept(sql, with_reasons ? 2 : 1, types, 0);
 	args[0] = PointerGetDatum(construct_array(list->ids, list->count, INT8OID,
 											  sizeof(int64), true, TYPALIGN_DOUBLE));
 	if (with_reasons)
