@@ -79,10 +79,12 @@ sub _port_is_free
 sub _pick_kafka_port
 {
 	my ($nodes, $sasl) = @_;
-	for my $try (1 .. 100)
+	# get_free_port() counts up to 32767 and wraps around: enough tries to
+	# wrap when it starts near the top
+	for my $try (1 .. 1000)
 	{
 		my $base = PostgreSQL::Test::Cluster::get_free_port();
-		next if $base + 200 + $nodes > 32767;
+		next if $base + ($sasl ? 200 : 100) + $nodes > 32767;
 		my @others = (
 			(map { $base + $_ } 1 .. $nodes - 1),
 			(map { $base + 100 + $_ } 0 .. $nodes - 1),
