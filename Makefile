@@ -21,6 +21,7 @@ OBJS = \
 	extension/relay_stats.o \
 	extension/subscriptions_trigger.o \
 	extension/consumer_stats.o \
+	extension/stat_reset.o \
 	worker/launcher.o \
 	worker/worker_loop.o \
 	worker/relay_worker.o \

@@ -1,4 +1,4 @@
--- eventpipe 0.1 -> 0.2: table capture and the consumer worker.
+-- eventpipe 0.1 -> 0.2: table capture, the consumer worker, stat_reset().
 --
 -- There is no separate install script for 0.2: CREATE EXTENSION eventpipe
 -- runs eventpipe--0.1.sql and then this file, so a fresh install and an
@@ -437,3 +437,18 @@ COMMENT ON FUNCTION eventpipe.consumer_stats() IS
     'Per consumer worker: state and counters from shared memory (they survive worker restarts)';
 REVOKE ALL ON FUNCTION eventpipe.consumer_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eventpipe.consumer_stats() TO pg_monitor;
+
+------------------------------------------------------------------------------
+-- Operations
+------------------------------------------------------------------------------
+
+-- Counters of pg_stat_relay and consumer_stats() back to zero, last errors
+-- cleared, stats_reset stamped; returns that time.  Not for PUBLIC: the
+-- counters are the DBA's.
+CREATE FUNCTION eventpipe.stat_reset()
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'eventpipe_stat_reset'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eventpipe.stat_reset() IS
+    'Reset the relay and consumer counters and last errors (pg_stat_relay, consumer_stats()); returns the reset time';
+REVOKE ALL ON FUNCTION eventpipe.stat_reset() FROM PUBLIC;

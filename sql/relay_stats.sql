@@ -43,6 +43,19 @@ SET ROLE ep_plain;
 SHOW eventpipe.kafka_options;
 RESET ROLE;
 SHOW eventpipe.kafka_options;
+
+-- stat_reset(): counters to zero, stats_reset stamped; not for PUBLIC,
+-- nor for pg_monitor
+SELECT stats_reset AS before_reset FROM eventpipe.pg_stat_relay WHERE worker = 0 \gset
+SELECT eventpipe.stat_reset() > :'before_reset'::timestamptz AS reset_is_later;
+SELECT worker, events_sent, events_failed, batches, bytes_sent, last_error,
+       stats_reset > :'before_reset'::timestamptz AS stamped
+  FROM eventpipe.pg_stat_relay;
+SET ROLE ep_plain;
+SELECT eventpipe.stat_reset();
+SET ROLE ep_watcher;
+SELECT eventpipe.stat_reset();
+RESET ROLE;
 DROP ROLE ep_plain;
 DROP ROLE ep_watcher;
 

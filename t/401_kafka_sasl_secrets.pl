@@ -10,7 +10,9 @@
 #      the password is right again (restarts, not reloads: PostgreSQL's own
 #      "parameter changed" log line would show the value, a known gap that
 #      the README states);
-#  (d) no line of the server log holds either password.
+#  (d) no line of the server log holds either password;
+#  (e) stat_reset() zeroes the counters the events moved and clears the
+#      authentication failure.
 use strict;
 use warnings;
 
@@ -99,6 +101,21 @@ ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 	'(c) with the right password again, the waiting events leave');
 ok(consume_ids($kafka->{bootstrap}, $topic, [ @ids, @held ], 60),
 	'(c) all 8 events are in the topic');
+
+# ---- (e) stat_reset() ------------------------------------------------------
+# The counters moved with the events, the authentication failure is the
+# last error; stat_reset() zeroes both, and the counters move on from there.
+# (counters live in shared memory: the restart in (c) began them anew)
+is(relay_stat($node, 'events_sent'), 3, '(e) events_sent counted the 3 events sent since that restart');
+my $reset_at = $node->safe_psql('postgres', 'SELECT eventpipe.stat_reset()');
+is( $node->safe_psql('postgres',
+		"SELECT events_sent || '|' || events_failed || '|' || coalesce(last_error, 'none') || '|' || (stats_reset = '$reset_at')
+		   FROM eventpipe.pg_stat_relay"),
+	'0|0|none|true',
+	'(e) after stat_reset(): counters zero, last error cleared, stats_reset stamped');
+my $one = $node->safe_psql('postgres', "SELECT eventpipe.publish('$topic', 'after-reset', '{}')");
+ok(wait_until(sub { relay_stat($node, 'events_sent') == 1 }, 60),
+	'(e) events_sent counts on from zero');
 
 # ---- (d) the logs ---------------------------------------------------------
 
