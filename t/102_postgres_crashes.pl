@@ -19,7 +19,13 @@ use EventpipeTest;
 use FaultTest;
 
 my $kafka = start_kafka();
-my $node  = new_node('main', bootstrap => $kafka->{bootstrap});
+# Small batches: the faults must land while a backlog is being relayed, and
+# at full speed (1,000-event batches, three in flight) the relay clears
+# these backlogs in a fraction of a second; small batches also put many
+# batch boundaries in flight when the faults land.
+my $node = new_node('main',
+	bootstrap => $kafka->{bootstrap},
+	conf      => 'eventpipe.relay_batch_size = 20');
 $node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
 ft_prepare($node);
 ok(wait_for_relay_state($node, 'idle'), 'relay worker is idle');
