@@ -1,6 +1,6 @@
 -- Table capture: capture() installs a C trigger that writes one outbox event
 -- per row change in the writing transaction; uncapture() removes it.
--- Reached through the upgrade path: 0.1 installed, then updated to 0.2.
+-- Reached through the upgrade path: 0.1 installed, then updated to the current version.
 CREATE EXTENSION eventpipe VERSION '0.1';
 ALTER EXTENSION eventpipe UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'eventpipe';
