@@ -20,6 +20,7 @@ OBJS = \
 	extension/capture_trigger.o \
 	extension/relay_stats.o \
 	extension/subscriptions_trigger.o \
+	extension/relay_pause_trigger.o \
 	extension/consumer_stats.o \
 	extension/stat_reset.o \
 	worker/launcher.o \

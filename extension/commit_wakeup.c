@@ -34,6 +34,7 @@ static bool wake_at_commit = false;
 static uint64 lowest_id_written;
 static bool counted_as_committing = false;
 static bool wake_manager_at_commit = false;
+static bool relay_pause_changed = false;
 static bool callback_registered = false;
 
 /* *target = Min(*target, value), atomically. */
@@ -51,9 +52,10 @@ atomic_lower_to(pg_atomic_uint64 *target, uint64 value)
  * Every slot hears of the commit, whatever its database: a slot whose
  * worker is just starting must not miss it, and a needless report costs a
  * relay elsewhere no more than one claim from the start of its outbox.
+ * Without events (a pause or resume) the workers are only woken.
  */
 static void
-wake_relay_workers(void)
+wake_relay_workers(bool events_written)
 {
 	int			i;
 
@@ -61,7 +63,8 @@ wake_relay_workers(void)
 	{
 		RelaySlot  *slot = &eventpipe_shared->relay[i];
 
-		atomic_lower_to(&slot->lowest_committed_id, lowest_id_written);
+		if (events_written)
+			atomic_lower_to(&slot->lowest_committed_id, lowest_id_written);
 		if (slot->database == MyDatabaseId)
 			eventpipe_set_latch_of(slot->procno);
 	}
@@ -89,13 +92,16 @@ commit_wakeup_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (wake_at_commit)
-				wake_relay_workers();
+			if (relay_pause_changed)
+				pg_atomic_fetch_add_u32(&eventpipe_shared->relay_pause_generation, 1);
+			if (wake_at_commit || relay_pause_changed)
+				wake_relay_workers(wake_at_commit);
 			stop_counting_as_committing();
 			if (wake_manager_at_commit)
 				eventpipe_set_latch_of(eventpipe_shared->consumer_manager_procno);
 			wake_at_commit = false;
 			wake_manager_at_commit = false;
+			relay_pause_changed = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -103,6 +109,7 @@ commit_wakeup_callback(XactEvent event, void *arg)
 			stop_counting_as_committing();
 			wake_at_commit = false;
 			wake_manager_at_commit = false;
+			relay_pause_changed = false;
 			break;
 		default:
 			break;
@@ -134,4 +141,15 @@ eventpipe_wake_consumer_manager_at_commit(void)
 {
 	register_callback();
 	wake_manager_at_commit = true;
+}
+
+/*
+ * The current transaction paused or resumed the relay: at commit, tell the
+ * relay workers to read eventpipe.relay_pause again, and wake them.
+ */
+void
+eventpipe_relay_pause_changed_at_commit(void)
+{
+	register_callback();
+	relay_pause_changed = true;
 }

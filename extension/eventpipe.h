@@ -48,7 +48,8 @@ typedef enum RelayState
 	RELAY_NO_EXTENSION,			/* the extension is not installed there */
 	RELAY_IDLE,					/* outbox empty, waiting for a commit */
 	RELAY_RELAYING,				/* a batch is on its way to Kafka */
-	RELAY_WAITING_FOR_BROKER	/* the last batch failed; retrying */
+	RELAY_WAITING_FOR_BROKER,	/* the last batch failed; retrying */
+	RELAY_PAUSED				/* eventpipe.pause_relay() */
 } RelayState;
 
 #define EVENTPIPE_NO_COMMITTED_ID PG_UINT64_MAX
@@ -129,6 +130,8 @@ typedef struct EventpipeShared
 	 * the report is.
 	 */
 	pg_atomic_uint32 publishers_committing;
+	/* bumped by every commit that changed eventpipe.relay_pause */
+	pg_atomic_uint32 relay_pause_generation;
 	RelaySlot	relay[EVENTPIPE_MAX_RELAY_WORKERS];
 	/* the consumer manager: starts one consumer worker per subscription */
 	pid_t		consumer_manager_pid;
@@ -161,6 +164,7 @@ extern struct pg_uuid_t *eventpipe_enqueue_event(text *topic, text *key, Jsonb *
 /* commit_wakeup.c */
 extern void eventpipe_wake_relay_at_commit(int64 outbox_id);
 extern void eventpipe_wake_consumer_manager_at_commit(void);
+extern void eventpipe_relay_pause_changed_at_commit(void);
 
 /* database_drop.c */
 extern void eventpipe_install_drop_database_hook(void);

@@ -72,6 +72,7 @@ eventpipe_shmem_startup(void)
 		eventpipe_shared->launcher_procno = -1;
 		eventpipe_shared->stats_reset = GetCurrentTimestamp();
 		pg_atomic_init_u32(&eventpipe_shared->publishers_committing, 0);
+		pg_atomic_init_u32(&eventpipe_shared->relay_pause_generation, 0);
 		for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
 		{
 			RelaySlot  *slot = &eventpipe_shared->relay[i];
@@ -148,6 +149,8 @@ eventpipe_relay_state_name(RelayState state)
 			return "relaying";
 		case RELAY_WAITING_FOR_BROKER:
 			return "waiting for broker";
+		case RELAY_PAUSED:
+			return "paused";
 	}
 	return "unknown";
 }

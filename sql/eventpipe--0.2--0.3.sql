@@ -19,3 +19,50 @@
 ------------------------------------------------------------------------------
 -- Kafka client statistics
 ------------------------------------------------------------------------------
+
+------------------------------------------------------------------------------
+-- Relay pause: pause_relay(), resume_relay()
+------------------------------------------------------------------------------
+
+-- The relay is paused while this table holds its one row.  A table rather
+-- than shared memory, so that a pause outlives a restart of the server.
+-- Events published meanwhile wait in the outbox.
+CREATE TABLE eventpipe.relay_pause (
+    paused    boolean     PRIMARY KEY DEFAULT true CHECK (paused),
+    paused_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    paused_by name        NOT NULL DEFAULT CURRENT_USER
+);
+COMMENT ON TABLE eventpipe.relay_pause IS
+    'One row while the relay is paused (eventpipe.pause_relay()); eventpipe.resume_relay() deletes it';
+GRANT SELECT ON eventpipe.relay_pause TO pg_monitor;
+
+-- Tells the relay workers, at commit, to read the table again.
+CREATE FUNCTION eventpipe.relay_pause_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'eventpipe_relay_pause_changed'
+LANGUAGE C;
+CREATE TRIGGER relay_pause_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventpipe.relay_pause
+    FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.relay_pause_changed();
+
+CREATE FUNCTION eventpipe.pause_relay()
+RETURNS timestamptz
+LANGUAGE sql
+AS $$
+    INSERT INTO eventpipe.relay_pause DEFAULT VALUES ON CONFLICT (paused) DO NOTHING;
+    SELECT paused_at FROM eventpipe.relay_pause;
+$$;
+COMMENT ON FUNCTION eventpipe.pause_relay() IS
+    'Stop sending the outbox to Kafka, from the next batch on (batches in flight finish), until resume_relay(); returns since when it is paused';
+REVOKE ALL ON FUNCTION eventpipe.pause_relay() FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.resume_relay()
+RETURNS boolean
+LANGUAGE sql
+AS $$
+    WITH resumed AS (DELETE FROM eventpipe.relay_pause RETURNING 1)
+    SELECT pg_catalog.count(*) > 0 FROM resumed;
+$$;
+COMMENT ON FUNCTION eventpipe.resume_relay() IS
+    'Send the outbox to Kafka again after pause_relay(); returns whether the relay was paused';
+REVOKE ALL ON FUNCTION eventpipe.resume_relay() FROM PUBLIC;

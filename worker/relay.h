@@ -116,6 +116,7 @@ extern PGDLLEXPORT void eventpipe_relay_main(Datum main_arg);
 extern bool relay_run_guarded(void (*step) (void *), void *arg);
 extern bool relay_keep_waiting(void);
 extern bool relay_must_leave(void);
+extern bool relay_pause_changed(void);
 extern void relay_show_activity(RelayState state, const char *activity);
 extern void relay_account_batch(OutboxBatch *batch, BatchOutcome *outcome);
 extern uint64 relay_take_lowest_committed_id(void);

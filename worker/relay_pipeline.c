@@ -371,7 +371,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 		{
 			ClaimedBatch *next;
 
-			if (relay_must_leave() ||
+			if (relay_must_leave() || relay_pause_changed() ||
 				TimestampDifferenceExceeds(started, GetCurrentTimestamp(), RUN_MS))
 			{
 				claiming = false;

@@ -12,7 +12,11 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -25,8 +29,10 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/ps_status.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -46,6 +52,14 @@ static TimestampTz last_progress_at;	/* last run started or batch recorded */
 
 /* No batch recorded for this long shows as "waiting for broker". */
 #define BROKER_PATIENCE_MS 1000
+
+/*
+ * What the last read of eventpipe.relay_pause found, and the generation of
+ * eventpipe_shared->relay_pause_generation it was read at.
+ */
+static bool paused = false;
+static bool pause_known = false;
+static uint32 pause_generation_read;
 
 static void
 relay_exit(int code, Datum arg)
@@ -122,6 +136,57 @@ relay_keep_waiting(void)
 		relay_show_activity(RELAY_WAITING_FOR_BROKER, "waiting for the broker");
 	client_id(id, sizeof(id));
 	return kafka_producer_built_from(eventpipe_bootstrap_servers, eventpipe_kafka_options, id);
+}
+
+/* Whether eventpipe.relay_pause holds a row (false if it does not exist). */
+static void
+read_relay_pause(void *found)
+{
+	MemoryContext caller_context = worker_begin_transaction("reading eventpipe.relay_pause");
+	Oid			namespace = get_namespace_oid("eventpipe", true);
+	Oid			table = OidIsValid(namespace) ? get_relname_relid("relay_pause", namespace)
+		: InvalidOid;
+
+	*(bool *) found = false;
+	if (OidIsValid(table))
+	{
+		Relation	rel = table_open(table, AccessShareLock);
+		TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
+
+		*(bool *) found = heap_getnext(scan, ForwardScanDirection) != NULL;
+		table_endscan(scan);
+		table_close(rel, AccessShareLock);
+	}
+	worker_end_transaction(caller_context);
+}
+
+/* Has a commit paused or resumed the relay since we last looked? */
+bool
+relay_pause_changed(void)
+{
+	return pg_atomic_read_u32(&eventpipe_shared->relay_pause_generation) != pause_generation_read;
+}
+
+/*
+ * Is the relay paused?  A running relay reads the table again only after a
+ * commit changed it (its trigger bumps the generation), so it pays one
+ * atomic read per turn; a paused one reads it at every turn, so a pause
+ * cannot outlive its row however the row went (DROP EXTENSION, say).
+ */
+static bool
+relay_paused(void)
+{
+	uint32		generation = pg_atomic_read_u32(&eventpipe_shared->relay_pause_generation);
+	bool		found;
+
+	if (pause_known && !paused && generation == pause_generation_read)
+		return false;
+	if (!relay_run_guarded(read_relay_pause, &found))
+		return paused;
+	paused = found;
+	pause_known = true;
+	pause_generation_read = generation;
+	return paused;
 }
 
 void
@@ -253,6 +318,11 @@ relay_step(void)
 	{
 		kafka_producer_destroy();
 		relay_show_activity(RELAY_NOT_CONFIGURED, "waiting: eventpipe.bootstrap_servers is not set");
+		return eventpipe_relay_poll_interval;
+	}
+	if (relay_paused())
+	{
+		relay_show_activity(RELAY_PAUSED, "paused: eventpipe.resume_relay() resumes");
 		return eventpipe_relay_poll_interval;
 	}
 

@@ -1,0 +1,114 @@
+# t/004_relay_pause.pl: pause_relay() stops the relay from its next batch on
+# and resume_relay() starts it again, with nothing lost or doubled:
+#  (a) events published before the pause arrive; after it, pg_stat_relay
+#      says "paused" and events published meanwhile stay in the outbox
+#      (none reaches the topic), however many commits wake the relay;
+#  (b) the pause outlives a restart of PostgreSQL;
+#  (c) resume_relay() sends every held event, once each, in per-key order,
+#      without waiting for the poll interval (set to an hour here);
+#  (d) a pause taken while a backlog is being relayed stops it part way,
+#      and the rest arrives after the resume.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+use EventpipeTest;
+
+my $kafka = start_kafka();
+my $node  = new_node(
+	'pause',
+	bootstrap => $kafka->{bootstrap},
+	conf      => "eventpipe.relay_batch_size = 100");
+$node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
+ok(wait_for_relay_state($node, 'idle'), 'relay worker is idle');
+# from now on only commits wake the relay
+$node->safe_psql('postgres', "ALTER SYSTEM SET eventpipe.relay_poll_interval = '1h'");
+$node->reload;
+
+my $topic = 't004.orders';
+
+# publish N events of 10 keys, payload {"key", "seq"}; returns their ids
+sub publish_events
+{
+	my ($count, $from) = @_;
+	my $ids = $node->safe_psql(
+		'postgres', qq{
+		SELECT eventpipe.publish('$topic', 'k' || (g % 10),
+		                         jsonb_build_object('key', 'k' || (g % 10), 'seq', g / 10))
+		  FROM generate_series($from, $from + $count - 1) g ORDER BY g});
+	return [ split /\n/, $ids ];
+}
+
+# ---- (a) -------------------------------------------------------------------
+my @before = @{ publish_events(20, 1) };
+ok(wait_until(sub { outbox_count($node) == 0 }, 60), '(a) events before the pause leave');
+ok($node->safe_psql('postgres', 'SELECT eventpipe.pause_relay() IS NOT NULL') eq 't',
+	'(a) pause_relay() returns its time');
+ok(wait_for_relay_state($node, 'paused'), '(a) pg_stat_relay says paused');
+
+my @held;
+for my $i (0 .. 9)    # ten commits, each of which wakes the relay
+{
+	push @held, @{ publish_events(10, 21 + 10 * $i) };
+}
+sleep 3;
+is(outbox_count($node), 100, '(a) the 100 events published while paused wait in the outbox');
+is(relay_stat($node, 'state'), 'paused', '(a) still paused after the commits woke it');
+my $msgs = consume_all($kafka->{bootstrap}, $topic, 20, 30);
+my %on_topic = map { $_->{ce_id} => 1 } @$msgs;
+is(scalar(grep { $on_topic{$_} } @held), 0, '(a) none of them reached the topic');
+is(scalar(@$msgs), 20, '(a) the topic holds only the 20 events from before');
+
+# ---- (b) -------------------------------------------------------------------
+$node->restart;
+ok(wait_for_relay_state($node, 'paused'), '(b) still paused after a restart');
+sleep 2;
+is(outbox_count($node), 100, '(b) the events still wait');
+
+# ---- (c) -------------------------------------------------------------------
+is($node->safe_psql('postgres', 'SELECT eventpipe.resume_relay()'), 't',
+	'(c) resume_relay() says the relay was paused');
+ok(wait_until(sub { outbox_count($node) == 0 }, 30),
+	'(c) the held events leave at once (the poll interval is an hour)');
+my @all = (@before, @held);
+$msgs = consume_ids($kafka->{bootstrap}, $topic, \@all, 60);
+my %copies;
+$copies{ $_->{ce_id} }++ for @$msgs;
+is(scalar(grep { $copies{$_} } @all), 120, '(c) all 120 events are on the topic');
+is(scalar(@$msgs), 120, '(c) each once, and nothing else');
+my $seq_of = sub { $_[0]{value} ? $_[0]{value}{seq} : undef };
+is(scalar(check_key_order($msgs, $seq_of)), 0, '(c) in per-key order');
+is($node->safe_psql('postgres', 'SELECT eventpipe.resume_relay()'), 'f',
+	'(c) a second resume_relay() says it was not paused');
+
+# ---- (d) -------------------------------------------------------------------
+my $topic_d = 't004.backlog';
+$node->safe_psql('postgres', 'SELECT eventpipe.pause_relay()');
+ok(wait_for_relay_state($node, 'paused'), '(d) paused');
+$node->safe_psql(
+	'postgres', qq{
+	SELECT eventpipe.publish('$topic_d', 'k' || (g % 10), jsonb_build_object('key', 'k' || (g % 10), 'seq', g / 10))
+	  FROM generate_series(1, 30000) g ORDER BY g});
+$node->safe_psql('postgres', 'SELECT eventpipe.resume_relay()');
+ok(wait_until(sub { outbox_count($node) < 30000 }, 60), '(d) the backlog starts to leave');
+$node->safe_psql('postgres', 'SELECT eventpipe.pause_relay()');
+ok(wait_for_relay_state($node, 'paused'), '(d) paused part way');
+my $left = outbox_count($node);
+ok($left > 0, '(d) the pause came before the end of the backlog');
+sleep 2;
+is(outbox_count($node), $left, "(d) nothing leaves while paused ($left of 30000 left)");
+$node->safe_psql('postgres', 'SELECT eventpipe.resume_relay()');
+ok(wait_until(sub { outbox_count($node) == 0 }, 180), '(d) the rest leaves after the resume');
+$msgs = consume_all($kafka->{bootstrap}, $topic_d, 30000, 180);
+my %seen;
+$seen{ $_->{ce_id} }++ for @$msgs;
+is(scalar(keys %seen), 30000, '(d) all 30,000 events are on the topic');
+is(scalar(grep { $_ > 1 } values %seen), 0, '(d) none twice');
+is(scalar(check_key_order($msgs, $seq_of)), 0, '(d) in per-key order');
+
+$node->stop;
+ok(stop_kafka($kafka), 'Kafka stopped');
+done_testing();
