@@ -30,6 +30,7 @@
 extern char *eventpipe_database;
 extern char *eventpipe_bootstrap_servers;
 extern char *eventpipe_kafka_options;
+extern char *eventpipe_kafka_options_file;
 extern int	eventpipe_relay_batch_size;
 extern int	eventpipe_relay_poll_interval;
 extern int	eventpipe_relay_max_attempts;

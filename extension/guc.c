@@ -21,6 +21,7 @@
 char	   *eventpipe_database = NULL;
 char	   *eventpipe_bootstrap_servers = NULL;
 char	   *eventpipe_kafka_options = NULL;
+char	   *eventpipe_kafka_options_file = NULL;
 int			eventpipe_relay_batch_size = 1000;
 int			eventpipe_relay_poll_interval = 1000;
 int			eventpipe_relay_max_attempts = 10;
@@ -88,6 +89,21 @@ eventpipe_define_gucs(void)
 							   "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   check_kafka_options, NULL, show_kafka_options);
+
+	/*
+	 * PostgreSQL logs "parameter changed to" with the new value of any
+	 * setting a reload changes: secrets belong in this file, whose name
+	 * alone is logged.
+	 */
+	DefineCustomStringVariable("eventpipe.kafka_options_file",
+							   "File of extra librdkafka properties, one key=value per line, read by the workers.",
+							   "Applied after eventpipe.kafka_options; for secrets (SASL passwords, key passwords), "
+							   "which then never appear in the settings or the server log.  Must not be "
+							   "open to other users.  A relative path is taken from the data directory.",
+							   &eventpipe_kafka_options_file,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
 
 	DefineCustomIntVariable("eventpipe.relay_batch_size",
 							"Most outbox events the relay sends in one batch.",

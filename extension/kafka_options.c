@@ -1,7 +1,9 @@
 /*
  * kafka_options.c
- *		Turns eventpipe.kafka_options ("key=value,key=value") into librdkafka
- *		configuration properties.
+ *		The DBA's librdkafka properties: eventpipe.kafka_options
+ *		("key=value,key=value"), then the file eventpipe.kafka_options_file
+ *		names (one key=value per line), which keeps secrets out of the
+ *		settings and so out of the server log.
  *
  * Used by the GUC check hook (so a bad value is refused at reload, with the
  * old one kept) and by the workers when they build a Kafka handle; also sets
@@ -12,9 +14,12 @@
 
 #include <ctype.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "lib/stringinfo.h"
 
+#include "eventpipe.h"
 #include "kafka_options.h"
 
 /* Could librdkafka's complaint about this property quote a secret? */
@@ -40,6 +45,32 @@ trim(char *s)
 	return s;
 }
 
+/*
+ * Set one DBA property; false, with a reason that quotes no secret, if
+ * librdkafka refuses it.  where says where it came from, for the reason.
+ */
+static bool
+apply_property(rd_kafka_conf_t *conf, char *name, char *value, const char *where,
+			   char *errbuf, size_t errbuf_size)
+{
+	char		rderr[512];
+
+	if (name[0] == '\0')
+	{
+		snprintf(errbuf, errbuf_size, "%s has an empty property name", where);
+		return false;
+	}
+	if (rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr)) == RD_KAFKA_CONF_OK)
+		return true;
+	if (property_may_be_secret(name))
+		snprintf(errbuf, errbuf_size,
+				 "librdkafka rejected the value of property \"%s\"", name);
+	else
+		snprintf(errbuf, errbuf_size,
+				 "librdkafka rejected property \"%s\": %s", name, rderr);
+	return false;
+}
+
 bool
 eventpipe_apply_kafka_options(rd_kafka_conf_t *conf, const char *options,
 							  char *errbuf, size_t errbuf_size)
@@ -58,9 +89,6 @@ eventpipe_apply_kafka_options(rd_kafka_conf_t *conf, const char *options,
 		 item = strtok_r(NULL, ",", &saveptr))
 	{
 		char	   *eq = strchr(item, '=');
-		char	   *name;
-		char	   *value;
-		char		rderr[512];
 
 		position++;
 		if (trim(item)[0] == '\0')
@@ -75,26 +103,112 @@ eventpipe_apply_kafka_options(rd_kafka_conf_t *conf, const char *options,
 			break;
 		}
 		*eq = '\0';
-		name = trim(item);
-		value = trim(eq + 1);
-		if (name[0] == '\0')
-		{
-			snprintf(errbuf, errbuf_size, "an item has an empty property name");
-			ok = false;
-		}
-		else if (rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK)
-		{
-			if (property_may_be_secret(name))
-				snprintf(errbuf, errbuf_size,
-						 "librdkafka rejected the value of property \"%s\"", name);
-			else
-				snprintf(errbuf, errbuf_size,
-						 "librdkafka rejected property \"%s\": %s", name, rderr);
-			ok = false;
-		}
+		ok = apply_property(conf, trim(item), trim(eq + 1), "an item", errbuf, errbuf_size);
 	}
 	pfree(copy);
 	return ok;
+}
+
+/*
+ * Open eventpipe.kafka_options_file for reading, refusing one that other
+ * users could read (the rule PostgreSQL applies to its TLS key: no access
+ * for others, group read only if root owns it).  NULL, with the reason in
+ * errbuf, if it cannot be used.
+ */
+static FILE *
+open_options_file(const char *path, char *errbuf, size_t errbuf_size)
+{
+	FILE	   *file = fopen(path, "r");
+	struct stat st;
+
+	if (file == NULL || fstat(fileno(file), &st) != 0)
+	{
+		snprintf(errbuf, errbuf_size, "could not read eventpipe.kafka_options_file \"%s\": %s",
+				 path, strerror(errno));
+		if (file != NULL)
+			fclose(file);
+		return NULL;
+	}
+	if ((st.st_mode & S_IRWXO) != 0 ||
+		(st.st_uid != 0 && (st.st_mode & S_IRWXG) != 0) ||
+		(st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP)) != 0))
+	{
+		snprintf(errbuf, errbuf_size,
+				 "eventpipe.kafka_options_file \"%s\" is open to other users: allow access to its owner only (chmod 600), or group read if root owns it",
+				 path);
+		fclose(file);
+		return NULL;
+	}
+	return file;
+}
+
+/* Apply the file's key=value lines ('#' starts a comment line). */
+static bool
+apply_options_file(rd_kafka_conf_t *conf, const char *path, char *errbuf, size_t errbuf_size)
+{
+	FILE	   *file = open_options_file(path, errbuf, errbuf_size);
+	char		line[8192];
+	int			number = 0;
+	bool		ok = true;
+
+	if (file == NULL)
+		return false;
+	while (ok && fgets(line, sizeof(line), file) != NULL)
+	{
+		char	   *item = trim(line);
+		char	   *eq = strchr(item, '=');
+		char		where[64];
+
+		number++;
+		if (item[0] == '\0' || item[0] == '#')
+			continue;
+		if (eq == NULL)
+		{
+			snprintf(errbuf, errbuf_size,
+					 "line %d of eventpipe.kafka_options_file is not of the form key=value", number);
+			ok = false;
+			break;
+		}
+		*eq = '\0';
+		snprintf(where, sizeof(where), "line %d of eventpipe.kafka_options_file", number);
+		ok = apply_property(conf, trim(item), trim(eq + 1), where, errbuf, errbuf_size);
+	}
+	explicit_bzero(line, sizeof(line));
+	fclose(file);
+	return ok;
+}
+
+/* The DBA's properties, eventpipe.kafka_options then the file, into conf. */
+bool
+eventpipe_apply_dba_kafka_options(rd_kafka_conf_t *conf, char *errbuf, size_t errbuf_size)
+{
+	if (!eventpipe_apply_kafka_options(conf, eventpipe_kafka_options, errbuf, errbuf_size))
+		return false;
+	if (eventpipe_kafka_options_file[0] == '\0')
+		return true;
+	return apply_options_file(conf, eventpipe_kafka_options_file, errbuf, errbuf_size);
+}
+
+/*
+ * What a Kafka handle built now would be built from, as far as the DBA's
+ * properties go: the options, and the file's name and identity (inode,
+ * size, change time), so that a worker rebuilds its handle when either
+ * changes, without reading the file each time it checks.  Palloc'd.
+ */
+char *
+eventpipe_dba_kafka_options_version(void)
+{
+	struct stat st;
+
+	if (eventpipe_kafka_options_file[0] == '\0')
+		return psprintf("%s", eventpipe_kafka_options);
+	if (stat(eventpipe_kafka_options_file, &st) != 0)
+		return psprintf("%s\n%s\n(%s)", eventpipe_kafka_options, eventpipe_kafka_options_file,
+						strerror(errno));
+	return psprintf("%s\n%s\n%lu %lld %lld.%09ld %o", eventpipe_kafka_options,
+					eventpipe_kafka_options_file, (unsigned long) st.st_ino,
+					(long long) st.st_size, (long long) st.st_ctim.tv_sec,
+					st.st_ctim.tv_nsec, (unsigned int) st.st_mode);
 }
 
 /*

@@ -10,9 +10,14 @@
 #      the password is right again (restarts, not reloads: PostgreSQL's own
 #      "parameter changed" log line would show the value, a known gap that
 #      the README states);
-#  (d) no line of the server log holds either password;
+#  (d) no line of the server log holds any of the passwords;
 #  (e) stat_reset() zeroes the counters the events moved and clears the
-#      authentication failure.
+#      authentication failure;
+#  (f) the password in eventpipe.kafka_options_file instead, changed by
+#      reloads (whose log lines name the changed settings and their values):
+#      a file other users may read is refused with a clear error, a wrong
+#      password in it fails authentication, and rewriting the file with the
+#      right one delivers the waiting events without any reload.
 use strict;
 use warnings;
 
@@ -24,6 +29,7 @@ use EventpipeTest;
 
 my $password = 'Pw-4401.sasl~secret';
 my $wrong    = 'Wrong-4401.pw';
+my $wrong_in_file = 'Wrong-4401.in-file';
 my $kafka    = start_kafka(sasl_users => ["shop:$password"]);
 ok(defined $kafka->{sasl_bootstrap}, "Kafka has a SASL listener at $kafka->{sasl_bootstrap}");
 
@@ -117,9 +123,54 @@ my $one = $node->safe_psql('postgres', "SELECT eventpipe.publish('$topic', 'afte
 ok(wait_until(sub { relay_stat($node, 'events_sent') == 1 }, 60),
 	'(e) events_sent counts on from zero');
 
+# ---- (f) the password in a file ----------------------------------------------
+
+my $secrets = $node->data_dir . '/kafka-secrets.conf';
+sub write_secrets
+{
+	my ($pw, $mode) = @_;
+	open(my $fh, '>', "$secrets.new") or die "cannot write $secrets.new: $!";
+	print $fh "# SASL credentials of the shop\n\nsasl.username = shop\nsasl.password=$pw\n";
+	close($fh);
+	chmod($mode, "$secrets.new") or die "chmod: $!";
+	rename("$secrets.new", $secrets) or die "rename: $!";
+}
+
+sub last_relay_error
+{
+	return $as_watcher->("SELECT coalesce(last_error, '') FROM eventpipe.pg_stat_relay");
+}
+
+write_secrets($wrong_in_file, 0644);
+my $log_at = log_position($node);
+$node->safe_psql('postgres',
+	"ALTER SYSTEM SET eventpipe.kafka_options = 'security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN'");
+$node->safe_psql('postgres', "ALTER SYSTEM SET eventpipe.kafka_options_file = '$secrets'");
+$node->reload;
+my @filed = map {
+	$node->safe_psql('postgres',
+		"SELECT eventpipe.publish('$topic', 'f$_', '{\"filed\": $_}')")
+} 1 .. 4;
+$error = '';
+ok(wait_until(sub { ($error = last_relay_error()) =~ /open to other users/ }, 60),
+	"(f) a file other users can read is refused ($error)");
+like(log_since($node, $log_at), qr/parameter "eventpipe.kafka_options" changed/,
+	'(f) the reload logged the changed settings');
+is(outbox_count($node), 4, '(f) the 4 events wait in the outbox');
+
+write_secrets($wrong_in_file, 0600);
+ok(wait_until(sub { ($error = last_relay_error()) =~ /authenticat/i }, 60),
+	"(f) with the file private, its wrong password fails authentication ($error)");
+is(outbox_count($node), 4, '(f) the 4 events still wait');
+
+write_secrets($password, 0600);
+ok(wait_until(sub { outbox_count($node) == 0 }, 60),
+	'(f) rewriting the file with the right password delivers them, without a reload');
+ok(consume_ids($kafka->{bootstrap}, $topic, \@filed, 60), '(f) all 4 are in the topic');
+
 # ---- (d) the logs ---------------------------------------------------------
 
-my @leaks = grep { /\Q$password\E|\Q$wrong\E/ } split /\n/, log_since($node, 0);
+my @leaks = grep { /\Q$password\E|\Q$wrong\E|\Q$wrong_in_file\E/ } split /\n/, log_since($node, 0);
 is(scalar @leaks, 0, '(d) no server log line holds a password')
   or diag join("\n", @leaks);
 

@@ -124,7 +124,7 @@ create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_si
 	for (i = 0; ok && i < lengthof(defaults); i++)
 		ok = eventpipe_kafka_conf_set(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
 	/* the DBA's options come last and win */
-	ok = ok && eventpipe_apply_kafka_options(conf, eventpipe_kafka_options, errbuf, errbuf_size);
+	ok = ok && eventpipe_apply_dba_kafka_options(conf, errbuf, errbuf_size);
 	if (!ok)
 	{
 		rd_kafka_conf_destroy(conf);
@@ -154,7 +154,7 @@ settings_of(const Subscription *subscription)
 
 	initStringInfo(&settings);
 	appendStringInfo(&settings, "%s\n%s\n%s\n%s\n%d", eventpipe_bootstrap_servers,
-					 eventpipe_kafka_options, subscription->group_id,
+					 eventpipe_dba_kafka_options_version(), subscription->group_id,
 					 subscription->name, subscription->start_latest);
 	foreach(lc, subscription->topics)
 		appendStringInfo(&settings, "\n%s", (char *) lfirst(lc));

@@ -53,8 +53,8 @@ delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 }
 
 static rd_kafka_t *
-create_producer(const char *bootstrap_servers, const char *options,
-				const char *client_id, char *errbuf, size_t errbuf_size)
+create_producer(const char *bootstrap_servers, const char *client_id,
+				char *errbuf, size_t errbuf_size)
 {
 	static const char *const defaults[][2] = {
 		{"enable.idempotence", "true"},
@@ -79,7 +79,7 @@ create_producer(const char *bootstrap_servers, const char *options,
 	for (i = 0; ok && i < lengthof(defaults); i++)
 		ok = eventpipe_kafka_conf_set(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
 	/* the DBA's options come last and win */
-	ok = ok && eventpipe_apply_kafka_options(conf, options, errbuf, errbuf_size);
+	ok = ok && eventpipe_apply_dba_kafka_options(conf, errbuf, errbuf_size);
 	if (!ok)
 	{
 		rd_kafka_conf_destroy(conf);
@@ -104,38 +104,42 @@ create_producer(const char *bootstrap_servers, const char *options,
  * the reason in errbuf, if librdkafka refuses the configuration.
  */
 static char *
-settings_of(const char *bootstrap_servers, const char *options, const char *client_id)
+settings_of(const char *bootstrap_servers, const char *client_id)
 {
-	return psprintf("%s\n%s\n%s", bootstrap_servers, options, client_id);
+	char	   *options_version = eventpipe_dba_kafka_options_version();
+	char	   *settings = psprintf("%s\n%s\n%s", bootstrap_servers, options_version, client_id);
+
+	/* checked every WAIT_CHECK_MS while a batch waits, in a long-lived context */
+	pfree(options_version);
+	return settings;
 }
 
 /* Is there a producer, built from exactly these settings? */
 bool
-kafka_producer_built_from(const char *bootstrap_servers, const char *options,
-						  const char *client_id)
+kafka_producer_built_from(const char *bootstrap_servers, const char *client_id)
 {
 	char	   *settings;
 	bool		same;
 
 	if (producer == NULL)
 		return false;
-	settings = settings_of(bootstrap_servers, options, client_id);
+	settings = settings_of(bootstrap_servers, client_id);
 	same = strcmp(settings, producer_settings) == 0;
 	pfree(settings);
 	return same;
 }
 
 bool
-kafka_producer_ensure(const char *bootstrap_servers, const char *options,
-					  const char *client_id, char *errbuf, size_t errbuf_size)
+kafka_producer_ensure(const char *bootstrap_servers, const char *client_id,
+					  char *errbuf, size_t errbuf_size)
 {
 	char	   *settings;
 
-	if (kafka_producer_built_from(bootstrap_servers, options, client_id))
+	if (kafka_producer_built_from(bootstrap_servers, client_id))
 		return true;
 	kafka_producer_destroy();
-	settings = settings_of(bootstrap_servers, options, client_id);
-	producer = create_producer(bootstrap_servers, options, client_id, errbuf, errbuf_size);
+	settings = settings_of(bootstrap_servers, client_id);
+	producer = create_producer(bootstrap_servers, client_id, errbuf, errbuf_size);
 	if (producer == NULL)
 	{
 		pfree(settings);

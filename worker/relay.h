@@ -80,10 +80,9 @@ extern void outbox_record_outcome(OutboxBatch *batch, int max_attempts,
 								  BatchOutcome *outcome);
 
 /* kafka_producer.c */
-extern bool kafka_producer_ensure(const char *bootstrap_servers, const char *options,
-								  const char *client_id, char *errbuf, size_t errbuf_size);
-extern bool kafka_producer_built_from(const char *bootstrap_servers, const char *options,
-									  const char *client_id);
+extern bool kafka_producer_ensure(const char *bootstrap_servers, const char *client_id,
+								  char *errbuf, size_t errbuf_size);
+extern bool kafka_producer_built_from(const char *bootstrap_servers, const char *client_id);
 extern void kafka_producer_destroy(void);
 extern void kafka_producer_poll(void);
 extern bool kafka_producer_produce_batch(OutboxBatch *batch, const char *source,

@@ -135,7 +135,7 @@ relay_keep_waiting(void)
 	if (TimestampDifferenceExceeds(last_progress_at, GetCurrentTimestamp(), BROKER_PATIENCE_MS))
 		relay_show_activity(RELAY_WAITING_FOR_BROKER, "waiting for the broker");
 	client_id(id, sizeof(id));
-	return kafka_producer_built_from(eventpipe_bootstrap_servers, eventpipe_kafka_options, id);
+	return kafka_producer_built_from(eventpipe_bootstrap_servers, id);
 }
 
 /* Whether eventpipe.relay_pause holds a row (false if it does not exist). */
@@ -327,8 +327,7 @@ relay_step(void)
 	}
 
 	client_id(id, sizeof(id));
-	if (!kafka_producer_ensure(eventpipe_bootstrap_servers, eventpipe_kafka_options,
-							   id, errbuf, sizeof(errbuf)))
+	if (!kafka_producer_ensure(eventpipe_bootstrap_servers, id, errbuf, sizeof(errbuf)))
 	{
 		eventpipe_set_relay_error(slot, errbuf);
 		relay_show_activity(RELAY_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
