@@ -23,6 +23,7 @@ OBJS = \
 	extension/relay_pause_trigger.o \
 	extension/consumer_stats.o \
 	extension/stat_reset.o \
+	extension/kafka_statistics_reader.o \
 	worker/launcher.o \
 	worker/worker_loop.o \
 	worker/relay_worker.o \
@@ -30,6 +31,7 @@ OBJS = \
 	worker/outbox.o \
 	worker/kafka_producer.o \
 	worker/kafka_log.o \
+	worker/kafka_statistics.o \
 	worker/consumer_manager.o \
 	worker/consumer_worker.o \
 	worker/consumer_message.o \

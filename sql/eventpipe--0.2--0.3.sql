@@ -20,6 +20,22 @@
 -- Kafka client statistics
 ------------------------------------------------------------------------------
 
+-- librdkafka's own statistics of each worker's Kafka client (brokers and
+-- their round-trip times, queues, per-partition offsets and consumer lag),
+-- as it last emitted them: every statistics.interval.ms, 10 s unless
+-- eventpipe.kafka_options says otherwise (0 turns them off).
+CREATE FUNCTION eventpipe.kafka_statistics(
+    OUT client_id    text,
+    OUT collected_at timestamptz,
+    OUT statistics   jsonb)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'eventpipe_kafka_statistics'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION eventpipe.kafka_statistics() IS
+    'librdkafka statistics (JSON) of each worker''s Kafka client, as last emitted (every statistics.interval.ms)';
+REVOKE ALL ON FUNCTION eventpipe.kafka_statistics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventpipe.kafka_statistics() TO pg_monitor;
+
 ------------------------------------------------------------------------------
 -- Relay pause: pause_relay(), resume_relay()
 ------------------------------------------------------------------------------

@@ -73,6 +73,15 @@ RESET ROLE;
 SELECT eventpipe.resume_relay() AS was_paused;
 SELECT eventpipe.resume_relay() AS was_paused;
 INSERT INTO eventpipe.relay_pause (paused, paused_at) VALUES (false, '2026-01-01 00:00+00');
+
+-- kafka_statistics(): no Kafka client runs here (no bootstrap servers), so
+-- no rows; pg_monitor may call it, a plain role may not
+SELECT * FROM eventpipe.kafka_statistics();
+SET ROLE ep_watcher;
+SELECT count(*) FROM eventpipe.kafka_statistics();
+SET ROLE ep_plain;
+SELECT count(*) FROM eventpipe.kafka_statistics();
+RESET ROLE;
 DROP ROLE ep_plain;
 DROP ROLE ep_watcher;
 

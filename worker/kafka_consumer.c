@@ -22,6 +22,7 @@
 
 #include "../extension/eventpipe.h"
 #include "../extension/kafka_options.h"
+#include "kafka_statistics.h"
 #include "consumer.h"
 #include "kafka_log.h"
 
@@ -109,6 +110,7 @@ create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_si
 		{"reconnect.backoff.ms", "100"},
 		{"reconnect.backoff.max.ms", "2000"},
 		{"log.queue", "true"},
+		{"statistics.interval.ms", KAFKA_STATISTICS_INTERVAL_MS},
 	};
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	rd_kafka_t *rk;
@@ -131,6 +133,7 @@ create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_si
 		return NULL;
 	}
 	rd_kafka_conf_set_rebalance_cb(conf, rebalance);
+	kafka_statistics_attach(conf, client_id);
 	rd_kafka_conf_set_log_cb(conf, kafka_log_callback);
 	rd_kafka_conf_set_error_cb(conf, kafka_error_callback);
 
@@ -249,6 +252,7 @@ kafka_consumer_stop(bool leave_group)
 		rd_kafka_consumer_close(consumer);
 	rd_kafka_destroy_flags(consumer, leave_group ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	consumer = NULL;
+	kafka_statistics_forget();
 	if (consumer_settings)
 		pfree(consumer_settings);
 	consumer_settings = NULL;

@@ -25,6 +25,7 @@
 
 #include "../extension/eventpipe.h"
 #include "../extension/kafka_options.h"
+#include "kafka_statistics.h"
 #include "relay.h"
 
 static rd_kafka_t *producer = NULL;
@@ -68,6 +69,7 @@ create_producer(const char *bootstrap_servers, const char *client_id,
 		{"reconnect.backoff.ms", "100"},
 		{"reconnect.backoff.max.ms", "2000"},
 		{"log.queue", "true"},
+		{"statistics.interval.ms", KAFKA_STATISTICS_INTERVAL_MS},
 	};
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	rd_kafka_t *rk;
@@ -86,6 +88,7 @@ create_producer(const char *bootstrap_servers, const char *client_id,
 		return NULL;
 	}
 	rd_kafka_conf_set_dr_msg_cb(conf, delivery_report);
+	kafka_statistics_attach(conf, client_id);
 	rd_kafka_conf_set_log_cb(conf, kafka_log_callback);
 	rd_kafka_conf_set_error_cb(conf, kafka_error_callback);
 
@@ -164,6 +167,7 @@ kafka_producer_destroy(void)
 	rd_kafka_flush(producer, 1000);
 	rd_kafka_destroy(producer);
 	producer = NULL;
+	kafka_statistics_forget();
 	discard_reports = false;
 	if (producer_settings)
 		pfree(producer_settings);

@@ -37,6 +37,7 @@
 #include "utils/wait_event.h"
 
 #include "../extension/eventpipe.h"
+#include "kafka_statistics.h"
 #include "relay.h"
 
 PGDLLEXPORT void eventpipe_launcher_main(Datum main_arg);
@@ -317,6 +318,9 @@ eventpipe_launcher_main(Datum main_arg)
 	eventpipe_shared->launcher_procno = MyProc->pgprocno;
 	LWLockRelease(eventpipe_shared->lock);
 	before_shmem_exit(launcher_exit, (Datum) 0);
+
+	/* statistics of clients that went down with a crash would stay forever */
+	kafka_statistics_remove_all();
 
 	for (;;)
 	{

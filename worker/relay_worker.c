@@ -329,9 +329,10 @@ relay_step(void)
 	client_id(id, sizeof(id));
 	if (!kafka_producer_ensure(eventpipe_bootstrap_servers, id, errbuf, sizeof(errbuf)))
 	{
+		/* looked at again each poll: a reload or a chmod of the file fixes it */
 		eventpipe_set_relay_error(slot, errbuf);
 		relay_show_activity(RELAY_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
-		return RELAY_BACKOFF_LAST_MS;
+		return eventpipe_relay_poll_interval;
 	}
 	kafka_producer_poll();
 	if (kafka_log_take_broker_error(errbuf, sizeof(errbuf)))

@@ -1,0 +1,26 @@
+/*
+ * kafka_statistics.h
+ *		librdkafka's statistics of each worker's Kafka client, kept in
+ *		files for eventpipe.kafka_statistics().
+ */
+#ifndef EVENTPIPE_KAFKA_STATISTICS_H
+#define EVENTPIPE_KAFKA_STATISTICS_H
+
+#include <librdkafka/rdkafka.h>
+
+/*
+ * Files are pg_stat_tmp/<client id>.json, relative to the data directory;
+ * the workers' client ids begin with the prefix.
+ */
+#define KAFKA_STATISTICS_DIR "pg_stat_tmp"
+#define KAFKA_STATISTICS_PREFIX "eventpipe-"
+#define KAFKA_STATISTICS_SUFFIX ".json"
+
+/* A worker's client gets statistics every this many ms unless the DBA says otherwise. */
+#define KAFKA_STATISTICS_INTERVAL_MS "10000"
+
+extern void kafka_statistics_attach(rd_kafka_conf_t *conf, const char *client_id);
+extern void kafka_statistics_forget(void);
+extern void kafka_statistics_remove_all(void);
+
+#endif							/* EVENTPIPE_KAFKA_STATISTICS_H */
