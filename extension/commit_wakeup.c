@@ -49,13 +49,29 @@ atomic_lower_to(pg_atomic_uint64 *target, uint64 value)
 }
 
 /*
+ * Would new events make this relay do anything?  Not while it is paused
+ * (resume_relay() wakes it) or has no brokers to send to (a reload that
+ * sets them wakes it): waking it at every commit would only cost the
+ * committing session a signal and the machine a process switch.  The
+ * state is read without the lock: a stale value costs one needless
+ * wake-up, or delays events by at most a poll interval, never loses them.
+ */
+static bool
+relay_waits_for_events(RelaySlot *slot)
+{
+	RelayState	state = slot->state;
+
+	return state != RELAY_PAUSED && state != RELAY_NOT_CONFIGURED;
+}
+
+/*
  * Every slot hears of the commit, whatever its database: a slot whose
  * worker is just starting must not miss it, and a needless report costs a
  * relay elsewhere no more than one claim from the start of its outbox.
- * Without events (a pause or resume) the workers are only woken.
+ * After a pause or a resume they are woken whatever they do.
  */
 static void
-wake_relay_workers(bool events_written)
+wake_relay_workers(bool events_written, bool pause_changed)
 {
 	int			i;
 
@@ -65,7 +81,8 @@ wake_relay_workers(bool events_written)
 
 		if (events_written)
 			atomic_lower_to(&slot->lowest_committed_id, lowest_id_written);
-		if (slot->database == MyDatabaseId)
+		if (slot->database == MyDatabaseId &&
+			(pause_changed || relay_waits_for_events(slot)))
 			eventpipe_set_latch_of(slot->procno);
 	}
 }
@@ -95,7 +112,7 @@ commit_wakeup_callback(XactEvent event, void *arg)
 			if (relay_pause_changed)
 				pg_atomic_fetch_add_u32(&eventpipe_shared->relay_pause_generation, 1);
 			if (wake_at_commit || relay_pause_changed)
-				wake_relay_workers(wake_at_commit);
+				wake_relay_workers(wake_at_commit, relay_pause_changed);
 			stop_counting_as_committing();
 			if (wake_manager_at_commit)
 				eventpipe_set_latch_of(eventpipe_shared->consumer_manager_procno);
