@@ -120,6 +120,13 @@ commit_wakeup_callback(XactEvent event, void *arg)
 			wake_manager_at_commit = false;
 			relay_pause_changed = false;
 			break;
+		case XACT_EVENT_PRE_PREPARE:
+			/* COMMIT PREPARED runs no callback: the relay would never hear of it */
+			if (relay_pause_changed)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that paused or resumed the eventpipe relay")));
+			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:

@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -110,33 +111,41 @@ eventpipe_apply_kafka_options(rd_kafka_conf_t *conf, const char *options,
 }
 
 /*
- * Open eventpipe.kafka_options_file for reading, refusing one that other
- * users could read (the rule PostgreSQL applies to its TLS key: no access
- * for others, group read only if root owns it).  NULL, with the reason in
- * errbuf, if it cannot be used.
+ * Open eventpipe.kafka_options_file for reading: a regular file, owned by
+ * the server's user or root, that other users cannot read (the rule
+ * PostgreSQL applies to its TLS key: no access for others, group read only
+ * if root owns it).  NULL, with the reason in errbuf, if it cannot be used.
  */
 static FILE *
 open_options_file(const char *path, char *errbuf, size_t errbuf_size)
 {
-	FILE	   *file = fopen(path, "r");
+	/* O_NONBLOCK: a FIFO must not hang the worker; a regular file ignores it */
+	int			fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	struct stat st;
+	const char *refusal = NULL;
+	FILE	   *file;
 
-	if (file == NULL || fstat(fileno(file), &st) != 0)
+	if (fd < 0 || fstat(fd, &st) != 0)
 	{
 		snprintf(errbuf, errbuf_size, "could not read eventpipe.kafka_options_file \"%s\": %s",
 				 path, strerror(errno));
-		if (file != NULL)
-			fclose(file);
+		if (fd >= 0)
+			close(fd);
 		return NULL;
 	}
-	if ((st.st_mode & S_IRWXO) != 0 ||
-		(st.st_uid != 0 && (st.st_mode & S_IRWXG) != 0) ||
-		(st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP)) != 0))
+	if (!S_ISREG(st.st_mode))
+		refusal = "is not a regular file";
+	else if (st.st_uid != geteuid() && st.st_uid != 0)
+		refusal = "must be owned by the database server's user or root";
+	else if ((st.st_mode & S_IRWXO) != 0 ||
+			 (st.st_uid != 0 && (st.st_mode & S_IRWXG) != 0) ||
+			 (st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP)) != 0))
+		refusal = "is open to other users: allow access to its owner only (chmod 600), or group read if root owns it";
+	if (refusal != NULL || (file = fdopen(fd, "r")) == NULL)
 	{
-		snprintf(errbuf, errbuf_size,
-				 "eventpipe.kafka_options_file \"%s\" is open to other users: allow access to its owner only (chmod 600), or group read if root owns it",
-				 path);
-		fclose(file);
+		snprintf(errbuf, errbuf_size, "eventpipe.kafka_options_file \"%s\" %s", path,
+				 refusal ? refusal : strerror(errno));
+		close(fd);
 		return NULL;
 	}
 	return file;
@@ -155,11 +164,23 @@ apply_options_file(rd_kafka_conf_t *conf, const char *path, char *errbuf, size_t
 		return false;
 	while (ok && fgets(line, sizeof(line), file) != NULL)
 	{
-		char	   *item = trim(line);
-		char	   *eq = strchr(item, '=');
+		size_t		length = strlen(line);
+		char	   *item;
+		char	   *eq;
 		char		where[64];
 
 		number++;
+		if (length > 0 && line[length - 1] != '\n' && !feof(file))
+		{
+			/* its tail would be read as a line of its own: refuse, quoting nothing */
+			snprintf(errbuf, errbuf_size,
+					 "line %d of eventpipe.kafka_options_file is longer than %d bytes",
+					 number, (int) sizeof(line) - 2);
+			ok = false;
+			break;
+		}
+		item = trim(line);
+		eq = strchr(item, '=');
 		if (item[0] == '\0' || item[0] == '#')
 			continue;
 		if (eq == NULL)
@@ -172,6 +193,11 @@ apply_options_file(rd_kafka_conf_t *conf, const char *path, char *errbuf, size_t
 		*eq = '\0';
 		snprintf(where, sizeof(where), "line %d of eventpipe.kafka_options_file", number);
 		ok = apply_property(conf, trim(item), trim(eq + 1), where, errbuf, errbuf_size);
+	}
+	if (ok && ferror(file))
+	{
+		snprintf(errbuf, errbuf_size, "could not read eventpipe.kafka_options_file \"%s\"", path);
+		ok = false;
 	}
 	explicit_bzero(line, sizeof(line));
 	fclose(file);

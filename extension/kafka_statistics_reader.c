@@ -14,6 +14,7 @@
 #include "storage/fd.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/numeric.h"
 #include "utils/timestamp.h"
 
 #include "../worker/kafka_statistics.h"
@@ -21,6 +22,27 @@
 PG_FUNCTION_INFO_V1(eventpipe_kafka_statistics);
 
 #define KAFKA_STATISTICS_COLS 3
+
+/*
+ * When librdkafka made the document: its "time" field (seconds since the
+ * epoch), else when the file was written.  The two differ when the worker
+ * served its client's queue late (an idle relay does so once per poll).
+ */
+static TimestampTz
+emitted_at(Jsonb *statistics, TimestampTz written)
+{
+	JsonbValue	key;
+	JsonbValue *seconds;
+
+	key.type = jbvString;
+	key.val.string.val = "time";
+	key.val.string.len = strlen("time");
+	seconds = findJsonbValueFromContainer(&statistics->root, JB_FOBJECT, &key);
+	if (seconds == NULL || seconds->type != jbvNumeric)
+		return written;
+	return time_t_to_timestamptz((pg_time_t) DatumGetInt64(DirectFunctionCall1(numeric_int8,
+																				NumericGetDatum(seconds->val.numeric))));
+}
 
 /*
  * The file's contents, and its modification time in *written; false if it
@@ -87,8 +109,8 @@ eventpipe_kafka_statistics(PG_FUNCTION_ARGS)
 		if (!read_statistics_file(path, &contents, &written))
 			continue;
 		values[0] = PointerGetDatum(cstring_to_text_with_len(entry->d_name, name_len - suffix_len));
-		values[1] = TimestampTzGetDatum(written);
 		values[2] = DirectFunctionCall1(jsonb_in, CStringGetDatum(contents.data));
+		values[1] = TimestampTzGetDatum(emitted_at(DatumGetJsonbP(values[2]), written));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		pfree(contents.data);
 	}

@@ -57,6 +57,7 @@ CREATE FUNCTION eventpipe.relay_pause_changed()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'eventpipe_relay_pause_changed'
 LANGUAGE C;
+REVOKE ALL ON FUNCTION eventpipe.relay_pause_changed() FROM PUBLIC;
 CREATE TRIGGER relay_pause_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventpipe.relay_pause
     FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.relay_pause_changed();
@@ -64,21 +65,21 @@ CREATE TRIGGER relay_pause_changed
 CREATE FUNCTION eventpipe.pause_relay()
 RETURNS timestamptz
 LANGUAGE sql
-AS $$
+BEGIN ATOMIC
     INSERT INTO eventpipe.relay_pause DEFAULT VALUES ON CONFLICT (paused) DO NOTHING;
     SELECT paused_at FROM eventpipe.relay_pause;
-$$;
+END;
 COMMENT ON FUNCTION eventpipe.pause_relay() IS
-    'Stop sending the outbox to Kafka, from the next batch on (batches in flight finish), until resume_relay(); returns since when it is paused';
+    'Stop sending the outbox to Kafka until resume_relay(): batches in flight finish, then pg_stat_relay.state says paused; returns since when it is paused';
 REVOKE ALL ON FUNCTION eventpipe.pause_relay() FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.resume_relay()
 RETURNS boolean
 LANGUAGE sql
-AS $$
+BEGIN ATOMIC
     WITH resumed AS (DELETE FROM eventpipe.relay_pause RETURNING 1)
     SELECT pg_catalog.count(*) > 0 FROM resumed;
-$$;
+END;
 COMMENT ON FUNCTION eventpipe.resume_relay() IS
     'Send the outbox to Kafka again after pause_relay(); returns whether the relay was paused';
 REVOKE ALL ON FUNCTION eventpipe.resume_relay() FROM PUBLIC;

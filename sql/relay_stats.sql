@@ -58,8 +58,8 @@ SELECT eventpipe.stat_reset();
 RESET ROLE;
 
 -- pause_relay() / resume_relay(): a row in eventpipe.relay_pause while
--- paused; pausing twice keeps the first time; only a superuser (or a role
--- granted EXECUTE) may, pg_monitor may look
+-- paused; pausing twice keeps the first time; not for PUBLIC nor
+-- pg_monitor, which may look at the table; not in a prepared transaction
 SELECT eventpipe.pause_relay() <= now() AS paused_since;
 SELECT eventpipe.pause_relay() = paused_at AS pausing_again_keeps_the_time FROM eventpipe.relay_pause;
 SELECT count(*) AS pause_rows FROM eventpipe.relay_pause;
@@ -70,6 +70,9 @@ SET ROLE ep_plain;
 SELECT eventpipe.pause_relay();
 SELECT count(*) FROM eventpipe.relay_pause;
 RESET ROLE;
+BEGIN;
+SELECT eventpipe.resume_relay() AS was_paused;
+PREPARE TRANSACTION 'resume';
 SELECT eventpipe.resume_relay() AS was_paused;
 SELECT eventpipe.resume_relay() AS was_paused;
 INSERT INTO eventpipe.relay_pause (paused, paused_at) VALUES (false, '2026-01-01 00:00+00');

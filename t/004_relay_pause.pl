@@ -26,9 +26,16 @@ my $node  = new_node(
 	conf      => "eventpipe.relay_batch_size = 100");
 $node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
 ok(wait_for_relay_state($node, 'idle'), 'relay worker is idle');
-# from now on only commits wake the relay
-$node->safe_psql('postgres', "ALTER SYSTEM SET eventpipe.relay_poll_interval = '1h'");
-$node->reload;
+
+# The relay takes a turn at least every $interval: commits do not wake a
+# paused relay, so this is what puts a paused relay to the test.
+sub set_poll_interval
+{
+	my ($interval) = @_;
+	$node->safe_psql('postgres', "ALTER SYSTEM SET eventpipe.relay_poll_interval = '$interval'");
+	$node->reload;
+}
+set_poll_interval('100ms');
 
 my $topic = 't004.orders';
 
@@ -52,13 +59,16 @@ ok($node->safe_psql('postgres', 'SELECT eventpipe.pause_relay() IS NOT NULL') eq
 ok(wait_for_relay_state($node, 'paused'), '(a) pg_stat_relay says paused');
 
 my @held;
-for my $i (0 .. 9)    # ten commits, each of which wakes the relay
+for my $i (0 .. 9)    # ten commits
 {
 	push @held, @{ publish_events(10, 21 + 10 * $i) };
 }
 sleep 3;
 is(outbox_count($node), 100, '(a) the 100 events published while paused wait in the outbox');
-is(relay_stat($node, 'state'), 'paused', '(a) still paused after the commits woke it');
+is($node->safe_psql('postgres',
+		"SELECT count(*) FROM eventpipe.kafka_statistics() WHERE client_id = 'eventpipe-relay-0'"),
+	0, '(a) a paused relay holds no Kafka client (no statistics)');
+is(relay_stat($node, 'state'), 'paused', '(a) still paused after 3 s of turns every 100 ms');
 my $msgs = consume_all($kafka->{bootstrap}, $topic, 20, 30);
 my %on_topic = map { $_->{ce_id} => 1 } @$msgs;
 is(scalar(grep { $on_topic{$_} } @held), 0, '(a) none of them reached the topic');
@@ -71,22 +81,28 @@ sleep 2;
 is(outbox_count($node), 100, '(b) the events still wait');
 
 # ---- (c) -------------------------------------------------------------------
+# only the resume may wake the relay now
+set_poll_interval('1h');
 is($node->safe_psql('postgres', 'SELECT eventpipe.resume_relay()'), 't',
 	'(c) resume_relay() says the relay was paused');
 ok(wait_until(sub { outbox_count($node) == 0 }, 30),
 	'(c) the held events leave at once (the poll interval is an hour)');
+push @held, @{ publish_events(1, 121) };
+ok(wait_until(sub { outbox_count($node) == 0 }, 30),
+	'(c) an event published right after the resume wakes the relay too');
 my @all = (@before, @held);
 $msgs = consume_ids($kafka->{bootstrap}, $topic, \@all, 60);
 my %copies;
 $copies{ $_->{ce_id} }++ for @$msgs;
-is(scalar(grep { $copies{$_} } @all), 120, '(c) all 120 events are on the topic');
-is(scalar(@$msgs), 120, '(c) each once, and nothing else');
+is(scalar(grep { $copies{$_} } @all), 121, '(c) all 121 events are on the topic');
+is(scalar(@$msgs), 121, '(c) each once, and nothing else');
 my $seq_of = sub { $_[0]{value} ? $_[0]{value}{seq} : undef };
 is(scalar(check_key_order($msgs, $seq_of)), 0, '(c) in per-key order');
 is($node->safe_psql('postgres', 'SELECT eventpipe.resume_relay()'), 'f',
 	'(c) a second resume_relay() says it was not paused');
 
 # ---- (d) -------------------------------------------------------------------
+set_poll_interval('100ms');
 my $topic_d = 't004.backlog';
 $node->safe_psql('postgres', 'SELECT eventpipe.pause_relay()');
 ok(wait_for_relay_state($node, 'paused'), '(d) paused');

@@ -5,8 +5,9 @@
 #  (b) a subscription's consumer: a row of type "consumer" that saw them
 #      arrive and knows the group and the partitions' offsets;
 #  (c) pg_monitor may call it, a plain role may not;
-#  (d) a client's row goes with it (unsubscribe), and statistics.interval.ms
-#      = 0 in kafka_options turns them off.
+#  (d) a client's row goes with it (unsubscribe); a crash's leftovers are
+#      cleared at start; statistics.interval.ms = 0 in kafka_options turns
+#      them off.
 use strict;
 use warnings;
 
@@ -99,7 +100,11 @@ $node->safe_psql('postgres', "SELECT eventpipe.unsubscribe('stats-sub')");
 ok(wait_until(sub { stat_of($consumer, '{type}') eq '' }, 30),
 	'(d) the consumer\'s row goes with its subscription');
 $node->safe_psql('postgres', "ALTER SYSTEM SET eventpipe.kafka_options = 'statistics.interval.ms=0'");
-$node->restart;
+ok(-e $node->data_dir . "/pg_stat_tmp/$relay.json", '(d) the relay\'s statistics file is there');
+# a crash leaves the file behind; the launcher clears it when it starts
+$node->stop('immediate');
+ok(-e $node->data_dir . "/pg_stat_tmp/$relay.json", '(d) an immediate stop leaves it behind');
+$node->start;
 $node->safe_psql('postgres', "SELECT eventpipe.publish('$topic', 'p1', '{\"type\": \"x\"}')");
 ok(wait_until(sub { outbox_count($node) == 0 }, 60), '(d) the relay works on');
 sleep 2;

@@ -76,7 +76,8 @@ kafka_statistics_remove_all(void)
 	DIR		   *dir = AllocateDir(KAFKA_STATISTICS_DIR);
 	struct dirent *entry;
 
-	while ((entry = ReadDir(dir, KAFKA_STATISTICS_DIR)) != NULL)
+	/* LOG, not ERROR: leftovers are no reason to keep the relays from starting */
+	while ((entry = ReadDirExtended(dir, KAFKA_STATISTICS_DIR, LOG)) != NULL)
 	{
 		char		path[MAXPGPATH];
 

@@ -182,7 +182,7 @@ relay_paused(void)
 	if (pause_known && !paused && generation == pause_generation_read)
 		return false;
 	if (!relay_run_guarded(read_relay_pause, &found))
-		return paused;
+		return paused || !pause_known;	/* unknown: do not risk sending */
 	paused = found;
 	pause_known = true;
 	pause_generation_read = generation;
@@ -322,8 +322,14 @@ relay_step(void)
 	}
 	if (relay_paused())
 	{
+		/*
+		 * Nothing is in flight between runs: the producer goes, so that no
+		 * queue of librdkafka's (logs, statistics) grows unserved for as
+		 * long as the pause lasts, and no broker connection stays open.
+		 */
+		kafka_producer_destroy();
 		relay_show_activity(RELAY_PAUSED, "paused: eventpipe.resume_relay() resumes");
-		return eventpipe_relay_poll_interval;
+		return pause_known ? eventpipe_relay_poll_interval : backoff_ms();
 	}
 
 	client_id(id, sizeof(id));
@@ -337,6 +343,14 @@ relay_step(void)
 	kafka_producer_poll();
 	if (kafka_log_take_broker_error(errbuf, sizeof(errbuf)))
 		eventpipe_set_relay_error(slot, errbuf);
+
+	/*
+	 * Commits do not wake a relay shown as paused or not configured
+	 * (commit_wakeup.c): say it is not, before the run's first claim takes
+	 * its snapshot, so a commit that snapshot misses wakes it.
+	 */
+	if (slot->state == RELAY_PAUSED || slot->state == RELAY_NOT_CONFIGURED)
+		relay_show_activity(RELAY_IDLE, "idle");
 
 	last_progress_at = GetCurrentTimestamp();
 	run = relay_pipeline_run(shard, ce_source);
