@@ -4,7 +4,9 @@
  *		applied at all (a non-empty UTF-8 JSON value), its event type (the
  *		ce_type header, else the payload's "type"), its dedup key (the ce_id
  *		header, else the payload's dedup_field, else topic/partition/offset),
- *		and the metric effects and handlers its type calls for.
+ *		and the metric effects and handlers its type calls for.  Field names
+ *		(key_field, value_field, dedup_field) may be dotted paths into nested
+ *		objects.
  *
  * Everything here is in memory: a message that cannot be applied gets an
  * error text, later stored with its raw bytes in consumer_dead_letters.
@@ -50,12 +52,38 @@ header_text(const rd_kafka_message_t *raw, const char *name)
 	return pnstrdup(value, size);
 }
 
+/*
+ * The payload member a field name designates, or NULL: the top-level member
+ * of exactly that name if there is one (so a name holding a dot still
+ * finds a member spelt so), else a path through nested objects, one member
+ * per dot-separated part ("after.product_id": the "product_id" member of
+ * the "after" object).  Arrays are not entered.
+ */
 static JsonbValue *
 payload_field(Jsonb *payload, const char *name)
 {
+	JsonbContainer *container;
+	JsonbValue *member;
+	const char *part;
+	const char *dot;
+
 	if (payload == NULL || !JB_ROOT_IS_OBJECT(payload))
 		return NULL;
-	return getKeyJsonValueFromContainer(&payload->root, name, strlen(name), NULL);
+	container = &payload->root;
+	member = getKeyJsonValueFromContainer(container, name, strlen(name), NULL);
+	if (member != NULL)
+		return member;
+	for (part = name; (dot = strchr(part, '.')) != NULL; part = dot + 1)
+	{
+		member = getKeyJsonValueFromContainer(container, part, dot - part, NULL);
+		if (member == NULL || member->type != jbvBinary ||
+			!JsonContainerIsObject(member->val.binary.data))
+			return NULL;
+		container = member->val.binary.data;
+	}
+	if (part == name)
+		return NULL;			/* no dot: the lookup above was the whole path */
+	return getKeyJsonValueFromContainer(container, part, strlen(part), NULL);
 }
 
 /* A string's text or a number as written; NULL for anything else. */
