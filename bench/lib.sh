@@ -25,7 +25,9 @@
 #                            JSON messages hold exactly N distinct values of
 #                            FIELD (every event arrived; duplicates are counted
 #                            and printed, not fatal: delivery is at least once)
-#   now / calc EXPR / median N... / memory PID / rss_mb PID / cpu_ticks PID
+#   now / calc EXPR / median N... / memory PID / rss_mb PID / anon_mb PID /
+#   cpu_ticks PID            (rss_mb: VmRSS, counting the shared buffers the
+#                            process touched; anon_mb: RssAnon, its own memory)
 #   BENCH_PAYLOAD_SQL        SQL expression of a ~200-byte JSON event; uses
 #                            the integer g (e.g. from generate_series)
 # shellcheck shell=bash
@@ -98,6 +100,7 @@ memory() {
 	     END {printf "%.1f MB / %.1f MB", rss / 1024, anon / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"
 }
 rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+anon_mb() { awk '/^RssAnon/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 # CPU time (user + system) of a process and its threads, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 

@@ -34,9 +34,22 @@ def stat(key):
 
 
 def row(scenario, ours, ref=None, note=""):
+    """Ratio: when both figures have one value per run, the median of the
+    runs' own ratios (each run's two figures were taken minutes apart at
+    most, so this cancels much of a shared machine's drift), with its range;
+    else the ratio of the medians."""
     a, ta = stat(ours)
     b, tb = stat(ref) if ref else (None, "")
-    ratio = f"{a / b:.2f}" if a is not None and b else ""
+    ratio = ""
+    if a is not None and b:
+        x, y = runs[ours], runs[ref]
+        if len(x) == len(y) > 1 and all(y):
+            r = sorted(p / q for p, q in zip(x, y))
+            n = len(r)
+            m = r[n // 2] if n % 2 else (r[n // 2 - 1] + r[n // 2]) / 2
+            ratio = f"{m:.2f} ({r[0]:.2f}–{r[-1]:.2f})"
+        else:
+            ratio = f"{a / b:.2f}"
     print(f"| {scenario} | {ta} | {tb} | {ratio} | {note} |")
 
 
@@ -48,8 +61,8 @@ print(f"Each figure: the median of {env['BENCH_ROUNDS']} runs (min–max, n = ru
       "that is not measured (relay and kcat: one message that connects the producer and creates "
       "the topic; consumer: the group's join is in 'from subscribe()', not in 'from its first "
       "batch'; peer: 3 s of pgbench at 500/s, then one commit of a tenth of the events, on each "
-      "side). Ratio = eventpipe / reference: above 1 is better for rates, below 1 for latency "
-      "and memory.")
+      "side). Ratio = eventpipe / reference, the median of each run's own ratio with their "
+      "range: above 1 is better for rates, below 1 for latency and memory.")
 print()
 print("| scenario | eventpipe | reference | ratio | the reference / notes |")
 print("|---|---|---|---|---|")
@@ -58,12 +71,14 @@ row(f"1. relay throughput, events/s ({big} events of ~200 B, one commit)",
     "kcat producing the same messages (six headers, idempotent, acks=all)")
 row("1. relay CPU µs/event", "relay.w1.cpu_us_per_event", "relay.kcat.cpu_us_per_event", "kcat's")
 for rate in env["BENCH_RATES"].split():
-    row(f"2. latency at {rate}/s, p50 ms", f"peer.eventpipe.r{rate}.p50_ms", f"peer.debezium.r{rate}.p50_ms",
-        "Debezium; from the commit timestamp to a kcat consumer reading the event")
-    row(f"2. latency at {rate}/s, p99 ms", f"peer.eventpipe.r{rate}.p99_ms", f"peer.debezium.r{rate}.p99_ms", "Debezium")
-    row(f"2. latency at {rate}/s, max ms", f"peer.eventpipe.r{rate}.max_ms", f"peer.debezium.r{rate}.max_ms", "Debezium")
+    for q in ("p50", "p99", "max"):
+        row(f"2. latency at {rate}/s, {q} ms", f"peer.eventpipe.r{rate}.{q}_ms", f"peer.debezium.r{rate}.{q}_ms",
+            "Debezium (defaults); from the commit timestamp to a kcat consumer reading the event")
     row(f"2. rate pgbench reached when asked for {rate}/s, tps", f"peer.eventpipe.r{rate}.tps",
         f"peer.debezium.r{rate}.tps", f"Debezium's side; {env['BENCH_SECONDS']} s per run")
+    for q in ("p50", "p99", "max"):
+        row(f"2. latency at {rate}/s, {q} ms, vs Debezium tuned", f"peer.eventpipe.r{rate}.{q}_ms",
+            f"peer.debezium_poll10.r{rate}.{q}_ms", "Debezium with poll.interval.ms=10 (default 500)")
 row(f"3. consumer throughput from subscribe(), events/s ({big} events)", "consumer.events_per_s",
     "consumer.kcat.events_per_s", "kcat reading the same topic")
 row("3. consumer from its first batch, events/s", "consumer.steady.events_per_s", "consumer.kcat.events_per_s", "kcat")
@@ -75,10 +90,16 @@ row("4. write path: UPDATE of a table under eventpipe.capture(), tps", "capture.
 row(f"5. peer throughput, events/s ({peer_events} events, one commit, to the consumer)",
     "peer.eventpipe.events_per_s", "peer.debezium.events_per_s",
     "Debezium 3.6.1 (pgoutput) in Kafka Connect 4.3 with the Outbox Event Router")
-row("6. relay worker VmRSS after the warm-up, MB", "relay.w1.rss_before_mb")
+row("6. relay worker VmRSS after the warm-up, MB", "relay.w1.rss_before_mb", None,
+    "VmRSS counts the shared buffers the worker touched (shared_buffers = 1GB)")
 row(f"6. relay worker VmRSS after {big} events, MB", "relay.w1.rss_after_mb", "relay.w1.rss_before_mb", "its figure after the warm-up")
+row("6. relay worker RssAnon (its own memory) after the warm-up, MB", "relay.w1.anon_before_mb")
+row(f"6. relay worker RssAnon after {big} events, MB", "relay.w1.anon_after_mb", "relay.w1.anon_before_mb", "its figure after the warm-up")
 row("6. consumer worker VmRSS at its start, MB", "consumer.rss_start_mb")
 row(f"6. consumer worker VmRSS after {big} events, MB", "consumer.rss_end_mb", "consumer.rss_start_mb", "its figure at start")
+row("6. consumer worker RssAnon at its start, MB", "consumer.anon_start_mb")
+row(f"6. consumer worker RssAnon after {big} events, MB", "consumer.anon_end_mb", "consumer.anon_start_mb",
+    "its figure at start (librdkafka's prefetch queue is up to 64 MB by default)")
 row(f"6. event_handled after {big} events, MB", "consumer.event_handled_mb")
 row("6. outbox after the sustained peer runs, MB", "peer.eventpipe.outbox_mb", "peer.debezium.outbox_mb",
     "Debezium's outbox table (Debezium never deletes its rows)")
