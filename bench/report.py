@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""bench/report.py: the results table of bench/run, from its raw results.
+
+Reads the "KEY VALUE" lines the scenarios appended (one line per run of a
+figure), and prints markdown: per scenario eventpipe's figure, the
+reference's, and their ratio, each the median of the runs with min, max and
+the number of runs.  The context (machine, sizes) comes from the BENCH_*
+environment variables bench/run sets.
+"""
+import os
+import sys
+from collections import defaultdict
+
+env = os.environ
+big = env["BENCH_BIG"]
+peer_events = env["BENCH_PEER_EVENTS"]
+runs = defaultdict(list)
+for line in open(sys.argv[1]):
+    key, value = line.split()
+    try:
+        runs[key].append(float(value))
+    except ValueError:
+        pass
+
+
+def stat(key):
+    v = sorted(runs.get(key, []))
+    if not v:
+        return None, "missing"
+    n = len(v)
+    m = v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+    fmt = (lambda x: f"{x:,.0f}") if m >= 100 else (lambda x: f"{x:,.1f}")
+    return m, fmt(m) if n == 1 else f"{fmt(m)} ({fmt(v[0])}–{fmt(v[-1])}, n={n})"
+
+
+def row(scenario, ours, ref=None, note=""):
+    """Ratio: when both figures have one value per run, the median of the
+    runs' own ratios (each run's two figures were taken minutes apart at
+    most, so this cancels much of a shared machine's drift), with its range;
+    else the ratio of the medians."""
+    a, ta = stat(ours)
+    b, tb = stat(ref) if ref else (None, "")
+    ratio = ""
+    if a is not None and b:
+        x, y = runs[ours], runs[ref]
+        if len(x) == len(y) > 1 and all(y):
+            r = sorted(p / q for p, q in zip(x, y))
+            n = len(r)
+            m = r[n // 2] if n % 2 else (r[n // 2 - 1] + r[n // 2]) / 2
+            ratio = f"{m:.2f} ({r[0]:.2f}–{r[-1]:.2f})"
+        else:
+            ratio = f"{a / b:.2f}"
+    print(f"| {scenario} | {ta} | {tb} | {ratio} | {note} |")
+
+
+print(f"# eventpipe benchmarks ({env['BENCH_TITLE']})")
+print()
+print(env["BENCH_MACHINE"] + ".")
+print()
+print(f"Each figure: the median of {env['BENCH_ROUNDS']} runs (min–max, n = runs), after a warm-up "
+      "that is not measured (relay and kcat: one message that connects the producer and creates "
+      "the topic; consumer: the group's join is in 'from subscribe()', not in 'from its first "
+      "batch'; peer: 3 s of pgbench at 500/s, then one commit of a tenth of the events, on each "
+      "side). Ratio = eventpipe / reference, the median of each run's own ratio with their "
+      "range: above 1 is better for rates, below 1 for latency and memory.")
+print()
+print("| scenario | eventpipe | reference | ratio | the reference / notes |")
+print("|---|---|---|---|---|")
+row(f"1. relay throughput, events/s ({big} events of ~200 B, one commit)",
+    "relay.w1.events_per_s", "relay.kcat.events_per_s",
+    "kcat producing the same messages (six headers, idempotent, acks=all)")
+row("1. relay CPU µs/event", "relay.w1.cpu_us_per_event", "relay.kcat.cpu_us_per_event", "kcat's")
+for rate in env["BENCH_RATES"].split():
+    for q in ("p50", "p99", "max"):
+        row(f"2. latency at {rate}/s, {q} ms", f"peer.eventpipe.r{rate}.{q}_ms", f"peer.debezium.r{rate}.{q}_ms",
+            "Debezium (defaults); from the commit timestamp to a kcat consumer reading the event")
+    row(f"2. rate pgbench reached when asked for {rate}/s, tps", f"peer.eventpipe.r{rate}.tps",
+        f"peer.debezium.r{rate}.tps", f"Debezium's side; {env['BENCH_SECONDS']} s per run")
+    for q in ("p50", "p99", "max"):
+        row(f"2. latency at {rate}/s, {q} ms, vs Debezium tuned", f"peer.eventpipe.r{rate}.{q}_ms",
+            f"peer.debezium_poll10.r{rate}.{q}_ms", "Debezium with poll.interval.ms=10 (default 500)")
+row(f"3. consumer throughput from subscribe(), events/s ({big} events)", "consumer.events_per_s",
+    "consumer.kcat.events_per_s", "kcat reading the same topic")
+row("3. consumer from its first batch, events/s", "consumer.steady.events_per_s", "consumer.kcat.events_per_s", "kcat")
+row("4. write path: UPDATE + publish() of a ~200 B event, tps", "capture.on.publish.tps",
+    "capture.on.pgbench_accounts.tps",
+    f"the UPDATE alone; pgbench, 2 clients, {env['BENCH_CAPTURE_SECONDS']} s per run, synchronous_commit=on")
+row("4. write path: UPDATE of a table under eventpipe.capture(), tps", "capture.on.accounts_c.tps",
+    "capture.on.pgbench_accounts.tps", "the UPDATE alone")
+row(f"5. peer throughput, events/s ({peer_events} events, one commit, to the consumer)",
+    "peer.eventpipe.events_per_s", "peer.debezium.events_per_s",
+    "Debezium 3.6.1 (pgoutput) in Kafka Connect 4.3 with the Outbox Event Router")
+row("6. relay worker VmRSS after the warm-up, MB", "relay.w1.rss_before_mb", None,
+    "VmRSS counts the shared buffers the worker touched (shared_buffers = 1GB)")
+row(f"6. relay worker VmRSS after {big} events, MB", "relay.w1.rss_after_mb", "relay.w1.rss_before_mb", "its figure after the warm-up")
+row("6. relay worker RssAnon (its own memory) after the warm-up, MB", "relay.w1.anon_before_mb")
+row(f"6. relay worker RssAnon after {big} events, MB", "relay.w1.anon_after_mb", "relay.w1.anon_before_mb", "its figure after the warm-up")
+row("6. consumer worker VmRSS at its start, MB", "consumer.rss_start_mb")
+row(f"6. consumer worker VmRSS after {big} events, MB", "consumer.rss_end_mb", "consumer.rss_start_mb", "its figure at start")
+row("6. consumer worker RssAnon at its start, MB", "consumer.anon_start_mb")
+row(f"6. consumer worker RssAnon after {big} events, MB", "consumer.anon_end_mb", "consumer.anon_start_mb",
+    "its figure at start (librdkafka's prefetch queue is up to 64 MB by default)")
+row(f"6. event_handled after {big} events, MB", "consumer.event_handled_mb")
+row("6. outbox after the sustained peer runs, MB", "peer.eventpipe.outbox_mb", "peer.debezium.outbox_mb",
+    "Debezium's outbox table (Debezium never deletes its rows)")
+row("6. event_handled after the sustained peer runs, MB", "peer.eventpipe.event_handled_mb", None,
+    "every event of the peer runs consumed with dedup")
+row("6. event_handled rows then", "peer.eventpipe.event_handled_rows", "peer.eventpipe.events_total", "events on the topic")
