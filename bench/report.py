@@ -87,6 +87,12 @@ row("4. write path: UPDATE + publish() of a ~200 B event, tps", "capture.on.publ
     f"the UPDATE alone; pgbench, 2 clients, {env['BENCH_CAPTURE_SECONDS']} s per run, synchronous_commit=on")
 row("4. write path: UPDATE of a table under eventpipe.capture(), tps", "capture.on.accounts_c.tps",
     "capture.on.pgbench_accounts.tps", "the UPDATE alone")
+row("4. write path: UPDATE + publish(), the relay relaying to Kafka meanwhile, tps",
+    "capture.on.publish_relaying.tps", "capture.on.pgbench_accounts.tps",
+    "the UPDATE alone (the relay's work shares the two cores)")
+row("4. write path: UPDATE under capture(), the relay relaying to Kafka meanwhile, tps",
+    "capture.on.accounts_c_relaying.tps", "capture.on.pgbench_accounts.tps",
+    "the UPDATE alone (the relay's work shares the two cores)")
 row(f"5. peer throughput, events/s ({peer_events} events, one commit, to the consumer)",
     "peer.eventpipe.events_per_s", "peer.debezium.events_per_s",
     "Debezium 3.6.1 (pgoutput) in Kafka Connect 4.3 with the Outbox Event Router")
