@@ -26,9 +26,12 @@ COMMENT ON COLUMN eventpipe.consumer_dead_letters.retry_requested_at IS
 CREATE INDEX consumer_dead_letters_retry ON eventpipe.consumer_dead_letters (subscription, id)
     WHERE retry_requested_at IS NOT NULL;
 
--- Replays asked for and not yet carried out by the worker: replay() has
--- moved the stored offset already; the worker sets it again (a batch it was
--- applying meanwhile may have moved it on) and rejoins its group there.
+-- Replays asked for and not yet carried out by the subscription's worker:
+-- before its next batch, it stores the offset (within what Kafka retains)
+-- and deletes the request in one transaction, then rejoins its group, whose
+-- assignment starts there.  replay() does not move the offset itself: a
+-- worker that rejoined for another reason would start there too, and apply
+-- the range twice (harmless for the metrics, not for the counters).
 CREATE TABLE eventpipe.consumer_replays (
     subscription text        NOT NULL REFERENCES eventpipe.subscriptions ON DELETE CASCADE,
     topic        text        NOT NULL,
@@ -131,9 +134,6 @@ BEGIN
     SELECT o.next_offset INTO previous FROM eventpipe.consumer_offsets AS o
      WHERE o.subscription = replay.subscription AND o.topic = replay.topic
        AND o.partition = replay.partition;
-    INSERT INTO eventpipe.consumer_offsets AS o (subscription, topic, partition, next_offset)
-    VALUES (subscription, topic, partition, from_offset)
-    ON CONFLICT ON CONSTRAINT consumer_offsets_pkey DO UPDATE SET next_offset = EXCLUDED.next_offset;
     INSERT INTO eventpipe.consumer_replays AS r (subscription, topic, partition, from_offset)
     VALUES (subscription, topic, partition, from_offset)
     ON CONFLICT ON CONSTRAINT consumer_replays_pkey
@@ -142,7 +142,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION eventpipe.replay(text, text, integer, bigint) IS
-    'Apply a partition''s messages again from an offset (the dedup ledger still skips events it holds); returns the offset stored before, NULL if none';
+    'Have the subscription''s worker apply a partition''s messages again from an offset, before its next batch (the dedup ledger still skips events it holds); returns the offset stored now, NULL if none';
 REVOKE ALL ON FUNCTION eventpipe.replay(text, text, integer, bigint) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.retry_consumer_dead(ids bigint[] DEFAULT NULL, subscription text DEFAULT NULL)

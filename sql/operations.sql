@@ -34,13 +34,14 @@ SELECT eventpipe.pause('nope');
 SELECT eventpipe.resume('nope');
 SELECT eventpipe.pause(NULL);
 
--- replay: moves the stored offset at once, and asks the worker to rejoin
-SELECT eventpipe.replay('ops', 'order-events', 1, 5) AS previous_offset;
-SELECT eventpipe.replay('ops', 'catalog-events', 2, 0) AS previous_offset;
+-- replay: asks the worker to store the offset and rejoin its group there
+-- (no worker here: the requests wait, the stored offsets stay)
+SELECT eventpipe.replay('ops', 'order-events', 1, 5) AS stored_offset;
+SELECT eventpipe.replay('ops', 'catalog-events', 2, 0) AS stored_offset;
 SELECT topic, partition, committed_offset FROM eventpipe.pg_stat_consumer ORDER BY topic, partition;
 SELECT subscription, topic, partition, from_offset FROM eventpipe.consumer_replays ORDER BY topic, partition;
 -- asked again before the worker carried it out: the last one wins
-SELECT eventpipe.replay('ops', 'order-events', 1, 7) AS previous_offset;
+SELECT eventpipe.replay('ops', 'order-events', 1, 7) AS stored_offset;
 SELECT topic, partition, from_offset FROM eventpipe.consumer_replays ORDER BY topic, partition;
 SELECT eventpipe.replay('nope', 'order-events', 0, 0);
 SELECT eventpipe.replay('ops', 'other-events', 0, 0);
@@ -104,7 +105,7 @@ GRANT EXECUTE ON FUNCTION eventpipe.pause(text), eventpipe.resume(text),
                           eventpipe.retry_consumer_dead(bigint[], text) TO regress_ops_operator;
 SET ROLE regress_ops_operator;
 SELECT eventpipe.pause('ops') AS paused_now;
-SELECT eventpipe.replay('ops', 'order-events', 0, 1) AS previous_offset;
+SELECT eventpipe.replay('ops', 'order-events', 0, 1) AS stored_offset;
 SELECT eventpipe.retry_consumer_dead(subscription => 'ops') AS queued;
 SELECT eventpipe.resume('ops') AS resumed_now;
 SELECT * FROM eventpipe.subscriptions;

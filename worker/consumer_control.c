@@ -6,10 +6,11 @@
  *		the dead letters to apply again (eventpipe.retry_consumer_dead(),
  *		rows of consumer_dead_letters with retry_requested_at set).
  *
- * Replays: replay() has moved the stored offset already; the worker sets
- * it again (a batch it applied meanwhile moved it on), deletes the request
- * in the same transaction, then rejoins its group, whose assignment starts
- * every partition at the database's offsets.
+ * Replays: replay() only asks; the worker stores the partition's offset
+ * and deletes the request in one transaction, then rejoins its group, whose
+ * assignment starts every partition at the database's offsets.  A batch
+ * applied between replay() and then moved the offset on, and is applied
+ * again.
  *
  * Dead letters to retry are turned into a batch of messages that
  * consumer_apply_batch() applies like Kafka's — same interpretation, same
