@@ -43,62 +43,47 @@ CREATE TABLE eventpipe.consumer_replays (
 COMMENT ON TABLE eventpipe.consumer_replays IS
     'Replays asked for with eventpipe.replay() that the subscription''s worker has not carried out yet';
 
--- The subscription's row, locked (FOR NO KEY UPDATE: a worker's batch,
--- whose offsets only take a key-share lock on it, is not held up), or the
--- error for an unknown one.
-CREATE FUNCTION eventpipe.lock_subscription(subscription text)
-RETURNS eventpipe.subscriptions
+-- pause(), resume(), replay() and retry_consumer_dead() run as the
+-- extension's owner: EXECUTE on them is the whole right to operate the
+-- consumer (no rights on eventpipe's tables needed).  Not for PUBLIC.
+
+-- Pause or resume; returns whether that changed anything.
+CREATE FUNCTION eventpipe.set_paused(subscription text, paused boolean)
+RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    sub eventpipe.subscriptions;
+    was_paused boolean;
 BEGIN
-    SELECT * INTO sub FROM eventpipe.subscriptions AS s
-     WHERE s.name = lock_subscription.subscription FOR NO KEY UPDATE;
+    SELECT s.paused INTO was_paused FROM eventpipe.subscriptions AS s
+     WHERE s.name = set_paused.subscription FOR NO KEY UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'subscription "%" does not exist', subscription
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'eventpipe.subscriptions lists the subscriptions.';
+        PERFORM eventpipe.check_subscription(subscription);
     END IF;
-    RETURN sub;
+    UPDATE eventpipe.subscriptions AS s SET paused = set_paused.paused
+     WHERE s.name = set_paused.subscription;
+    RETURN was_paused IS DISTINCT FROM paused;
 END;
 $$;
-COMMENT ON FUNCTION eventpipe.lock_subscription(text) IS
-    'The subscription''s row, locked for update; an error if there is none';
-REVOKE ALL ON FUNCTION eventpipe.lock_subscription(text) FROM PUBLIC;
+COMMENT ON FUNCTION eventpipe.set_paused(text, boolean) IS
+    'Pause or resume a subscription; returns whether it changed (pause() and resume() call it)';
+REVOKE ALL ON FUNCTION eventpipe.set_paused(text, boolean) FROM PUBLIC;
 
--- pause(), resume(), replay() and retry_consumer_dead() run as the
--- extension's owner: EXECUTE on them is the whole right to operate the
--- consumer (no rights on eventpipe's tables needed).  Not for PUBLIC.
 CREATE FUNCTION eventpipe.pause(subscription text)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    was_paused boolean := (eventpipe.lock_subscription(subscription)).paused;
-BEGIN
-    UPDATE eventpipe.subscriptions AS s SET paused = true WHERE s.name = pause.subscription;
-    RETURN NOT was_paused;
-END;
-$$;
+RETURN eventpipe.set_paused(subscription, true);
 COMMENT ON FUNCTION eventpipe.pause(text) IS
     'Stop applying a subscription''s messages until resume() (it stays paused across restarts); returns false if it was paused already';
 REVOKE ALL ON FUNCTION eventpipe.pause(text) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.resume(subscription text)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    was_paused boolean := (eventpipe.lock_subscription(subscription)).paused;
-BEGIN
-    UPDATE eventpipe.subscriptions AS s SET paused = false WHERE s.name = resume.subscription;
-    RETURN was_paused;
-END;
-$$;
+RETURN eventpipe.set_paused(subscription, false);
 COMMENT ON FUNCTION eventpipe.resume(text) IS
     'Apply a paused subscription''s messages again, from the offsets stored in the database; returns false if it was not paused';
 REVOKE ALL ON FUNCTION eventpipe.resume(text) FROM PUBLIC;
@@ -113,13 +98,17 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    sub      eventpipe.subscriptions := eventpipe.lock_subscription(subscription);
+    topics   text[];
     previous bigint;
 BEGIN
-    IF topic IS NULL OR NOT topic = ANY (sub.topics) THEN
+    SELECT s.topics INTO topics FROM eventpipe.subscriptions AS s WHERE s.name = replay.subscription;
+    IF NOT FOUND THEN
+        PERFORM eventpipe.check_subscription(subscription);
+    END IF;
+    IF topic IS NULL OR NOT topic = ANY (topics) THEN
         RAISE EXCEPTION 'topic "%" is not a topic of subscription "%"', topic, subscription
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('Its topics: %s.', array_to_string(sub.topics, ', '));
+                  DETAIL = format('Its topics: %s.', array_to_string(topics, ', '));
     END IF;
     IF partition IS NULL OR partition < 0 THEN
         RAISE EXCEPTION 'invalid partition %', coalesce(partition::text, 'NULL')
@@ -154,7 +143,7 @@ DECLARE
     queued bigint;
 BEGIN
     IF subscription IS NOT NULL THEN
-        PERFORM eventpipe.lock_subscription(subscription);
+        PERFORM eventpipe.check_subscription(subscription);
     END IF;
     -- dead letters of a subscription that is gone have no worker to apply them
     UPDATE eventpipe.consumer_dead_letters AS d SET retry_requested_at = clock_timestamp()

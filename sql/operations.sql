@@ -74,7 +74,7 @@ SELECT p.oid::regprocedure AS function, has_function_privilege('public', p.oid, 
        has_function_privilege('pg_monitor', p.oid, 'EXECUTE') AS pg_monitor_may_execute
   FROM pg_proc AS p
  WHERE p.pronamespace = 'eventpipe'::regnamespace
-   AND p.proname IN ('pause', 'resume', 'replay', 'retry_consumer_dead', 'lock_subscription',
+   AND p.proname IN ('pause', 'resume', 'replay', 'retry_consumer_dead', 'set_paused',
                      'consumer_partition_stats', 'consumer_stats', 'stat_reset')
  ORDER BY 1;
 SELECT has_table_privilege('public', 'eventpipe.pg_stat_consumer', 'SELECT') AS public_may_read,

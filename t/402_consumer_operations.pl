@@ -11,7 +11,8 @@
 #   - resume(): the metrics are exact again, the lag back to 0;
 #   - the worker killed: the per-partition counters survive its restart;
 #   - replay() of partition 0 from offset 0: metrics unchanged, that
-#     partition's duplicates grow by exactly its number of messages;
+#     partition's duplicates grow by exactly its number of messages; a
+#     replay from past the end of a partition starts at its end;
 #   - poison messages dead-lettered (with CloudEvents headers only, so a
 #     retry must read the stored headers); a retry before the fix fails
 #     again and keeps its row with the new error; after the fix a retry
@@ -113,6 +114,27 @@ sub wait_column
 	return is($got, $expected, $label);
 }
 
+# retry_consumer_dead($args) queues $n dead letters (one test), and the
+# worker applies them: the rows $where selects are gone (one test).
+sub retry_until_gone
+{
+	my ($args, $n, $where, $what) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	is($node->safe_psql($db, "SELECT eventpipe.retry_consumer_dead($args)"), $n,
+		"retry_consumer_dead() of $what queues $n dead letter(s)");
+	ok(wait_until(sub {
+			$node->safe_psql($db, "SELECT count(*) FROM eventpipe.consumer_dead_letters WHERE $where") eq '0'
+		}, 60), "$what: applied, the dead letter row(s) deleted");
+	return;
+}
+
+# What the fragile handler applied: "id:product" in id order.
+sub fragile_applied
+{
+	return $node->safe_psql($db,
+		q{SELECT string_agg(event_id || ':' || product_id, ',' ORDER BY event_id) FROM fragile_applied});
+}
+
 sub stats_total
 {
 	my ($column) = @_;
@@ -196,6 +218,21 @@ is(column_of($rows, 'committed_offset'), expect_of($end2), 'replayed: committed 
 is(stats_total('duplicates'), $end2->{0}, 'consumer_stats() counts the same duplicates');
 is($node->safe_psql($db, 'SELECT count(*) FROM eventpipe.consumer_replays'), 0, 'the replay request is done');
 
+# an offset past the end of what Kafka has: the worker replays from the end
+# (librdkafka's auto.offset.reset would otherwise start over from the
+# beginning, start_from being earliest)
+is($node->safe_psql($db, "SELECT eventpipe.replay('$sub', '$topic', 1, 1000000000)"), $end2->{1},
+	'replay() of partition 1 from an offset past its end');
+ok(wait_until(sub { $node->safe_psql($db, 'SELECT count(*) FROM eventpipe.consumer_replays') eq '0' }, 60),
+	'the worker carried it out');
+ok(wait_caught_up($node, $db, $sub, $bootstrap, [$topic], 120), 'caught up');
+$rows = partition_rows($topic);
+is(column_of($rows, 'committed_offset'), expect_of($end2),
+	'the offset stored for partition 1 is its end, not the one asked for');
+is(column_of($rows, 'duplicates') . ' / ' . column_of($rows, 'events_applied'),
+	expect_of({ 0 => $end2->{0}, 1 => 0, 2 => 0 }) . ' / ' . expect_of($end2),
+	'nothing was read again');
+
 # ---- poison messages, fixed and retried -------------------------------------
 
 my @fragile_msgs = map {
@@ -247,26 +284,16 @@ is(stats_total('events_dead'), 3, 'a dead letter failing again is not counted de
 # fixed: the first copy of f-1 retried alone
 $node->safe_psql($db, 'INSERT INTO fragile_ready VALUES (true)');
 my $applied_before = partition_rows($fragile);
-is($node->safe_psql($db, "SELECT eventpipe.retry_consumer_dead(ARRAY[$f1_first]::bigint[], '$sub')"), 1,
-	'retry_consumer_dead() of the first f-1 queues 1 dead letter');
-ok(wait_until(sub {
-		$node->safe_psql($db, "SELECT count(*) FROM eventpipe.consumer_dead_letters WHERE id = $f1_first") eq '0'
-	}, 60), 'fixed: the retried dead letter was applied, its row deleted');
-is($node->safe_psql($db, q{SELECT string_agg(event_id || ':' || product_id, ',' ORDER BY event_id) FROM fragile_applied}),
-	'f-1:p1', 'f-1 applied once, its type and id read from the stored headers');
+retry_until_gone("ARRAY[$f1_first]::bigint[], '$sub'", 1, "id = $f1_first", 'the first copy of f-1');
+is(fragile_applied(), 'f-1:p1', 'f-1 applied once, its type and id read from the stored headers');
 my $after = partition_rows($fragile);
 my $p = $partition_of{$f1_first};
 is($after->{$p}{events_applied} - $applied_before->{$p}{events_applied}, 1,
 	"events_applied of partition $p grew by 1");
 
 # the rest: f-2 is applied, the second copy of f-1 is a duplicate
-is($node->safe_psql($db, "SELECT eventpipe.retry_consumer_dead(subscription => '$sub')"), 2,
-	'retry_consumer_dead() of the subscription queues the 2 others');
-ok(wait_until(sub {
-		$node->safe_psql($db, "SELECT count(*) FROM eventpipe.consumer_dead_letters WHERE subscription = '$sub'") eq '0'
-	}, 60), 'both rows are gone');
-is($node->safe_psql($db, q{SELECT string_agg(event_id || ':' || product_id, ',' ORDER BY event_id) FROM fragile_applied}),
-	'f-1:p1,f-2:p2', 'f-2 applied once; the second copy of f-1 was not applied again');
+retry_until_gone("subscription => '$sub'", 2, "subscription = '$sub'", 'the 2 others');
+is(fragile_applied(), 'f-1:p1,f-2:p2', 'f-2 applied once; the second copy of f-1 was not applied again');
 my $final = partition_rows($fragile);
 my %want_dup = (0 => 0, 1 => 0, 2 => 0);
 my %want_applied = (0 => 0, 1 => 0, 2 => 0);

@@ -42,26 +42,80 @@
 /* Longest error text kept with a dead letter that failed again, in characters. */
 #define RETRY_ERROR_MAX 1024
 
-static SPIPlanPtr control_plan = NULL;
-static SPIPlanPtr replays_plan = NULL;
-static SPIPlanPtr replayed_plan = NULL;
-static SPIPlanPtr retries_plan = NULL;
-static SPIPlanPtr settle_applied_plan = NULL;
-static SPIPlanPtr settle_failed_plan = NULL;
-
-static SPIPlanPtr
-plan_of(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+/* The worker's statements here, prepared once and kept. */
+typedef enum ControlStatement
 {
-	if (*plan == NULL)
-		*plan = worker_prepare_kept(sql, nargs, types, 0);
-	return *plan;
-}
+	READ_CONTROL,
+	READ_REPLAYS,
+	STORE_REPLAY,
+	READ_RETRIES,
+	DELETE_SETTLED,
+	RECORD_FAILED,
+	CONTROL_STATEMENTS
+} ControlStatement;
 
+static const struct
+{
+	const char *sql;
+	int			nargs;
+	Oid			types[5];
+}			statements[CONTROL_STATEMENTS] = {
+	[READ_CONTROL] = {
+		"SELECT s.paused, EXISTS (SELECT FROM eventpipe.consumer_dead_letters AS d"
+		"   WHERE d.subscription = s.name AND d.retry_requested_at IS NOT NULL)"
+		" FROM eventpipe.subscriptions AS s WHERE s.name = $1",
+		1, {TEXTOID}
+	},
+	[READ_REPLAYS] = {
+		"SELECT topic, partition, from_offset, requested_at FROM eventpipe.consumer_replays"
+		" WHERE subscription = $1 ORDER BY topic, partition",
+		1, {TEXTOID}
+	},
+	/* the offset is stored only if the request is still the one read */
+	[STORE_REPLAY] = {
+		"WITH done AS ("
+		"  DELETE FROM eventpipe.consumer_replays"
+		"  WHERE subscription = $1 AND topic = $2 AND partition = $3 AND requested_at = $5"
+		"  RETURNING 1)"
+		" INSERT INTO eventpipe.consumer_offsets AS o (subscription, topic, partition, next_offset)"
+		" SELECT $1, $2, $3, $4 FROM done"
+		" ON CONFLICT (subscription, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+		5, {TEXTOID, TEXTOID, INT4OID, INT8OID, TIMESTAMPTZOID}
+	},
+	[READ_RETRIES] = {
+		"SELECT id, topic, partition, \"offset\", key, value, headers"
+		" FROM eventpipe.consumer_dead_letters"
+		" WHERE subscription = $1 AND retry_requested_at IS NOT NULL"
+		" ORDER BY id LIMIT $2",
+		2, {TEXTOID, INT4OID}
+	},
+	[DELETE_SETTLED] = {
+		"DELETE FROM eventpipe.consumer_dead_letters WHERE id = ANY ($1)",
+		1, {INT8ARRAYOID}
+	},
+	[RECORD_FAILED] = {
+		"UPDATE eventpipe.consumer_dead_letters AS d"
+		" SET error = CASE WHEN length(u.e) > " CppAsString2(RETRY_ERROR_MAX)
+		"                  THEN left(u.e, " CppAsString2(RETRY_ERROR_MAX) ") || '...'"
+		"                  ELSE u.e END,"
+		"     failed_at = now(), retry_requested_at = NULL"
+		" FROM unnest($1::int8[], $2::text[]) AS u(id, e) WHERE d.id = u.id",
+		2, {INT8ARRAYOID, TEXTARRAYOID}
+	},
+};
+
+static SPIPlanPtr plans[CONTROL_STATEMENTS];
+
+/* Run one of the statements (SPI connected); an ERROR unless it gives expected. */
 static void
-run(SPIPlanPtr plan, Datum *values, bool read_only, int expected)
+run(ControlStatement which, Datum *values, int expected)
 {
-	int			rc = SPI_execute_plan(plan, values, NULL, read_only, 0);
+	int			rc;
 
+	if (plans[which] == NULL)
+		plans[which] = worker_prepare_kept(statements[which].sql, statements[which].nargs,
+										   (Oid *) statements[which].types, 0);
+	rc = SPI_execute_plan(plans[which], values, NULL, expected == SPI_OK_SELECT, 0);
 	if (rc != expected)
 		elog(ERROR, "eventpipe consumer: statement failed: %s", SPI_result_code_string(rc));
 }
@@ -82,30 +136,20 @@ void
 consumer_read_control(const char *name, ConsumerControl *control)
 {
 	MemoryContext caller_context = worker_begin_transaction("eventpipe: reading the operations asked for");
-	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(name)};
 	bool		isnull;
 	uint64		i;
 
 	memset(control, 0, sizeof(*control));
 	SPI_connect();
-	run(plan_of(&control_plan,
-				"SELECT s.paused, EXISTS (SELECT FROM eventpipe.consumer_dead_letters AS d"
-				"   WHERE d.subscription = s.name AND d.retry_requested_at IS NOT NULL)"
-				" FROM eventpipe.subscriptions AS s WHERE s.name = $1",
-				1, types),
-		values, true, SPI_OK_SELECT);
+	run(READ_CONTROL, values, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		control->paused = DatumGetBool(column(0, 1, &isnull));
 		control->retries_pending = DatumGetBool(column(0, 2, &isnull));
 	}
 
-	run(plan_of(&replays_plan,
-				"SELECT topic, partition, from_offset, requested_at FROM eventpipe.consumer_replays"
-				" WHERE subscription = $1 ORDER BY topic, partition",
-				1, types),
-		values, true, SPI_OK_SELECT);
+	run(READ_REPLAYS, values, SPI_OK_SELECT);
 	for (i = 0; i < SPI_processed; i++)
 	{
 		MemoryContext spi_context = MemoryContextSwitchTo(caller_context);
@@ -131,7 +175,6 @@ void
 consumer_carry_out_replays(const char *name, List *replays)
 {
 	MemoryContext caller_context = worker_begin_transaction("eventpipe: carrying out replays");
-	Oid			types[5] = {TEXTOID, TEXTOID, INT4OID, INT8OID, TIMESTAMPTZOID};
 	ListCell   *lc;
 
 	SPI_connect();
@@ -142,16 +185,7 @@ consumer_carry_out_replays(const char *name, List *replays)
 			Int32GetDatum(replay->partition), Int64GetDatum(replay->from_offset),
 		TimestampTzGetDatum(replay->requested_at)};
 
-		run(plan_of(&replayed_plan,
-					"WITH done AS ("
-					"  DELETE FROM eventpipe.consumer_replays"
-					"  WHERE subscription = $1 AND topic = $2 AND partition = $3 AND requested_at = $5"
-					"  RETURNING 1)"
-					" INSERT INTO eventpipe.consumer_offsets AS o (subscription, topic, partition, next_offset)"
-					" SELECT $1, $2, $3, $4 FROM done"
-					" ON CONFLICT (subscription, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-					5, types),
-			values, false, SPI_OK_INSERT);
+		run(STORE_REPLAY, values, SPI_OK_INSERT);
 	}
 	SPI_finish();
 	worker_end_transaction(caller_context);
@@ -247,18 +281,11 @@ void
 consumer_load_retries(const char *name, int limit, ConsumerBatch *batch)
 {
 	MemoryContext caller_context = worker_begin_transaction("eventpipe: reading dead letters to retry");
-	Oid			types[2] = {TEXTOID, INT4OID};
 	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(limit)};
 	uint64		i;
 
 	SPI_connect();
-	run(plan_of(&retries_plan,
-				"SELECT id, topic, partition, \"offset\", key, value, headers"
-				" FROM eventpipe.consumer_dead_letters"
-				" WHERE subscription = $1 AND retry_requested_at IS NOT NULL"
-				" ORDER BY id LIMIT $2",
-				2, types),
-		values, true, SPI_OK_SELECT);
+	run(READ_RETRIES, values, SPI_OK_SELECT);
 	MemoryContextSwitchTo(caller_context);
 	batch->retry = true;
 	batch->count = (int) SPI_processed;
@@ -292,7 +319,6 @@ consumer_load_retries(const char *name, int limit, ConsumerBatch *batch)
 void
 consumer_settle_retries(ConsumerBatch *batch)
 {
-	Oid			types[2] = {INT8ARRAYOID, TEXTARRAYOID};
 	Datum	   *settled = palloc(sizeof(Datum) * (batch->count + 1));
 	Datum	   *failed = palloc(sizeof(Datum) * (batch->count + 1));
 	Datum	   *errors = palloc(sizeof(Datum) * (batch->count + 1));
@@ -315,23 +341,12 @@ consumer_settle_retries(ConsumerBatch *batch)
 	}
 	values[0] = PointerGetDatum(construct_array(settled, nsettled, INT8OID, 8, FLOAT8PASSBYVAL,
 												TYPALIGN_DOUBLE));
-	run(plan_of(&settle_applied_plan,
-				"DELETE FROM eventpipe.consumer_dead_letters WHERE id = ANY ($1)",
-				1, types),
-		values, false, SPI_OK_DELETE);
+	run(DELETE_SETTLED, values, SPI_OK_DELETE);
 
 	values[0] = PointerGetDatum(construct_array(failed, nfailed, INT8OID, 8, FLOAT8PASSBYVAL,
 												TYPALIGN_DOUBLE));
 	values[1] = PointerGetDatum(construct_array(errors, nfailed, TEXTOID, -1, false, TYPALIGN_INT));
-	run(plan_of(&settle_failed_plan,
-				"UPDATE eventpipe.consumer_dead_letters AS d"
-				" SET error = CASE WHEN length(u.e) > " CppAsString2(RETRY_ERROR_MAX)
-				"                  THEN left(u.e, " CppAsString2(RETRY_ERROR_MAX) ") || '...'"
-				"                  ELSE u.e END,"
-				"     failed_at = now(), retry_requested_at = NULL"
-				" FROM unnest($1::int8[], $2::text[]) AS u(id, e) WHERE d.id = u.id",
-				2, types),
-		values, false, SPI_OK_UPDATE);
+	run(RECORD_FAILED, values, SPI_OK_UPDATE);
 }
 
 /* Free what librdkafka allocated for the retried messages' headers. */

@@ -384,7 +384,10 @@ carry_out_replays(List *replays)
 	return 0;
 }
 
-/* Paused: apply nothing, keep the high watermarks up to date now and then. */
+/*
+ * Paused: apply nothing; keep the high watermarks up to date now and then,
+ * and the dedup ledger pruned.
+ */
 static long
 stay_paused(const Subscription *subscription)
 {
@@ -397,6 +400,7 @@ stay_paused(const Subscription *subscription)
 		kafka_consumer_publish_watermarks(subscription, true);
 	}
 	note_kafka_errors();
+	prune_ledger_now_and_then();
 	return PAUSED_WAIT_MS;
 }
 
