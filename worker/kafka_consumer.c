@@ -372,14 +372,19 @@ kafka_consumer_commit(ConsumerBatch *batch)
 	rd_kafka_topic_partition_list_destroy(offsets);
 }
 
+/*
+ * A partition's high watermark to its slot (taken if it has none, so that
+ * an assigned partition shows up before its first message).  An unknown
+ * one (a partition not fetched yet since the consumer was built) leaves the
+ * last known in place.
+ */
 static void
 publish_watermark(const char *subscription, const char *topic, int32 partition, int64 high)
 {
 	ConsumerPartitionSlot *slot = eventpipe_consumer_partition_slot(subscription, topic, partition);
 
-	if (slot != NULL)
-		pg_atomic_write_u64(&slot->high_watermark,
-							high >= 0 ? (uint64) high : EVENTPIPE_UNKNOWN_WATERMARK);
+	if (slot != NULL && high >= 0)
+		pg_atomic_write_u64(&slot->high_watermark, (uint64) high);
 }
 
 /* The partitions of a topic, from the brokers' metadata; -1 if unknown. */
