@@ -7,7 +7,8 @@
 #   - pg_stat_consumer: per partition, events_applied, committed_offset and
 #     high_watermark equal what kcat finds in the topic, and lag drops to 0;
 #   - pause(): state 'paused', events produced meanwhile are not applied,
-#     the lag of each partition grows to exactly the messages produced;
+#     the lag of each partition grows to exactly the messages produced; a
+#     worker started meanwhile is paused too;
 #   - resume(): the metrics are exact again, the lag back to 0;
 #   - the worker killed: the per-partition counters survive its restart;
 #   - replay() of partition 0 from offset 0: metrics unchanged, that
@@ -40,6 +41,7 @@ my $topic     = 't402.ops';
 my $fragile   = 't402.fragile';
 my $sub       = 'ops';
 my $json      = JSON::PP->new->utf8;
+my $new_pid;
 
 $node->safe_psql($db, 'CREATE EXTENSION eventpipe');
 $node->safe_psql($db, metrics_sql() . q{
@@ -180,6 +182,19 @@ is(column_of($rows, 'committed_offset'), expect_of($end1), 'paused: the committe
 is(column_of($rows, 'events_applied'), expect_of($end1), 'paused: nothing more was applied');
 check_product_metrics($node, $db, expected_metrics($first), 'paused: product_metrics still holds the first events only');
 
+# paused is the subscription's, not the worker's: a new worker starts paused
+$pid = consumer_pid($node, $db, $sub);
+$node->safe_psql($db, "SELECT pg_terminate_backend($pid)");
+$new_pid = wait_consumer_pid($node, $db, $sub, not => $pid, timeout => 60);
+ok($new_pid, "paused: a new worker ($new_pid) replaced the terminated one ($pid)");
+ok(wait_until(sub {
+		$node->safe_psql($db, "SELECT string_agg(DISTINCT state || ' ' || pid, ',') FROM eventpipe.pg_stat_consumer WHERE subscription = '$sub'") eq "paused $new_pid"
+	}, 60), 'paused: the new worker is paused too');
+wait_column($topic, 'lag', diff_of($end2, $end1), 'paused: the new worker shows the same lag', 60);
+is(column_of(partition_rows($topic), 'committed_offset'), expect_of($end1),
+	'paused: the new worker applied nothing either');
+$pid = $new_pid;
+
 # ---- resume -----------------------------------------------------------------
 
 is($node->safe_psql($db, "SELECT eventpipe.resume('$sub')"), 't', 'resume() resumes the subscription');
@@ -197,7 +212,7 @@ isnt($node->safe_psql($db, "SELECT state FROM eventpipe.pg_stat_consumer WHERE s
 
 $pid = consumer_pid($node, $db, $sub);
 $node->safe_psql($db, "SELECT pg_terminate_backend($pid)");
-my $new_pid = wait_consumer_pid($node, $db, $sub, not => $pid, timeout => 60);
+$new_pid = wait_consumer_pid($node, $db, $sub, not => $pid, timeout => 60);
 ok($new_pid, "a new worker ($new_pid) replaced the terminated one ($pid)");
 is(column_of(partition_rows($topic), 'events_applied'), expect_of($end2),
 	'the per-partition counters survived the worker restart');
