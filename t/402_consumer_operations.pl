@@ -323,6 +323,21 @@ is(stats_total('duplicates'), $end2->{0} + 1, 'consumer_stats() counts the retri
 check_product_metrics($node, $db, expected_metrics([ $first, 1 ], [ $second, 1 ]),
 	'product_metrics untouched by the retries');
 
+# a dead letter whose value holds a NUL byte is retried with all its bytes:
+# it fails again for that reason, not another
+my $nul_value = qq({"product_id":"p3"}\0tail);
+produce_file($bootstrap, $fragile, 'nul', $nul_value, headers => [ [ 'ce_id', 'f-nul' ], [ 'ce_type', 'Fragile' ] ]);
+ok(wait_until(sub { $dead_count->() == 1 }, 60), 'the message with a NUL byte was dead-lettered');
+my $nul_id = $node->safe_psql($db, "SELECT id FROM eventpipe.consumer_dead_letters WHERE subscription = '$sub'");
+my $nul_dead = stats_total('events_dead');
+is($node->safe_psql($db, "SELECT eventpipe.retry_consumer_dead(ARRAY[$nul_id]::bigint[])"), 1, 'it is queued for a retry');
+ok(wait_until(sub {
+		$node->safe_psql($db, "SELECT retry_requested_at IS NULL FROM eventpipe.consumer_dead_letters WHERE id = $nul_id") eq 't'
+	}, 60), 'the worker retried it');
+is($node->safe_psql($db, "SELECT error, length(value), value = '\\x" . unpack('H*', $nul_value) . "'::bytea FROM eventpipe.consumer_dead_letters WHERE id = $nul_id"),
+	'value contains a NUL byte|' . length($nul_value) . '|t', 'it failed again because of its NUL byte, its bytes intact');
+is(stats_total('events_dead'), $nul_dead, 'and was not counted dead twice');
+
 # ---- stat_reset -------------------------------------------------------------
 
 my $reset_at = $node->safe_psql($db, 'SELECT eventpipe.stat_reset()');

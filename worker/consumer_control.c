@@ -259,17 +259,23 @@ headers_from_json(Jsonb *stored)
 	return headers;
 }
 
+/* A bytea column of the current row as bytes (any bytes, NUL included); NULL for NULL. */
 static void *
-copy_bytes(Datum datum, bool isnull, size_t *len)
+bytes_column(int row, int column_number, size_t *len)
 {
+	bool		isnull;
+	Datum		datum = column(row, column_number, &isnull);
 	bytea	   *value;
+	void	   *bytes;
 
 	*len = 0;
 	if (isnull)
 		return NULL;
 	value = DatumGetByteaPP(datum);
 	*len = VARSIZE_ANY_EXHDR(value);
-	return pnstrdup(VARDATA_ANY(value), *len);
+	bytes = palloc(*len + 1);
+	memcpy(bytes, VARDATA_ANY(value), *len);
+	return bytes;
 }
 
 /*
@@ -302,8 +308,8 @@ consumer_load_retries(const char *name, int limit, ConsumerBatch *batch)
 		message->topic = TextDatumGetCString(column(i, 2, &isnull));
 		raw->partition = DatumGetInt32(column(i, 3, &isnull));
 		raw->offset = DatumGetInt64(column(i, 4, &isnull));
-		raw->key = copy_bytes(column(i, 5, &isnull), isnull, &raw->key_len);
-		raw->payload = copy_bytes(column(i, 6, &isnull), isnull, &raw->len);
+		raw->key = bytes_column(i, 5, &raw->key_len);
+		raw->payload = bytes_column(i, 6, &raw->len);
 		headers = column(i, 7, &isnull);
 		message->stored_headers = isnull ? NULL : headers_from_json(DatumGetJsonbP(headers));
 	}
