@@ -22,6 +22,7 @@ OBJS = \
 	extension/subscriptions_trigger.o \
 	extension/relay_pause_trigger.o \
 	extension/consumer_stats.o \
+	extension/consumer_partitions.o \
 	extension/stat_reset.o \
 	extension/kafka_statistics_reader.o \
 	worker/launcher.o \
@@ -36,7 +37,8 @@ OBJS = \
 	worker/consumer_worker.o \
 	worker/consumer_message.o \
 	worker/consumer_apply.o \
-	worker/kafka_consumer.o
+	worker/kafka_consumer.o \
+	worker/consumer_control.o
 
 # The install script of the first version and one upgrade script per later
 # version; CREATE EXTENSION chains them up to default_version.
@@ -45,7 +47,7 @@ DATA = sql/$(EXTENSION)--0.1.sql sql/$(EXTENSION)--0.1--0.2.sql sql/$(EXTENSION)
 # pg_regress suites live in sql/ and expected/; scripts/test runs them with
 # a temporary instance that preloads the library (test/preload.conf), and
 # the not_preloaded suite with one that does not.
-REGRESS = publish relay_stats dead_letters upgrade capture consumer_api
+REGRESS = publish relay_stats dead_letters upgrade capture consumer_api operations
 REGRESS_NOT_PRELOADED = not_preloaded
 
 # -Wextra's unused-parameter warning is off: callback signatures (hooks,

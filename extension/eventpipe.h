@@ -23,6 +23,15 @@
 /* Longest subscription name, terminator included (names have 1..63 chars). */
 #define EVENTPIPE_SUBSCRIPTION_LEN 64
 
+/* Most (subscription, topic, partition) rows with counters in shared memory. */
+#define EVENTPIPE_MAX_CONSUMER_PARTITIONS 1024
+
+/* Longest Kafka topic name, terminator included (names have 1..249 chars). */
+#define EVENTPIPE_TOPIC_LEN 250
+
+/* A high watermark not known (yet) in ConsumerPartitionSlot. */
+#define EVENTPIPE_UNKNOWN_WATERMARK PG_UINT64_MAX
+
 /* Longest error text kept in shared memory for the stat views. */
 #define EVENTPIPE_ERROR_LEN 256
 
@@ -92,7 +101,8 @@ typedef enum ConsumerState
 	CONSUMER_IDLE,				/* caught up, waiting for messages */
 	CONSUMER_APPLYING,			/* a batch is being applied */
 	CONSUMER_WAITING_FOR_BROKER,	/* the broker reports errors */
-	CONSUMER_BACKING_OFF		/* the last batch failed; retrying */
+	CONSUMER_BACKING_OFF,		/* the last batch failed; retrying */
+	CONSUMER_PAUSED				/* eventpipe.pause(): applies nothing */
 } ConsumerState;
 
 /*
@@ -117,6 +127,27 @@ typedef struct ConsumerSlot
 	TimestampTz last_error_time;
 } ConsumerSlot;
 
+/*
+ * One partition of a subscription, found by (subscription, topic,
+ * partition), so its counters survive worker restarts; freed with its
+ * subscription's slot.  The names and database are written under
+ * EventpipeShared->lock; the counters and high_watermark (the last one
+ * librdkafka reported, EVENTPIPE_UNKNOWN_WATERMARK if none) are atomics that
+ * only the subscription's worker writes.
+ */
+typedef struct ConsumerPartitionSlot
+{
+	char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];	/* "" = free */
+	Oid			database;
+	char		topic[EVENTPIPE_TOPIC_LEN];
+	int32		partition;
+	pg_atomic_uint64 events_applied;
+	pg_atomic_uint64 duplicates;
+	pg_atomic_uint64 unmatched;
+	pg_atomic_uint64 events_dead;
+	pg_atomic_uint64 high_watermark;
+} ConsumerPartitionSlot;
+
 typedef struct EventpipeShared
 {
 	LWLock	   *lock;
@@ -139,6 +170,7 @@ typedef struct EventpipeShared
 	int			consumer_manager_procno;
 	Oid			consumer_manager_database;
 	ConsumerSlot consumer[EVENTPIPE_MAX_CONSUMERS];
+	ConsumerPartitionSlot consumer_partition[EVENTPIPE_MAX_CONSUMER_PARTITIONS];
 } EventpipeShared;
 
 /* shmem.c */
@@ -156,6 +188,14 @@ extern pid_t eventpipe_consumer_slot_holder(const char *subscription);
 extern void eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state);
 extern void eventpipe_set_consumer_error(ConsumerSlot *slot, const char *message);
 extern const char *eventpipe_consumer_state_name(ConsumerState state);
+
+/* consumer_partitions.c: the per-partition counters of pg_stat_consumer */
+extern void eventpipe_init_consumer_partitions(void);
+extern ConsumerPartitionSlot *eventpipe_consumer_partition_slot(const char *subscription,
+																const char *topic,
+																int32 partition);
+extern void eventpipe_forget_consumer_partitions(const char *subscription);
+extern void eventpipe_reset_consumer_partition_counters(void);
 
 /* outbox_insert.c */
 struct pg_uuid_t;

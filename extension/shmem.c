@@ -5,7 +5,9 @@
  *
  * Locking: EventpipeShared->lock protects pid, procno, database, state and
  * the last-error fields of every slot, a consumer slot's subscription name,
- * and the launcher, consumer manager and drop-database fields.  Counters are pg_atomic_uint64 written only by the slot's own
+ * and the launcher, consumer manager and drop-database fields (and the
+ * names of the consumer partition slots, see consumer_partitions.c).
+ * Counters are pg_atomic_uint64 written only by the slot's own
  * worker; readers take no lock for them.  Nothing here points into
  * process-local memory.
  */
@@ -35,10 +37,15 @@ eventpipe_shmem_request(void)
 	RequestNamedLWLockTranche("eventpipe", 1);
 }
 
-/* Empty a consumer slot and give it to subscription, counters at zero. */
+/*
+ * Empty a consumer slot and give it to subscription, counters at zero (the
+ * partitions of the subscription that held it too).  Caller holds the lock.
+ */
 static void
 reset_consumer_slot(ConsumerSlot *slot, const char *subscription)
 {
+	if (slot->subscription[0] != '\0' && strcmp(slot->subscription, subscription) != 0)
+		eventpipe_forget_consumer_partitions(slot->subscription);
 	strlcpy(slot->subscription, subscription, sizeof(slot->subscription));
 	slot->database = InvalidOid;
 	slot->pid = 0;
@@ -91,6 +98,7 @@ eventpipe_shmem_startup(void)
 		eventpipe_shared->consumer_manager_procno = -1;
 		for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
 			reset_consumer_slot(&eventpipe_shared->consumer[i], "");
+		eventpipe_init_consumer_partitions();
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -316,6 +324,8 @@ eventpipe_consumer_state_name(ConsumerState state)
 			return "waiting for broker";
 		case CONSUMER_BACKING_OFF:
 			return "backing off";
+		case CONSUMER_PAUSED:
+			return "paused";
 	}
 	return "unknown";
 }

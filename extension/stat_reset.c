@@ -1,8 +1,10 @@
 /*
  * stat_reset.c
  *		eventpipe.stat_reset(): sets the relay and consumer counters of
- *		pg_stat_relay and consumer_stats() back to zero, clears their last
- *		errors and stamps stats_reset, as pg_stat_statements_reset() does.
+ *		pg_stat_relay, pg_stat_consumer and consumer_stats() back to zero
+ *		(per subscription and per partition), clears their last errors and
+ *		stamps stats_reset, as pg_stat_statements_reset() does.  High
+ *		watermarks are not counters: they stay.
  *
  * The error fields are cleared under EventpipeShared->lock; the counters
  * are atomics a worker may be adding to at that moment, so an increment
@@ -54,6 +56,7 @@ eventpipe_stat_reset(PG_FUNCTION_ARGS)
 		reset_relay_slot(&eventpipe_shared->relay[i]);
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
 		reset_consumer_counters(&eventpipe_shared->consumer[i]);
+	eventpipe_reset_consumer_partition_counters();
 	eventpipe_shared->stats_reset = now;
 	LWLockRelease(eventpipe_shared->lock);
 	PG_RETURN_TIMESTAMPTZ(now);

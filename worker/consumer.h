@@ -3,8 +3,10 @@
  *		The consumer worker's pieces: its subscription and rules as read from
  *		the database (consumer_apply.c), the Kafka messages of a batch and
  *		what each one means (consumer_message.c), the librdkafka consumer
- *		(kafka_consumer.c), and the main loops of the consumer manager
- *		(consumer_manager.c) and consumer worker (consumer_worker.c).
+ *		(kafka_consumer.c), the operations asked for from SQL: pause, replay,
+ *		dead letters to retry (consumer_control.c), and the main loops of the
+ *		consumer manager (consumer_manager.c) and consumer worker
+ *		(consumer_worker.c).
  */
 #ifndef EVENTPIPE_CONSUMER_H
 #define EVENTPIPE_CONSUMER_H
@@ -13,6 +15,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
@@ -25,6 +28,7 @@ typedef struct Subscription
 	bool		start_latest;	/* start_from = 'latest' */
 	int			batch_size;		/* resolved: never 0 */
 	char	   *dedup_field;	/* NULL: none */
+	bool		paused;			/* eventpipe.pause(): stay out of the group */
 } Subscription;
 
 /* A metric rule, with the target's names ready to quote into SQL. */
@@ -80,8 +84,15 @@ typedef enum MessageFate
  */
 typedef struct ConsumedMessage
 {
-	rd_kafka_message_t *raw;	/* owned by the batch */
-	const char *topic;
+	/*
+	 * Owned by the batch.  For a dead letter applied again, a plain struct
+	 * holding its stored bytes, which only the public fields are read from:
+	 * never handed to librdkafka.
+	 */
+	rd_kafka_message_t *raw;
+	int64		dead_letter_id; /* 0: from Kafka; else the dead letter retried */
+	rd_kafka_headers_t *stored_headers; /* a dead letter's headers (NULL: none) */
+	const char *topic;				/* set before interpreting a dead letter */
 	Jsonb	   *payload;		/* NULL when the value is not valid JSON */
 	char	   *event_type;		/* NULL: none */
 	char	   *event_id;		/* the dedup key */
@@ -95,7 +106,25 @@ typedef struct ConsumerBatch
 {
 	int			count;
 	ConsumedMessage *messages;
+	bool		retry;			/* dead letters applied again, not Kafka messages */
 } ConsumerBatch;
+
+/* A replay asked for with eventpipe.replay() (eventpipe.consumer_replays). */
+typedef struct ReplayRequest
+{
+	char	   *topic;
+	int32		partition;
+	int64		from_offset;
+	TimestampTz requested_at;
+} ReplayRequest;
+
+/* What SQL asked the worker to do, read before every batch. */
+typedef struct ConsumerControl
+{
+	bool		paused;
+	bool		retries_pending;	/* dead letters marked by retry_consumer_dead() */
+	List	   *replays;		/* of ReplayRequest * */
+} ConsumerControl;
 
 /* What applying a batch found. */
 typedef enum ApplyResult
@@ -108,7 +137,7 @@ typedef enum ApplyResult
 /* consumer_message.c */
 extern void consumer_message_interpret(ConsumedMessage *message, const Subscription *subscription,
 									   const ConsumerRules *rules);
-extern Jsonb *consumer_message_headers(const rd_kafka_message_t *raw);
+extern Jsonb *consumer_message_headers(const ConsumedMessage *message);
 extern Jsonb *consumer_message_metadata(const ConsumedMessage *message);
 
 /* consumer_apply.c: each runs its own transaction */
@@ -120,6 +149,13 @@ extern void consumer_read_offsets(const char *name, rd_kafka_topic_partition_lis
 extern List *consumer_list_subscriptions(void);
 extern int64 consumer_prune_ledger(const char *name, int retention_s, int limit);
 
+/* consumer_control.c: read_control, carry_out_replays and load_retries run their own transaction */
+extern void consumer_read_control(const char *name, ConsumerControl *control);
+extern void consumer_carry_out_replays(const char *name, List *replays);
+extern void consumer_load_retries(const char *name, int limit, ConsumerBatch *batch);
+extern void consumer_settle_retries(ConsumerBatch *batch);
+extern void consumer_release_retries(ConsumerBatch *batch);
+
 /* kafka_consumer.c */
 extern bool kafka_consumer_ensure(const Subscription *subscription, char *errbuf,
 								  size_t errbuf_size);
@@ -130,6 +166,9 @@ extern void kafka_consumer_release_batch(void);
 extern void kafka_consumer_commit(ConsumerBatch *batch);
 extern bool kafka_consumer_assignment_failed(void);
 extern bool kafka_consumer_take_error(char *buf, size_t size);
+extern void kafka_consumer_publish_watermarks(const Subscription *subscription, bool ask_broker);
+extern bool kafka_consumer_query_watermarks(const char *topic, int32 partition, int64 *low,
+											int64 *high);
 
 /* consumer_worker.c: for the rebalance callback's database step */
 extern bool consumer_worker_run_guarded(void (*step) (void *), void *arg);

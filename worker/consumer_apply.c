@@ -626,7 +626,7 @@ store_dead_letters(ConsumerBatch *batch, const char *name)
 		columns[2][n] = Int64GetDatum(raw->offset);
 		columns[3][n] = bytes_datum(raw->key, raw->key_len, &nulls[3][n]);
 		columns[4][n] = bytes_datum(raw->payload, raw->len, &nulls[4][n]);
-		headers = consumer_message_headers(raw);
+		headers = consumer_message_headers(message);
 		columns[5][n] = PointerGetDatum(headers);
 		nulls[5][n] = (headers == NULL);
 		columns[6][n] = CStringGetTextDatum(clipped(message->error));
@@ -833,8 +833,13 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 	else
 		apply_in_halves(batch->messages, batch->count, name, &rules);
 
-	store_dead_letters(batch, name);
-	store_offsets(batch, name);
+	if (batch->retry)
+		consumer_settle_retries(batch);
+	else
+	{
+		store_dead_letters(batch, name);
+		store_offsets(batch, name);
+	}
 	keep_outcome(batch, caller_context);
 	SPI_finish();
 	worker_end_transaction(caller_context);

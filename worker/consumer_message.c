@@ -8,6 +8,9 @@
  *		(key_field, value_field, dedup_field) may be dotted paths into nested
  *		objects.
  *
+ * A dead letter applied again (consumer_control.c) is read the same way,
+ * from its stored bytes and headers; it has no Kafka timestamp.
+ *
  * Everything here is in memory: a message that cannot be applied gets an
  * error text, later stored with its raw bytes in consumer_dead_letters.
  * Parsing a value as JSON may raise an ERROR; it is caught here, without a
@@ -36,15 +39,28 @@ is_clean_text(const char *bytes, size_t len)
 		pg_verify_mbstr(PG_UTF8, bytes, (int) len, true);
 }
 
-/* The last header of that name as a string, or NULL (absent or not clean text). */
-static char *
-header_text(const rd_kafka_message_t *raw, const char *name)
+/* The message's headers (a retried dead letter's stored ones); NULL for none. */
+static rd_kafka_headers_t *
+headers_of(const ConsumedMessage *message)
 {
 	rd_kafka_headers_t *headers;
+
+	if (message->dead_letter_id != 0)
+		return message->stored_headers;
+	if (rd_kafka_message_headers(message->raw, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return NULL;
+	return headers;
+}
+
+/* The last header of that name as a string, or NULL (absent or not clean text). */
+static char *
+header_text(const ConsumedMessage *message, const char *name)
+{
+	rd_kafka_headers_t *headers = headers_of(message);
 	const void *value;
 	size_t		size;
 
-	if (rd_kafka_message_headers(raw, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (headers == NULL)
 		return NULL;
 	if (rd_kafka_header_get_last(headers, name, &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR ||
 		value == NULL || size == 0 || !is_clean_text(value, size))
@@ -152,7 +168,7 @@ static char *
 event_id_of(ConsumedMessage *message, const Subscription *subscription)
 {
 	rd_kafka_message_t *raw = message->raw;
-	char	   *id = header_text(raw, "ce_id");
+	char	   *id = header_text(message, "ce_id");
 
 	if (id == NULL && subscription->dedup_field != NULL)
 		id = scalar_text(payload_field(message->payload, subscription->dedup_field));
@@ -196,13 +212,14 @@ consumer_message_interpret(ConsumedMessage *message, const Subscription *subscri
 	rd_kafka_message_t *raw = message->raw;
 	int			i;
 
-	message->topic = rd_kafka_topic_name(raw->rkt);
+	if (message->dead_letter_id == 0)
+		message->topic = rd_kafka_topic_name(raw->rkt);
 	message->payload = NULL;
 	message->effects = NIL;
 	message->handlers = NIL;
 	message->error = parse_payload(message);
 	message->event_id = event_id_of(message, subscription);
-	message->event_type = header_text(raw, "ce_type");
+	message->event_type = header_text(message, "ce_type");
 	if (message->event_type == NULL)
 		message->event_type = scalar_text(payload_field(message->payload, "type"));
 	if (message->error != NULL)
@@ -250,16 +267,15 @@ append_json_bytes(StringInfo buf, const void *bytes, size_t len)
 }
 
 static void
-append_headers(StringInfo buf, const rd_kafka_message_t *raw)
+append_headers(StringInfo buf, rd_kafka_headers_t *headers)
 {
-	rd_kafka_headers_t *headers;
 	const char *name;
 	const void *value;
 	size_t		size;
 	size_t		i;
 
 	appendStringInfoChar(buf, '{');
-	if (rd_kafka_message_headers(raw, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (headers != NULL)
 		for (i = 0; rd_kafka_header_get_all(headers, i, &name, &value, &size) ==
 			 RD_KAFKA_RESP_ERR_NO_ERROR; i++)
 		{
@@ -280,15 +296,15 @@ jsonb_of(StringInfo buf)
 
 /* The message's headers as a JSON object (undecodable bytes as "\x" hex); NULL for none. */
 Jsonb *
-consumer_message_headers(const rd_kafka_message_t *raw)
+consumer_message_headers(const ConsumedMessage *message)
 {
-	rd_kafka_headers_t *headers;
+	rd_kafka_headers_t *headers = headers_of(message);
 	StringInfoData buf;
 
-	if (rd_kafka_message_headers(raw, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (headers == NULL)
 		return NULL;
 	initStringInfo(&buf);
-	append_headers(&buf, raw);
+	append_headers(&buf, headers);
 	return jsonb_of(&buf);
 }
 
@@ -298,7 +314,8 @@ consumer_message_metadata(const ConsumedMessage *message)
 {
 	rd_kafka_message_t *raw = message->raw;
 	StringInfoData buf;
-	int64		ms = rd_kafka_message_timestamp(raw, NULL);
+	/* a dead letter does not keep the message's timestamp */
+	int64		ms = message->dead_letter_id != 0 ? -1 : rd_kafka_message_timestamp(raw, NULL);
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"topic\": ");
@@ -311,7 +328,7 @@ consumer_message_metadata(const ConsumedMessage *message)
 	appendStringInfoString(&buf, ", \"type\": ");
 	escape_json(&buf, message->event_type);
 	appendStringInfoString(&buf, ", \"headers\": ");
-	append_headers(&buf, raw);
+	append_headers(&buf, headers_of(message));
 	appendStringInfoString(&buf, ", \"timestamp\": ");
 	if (ms < 0)
 		appendStringInfoString(&buf, "null");

@@ -3,7 +3,10 @@
  *		A consumer worker's main loop: poll a batch of its subscription's
  *		Kafka messages, apply it in one transaction (consumer_apply.c), then
  *		commit its offsets to Kafka; prune the dedup ledger now and then; say
- *		what it is doing in consumer_stats() and its process title.
+ *		what it is doing in consumer_stats() and its process title, and count
+ *		what became of the messages per partition (pg_stat_consumer).  Before
+ *		every batch it carries out what SQL asked of it (consumer_control.c):
+ *		replays, a pause, dead letters to apply again.
  *
  * Started by the consumer manager, one per subscription, connected to
  * eventpipe.database; the subscription's name comes in bgw_extra.  It
@@ -45,6 +48,9 @@
 #define BACKOFF_LAST_MS 10000
 /* The state says "waiting for broker" this long after a broker error. */
 #define BROKER_ERROR_SHOWN_MS 5000
+/* A paused worker looks at its subscription, and asks for the watermarks, this often. */
+#define PAUSED_WAIT_MS 1000
+#define PAUSED_WATERMARKS_MS 2000
 /* The dedup ledger is pruned this often, this many rows per transaction. */
 #define PRUNE_INTERVAL_MS 10000
 #define PRUNE_ROWS 10000
@@ -56,6 +62,8 @@ static bool subscription_gone = false;
 static int	failures_in_a_row = 0;
 static TimestampTz last_broker_error = 0;
 static TimestampTz last_prune = 0;
+static TimestampTz last_paused_watermarks = 0;
+static bool partition_table_full_reported = false;
 
 static void
 record_error(const char *message)
@@ -130,15 +138,42 @@ note_kafka_errors(void)
 typedef struct ReadStep
 {
 	Subscription *subscription;
+	ConsumerControl *control;
 	ApplyResult result;
 } ReadStep;
 
+/* The subscription's row, then what SQL asked of the worker. */
 static void
 read_step(void *arg)
 {
 	ReadStep   *step = (ReadStep *) arg;
 
 	step->result = consumer_read_subscription(subscription_name, step->subscription);
+	if (step->result == APPLY_DONE)
+	{
+		consumer_read_control(subscription_name, step->control);
+		step->subscription->paused = step->control->paused;
+	}
+}
+
+static void
+replays_step(void *arg)
+{
+	consumer_carry_out_replays(subscription_name, (List *) arg);
+}
+
+typedef struct RetriesStep
+{
+	ConsumerBatch *batch;
+	int			limit;
+} RetriesStep;
+
+static void
+load_retries_step(void *arg)
+{
+	RetriesStep *step = (RetriesStep *) arg;
+
+	consumer_load_retries(subscription_name, step->limit, step->batch);
 }
 
 typedef struct ApplyStep
@@ -185,29 +220,101 @@ prune_ledger_now_and_then(void)
 		elog(DEBUG1, "%s: pruned %lld dedup ledger rows", who, (long long) total);
 }
 
+/* What became of a batch's messages of one partition. */
+typedef struct PartitionCounts
+{
+	const char *topic;
+	int32		partition;
+	uint64		counts[MESSAGE_DEAD + 1];
+} PartitionCounts;
+
+/*
+ * Add the counts to the partitions' slots (a partition without a slot, the
+ * table being full, counts in the subscription's totals only).
+ */
+static void
+account_partitions(PartitionCounts *partitions, int npartitions)
+{
+	int			i;
+
+	for (i = 0; i < npartitions; i++)
+	{
+		PartitionCounts *p = &partitions[i];
+		ConsumerPartitionSlot *partition_slot =
+			eventpipe_consumer_partition_slot(subscription_name, p->topic, p->partition);
+
+		if (partition_slot == NULL)
+		{
+			if (!partition_table_full_reported)
+				ereport(WARNING,
+						(errmsg("%s: no room for the counters of partition %d of topic \"%s\"",
+								who, (int) p->partition, p->topic),
+						 errdetail("All %d partition slots of pg_stat_consumer are taken; consumer_stats() still counts every message.",
+								   EVENTPIPE_MAX_CONSUMER_PARTITIONS)));
+			partition_table_full_reported = true;
+			continue;
+		}
+		pg_atomic_fetch_add_u64(&partition_slot->events_applied, p->counts[MESSAGE_APPLIED]);
+		pg_atomic_fetch_add_u64(&partition_slot->duplicates, p->counts[MESSAGE_DUPLICATE]);
+		pg_atomic_fetch_add_u64(&partition_slot->unmatched, p->counts[MESSAGE_UNMATCHED]);
+		pg_atomic_fetch_add_u64(&partition_slot->events_dead, p->counts[MESSAGE_DEAD]);
+	}
+}
+
+/*
+ * Count what became of the batch's messages, per subscription and per
+ * partition.  A retried dead letter that fails again is not counted dead
+ * again: it was when it first failed.
+ */
 static void
 account_batch(ConsumerBatch *batch)
 {
 	uint64		counts[MESSAGE_DEAD + 1] = {0};
+	PartitionCounts *partitions = palloc0(sizeof(PartitionCounts) * batch->count);
+	int			npartitions = 0;
 	const char *first_error = NULL;
+	uint64		dead = 0;
 	int			i;
 
 	for (i = 0; i < batch->count; i++)
 	{
-		counts[batch->messages[i].fate]++;
-		if (batch->messages[i].fate == MESSAGE_DEAD && first_error == NULL)
-			first_error = batch->messages[i].error;
+		ConsumedMessage *message = &batch->messages[i];
+		MessageFate fate = message->fate;
+		int			p;
+
+		if (fate == MESSAGE_DEAD)
+		{
+			dead++;
+			if (first_error == NULL)
+				first_error = message->error;
+			if (batch->retry)
+				continue;
+		}
+		counts[fate]++;
+		for (p = 0; p < npartitions; p++)
+			if (partitions[p].partition == message->raw->partition &&
+				strcmp(partitions[p].topic, message->topic) == 0)
+				break;
+		if (p == npartitions)
+		{
+			partitions[npartitions].topic = message->topic;
+			partitions[npartitions++].partition = message->raw->partition;
+		}
+		partitions[p].counts[fate]++;
 	}
 	pg_atomic_fetch_add_u64(&slot->events_applied, counts[MESSAGE_APPLIED]);
 	pg_atomic_fetch_add_u64(&slot->duplicates, counts[MESSAGE_DUPLICATE]);
 	pg_atomic_fetch_add_u64(&slot->unmatched, counts[MESSAGE_UNMATCHED]);
 	pg_atomic_fetch_add_u64(&slot->events_dead, counts[MESSAGE_DEAD]);
 	pg_atomic_fetch_add_u64(&slot->batches, 1);
+	account_partitions(partitions, npartitions);
 	if (first_error != NULL)
 	{
 		/* the whole error is in consumer_dead_letters; the log gets its start */
-		char	   *message = psprintf("%llu messages dead-lettered, the first: %.*s",
-									   (unsigned long long) counts[MESSAGE_DEAD],
+		char	   *message = psprintf(batch->retry
+									   ? "%llu dead letters failed again, the first: %.*s"
+									   : "%llu messages dead-lettered, the first: %.*s",
+									   (unsigned long long) dead,
 									   pg_mbcliplen(first_error, strlen(first_error), EVENTPIPE_ERROR_LEN),
 									   first_error);
 
@@ -241,13 +348,93 @@ apply_batch(ConsumerBatch *batch)
 	return true;
 }
 
+/*
+ * Carry out the replays asked for: each partition's stored offset goes to
+ * the one asked for, within what Kafka retains (below its earliest offset:
+ * from there; past its end: from the end), then the consumer is built again
+ * and its assignment starts at the stored offsets.
+ */
+static long
+carry_out_replays(List *replays)
+{
+	ListCell   *lc;
+
+	foreach(lc, replays)
+	{
+		ReplayRequest *replay = (ReplayRequest *) lfirst(lc);
+		int64		low;
+		int64		high;
+		int64		asked = replay->from_offset;
+
+		if (!kafka_consumer_query_watermarks(replay->topic, replay->partition, &low, &high))
+			ereport(LOG,
+					(errmsg("%s: could not learn which offsets Kafka retains of partition %d of topic \"%s\"; replaying from offset " INT64_FORMAT " as asked",
+							who, (int) replay->partition, replay->topic, asked),
+					 errdetail("An offset Kafka no longer has starts the partition at its start_from end.")));
+		else
+			replay->from_offset = Max(low, Min(high, asked));
+		ereport(LOG,
+				(errmsg("%s: replaying partition %d of topic \"%s\" from offset " INT64_FORMAT " (asked: " INT64_FORMAT ")",
+						who, (int) replay->partition, replay->topic, replay->from_offset, asked)));
+	}
+	if (!consumer_worker_run_guarded(replays_step, replays))
+		return fail_and_back_off();
+	/* rejoin: the new assignment starts at the offsets just stored */
+	kafka_consumer_stop(true);
+	return 0;
+}
+
+/*
+ * Paused: apply nothing; keep the high watermarks up to date now and then,
+ * and the dedup ledger pruned.
+ */
+static long
+stay_paused(const Subscription *subscription)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	show_activity(CONSUMER_PAUSED, "paused");
+	if (TimestampDifferenceExceeds(last_paused_watermarks, now, PAUSED_WATERMARKS_MS))
+	{
+		last_paused_watermarks = now;
+		kafka_consumer_publish_watermarks(subscription, true);
+	}
+	note_kafka_errors();
+	prune_ledger_now_and_then();
+	return PAUSED_WAIT_MS;
+}
+
+/* Apply a batch of the dead letters marked for a retry, as Kafka messages are. */
+static long
+retry_dead_letters(const Subscription *subscription)
+{
+	ConsumerBatch batch = {0};
+	RetriesStep step = {&batch, subscription->batch_size};
+	bool		applied;
+
+	if (!consumer_worker_run_guarded(load_retries_step, &step))
+		return fail_and_back_off();
+	if (batch.count == 0)
+		return 0;
+	show_activity(CONSUMER_APPLYING, "applying dead letters again");
+	applied = apply_batch(&batch);
+	if (applied)
+		account_batch(&batch);
+	consumer_release_retries(&batch);
+	if (!applied)
+		return fail_and_back_off();
+	failures_in_a_row = 0;
+	return 0;
+}
+
 /* One turn of the loop; returns how long to sleep before the next (0: none). */
 static long
 consumer_step(void)
 {
 	Subscription subscription;
-	ReadStep	read = {&subscription, APPLY_DONE};
-	ConsumerBatch batch;
+	ConsumerControl control;
+	ReadStep	read = {&subscription, &control, APPLY_DONE};
+	ConsumerBatch batch = {0};
 	rd_kafka_message_t **raw;
 	char		errbuf[512];
 	bool		applied;
@@ -280,10 +467,17 @@ consumer_step(void)
 		show_activity(CONSUMER_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
 		return BACKOFF_LAST_MS;
 	}
+	if (control.replays != NIL)
+		return carry_out_replays(control.replays);
+	if (control.paused)
+		return stay_paused(&subscription);
+	if (control.retries_pending)
+		return retry_dead_letters(&subscription);
 
 	step_started_at = GetCurrentTimestamp();
 	batch.count = kafka_consumer_poll_batch(&raw, subscription.batch_size, POLL_WAIT_MS);
 	note_kafka_errors();
+	kafka_consumer_publish_watermarks(&subscription, false);
 	broker_trouble = last_broker_error != 0 &&
 		!TimestampDifferenceExceeds(last_broker_error, GetCurrentTimestamp(), BROKER_ERROR_SHOWN_MS);
 	kafka_consumer_set_broker_trouble(broker_trouble && batch.count == 0);

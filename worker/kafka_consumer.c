@@ -13,6 +13,19 @@
  * database, guarded so that no ERROR unwinds through librdkafka.  Messages
  * polled before a rebalance are dropped: the new assignment starts again
  * from the database's offsets.
+ *
+ * A paused subscription's consumer subscribes to nothing: it leaves the
+ * group, and serves only to ask the brokers for the high watermarks (the
+ * lag keeps growing in pg_stat_consumer).  On resume the consumer is built
+ * again and its assignment starts at the database's offsets: exactly where
+ * the worker stopped, without librdkafka's pause and resume of partitions
+ * (whose fetch positions 2.0.x can get wrong, fixed in 2.1.0) and without a
+ * group member that stops polling (max.poll.interval.ms) or holds on to
+ * partitions another member could take.
+ *
+ * The high watermarks of the assigned partitions are those librdkafka
+ * learns from its fetches (rd_kafka_get_watermark_offsets, no request);
+ * they go to the partition slots in shared memory after every poll.
  */
 #include "postgres.h"
 
@@ -28,6 +41,8 @@
 
 /* After the first message, wait this long for more before the batch is applied. */
 #define FOLLOW_WAIT_MS 10
+/* Longest wait for a broker's answer to a metadata or watermark request. */
+#define BROKER_REQUEST_MS 2000
 
 static rd_kafka_t *consumer = NULL;
 static char *consumer_settings = NULL;	/* what it was built from */
@@ -156,9 +171,9 @@ settings_of(const Subscription *subscription)
 	ListCell   *lc;
 
 	initStringInfo(&settings);
-	appendStringInfo(&settings, "%s\n%s\n%s\n%s\n%d", eventpipe_bootstrap_servers,
+	appendStringInfo(&settings, "%s\n%s\n%s\n%s\n%d\n%d", eventpipe_bootstrap_servers,
 					 eventpipe_dba_kafka_options_version(), subscription->group_id,
-					 subscription->name, subscription->start_latest);
+					 subscription->name, subscription->start_latest, subscription->paused);
 	foreach(lc, subscription->topics)
 		appendStringInfo(&settings, "\n%s", (char *) lfirst(lc));
 	return settings.data;
@@ -204,7 +219,8 @@ kafka_consumer_ensure(const Subscription *subscription, char *errbuf, size_t err
 	start_latest = subscription->start_latest;
 	assignment_failed = false;
 	consumer = create_consumer(subscription, errbuf, errbuf_size);
-	if (consumer != NULL && !subscribe_topics(subscription, errbuf, errbuf_size))
+	if (consumer != NULL && !subscription->paused &&
+		!subscribe_topics(subscription, errbuf, errbuf_size))
 		kafka_consumer_stop(false);
 	if (consumer == NULL)
 	{
@@ -358,4 +374,104 @@ kafka_consumer_commit(ConsumerBatch *batch)
 	}
 	rd_kafka_commit(consumer, offsets, 1);
 	rd_kafka_topic_partition_list_destroy(offsets);
+}
+
+/*
+ * A partition's high watermark to its slot (taken if it has none, so that
+ * an assigned partition shows up before its first message).  An unknown
+ * one (a partition not fetched yet since the consumer was built) leaves the
+ * last known in place.
+ */
+static void
+publish_watermark(const char *subscription, const char *topic, int32 partition, int64 high)
+{
+	ConsumerPartitionSlot *slot = eventpipe_consumer_partition_slot(subscription, topic, partition);
+
+	if (slot != NULL && high >= 0)
+		pg_atomic_write_u64(&slot->high_watermark, (uint64) high);
+}
+
+/* The partitions of a topic, from the brokers' metadata; -1 if unknown. */
+static int
+partitions_of(const char *topic)
+{
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(consumer, topic, NULL);
+	const struct rd_kafka_metadata *metadata;
+	int			count = -1;
+
+	if (rkt == NULL)
+		return -1;
+	if (rd_kafka_metadata(consumer, 0, rkt, &metadata, BROKER_REQUEST_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		if (metadata->topic_cnt == 1 && metadata->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			count = metadata->topics[0].partition_cnt;
+		rd_kafka_metadata_destroy(metadata);
+	}
+	rd_kafka_topic_destroy(rkt);
+	return count;
+}
+
+/*
+ * Put the high watermarks in the subscription's partition slots: those of
+ * the assigned partitions as librdkafka last fetched them; with ask_broker
+ * (a paused consumer, which fetches nothing), those of every partition of
+ * the subscription's topics, asked of the brokers (blocking, a few seconds
+ * at most when they do not answer).
+ */
+void
+kafka_consumer_publish_watermarks(const Subscription *subscription, bool ask_broker)
+{
+	rd_kafka_topic_partition_list_t *assigned;
+	int			i;
+
+	if (consumer == NULL)
+		return;
+	if (ask_broker)
+	{
+		ListCell   *lc;
+
+		foreach(lc, subscription->topics)
+		{
+			const char *topic = (const char *) lfirst(lc);
+			int			count = partitions_of(topic);
+
+			for (i = 0; i < count; i++)
+			{
+				int64		low;
+				int64		high;
+
+				if (kafka_consumer_query_watermarks(topic, i, &low, &high))
+					publish_watermark(subscription->name, topic, i, high);
+			}
+		}
+		kafka_log_drain();
+		return;
+	}
+	if (rd_kafka_assignment(consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return;
+	for (i = 0; i < assigned->cnt; i++)
+	{
+		int64		low;
+		int64		high;
+
+		if (rd_kafka_get_watermark_offsets(consumer, assigned->elems[i].topic,
+										   assigned->elems[i].partition, &low, &high) ==
+			RD_KAFKA_RESP_ERR_NO_ERROR)
+			publish_watermark(subscription->name, assigned->elems[i].topic,
+							  assigned->elems[i].partition, high);
+	}
+	rd_kafka_topic_partition_list_destroy(assigned);
+}
+
+/*
+ * The earliest offset Kafka retains for a partition and its high watermark,
+ * asked of the partition's leader; false if it does not answer.
+ */
+bool
+kafka_consumer_query_watermarks(const char *topic, int32 partition, int64 *low, int64 *high)
+{
+	if (consumer == NULL)
+		return false;
+	return rd_kafka_query_watermark_offsets(consumer, topic, partition, low, high,
+											BROKER_REQUEST_MS) == RD_KAFKA_RESP_ERR_NO_ERROR;
 }
