@@ -56,12 +56,15 @@ typedef struct ConsumerRules
 	EventHandler *handlers;
 } ConsumerRules;
 
-/* One effect of a message: add value to a metric rule's row keyed by key. */
+/*
+ * One effect of a message: add value to a metric rule's row keyed by key.
+ * Both are text datums, as the upserts' arrays take them.
+ */
 typedef struct MetricEffect
 {
 	int			rule;			/* index in ConsumerRules.metrics */
-	char	   *key;
-	char	   *value;			/* numeric text */
+	Datum		key;			/* text */
+	Datum		value;			/* text: a number */
 } MetricEffect;
 
 /* What became of a message, for the counters. */

@@ -53,6 +53,7 @@ static SPIPlanPtr dead_plan = NULL;
 static SPIPlanPtr offsets_plan = NULL;
 static SPIPlanPtr read_offset_plan = NULL;
 static SPIPlanPtr prune_plan = NULL;
+static SPIPlanPtr lock_plan = NULL;
 
 static SPIPlanPtr
 prepare_once(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
@@ -434,8 +435,8 @@ collect_effects(ConsumedMessage *messages, int count, const ConsumerRules *rules
 			if (leader >= 0 && !same_group(rule, &rules->metrics[leader]))
 				continue;
 			targets[n] = ObjectIdGetDatum(rule->target);
-			keys[n] = CStringGetTextDatum(effect->key);
-			values[n++] = CStringGetTextDatum(effect->value);
+			keys[n] = effect->key;
+			values[n++] = effect->value;
 		}
 	}
 	return n;
@@ -478,14 +479,63 @@ lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rule
 	values[0] = make_array(targets, NULL, n, OIDOID);
 	values[1] = make_array(keys, NULL, n, TEXTOID);
 	values[2] = Int32GetDatum(LOCK_BUCKETS);
-	if (SPI_execute_with_args("SELECT count(pg_advisory_xact_lock(s.target, s.bucket))"
+	execute_plan(prepare_once(&lock_plan,
+							  "SELECT count(pg_advisory_xact_lock(s.target, s.bucket))"
 							  " FROM (SELECT DISTINCT (u.t::int8 & 2147483647)::int4 AS target,"
 							  "              (hashtext(u.k) & 2147483647) % $3 AS bucket"
 							  "       FROM unnest($1::oid[], $2::text[]) AS u(t, k)"
 							  "       ORDER BY 1, 2) AS s",
-							  3, (Oid[]) {OIDARRAYOID, TEXTARRAYOID, INT4OID}, values, NULL,
-							  false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "eventpipe consumer: could not lock the metric rows");
+							  3, (Oid[]) {OIDARRAYOID, TEXTARRAYOID, INT4OID}),
+				 values, SPI_OK_SELECT);
+}
+
+/*
+ * The upserts' plans, kept for the worker's life and found by their text:
+ * parsing and planning each upsert again for every batch cost a few
+ * percent of the worker's time.  Rules seldom change; when the distinct
+ * statements seen pass UPSERT_PLANS_KEPT, all are dropped and made again.
+ */
+#define UPSERT_PLANS_KEPT 64
+
+typedef struct KeptUpsert
+{
+	char	   *sql;
+	SPIPlanPtr	plan;
+} KeptUpsert;
+
+static List *upsert_plans = NIL;
+
+static SPIPlanPtr
+upsert_plan(const char *sql)
+{
+	ListCell   *lc;
+	KeptUpsert *kept;
+	MemoryContext caller_context;
+
+	foreach(lc, upsert_plans)
+	{
+		kept = (KeptUpsert *) lfirst(lc);
+		if (strcmp(kept->sql, sql) == 0)
+			return kept->plan;
+	}
+	if (list_length(upsert_plans) >= UPSERT_PLANS_KEPT)
+	{
+		foreach(lc, upsert_plans)
+		{
+			kept = (KeptUpsert *) lfirst(lc);
+			SPI_freeplan(kept->plan);
+			pfree(kept->sql);
+		}
+		list_free_deep(upsert_plans);
+		upsert_plans = NIL;
+	}
+	caller_context = MemoryContextSwitchTo(TopMemoryContext);
+	kept = palloc(sizeof(KeptUpsert));
+	kept->sql = pstrdup(sql);
+	kept->plan = NULL;
+	upsert_plans = lappend(upsert_plans, kept);
+	MemoryContextSwitchTo(caller_context);
+	return prepare_once(&kept->plan, sql, 2, (Oid[]) {TEXTARRAYOID, TEXTARRAYOID});
 }
 
 /* One upsert for every rule of the group of rule leader. */
@@ -520,9 +570,9 @@ upsert_group(ConsumedMessage *messages, int count, const ConsumerRules *rules, i
 				   rule->target_name, rule->key_column, rule->column, rule->key_type,
 				   rule->key_column, rule->column, rule->column, rule->column);
 
+	/* planned as the user too: a plan made under another search_path is made again */
 	become_user(rule->owner, &user);
-	if (SPI_execute_with_args(sql, 2, (Oid[]) {TEXTARRAYOID, TEXTARRAYOID}, values, NULL,
-							  false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(upsert_plan(sql), values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "eventpipe consumer: the upsert into %s failed", rule->target_name);
 	stop_being_user(&user);
 }
