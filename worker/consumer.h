@@ -25,6 +25,7 @@ typedef struct Subscription
 	bool		start_latest;	/* start_from = 'latest' */
 	int			batch_size;		/* resolved: never 0 */
 	char	   *dedup_field;	/* NULL: none */
+	int32		id;				/* its number in the dedup ledger */
 } Subscription;
 
 /* A metric rule, with the target's names ready to quote into SQL. */
