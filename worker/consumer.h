@@ -119,8 +119,8 @@ extern Jsonb *consumer_message_metadata(const ConsumedMessage *message);
 extern ApplyResult consumer_read_subscription(const char *name, Subscription *subscription);
 extern ApplyResult consumer_apply_batch(ConsumerBatch *batch, const char *name,
 										bool isolate_failures);
-extern void consumer_read_offsets(const char *name, rd_kafka_topic_partition_list_t *partitions,
-								  bool start_latest);
+extern void consumer_read_offsets(rd_kafka_t *rk, const char *name,
+								  rd_kafka_topic_partition_list_t *partitions, bool start_latest);
 extern List *consumer_list_subscriptions(void);
 extern int64 consumer_prune_ledger(const char *name, int retention_s, int limit);
 

@@ -56,6 +56,10 @@ static SPIPlanPtr offsets_plan = NULL;
 static SPIPlanPtr read_offset_plan = NULL;
 static SPIPlanPtr prune_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr start_offset_plan = NULL;
+
+/* How long to wait for the broker to say where a partition ends. */
+#define START_OFFSET_QUERY_MS 10000
 
 static SPIPlanPtr
 prepare_once(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
@@ -954,11 +958,8 @@ store_dead_letters(ConsumerBatch *batch, const char *name)
 	execute_plan(plan, values, SPI_OK_INSERT);
 }
 
-/*
- * Every partition of the batch resumes after its last message.  Returns
- * whether a partition got its first stored offset.
- */
-static bool
+/* Every partition of the batch resumes after its last message. */
+static void
 store_offsets(ConsumerBatch *batch, const char *name)
 {
 	Oid			types[4] = {TEXTOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
@@ -967,7 +968,6 @@ store_offsets(ConsumerBatch *batch, const char *name)
 	Datum	   *partitions = palloc(sizeof(Datum) * batch->count);
 	Datum	   *offsets = palloc(sizeof(Datum) * batch->count);
 	int			i;
-	bool		isnull;
 	SPIPlanPtr	plan;
 
 	for (i = 0; i < batch->count; i++)
@@ -977,26 +977,19 @@ store_offsets(ConsumerBatch *batch, const char *name)
 		offsets[i] = Int64GetDatum(batch->messages[i].raw->offset);
 	}
 	plan = prepare_once(&offsets_plan,
-						"WITH u AS ("
-						"  SELECT u.t, u.p, max(u.o) + 1 AS next_offset"
-						"  FROM unnest($2::text[], $3::int4[], $4::int8[]) AS u(t, p, o)"
-						"  GROUP BY u.t, u.p),"
-						" stored AS ("
-						"  INSERT INTO eventpipe.consumer_offsets AS o"
-						"  (subscription, topic, partition, next_offset)"
-						"  SELECT $1, u.t, u.p, u.next_offset FROM u ORDER BY u.t, u.p"
-						"  ON CONFLICT (subscription, topic, partition) DO UPDATE"
-						"  SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset))"
-						" SELECT (SELECT count(*) FROM u) > (SELECT count(*)"
-						"   FROM eventpipe.consumer_offsets AS o JOIN u ON o.topic = u.t AND o.partition = u.p"
-						"   WHERE o.subscription = $1)",
+						"INSERT INTO eventpipe.consumer_offsets AS o"
+						" (subscription, topic, partition, next_offset)"
+						" SELECT $1, u.t, u.p, max(u.o) + 1"
+						" FROM unnest($2::text[], $3::int4[], $4::int8[]) AS u(t, p, o)"
+						" GROUP BY u.t, u.p ORDER BY u.t, u.p"
+						" ON CONFLICT (subscription, topic, partition) DO UPDATE"
+						" SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)",
 						4, types);
 	values[0] = CStringGetTextDatum(name);
 	values[1] = make_array(topics, NULL, batch->count, TEXTOID);
 	values[2] = make_array(partitions, NULL, batch->count, INT4OID);
 	values[3] = make_array(offsets, NULL, batch->count, INT8OID);
-	execute_plan(plan, values, SPI_OK_SELECT);
-	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	execute_plan(plan, values, SPI_OK_INSERT);
 }
 
 /*
@@ -1147,20 +1140,7 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 		apply_in_halves(batch->messages, batch->count, subscription.id, &rules);
 
 	store_dead_letters(batch, name);
-
-	/*
-	 * The worker commits without waiting for the WAL flush: a commit lost in
-	 * a crash is harmless, as effects, ledger rows and offsets are lost
-	 * together and the partitions resume from the offsets that remain
-	 * (Kafka's committed offsets are never read back).  Except a
-	 * partition's first stored offset under start_from 'latest': lost, the
-	 * partition would be found without one and start again at its end,
-	 * skipping the batch.  That commit waits for the flush.
-	 */
-	if (store_offsets(batch, name) && subscription.start_latest &&
-		set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE,
-						  GUC_ACTION_LOCAL, true, 0, false) <= 0)
-		elog(ERROR, "eventpipe consumer: could not make the commit wait for the WAL flush");
+	store_offsets(batch, name);
 	keep_outcome(batch, caller_context);
 	SPI_finish();
 	worker_end_transaction(caller_context);
@@ -1168,12 +1148,52 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 }
 
 /*
- * Set each partition's offset to the one stored in the database, else the
- * beginning or the end; in a transaction of its own.
+ * Where a partition without a stored offset starts under start_from
+ * 'latest': its end now, stored at once, in a commit that waits for the WAL
+ * flush.  Seeking such a partition to "the end" at every assignment instead
+ * skipped what was produced to it while it was unassigned (a rebalance, a
+ * restart, a crash before its first batch committed).
+ */
+static int64
+store_start_at_end(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition_t *partition)
+{
+	int64_t		low;
+	int64_t		high;
+	rd_kafka_resp_err_t err;
+	Datum		values[4];
+	bool		isnull;
+
+	err = rd_kafka_query_watermark_offsets(rk, partition->topic, partition->partition,
+										   &low, &high, START_OFFSET_QUERY_MS);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		ereport(ERROR,
+				(errmsg("eventpipe consumer: could not find the end of partition %d of topic \"%s\": %s",
+						(int) partition->partition, partition->topic, rd_kafka_err2str(err))));
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(partition->topic);
+	values[2] = Int32GetDatum(partition->partition);
+	values[3] = Int64GetDatum(high);
+	execute_plan(prepare_once(&start_offset_plan,
+							  "INSERT INTO eventpipe.consumer_offsets AS o"
+							  " (subscription, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
+							  " ON CONFLICT (subscription, topic, partition) DO UPDATE"
+							  " SET next_offset = o.next_offset RETURNING o.next_offset",
+							  4, (Oid[]) {TEXTOID, TEXTOID, INT4OID, INT8OID}),
+				 values, SPI_OK_INSERT_RETURNING);
+	if (set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE,
+						  GUC_ACTION_LOCAL, true, 0, false) <= 0)
+		elog(ERROR, "eventpipe consumer: could not make the commit wait for the WAL flush");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Set each partition's offset to the one stored in the database; a
+ * partition without one starts at the beginning, or (start_latest) at its
+ * end as of now, then stored.  In a transaction of its own.
  */
 void
-consumer_read_offsets(const char *name, rd_kafka_topic_partition_list_t *partitions,
-					  bool start_latest)
+consumer_read_offsets(rd_kafka_t *rk, const char *name,
+					  rd_kafka_topic_partition_list_t *partitions, bool start_latest)
 {
 	MemoryContext caller_context = worker_begin_transaction("eventpipe: reading the stored offsets");
 	Oid			types[3] = {TEXTOID, TEXTOID, INT4OID};
@@ -1197,8 +1217,10 @@ consumer_read_offsets(const char *name, rd_kafka_topic_partition_list_t *partiti
 		if (SPI_processed > 0)
 			partition->offset = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 															SPI_tuptable->tupdesc, 1, &isnull));
+		else if (start_latest)
+			partition->offset = store_start_at_end(rk, name, partition);
 		else
-			partition->offset = start_latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+			partition->offset = RD_KAFKA_OFFSET_BEGINNING;
 	}
 	SPI_finish();
 	worker_end_transaction(caller_context);
