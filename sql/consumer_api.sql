@@ -113,7 +113,9 @@ SELECT count(*) >= 0 AS readable FROM eventpipe.consumer_stats();
 RESET ROLE;
 
 -- unsubscribe takes rules, handlers, ledger and offsets along; dead letters stay
-INSERT INTO eventpipe.event_handled (subscription, event_id) VALUES ('shop-metrics', 'e1');
+INSERT INTO eventpipe.event_handled (subscription_id, event_text)
+SELECT id, 'e1' FROM eventpipe.subscriptions WHERE name = 'shop-metrics';
+SELECT id AS shop_metrics_id FROM eventpipe.subscriptions WHERE name = 'shop-metrics' \gset
 INSERT INTO eventpipe.consumer_offsets VALUES ('shop-metrics', 'order-events', 0, 42);
 INSERT INTO eventpipe.consumer_dead_letters (subscription, topic, partition, "offset", value, error)
 VALUES ('shop-metrics', 'order-events', 0, 7, '\x00ff', 'value contains a NUL byte');
@@ -121,7 +123,7 @@ SELECT eventpipe.unsubscribe('shop-metrics');
 SELECT (SELECT count(*) FROM eventpipe.subscriptions WHERE name = 'shop-metrics') AS subscriptions,
        (SELECT count(*) FROM eventpipe.metric_rules WHERE subscription = 'shop-metrics') AS rules,
        (SELECT count(*) FROM eventpipe.handlers WHERE subscription = 'shop-metrics') AS handlers,
-       (SELECT count(*) FROM eventpipe.event_handled WHERE subscription = 'shop-metrics') AS ledger,
+       (SELECT count(*) FROM eventpipe.event_handled WHERE subscription_id = :shop_metrics_id) AS ledger,
        (SELECT count(*) FROM eventpipe.consumer_offsets WHERE subscription = 'shop-metrics') AS offsets,
        (SELECT count(*) FROM eventpipe.consumer_dead_letters WHERE subscription = 'shop-metrics') AS dead_letters;
 SELECT eventpipe.unsubscribe('shop-metrics');

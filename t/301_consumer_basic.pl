@@ -66,10 +66,16 @@ open my $fh, '>', $file or die "cannot write $file: $!";
 print $fh "$_\n" for @lines;
 close $fh;
 
-# CloudEvents headers instead of payload fields: ce_id and ce_type.
+# CloudEvents headers instead of payload fields: ce_id and ce_type.  The
+# ledger keeps an id in the canonical form of a UUID (as eventpipe's own
+# ce_id) as a uuid and any other as text: the other spellings of that same
+# UUID (upper case, no hyphens) are other ids, each applied once too.
+my @header_ids = (
+	'hdr-1', '0e3a7b1c-5d2f-4a6b-9c8d-1f2e3a4b5c6d',
+	'0E3A7B1C-5D2F-4A6B-9C8D-1F2E3A4B5C6D', '0e3a7b1c5d2f4a6b9c8d1f2e3a4b5c6d');
 my @with_headers = map {
 	{
-		id     => "hdr-$_",
+		id     => $header_ids[ $_ - 1 ],
 		amount => sprintf('%d.50', $_),
 		cents  => $_ * 100 + 50,
 		product => 100 + $_
@@ -181,8 +187,11 @@ sub check_metrics
 
 ok(wait_for_offsets($produced), 'the consumer stored the offset past every message');
 check_metrics('first delivery');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM eventpipe.event_handled WHERE subscription = 'shop'}),
+is($node->safe_psql('postgres', q{SELECT count(*) FROM eventpipe.event_handled
+	 WHERE subscription_id = (SELECT id FROM eventpipe.subscriptions WHERE name = 'shop')}),
 	$matched, 'the ledger holds one row per applied event');
+is($node->safe_psql('postgres', q{SELECT event_uuid FROM eventpipe.event_handled WHERE event_uuid IS NOT NULL}),
+	'0e3a7b1c-5d2f-4a6b-9c8d-1f2e3a4b5c6d', 'only the canonical UUID id is kept as a uuid');
 is($node->safe_psql('postgres',
 	q{SELECT count(*) FROM payment_log WHERE topic <> 't301.shop' OR type <> 'PaymentCompleted' OR called_by <> 'postgres' OR "offset" IS NULL}),
 	0, 'the handler got the metadata: topic, type, offset; it ran as the role that declared it');
@@ -210,10 +219,10 @@ is_deeply(stats(), { applied => $matched, duplicates => 2 * $matched, unmatched 
 my $views_total = 0;
 $views_total += $_ for values %views;
 $node->safe_psql('postgres',
-	q{UPDATE eventpipe.event_handled SET handled_at = now() - interval '8 days' WHERE event_id LIKE 'v-%'});
+	q{UPDATE eventpipe.event_handled SET handled_at = now() - interval '8 days' WHERE event_text LIKE 'v-%'});
 ok( wait_until(
 		sub {
-			$node->safe_psql('postgres', q{SELECT count(*) FROM eventpipe.event_handled WHERE event_id LIKE 'v-%'}) == 0;
+			$node->safe_psql('postgres', q{SELECT count(*) FROM eventpipe.event_handled WHERE event_text LIKE 'v-%'}) == 0;
 		},
 		60),
 	'the worker pruned the ledger rows older than eventpipe.dedup_retention');

@@ -128,7 +128,8 @@ is(scalar @wrong, 0, "the handler's metadata names each payment's id, topic, par
 is($node->safe_psql($db, 'SELECT count(*) FROM eventpipe.consumer_dead_letters'), 0,
 	'nothing was dead-lettered');
 cmp_ok($node->safe_psql($db,
-		"SELECT count(*) FROM eventpipe.event_handled WHERE subscription = '$sub'"),
+		"SELECT count(*) FROM eventpipe.event_handled
+		  WHERE subscription_id = (SELECT id FROM eventpipe.subscriptions WHERE name = '$sub')"),
 	'>=', $matched, 'the dedup ledger holds every applied event');
 my @crashes = crash_lines($node, $log_start, exits => 1);
 is(scalar @crashes, 0, 'no worker crashed or exited') or diag join("\n", @crashes);

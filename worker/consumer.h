@@ -29,6 +29,7 @@ typedef struct Subscription
 	int			batch_size;		/* resolved: never 0 */
 	char	   *dedup_field;	/* NULL: none */
 	bool		paused;			/* eventpipe.pause(): stay out of the group */
+	int32		id;				/* its number in the dedup ledger */
 } Subscription;
 
 /* A metric rule, with the target's names ready to quote into SQL. */
@@ -60,12 +61,15 @@ typedef struct ConsumerRules
 	EventHandler *handlers;
 } ConsumerRules;
 
-/* One effect of a message: add value to a metric rule's row keyed by key. */
+/*
+ * One effect of a message: add value to a metric rule's row keyed by key.
+ * Both are text datums, as the upserts' arrays take them.
+ */
 typedef struct MetricEffect
 {
 	int			rule;			/* index in ConsumerRules.metrics */
-	char	   *key;
-	char	   *value;			/* numeric text */
+	Datum		key;			/* text */
+	Datum		value;			/* text: a number */
 } MetricEffect;
 
 /* What became of a message, for the counters. */
@@ -144,8 +148,8 @@ extern Jsonb *consumer_message_metadata(const ConsumedMessage *message);
 extern ApplyResult consumer_read_subscription(const char *name, Subscription *subscription);
 extern ApplyResult consumer_apply_batch(ConsumerBatch *batch, const char *name,
 										bool isolate_failures);
-extern void consumer_read_offsets(const char *name, rd_kafka_topic_partition_list_t *partitions,
-								  bool start_latest);
+extern void consumer_read_offsets(rd_kafka_t *rk, const char *name,
+								  rd_kafka_topic_partition_list_t *partitions, bool start_latest);
 extern List *consumer_list_subscriptions(void);
 extern int64 consumer_prune_ledger(const char *name, int retention_s, int limit);
 

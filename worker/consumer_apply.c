@@ -29,6 +29,7 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "nodes/bitmapset.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/array.h"
@@ -39,6 +40,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/uuid.h"
 
 #include "../extension/eventpipe.h"
 #include "consumer.h"
@@ -53,6 +55,11 @@ static SPIPlanPtr dead_plan = NULL;
 static SPIPlanPtr offsets_plan = NULL;
 static SPIPlanPtr read_offset_plan = NULL;
 static SPIPlanPtr prune_plan = NULL;
+static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr start_offset_plan = NULL;
+
+/* How long to wait for the broker to say where a partition ends. */
+#define START_OFFSET_QUERY_MS 10000
 
 static SPIPlanPtr
 prepare_once(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
@@ -105,7 +112,7 @@ load_subscription(const char *name, Subscription *subscription)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(name)};
 	SPIPlanPtr	plan = prepare_once(&subscription_plan,
-									"SELECT topics, group_id, start_from, batch_size, dedup_field"
+									"SELECT topics, group_id, start_from, batch_size, dedup_field, id"
 									" FROM eventpipe.subscriptions WHERE name = $1",
 									1, types);
 	HeapTuple	tuple;
@@ -134,6 +141,7 @@ load_subscription(const char *name, Subscription *subscription)
 	if (isnull)
 		subscription->batch_size = eventpipe_consumer_batch_size;
 	subscription->dedup_field = text_column(tuple, desc, 5);
+	subscription->id = DatumGetInt32(SPI_getbinval(tuple, desc, 6, &isnull));
 	return true;
 }
 
@@ -251,69 +259,186 @@ run_in_subtransaction(void (*fn) (void *), void *arg)
 }
 
 /*
+ * A message's key in the dedup ledger: its id as a uuid when the id is
+ * exactly the canonical text of one (lower-case hex, 8-4-4-4-12: what
+ * uuid_out prints, so the text and the uuid stand for each other one to
+ * one), else as text.  Two distinct ids are always two distinct keys.
+ */
+typedef struct LedgerKey
+{
+	bool		is_uuid;
+	pg_uuid_t	uuid;
+	const char *text;			/* when !is_uuid */
+	int			first;			/* the batch's first message with this id */
+	bool		is_new;			/* its ledger row was inserted */
+} LedgerKey;
+
+static int
+hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+static void
+ledger_key_of(const char *id, LedgerKey *key)
+{
+	int			byte = 0;
+	int			i;
+
+	key->is_uuid = false;
+	key->text = id;
+	key->is_new = false;
+	if (strlen(id) != 2 * UUID_LEN + 4)
+		return;
+	for (i = 0; id[i] != '\0'; i++)
+	{
+		int			high;
+		int			low;
+
+		if (i == 8 || i == 13 || i == 18 || i == 23)
+		{
+			if (id[i] != '-')
+				return;
+			continue;
+		}
+		high = hex_digit(id[i]);
+		low = hex_digit(id[++i]);
+		if (high < 0 || low < 0)
+			return;
+		key->uuid.data[byte++] = (unsigned char) (high << 4 | low);
+	}
+	key->is_uuid = true;
+}
+
+/* uuids first, then texts; each in byte order (the indexes' order too) */
+static int
+compare_ledger_keys(const void *a, const void *b)
+{
+	const LedgerKey *x = (const LedgerKey *) a;
+	const LedgerKey *y = (const LedgerKey *) b;
+
+	if (x->is_uuid != y->is_uuid)
+		return x->is_uuid ? -1 : 1;
+	return x->is_uuid ? memcmp(x->uuid.data, y->uuid.data, UUID_LEN) : strcmp(x->text, y->text);
+}
+
+static int
+compare_ledger_keys_then_first(const void *a, const void *b)
+{
+	int			order = compare_ledger_keys(a, b);
+
+	if (order != 0)
+		return order;
+	return ((const LedgerKey *) a)->first - ((const LedgerKey *) b)->first;
+}
+
+/*
  * Record the ledger rows of the messages to apply; those already there
  * become duplicates.  Within the batch, the first of several messages with
- * one id is the one applied.
+ * one id is the one applied.  The keys go to the server sorted and without
+ * repeats, in one statement; it returns the keys it inserted.
  */
 static void
-claim_event_ids(ConsumedMessage *messages, int count, const char *name)
+claim_event_ids(ConsumedMessage *messages, int count, int32 ledger_id)
 {
-	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
-	Datum		values[2];
-	Datum	   *ids = palloc(sizeof(Datum) * count);
-	int		   *ordinal_of = palloc(sizeof(int) * count);
-	bool	   *is_new = palloc0(sizeof(bool) * count);
+	LedgerKey  *keys = palloc(sizeof(LedgerKey) * (count + 1));
+	Datum	   *uuids = palloc(sizeof(Datum) * (count + 1));
+	bool	   *uuid_nulls = palloc(sizeof(bool) * (count + 1));
+	Datum	   *texts = palloc(sizeof(Datum) * (count + 1));
+	bool	   *text_nulls = palloc(sizeof(bool) * (count + 1));
+	Datum		values[3];
 	int			n = 0;
+	int			distinct = 0;
 	int			i;
 	uint64		row;
-	SPIPlanPtr	plan;
 
 	for (i = 0; i < count; i++)
 		if (messages[i].fate == MESSAGE_APPLIED)
 		{
-			ordinal_of[n] = i;
-			ids[n++] = CStringGetTextDatum(messages[i].event_id);
+			ledger_key_of(messages[i].event_id, &keys[n]);
+			keys[n++].first = i;
 		}
 	if (n == 0)
 		return;
-	plan = prepare_once(&ledger_plan,
-						"WITH u AS ("
-						"  SELECT u.id, min(u.n) AS n"
-						"  FROM unnest($2::text[]) WITH ORDINALITY AS u(id, n) GROUP BY u.id),"
-						" ins AS ("
-						"  INSERT INTO eventpipe.event_handled AS h (subscription, event_id)"
-						"  SELECT $1, u.id FROM u ORDER BY u.id COLLATE \"C\""
-						"  ON CONFLICT DO NOTHING RETURNING h.event_id)"
-						" SELECT u.n FROM u JOIN ins ON ins.event_id = u.id",
-						2, types);
-	values[0] = CStringGetTextDatum(name);
-	values[1] = make_array(ids, NULL, n, TEXTOID);
-	execute_plan(plan, values, SPI_OK_SELECT);
+	qsort(keys, n, sizeof(LedgerKey), compare_ledger_keys_then_first);
+	for (i = 0; i < n; i++)
+	{
+		if (distinct > 0 && compare_ledger_keys(&keys[distinct - 1], &keys[i]) == 0)
+			continue;
+		keys[distinct] = keys[i];
+		uuid_nulls[distinct] = !keys[i].is_uuid;
+		uuids[distinct] = keys[i].is_uuid ? UUIDPGetDatum(&keys[distinct].uuid) : (Datum) 0;
+		text_nulls[distinct] = keys[i].is_uuid;
+		texts[distinct] = keys[i].is_uuid ? (Datum) 0 : CStringGetTextDatum(keys[i].text);
+		distinct++;
+	}
+
+	values[0] = Int32GetDatum(ledger_id);
+	values[1] = make_array(uuids, uuid_nulls, distinct, UUIDOID);
+	values[2] = make_array(texts, text_nulls, distinct, TEXTOID);
+	execute_plan(prepare_once(&ledger_plan,
+							  "INSERT INTO eventpipe.event_handled AS h"
+							  " (subscription_id, event_uuid, event_text)"
+							  " SELECT $1, u.id, u.text FROM unnest($2::uuid[], $3::text[]) AS u(id, text)"
+							  " ON CONFLICT DO NOTHING RETURNING h.event_uuid, h.event_text",
+							  3, (Oid[]) {INT4OID, UUIDARRAYOID, TEXTARRAYOID}),
+				 values, SPI_OK_INSERT_RETURNING);
 	for (row = 0; row < SPI_processed; row++)
 	{
+		HeapTuple	tuple = SPI_tuptable->vals[row];
 		bool		isnull;
-		int64		ordinal = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[row],
-														   SPI_tuptable->tupdesc, 1, &isnull));
+		Datum		uuid = SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull);
+		LedgerKey	inserted;
+		LedgerKey  *found;
 
-		is_new[ordinal_of[ordinal - 1]] = true;
+		inserted.is_uuid = !isnull;
+		if (inserted.is_uuid)
+			inserted.uuid = *DatumGetUUIDP(uuid);
+		else
+			inserted.text = text_column(tuple, SPI_tuptable->tupdesc, 2);
+		found = bsearch(&inserted, keys, distinct, sizeof(LedgerKey), compare_ledger_keys);
+		if (found == NULL)
+			elog(ERROR, "eventpipe consumer: the ledger returned an id the batch does not hold");
+		found->is_new = true;
 	}
 	for (i = 0; i < count; i++)
-		if (messages[i].fate == MESSAGE_APPLIED && !is_new[i])
+	{
+		LedgerKey	key;
+		LedgerKey  *found;
+
+		if (messages[i].fate != MESSAGE_APPLIED)
+			continue;
+		ledger_key_of(messages[i].event_id, &key);
+		found = bsearch(&key, keys, distinct, sizeof(LedgerKey), compare_ledger_keys);
+		Assert(found != NULL);
+		if (!found->is_new || found->first != i)
 			messages[i].fate = MESSAGE_DUPLICATE;
+	}
 }
 
 /* A dead-lettered message's id leaves the ledger: it was not applied. */
 static void
-forget_event_id(const ConsumedMessage *message, const char *name)
+forget_event_id(const ConsumedMessage *message, int32 ledger_id)
 {
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2] = {CStringGetTextDatum(name), CStringGetTextDatum(message->event_id)};
-	SPIPlanPtr	plan = prepare_once(&forget_plan,
-									"DELETE FROM eventpipe.event_handled"
-									" WHERE subscription = $1 AND event_id = $2",
-									2, types);
+	LedgerKey	key;
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
 
-	execute_plan(plan, values, SPI_OK_DELETE);
+	ledger_key_of(message->event_id, &key);
+	values[0] = Int32GetDatum(ledger_id);
+	values[1] = key.is_uuid ? UUIDPGetDatum(&key.uuid) : (Datum) 0;
+	values[2] = key.is_uuid ? (Datum) 0 : CStringGetTextDatum(key.text);
+	nulls[key.is_uuid ? 2 : 1] = 'n';
+	if (SPI_execute_plan(prepare_once(&forget_plan,
+									  "DELETE FROM eventpipe.event_handled"
+									  " WHERE subscription_id = $1 AND (event_uuid = $2 OR event_text = $3)",
+									  3, (Oid[]) {INT4OID, UUIDOID, TEXTOID}),
+						 values, nulls, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "eventpipe consumer: could not remove a dead letter's ledger row");
 }
 
 /*
@@ -381,7 +506,7 @@ call_handlers(void *arg)
 }
 
 static void
-run_handlers(ConsumedMessage *messages, int count, const char *name)
+run_handlers(ConsumedMessage *messages, int count, int32 ledger_id)
 {
 	int			i;
 
@@ -396,26 +521,25 @@ run_handlers(ConsumedMessage *messages, int count, const char *name)
 		if (message->error != NULL)
 		{
 			message->fate = MESSAGE_DEAD;
-			forget_event_id(message, name);
+			forget_event_id(message, ledger_id);
 		}
 	}
 }
 
-/* Are two rules one upsert: same target column, same role? */
+/* Do two rules write to one table as one role (so into one upsert)? */
 static bool
-same_group(const MetricRule *a, const MetricRule *b)
+same_target(const MetricRule *a, const MetricRule *b)
 {
-	return a->target == b->target && a->owner == b->owner && strcmp(a->column, b->column) == 0;
+	return a->target == b->target && a->owner == b->owner;
 }
 
 /*
  * The effects of the messages still to apply, as arrays: the target of
- * each, its key and its value.  Only the rules of leader's group when
- * leader >= 0.  Returns how many.
+ * each and its key.  Returns how many.
  */
 static int
-collect_effects(ConsumedMessage *messages, int count, const ConsumerRules *rules, int leader,
-				Datum *targets, Datum *keys, Datum *values)
+collect_effects(ConsumedMessage *messages, int count, const ConsumerRules *rules,
+				Datum *targets, Datum *keys)
 {
 	int			n = 0;
 	int			i;
@@ -429,13 +553,9 @@ collect_effects(ConsumedMessage *messages, int count, const ConsumerRules *rules
 		foreach(lc, messages[i].effects)
 		{
 			MetricEffect *effect = (MetricEffect *) lfirst(lc);
-			const MetricRule *rule = &rules->metrics[effect->rule];
 
-			if (leader >= 0 && !same_group(rule, &rules->metrics[leader]))
-				continue;
-			targets[n] = ObjectIdGetDatum(rule->target);
-			keys[n] = CStringGetTextDatum(effect->key);
-			values[n++] = CStringGetTextDatum(effect->value);
+			targets[n] = ObjectIdGetDatum(rules->metrics[effect->rule].target);
+			keys[n++] = effect->key;
 		}
 	}
 	return n;
@@ -469,8 +589,7 @@ lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rule
 	int			most = count_effects(messages, count);
 	Datum	   *targets = palloc(sizeof(Datum) * (most + 1));
 	Datum	   *keys = palloc(sizeof(Datum) * (most + 1));
-	Datum	   *deltas = palloc(sizeof(Datum) * (most + 1));
-	int			n = collect_effects(messages, count, rules, -1, targets, keys, deltas);
+	int			n = collect_effects(messages, count, rules, targets, keys);
 	Datum		values[3];
 
 	if (n == 0)
@@ -478,53 +597,240 @@ lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rule
 	values[0] = make_array(targets, NULL, n, OIDOID);
 	values[1] = make_array(keys, NULL, n, TEXTOID);
 	values[2] = Int32GetDatum(LOCK_BUCKETS);
-	if (SPI_execute_with_args("SELECT count(pg_advisory_xact_lock(s.target, s.bucket))"
+	execute_plan(prepare_once(&lock_plan,
+							  "SELECT count(pg_advisory_xact_lock(s.target, s.bucket))"
 							  " FROM (SELECT DISTINCT (u.t::int8 & 2147483647)::int4 AS target,"
 							  "              (hashtext(u.k) & 2147483647) % $3 AS bucket"
 							  "       FROM unnest($1::oid[], $2::text[]) AS u(t, k)"
 							  "       ORDER BY 1, 2) AS s",
-							  3, (Oid[]) {OIDARRAYOID, TEXTARRAYOID, INT4OID}, values, NULL,
-							  false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "eventpipe consumer: could not lock the metric rows");
+							  3, (Oid[]) {OIDARRAYOID, TEXTARRAYOID, INT4OID}),
+				 values, SPI_OK_SELECT);
 }
 
-/* One upsert for every rule of the group of rule leader. */
+/*
+ * The upserts' plans, kept for the worker's life and found by their text:
+ * parsing and planning each upsert again for every batch cost a few
+ * percent of the worker's time.  Rules seldom change; when the distinct
+ * statements seen pass UPSERT_PLANS_KEPT, all are dropped and made again.
+ */
+#define UPSERT_PLANS_KEPT 64
+
+typedef struct KeptUpsert
+{
+	char	   *sql;
+	SPIPlanPtr	plan;
+} KeptUpsert;
+
+static List *upsert_plans = NIL;
+
+static SPIPlanPtr
+upsert_plan(const char *sql, int nargs, Oid *types)
+{
+	ListCell   *lc;
+	KeptUpsert *kept;
+	MemoryContext caller_context;
+
+	foreach(lc, upsert_plans)
+	{
+		kept = (KeptUpsert *) lfirst(lc);
+		if (strcmp(kept->sql, sql) == 0)
+			return kept->plan;
+	}
+	if (list_length(upsert_plans) >= UPSERT_PLANS_KEPT)
+	{
+		foreach(lc, upsert_plans)
+		{
+			kept = (KeptUpsert *) lfirst(lc);
+			SPI_freeplan(kept->plan);
+			pfree(kept->sql);
+		}
+		list_free_deep(upsert_plans);
+		upsert_plans = NIL;
+	}
+	caller_context = MemoryContextSwitchTo(TopMemoryContext);
+	kept = palloc(sizeof(KeptUpsert));
+	kept->sql = pstrdup(sql);
+	kept->plan = NULL;
+	upsert_plans = lappend(upsert_plans, kept);
+	MemoryContextSwitchTo(caller_context);
+	return prepare_once(&kept->plan, sql, nargs, types);
+}
+
+/* One effect on a target: add value to column (an index in the target's columns) of key's row. */
+typedef struct TargetDelta
+{
+	Datum		key;			/* text */
+	int			column;
+	Datum		value;			/* text */
+} TargetDelta;
+
+static int
+compare_keys(const void *a, const void *b)
+{
+	text	   *x = DatumGetTextPP(((const TargetDelta *) a)->key);
+	text	   *y = DatumGetTextPP(((const TargetDelta *) b)->key);
+	int			x_len = VARSIZE_ANY_EXHDR(x);
+	int			y_len = VARSIZE_ANY_EXHDR(y);
+	int			order = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(x_len, y_len));
+
+	return order != 0 ? order : x_len - y_len;
+}
+
+/*
+ * One upsert of the rows of one set of columns: each row's key and, per
+ * column, its deltas (NULL where a delta is for another column), summed per
+ * key by the statement.
+ */
 static void
-upsert_group(ConsumedMessage *messages, int count, const ConsumerRules *rules, int leader)
+upsert_columns(const MetricRule *rule, char **columns, Bitmapset *set,
+			   TargetDelta *deltas, int ndeltas, Datum *keys)
+{
+	int			ncolumns = bms_num_members(set);
+	Datum	   *values = palloc(sizeof(Datum) * (ncolumns + 1));
+	Datum	   *column_values = palloc(sizeof(Datum) * (ndeltas + 1));
+	bool	   *column_nulls = palloc(sizeof(bool) * (ndeltas + 1));
+	Oid		   *types = palloc(sizeof(Oid) * (ncolumns + 1));
+	StringInfoData names,
+				sums,
+				arrays,
+				aliases,
+				sets;
+	int			column = -1;
+	int			nth = 0;
+	int			i;
+	UserContext user;
+
+	initStringInfo(&names);
+	initStringInfo(&sums);
+	initStringInfo(&arrays);
+	initStringInfo(&aliases);
+	initStringInfo(&sets);
+	values[0] = make_array(keys, NULL, ndeltas, TEXTOID);
+	types[0] = TEXTARRAYOID;
+	while ((column = bms_next_member(set, column)) >= 0)
+	{
+		const char *name = columns[column];
+
+		nth++;
+		for (i = 0; i < ndeltas; i++)
+		{
+			column_nulls[i] = deltas[i].column != column;
+			column_values[i] = column_nulls[i] ? (Datum) 0 : deltas[i].value;
+		}
+		values[nth] = make_array(column_values, column_nulls, ndeltas, TEXTOID);
+		types[nth] = TEXTARRAYOID;
+		appendStringInfo(&names, ", %s", name);
+		appendStringInfo(&sums, ", pg_catalog.sum(u.v%d::pg_catalog.numeric)", nth);
+		appendStringInfo(&arrays, ", $%d::pg_catalog.text[]", nth + 1);
+		appendStringInfo(&aliases, ", v%d", nth);
+		appendStringInfo(&sets, "%s%s = COALESCE(t.%s, 0) + EXCLUDED.%s",
+						 nth > 1 ? ", " : "", name, name, name);
+	}
+	/* planned as the user too: a plan made under another search_path is made again */
+	become_user(rule->owner, &user);
+	if (SPI_execute_plan(upsert_plan(psprintf("INSERT INTO %s AS t (%s%s)"
+											  " SELECT u.k::%s%s"
+											  " FROM unnest($1::pg_catalog.text[]%s) AS u(k%s)"
+											  " GROUP BY 1 ORDER BY 1"
+											  " ON CONFLICT (%s) DO UPDATE SET %s",
+											  rule->target_name, rule->key_column, names.data,
+											  rule->key_type, sums.data, arrays.data, aliases.data,
+											  rule->key_column, sets.data),
+									 ncolumns + 1, types),
+						 values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "eventpipe consumer: the upsert into %s failed", rule->target_name);
+	stop_being_user(&user);
+}
+
+/*
+ * The upserts into the target of rule leader, for all the rules that write
+ * to it as its role.  A row gets one upsert of all the columns the batch
+ * changes in it (an event counted and summed into two columns of one row is
+ * one row version, not two): the rows are grouped by that set of columns,
+ * one statement per set.
+ */
+static void
+upsert_target(ConsumedMessage *messages, int count, const ConsumerRules *rules, int leader)
 {
 	const MetricRule *rule = &rules->metrics[leader];
 	int			most = count_effects(messages, count);
-	Datum	   *targets = palloc(sizeof(Datum) * (most + 1));
-	Datum	   *keys = palloc(sizeof(Datum) * (most + 1));
-	Datum	   *deltas = palloc(sizeof(Datum) * (most + 1));
-	int			n = collect_effects(messages, count, rules, leader, targets, keys, deltas);
-	Datum		values[2];
-	char	   *sql;
-	UserContext user;
+	TargetDelta *deltas = palloc(sizeof(TargetDelta) * (most + 1));
+	Bitmapset **set_of = palloc(sizeof(Bitmapset *) * (most + 1));
+	int		   *column_of = palloc(sizeof(int) * rules->nmetrics);
+	char	  **columns = palloc(sizeof(char *) * rules->nmetrics);
+	List	   *sets = NIL;
+	ListCell   *lc;
+	int			ncolumns = 0;
+	int			n = 0;
+	int			r;
+	int			i;
 
-	if (n == 0)
-		return;
 	if (rule->key_column == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
 				 errmsg("metric target \"%s\" has no single-column primary key any more",
 						rule->target_name)));
+	for (r = 0; r < rules->nmetrics; r++)
+	{
+		column_of[r] = -1;
+		if (!same_target(&rules->metrics[r], rule))
+			continue;
+		for (i = 0; i < ncolumns && strcmp(columns[i], rules->metrics[r].column) != 0; i++)
+			;
+		if (i == ncolumns)
+			columns[ncolumns++] = rules->metrics[r].column;
+		column_of[r] = i;
+	}
+	for (i = 0; i < count; i++)
+	{
+		if (messages[i].fate != MESSAGE_APPLIED)
+			continue;
+		foreach(lc, messages[i].effects)
+		{
+			MetricEffect *effect = (MetricEffect *) lfirst(lc);
 
-	values[0] = make_array(keys, NULL, n, TEXTOID);
-	values[1] = make_array(deltas, NULL, n, TEXTOID);
-	sql = psprintf("INSERT INTO %s AS t (%s, %s)"
-				   " SELECT u.k::%s, pg_catalog.sum(u.v::pg_catalog.numeric)"
-				   " FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS u(k, v)"
-				   " GROUP BY 1 ORDER BY 1"
-				   " ON CONFLICT (%s) DO UPDATE SET %s = COALESCE(t.%s, 0) + EXCLUDED.%s",
-				   rule->target_name, rule->key_column, rule->column, rule->key_type,
-				   rule->key_column, rule->column, rule->column, rule->column);
+			if (column_of[effect->rule] < 0)
+				continue;
+			deltas[n].key = effect->key;
+			deltas[n].column = column_of[effect->rule];
+			deltas[n++].value = effect->value;
+		}
+	}
+	if (n == 0)
+		return;
 
-	become_user(rule->owner, &user);
-	if (SPI_execute_with_args(sql, 2, (Oid[]) {TEXTARRAYOID, TEXTARRAYOID}, values, NULL,
-							  false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "eventpipe consumer: the upsert into %s failed", rule->target_name);
-	stop_being_user(&user);
+	/* each key's set of columns; then the keys of each set, together */
+	qsort(deltas, n, sizeof(TargetDelta), compare_keys);
+	for (i = 0; i < n;)
+	{
+		Bitmapset  *set = NULL;
+		int			end;
+
+		for (end = i; end < n && compare_keys(&deltas[i], &deltas[end]) == 0; end++)
+			set = bms_add_member(set, deltas[end].column);
+		foreach(lc, sets)
+			if (bms_equal(set, (Bitmapset *) lfirst(lc)))
+				break;
+		if (lc == NULL)
+			sets = lappend(sets, set);
+		for (; i < end; i++)
+			set_of[i] = set;
+	}
+	foreach(lc, sets)
+	{
+		Bitmapset  *set = (Bitmapset *) lfirst(lc);
+		TargetDelta *chosen = palloc(sizeof(TargetDelta) * n);
+		Datum	   *keys = palloc(sizeof(Datum) * n);
+		int			nchosen = 0;
+
+		for (i = 0; i < n; i++)
+			if (bms_equal(set_of[i], set))
+			{
+				keys[nchosen] = deltas[i].key;
+				chosen[nchosen++] = deltas[i];
+			}
+		upsert_columns(rule, columns, set, chosen, nchosen, keys);
+	}
 }
 
 static void
@@ -539,9 +845,9 @@ upsert_metrics(ConsumedMessage *messages, int count, const ConsumerRules *rules)
 		bool		seen = false;
 
 		for (earlier = 0; earlier < leader && !seen; earlier++)
-			seen = same_group(&rules->metrics[earlier], &rules->metrics[leader]);
+			seen = same_target(&rules->metrics[earlier], &rules->metrics[leader]);
 		if (!seen)
-			upsert_group(messages, count, rules, leader);
+			upsert_target(messages, count, rules, leader);
 	}
 }
 
@@ -549,7 +855,7 @@ typedef struct EffectsStep
 {
 	ConsumedMessage *messages;
 	int			count;
-	const char *name;
+	int32		ledger_id;		/* the subscription's id */
 	const ConsumerRules *rules;
 } EffectsStep;
 
@@ -559,8 +865,8 @@ apply_effects(void *arg)
 {
 	EffectsStep *step = (EffectsStep *) arg;
 
-	claim_event_ids(step->messages, step->count, step->name);
-	run_handlers(step->messages, step->count, step->name);
+	claim_event_ids(step->messages, step->count, step->ledger_id);
+	run_handlers(step->messages, step->count, step->ledger_id);
 	upsert_metrics(step->messages, step->count, step->rules);
 }
 
@@ -730,10 +1036,10 @@ consumer_read_subscription(const char *name, Subscription *subscription)
  * batch about 13 times slower).
  */
 static void
-apply_in_halves(ConsumedMessage *messages, int count, const char *name,
+apply_in_halves(ConsumedMessage *messages, int count, int32 ledger_id,
 				const ConsumerRules *rules)
 {
-	EffectsStep step = {messages, count, name, rules};
+	EffectsStep step = {messages, count, ledger_id, rules};
 	bool	   *to_apply = palloc(sizeof(bool) * count);
 	bool		any = false;
 	char	   *error;
@@ -762,8 +1068,8 @@ apply_in_halves(ConsumedMessage *messages, int count, const char *name,
 		messages[0].error = error;
 		return;
 	}
-	apply_in_halves(messages, count / 2, name, rules);
-	apply_in_halves(messages + count / 2, count - count / 2, name, rules);
+	apply_in_halves(messages, count / 2, ledger_id, rules);
+	apply_in_halves(messages + count / 2, count - count / 2, ledger_id, rules);
 }
 
 /*
@@ -826,12 +1132,12 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 
 	if (!isolate_failures)
 	{
-		EffectsStep step = {batch->messages, batch->count, name, &rules};
+		EffectsStep step = {batch->messages, batch->count, subscription.id, &rules};
 
 		apply_effects(&step);
 	}
 	else
-		apply_in_halves(batch->messages, batch->count, name, &rules);
+		apply_in_halves(batch->messages, batch->count, subscription.id, &rules);
 
 	if (batch->retry)
 		consumer_settle_retries(batch);
@@ -847,12 +1153,52 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 }
 
 /*
- * Set each partition's offset to the one stored in the database, else the
- * beginning or the end; in a transaction of its own.
+ * Where a partition without a stored offset starts under start_from
+ * 'latest': its end now, stored at once, in a commit that waits for the WAL
+ * flush.  Seeking such a partition to "the end" at every assignment instead
+ * skipped what was produced to it while it was unassigned (a rebalance, a
+ * restart, a crash before its first batch committed).
+ */
+static int64
+store_start_at_end(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition_t *partition)
+{
+	int64_t		low;
+	int64_t		high;
+	rd_kafka_resp_err_t err;
+	Datum		values[4];
+	bool		isnull;
+
+	err = rd_kafka_query_watermark_offsets(rk, partition->topic, partition->partition,
+										   &low, &high, START_OFFSET_QUERY_MS);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		ereport(ERROR,
+				(errmsg("eventpipe consumer: could not find the end of partition %d of topic \"%s\": %s",
+						(int) partition->partition, partition->topic, rd_kafka_err2str(err))));
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(partition->topic);
+	values[2] = Int32GetDatum(partition->partition);
+	values[3] = Int64GetDatum(high);
+	execute_plan(prepare_once(&start_offset_plan,
+							  "INSERT INTO eventpipe.consumer_offsets AS o"
+							  " (subscription, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
+							  " ON CONFLICT (subscription, topic, partition) DO UPDATE"
+							  " SET next_offset = o.next_offset RETURNING o.next_offset",
+							  4, (Oid[]) {TEXTOID, TEXTOID, INT4OID, INT8OID}),
+				 values, SPI_OK_INSERT_RETURNING);
+	if (set_config_option("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE,
+						  GUC_ACTION_LOCAL, true, 0, false) <= 0)
+		elog(ERROR, "eventpipe consumer: could not make the commit wait for the WAL flush");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Set each partition's offset to the one stored in the database; a
+ * partition without one starts at the beginning, or (start_latest) at its
+ * end as of now, then stored.  In a transaction of its own.
  */
 void
-consumer_read_offsets(const char *name, rd_kafka_topic_partition_list_t *partitions,
-					  bool start_latest)
+consumer_read_offsets(rd_kafka_t *rk, const char *name,
+					  rd_kafka_topic_partition_list_t *partitions, bool start_latest)
 {
 	MemoryContext caller_context = worker_begin_transaction("eventpipe: reading the stored offsets");
 	Oid			types[3] = {TEXTOID, TEXTOID, INT4OID};
@@ -876,8 +1222,10 @@ consumer_read_offsets(const char *name, rd_kafka_topic_partition_list_t *partiti
 		if (SPI_processed > 0)
 			partition->offset = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 															SPI_tuptable->tupdesc, 1, &isnull));
+		else if (start_latest)
+			partition->offset = store_start_at_end(rk, name, partition);
 		else
-			partition->offset = start_latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+			partition->offset = RD_KAFKA_OFFSET_BEGINNING;
 	}
 	SPI_finish();
 	worker_end_transaction(caller_context);
@@ -901,9 +1249,10 @@ consumer_prune_ledger(const char *name, int retention_s, int limit)
 		SPI_connect();
 		execute_plan(prepare_once(&prune_plan,
 								  "DELETE FROM eventpipe.event_handled WHERE ctid = ANY (ARRAY("
-								  "  SELECT ctid FROM eventpipe.event_handled"
-								  "  WHERE subscription = $1"
-								  "    AND handled_at < now() - make_interval(secs => $2)"
+								  "  SELECT h.ctid FROM eventpipe.event_handled AS h"
+								  "  WHERE h.subscription_id ="
+								  "      (SELECT s.id FROM eventpipe.subscriptions AS s WHERE s.name = $1)"
+								  "    AND h.handled_at < now() - make_interval(secs => $2)"
 								  "  LIMIT $3))",
 								  3, types),
 					 values, SPI_OK_DELETE);

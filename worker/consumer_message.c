@@ -185,38 +185,35 @@ metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
 	const MetricRule *metric = &rules->metrics[rule];
 	MetricEffect *effect = palloc(sizeof(MetricEffect));
 	JsonbValue *value;
+	char	   *key;
 
 	effect->rule = rule;
-	effect->key = scalar_text(payload_field(message->payload, metric->key_field));
-	if (effect->key == NULL)
+	key = scalar_text(payload_field(message->payload, metric->key_field));
+	if (key == NULL)
 		return psprintf("key field \"%s\" is missing or not a string or number",
 						metric->key_field);
+	effect->key = CStringGetTextDatum(key);
 	if (metric->value_field == NULL)
-		effect->value = "1";
+		effect->value = CStringGetTextDatum("1");
 	else
 	{
 		value = payload_field(message->payload, metric->value_field);
 		if (value == NULL || value->type != jbvNumeric)
 			return psprintf("value field \"%s\" is missing or not a number",
 							metric->value_field);
-		effect->value = scalar_text(value);
+		effect->value = CStringGetTextDatum(scalar_text(value));
 	}
 	message->effects = lappend(message->effects, effect);
 	return NULL;
 }
 
-void
-consumer_message_interpret(ConsumedMessage *message, const Subscription *subscription,
-						   const ConsumerRules *rules)
+/* Work out what the message means, in the current memory context. */
+static void
+interpret(ConsumedMessage *message, const Subscription *subscription,
+		  const ConsumerRules *rules)
 {
-	rd_kafka_message_t *raw = message->raw;
 	int			i;
 
-	if (message->dead_letter_id == 0)
-		message->topic = rd_kafka_topic_name(raw->rkt);
-	message->payload = NULL;
-	message->effects = NIL;
-	message->handlers = NIL;
 	message->error = parse_payload(message);
 	message->event_id = event_id_of(message, subscription);
 	message->event_type = header_text(message, "ce_type");
@@ -245,6 +242,65 @@ consumer_message_interpret(ConsumedMessage *message, const Subscription *subscri
 		message->fate = MESSAGE_UNMATCHED;
 	else
 		message->fate = MESSAGE_APPLIED;	/* unless the ledger knows it */
+}
+
+static Datum
+copy_text(Datum value)
+{
+	return PointerGetDatum(DatumGetTextPCopy(value));
+}
+
+/*
+ * Interpret the message against the rules.  The parse and the lookups run
+ * in a scratch context reset after each message; only what the batch needs
+ * later is copied to the caller's context: the type, id, error, effects,
+ * and the payload when a handler will be called with it.  (Keeping every
+ * parse of a batch until its end made each batch allocate, and give back to
+ * the kernel, megabytes of fresh pages.)
+ */
+void
+consumer_message_interpret(ConsumedMessage *message, const Subscription *subscription,
+						   const ConsumerRules *rules)
+{
+	static MemoryContext scratch = NULL;
+	MemoryContext caller_context = CurrentMemoryContext;
+	ConsumedMessage parsed = *message;
+	ListCell   *lc;
+
+	if (scratch == NULL)
+		scratch = AllocSetContextCreate(TopMemoryContext, "eventpipe message interpretation",
+										ALLOCSET_DEFAULT_SIZES);
+	if (message->dead_letter_id == 0)	/* a retried dead letter has its own */
+		parsed.topic = rd_kafka_topic_name(message->raw->rkt);
+	parsed.payload = NULL;
+	parsed.effects = NIL;
+	parsed.handlers = NIL;
+	MemoryContextSwitchTo(scratch);
+	interpret(&parsed, subscription, rules);
+	MemoryContextSwitchTo(caller_context);
+
+	*message = parsed;
+	message->event_id = pstrdup(parsed.event_id);
+	message->event_type = parsed.event_type ? pstrdup(parsed.event_type) : NULL;
+	message->error = parsed.error ? pstrdup(parsed.error) : NULL;
+	message->payload = NULL;
+	if (parsed.handlers != NIL)
+	{
+		message->payload = palloc(VARSIZE(parsed.payload));
+		memcpy(message->payload, parsed.payload, VARSIZE(parsed.payload));
+		message->handlers = list_copy(parsed.handlers);
+	}
+	message->effects = NIL;
+	foreach(lc, parsed.effects)
+	{
+		MetricEffect *effect = palloc(sizeof(MetricEffect));
+
+		*effect = *(MetricEffect *) lfirst(lc);
+		effect->key = copy_text(effect->key);
+		effect->value = copy_text(effect->value);
+		message->effects = lappend(message->effects, effect);
+	}
+	MemoryContextReset(scratch);
 }
 
 /* bytes as a JSON string: as is when clean text, else "\x" and hex. */

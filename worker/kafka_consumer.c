@@ -7,8 +7,9 @@
  *
  * Offsets live in the database.  Auto-commit and auto-store are off; on
  * every assignment the rebalance callback reads eventpipe.consumer_offsets
- * and assigns each partition at its stored offset, or at the beginning or
- * end (start_from) when none is stored.  The callback runs inside
+ * and assigns each partition at its stored offset, or at the beginning
+ * (start_from 'earliest') when none is stored, or at its end as of the
+ * first assignment (start_from 'latest', stored then).  The callback runs inside
  * rd_kafka_consumer_poll in this process's main thread, so it may use the
  * database, guarded so that no ERROR unwinds through librdkafka.  Messages
  * polled before a rebalance are dropped: the new assignment starts again
@@ -65,6 +66,7 @@ static int	held_capacity = 0;
 
 typedef struct OffsetsStep
 {
+	rd_kafka_t *rk;
 	rd_kafka_topic_partition_list_t *partitions;
 } OffsetsStep;
 
@@ -73,7 +75,7 @@ read_offsets_step(void *arg)
 {
 	OffsetsStep *step = (OffsetsStep *) arg;
 
-	consumer_read_offsets(subscription_name, step->partitions, start_latest);
+	consumer_read_offsets(step->rk, subscription_name, step->partitions, start_latest);
 }
 
 static bool
@@ -89,7 +91,7 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	rebalanced = true;
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 	{
-		OffsetsStep step = {partitions};
+		OffsetsStep step = {rk, partitions};
 		bool		read;
 
 		in_rebalance = true;
