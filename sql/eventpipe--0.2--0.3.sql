@@ -134,7 +134,8 @@ COMMENT ON FUNCTION eventpipe.replay(text, text, integer, bigint) IS
     'Have the subscription''s worker apply a partition''s messages again from an offset, before its next batch (the dedup ledger still skips events it holds); returns the offset stored now, NULL if none';
 REVOKE ALL ON FUNCTION eventpipe.replay(text, text, integer, bigint) FROM PUBLIC;
 
-CREATE FUNCTION eventpipe.retry_consumer_dead(ids bigint[] DEFAULT NULL, subscription text DEFAULT NULL)
+CREATE FUNCTION eventpipe.retry_consumer_dead(ids bigint[] DEFAULT NULL, subscription text DEFAULT NULL,
+                                               topic text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -149,14 +150,15 @@ BEGIN
     UPDATE eventpipe.consumer_dead_letters AS d SET retry_requested_at = clock_timestamp()
      WHERE (retry_consumer_dead.ids IS NULL OR d.id = ANY (retry_consumer_dead.ids))
        AND (retry_consumer_dead.subscription IS NULL OR d.subscription = retry_consumer_dead.subscription)
+       AND (retry_consumer_dead.topic IS NULL OR d.topic = retry_consumer_dead.topic)
        AND EXISTS (SELECT FROM eventpipe.subscriptions AS s WHERE s.name = d.subscription);
     GET DIAGNOSTICS queued = ROW_COUNT;
     RETURN queued;
 END;
 $$;
-COMMENT ON FUNCTION eventpipe.retry_consumer_dead(bigint[], text) IS
-    'Have consumer dead letters (by id, by subscription, or all) applied again by their subscription''s worker; returns how many were queued';
-REVOKE ALL ON FUNCTION eventpipe.retry_consumer_dead(bigint[], text) FROM PUBLIC;
+COMMENT ON FUNCTION eventpipe.retry_consumer_dead(bigint[], text, text) IS
+    'Have consumer dead letters (by id, subscription, topic, or all) applied again by their subscription''s worker; returns how many were queued';
+REVOKE ALL ON FUNCTION eventpipe.retry_consumer_dead(bigint[], text, text) FROM PUBLIC;
 
 -- The per-partition counters and high watermarks in shared memory.
 CREATE FUNCTION eventpipe.consumer_partition_stats(

@@ -55,9 +55,10 @@ INSERT INTO eventpipe.consumer_dead_letters (subscription, topic, partition, "of
 VALUES ('ops', 'order-events', 0, 3, 'not json', 'value is not valid JSON'),
        ('ops', 'order-events', 0, 4, 'not json', 'value is not valid JSON'),
        ('gone', 'order-events', 0, 5, 'not json', 'value is not valid JSON');
+SELECT eventpipe.retry_consumer_dead(topic => 'catalog-events') AS queued_of_another_topic;
 SELECT eventpipe.retry_consumer_dead(ARRAY[(SELECT min(id) FROM eventpipe.consumer_dead_letters)]) AS queued;
 SELECT "offset", retry_requested_at IS NOT NULL AS queued FROM eventpipe.consumer_dead_letters ORDER BY id;
-SELECT eventpipe.retry_consumer_dead(subscription => 'ops') AS queued;
+SELECT eventpipe.retry_consumer_dead(subscription => 'ops', topic => 'order-events') AS queued;
 -- the dead letters of a subscription that is gone have no worker to retry them
 SELECT eventpipe.retry_consumer_dead() AS queued;
 SELECT subscription, "offset", retry_requested_at IS NOT NULL AS queued FROM eventpipe.consumer_dead_letters ORDER BY id;
@@ -102,7 +103,7 @@ CREATE ROLE regress_ops_operator;
 GRANT USAGE ON SCHEMA eventpipe TO regress_ops_operator;
 GRANT EXECUTE ON FUNCTION eventpipe.pause(text), eventpipe.resume(text),
                           eventpipe.replay(text, text, integer, bigint),
-                          eventpipe.retry_consumer_dead(bigint[], text) TO regress_ops_operator;
+                          eventpipe.retry_consumer_dead(bigint[], text, text) TO regress_ops_operator;
 SET ROLE regress_ops_operator;
 SELECT eventpipe.pause('ops') AS paused_now;
 SELECT eventpipe.replay('ops', 'order-events', 0, 1) AS stored_offset;
