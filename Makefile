@@ -32,6 +32,7 @@ OBJS = \
 	worker/outbox.o \
 	worker/kafka_producer.o \
 	worker/kafka_log.o \
+	worker/kafka_client.o \
 	worker/kafka_statistics.o \
 	worker/consumer_manager.o \
 	worker/consumer_worker.o \

@@ -36,6 +36,7 @@
 
 #include "../extension/eventpipe.h"
 #include "../extension/kafka_options.h"
+#include "kafka_client.h"
 #include "kafka_statistics.h"
 #include "consumer.h"
 #include "kafka_log.h"
@@ -117,50 +118,27 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 static rd_kafka_t *
 create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_size)
 {
-	static const char *const defaults[][2] = {
+	char	   *client_id = psprintf("eventpipe-consumer-%s", subscription->name);
+	const char *const properties[][2] = {
+		{"group.id", subscription->group_id},
+		{"auto.offset.reset", subscription->start_latest ? "latest" : "earliest"},
 		{"enable.auto.commit", "false"},
 		{"enable.auto.offset.store", "false"},
 		{"enable.partition.eof", "false"},
 		{"session.timeout.ms", "10000"},
 		/* notice a subscribed topic created after the subscription soon */
 		{"topic.metadata.refresh.interval.ms", "10000"},
-		{"reconnect.backoff.ms", "100"},
-		{"reconnect.backoff.max.ms", "2000"},
-		{"log.queue", "true"},
-		{"statistics.interval.ms", KAFKA_STATISTICS_INTERVAL_MS},
 	};
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_conf_t *conf = kafka_client_conf(eventpipe_bootstrap_servers, client_id, properties,
+											  lengthof(properties), errbuf, errbuf_size);
 	rd_kafka_t *rk;
-	char	   *client_id = psprintf("eventpipe-consumer-%s", subscription->name);
-	size_t		i;
-	bool		ok;
 
-	ok = eventpipe_kafka_conf_set(conf, "bootstrap.servers", eventpipe_bootstrap_servers, errbuf, errbuf_size) &&
-		eventpipe_kafka_conf_set(conf, "client.id", client_id, errbuf, errbuf_size) &&
-		eventpipe_kafka_conf_set(conf, "group.id", subscription->group_id, errbuf, errbuf_size) &&
-		eventpipe_kafka_conf_set(conf, "auto.offset.reset",
-					 subscription->start_latest ? "latest" : "earliest", errbuf, errbuf_size);
-	for (i = 0; ok && i < lengthof(defaults); i++)
-		ok = eventpipe_kafka_conf_set(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
-	/* the DBA's options come last and win */
-	ok = ok && eventpipe_apply_dba_kafka_options(conf, errbuf, errbuf_size);
-	if (!ok)
-	{
-		rd_kafka_conf_destroy(conf);
+	if (conf == NULL)
 		return NULL;
-	}
 	rd_kafka_conf_set_rebalance_cb(conf, rebalance);
-	kafka_statistics_attach(conf, client_id);
-	rd_kafka_conf_set_log_cb(conf, kafka_log_callback);
-	rd_kafka_conf_set_error_cb(conf, kafka_error_callback);
-
-	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errbuf, errbuf_size);
+	rk = kafka_client_new(RD_KAFKA_CONSUMER, conf, client_id, errbuf, errbuf_size);
 	if (rk == NULL)
-	{
-		rd_kafka_conf_destroy(conf);
 		return NULL;
-	}
-	rd_kafka_set_log_queue(rk, NULL);
 	/* logs, errors and rebalances are all served by rd_kafka_consumer_poll */
 	rd_kafka_poll_set_consumer(rk);
 	return rk;

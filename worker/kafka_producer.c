@@ -25,6 +25,7 @@
 
 #include "../extension/eventpipe.h"
 #include "../extension/kafka_options.h"
+#include "kafka_client.h"
 #include "kafka_statistics.h"
 #include "relay.h"
 
@@ -57,7 +58,7 @@ static rd_kafka_t *
 create_producer(const char *bootstrap_servers, const char *client_id,
 				char *errbuf, size_t errbuf_size)
 {
-	static const char *const defaults[][2] = {
+	static const char *const properties[][2] = {
 		{"enable.idempotence", "true"},
 		{"acks", "all"},
 		{"partitioner", "murmur2_random"},
@@ -66,40 +67,14 @@ create_producer(const char *bootstrap_servers, const char *client_id,
 		{"queue.buffering.max.messages", "2000000"},
 		{"queue.buffering.max.kbytes", "2097151"},
 		{"message.timeout.ms", "0"},
-		{"reconnect.backoff.ms", "100"},
-		{"reconnect.backoff.max.ms", "2000"},
-		{"log.queue", "true"},
-		{"statistics.interval.ms", KAFKA_STATISTICS_INTERVAL_MS},
 	};
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	rd_kafka_t *rk;
-	size_t		i;
-	bool		ok;
+	rd_kafka_conf_t *conf = kafka_client_conf(bootstrap_servers, client_id, properties,
+											  lengthof(properties), errbuf, errbuf_size);
 
-	ok = eventpipe_kafka_conf_set(conf, "bootstrap.servers", bootstrap_servers, errbuf, errbuf_size) &&
-		eventpipe_kafka_conf_set(conf, "client.id", client_id, errbuf, errbuf_size);
-	for (i = 0; ok && i < lengthof(defaults); i++)
-		ok = eventpipe_kafka_conf_set(conf, defaults[i][0], defaults[i][1], errbuf, errbuf_size);
-	/* the DBA's options come last and win */
-	ok = ok && eventpipe_apply_dba_kafka_options(conf, errbuf, errbuf_size);
-	if (!ok)
-	{
-		rd_kafka_conf_destroy(conf);
+	if (conf == NULL)
 		return NULL;
-	}
 	rd_kafka_conf_set_dr_msg_cb(conf, delivery_report);
-	kafka_statistics_attach(conf, client_id);
-	rd_kafka_conf_set_log_cb(conf, kafka_log_callback);
-	rd_kafka_conf_set_error_cb(conf, kafka_error_callback);
-
-	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errbuf, errbuf_size);
-	if (rk == NULL)
-	{
-		rd_kafka_conf_destroy(conf);
-		return NULL;
-	}
-	rd_kafka_set_log_queue(rk, NULL);
-	return rk;
+	return kafka_client_new(RD_KAFKA_PRODUCER, conf, client_id, errbuf, errbuf_size);
 }
 
 /*
