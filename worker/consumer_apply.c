@@ -25,6 +25,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -55,7 +56,6 @@ static SPIPlanPtr dead_plan = NULL;
 static SPIPlanPtr offsets_plan = NULL;
 static SPIPlanPtr read_offset_plan = NULL;
 static SPIPlanPtr prune_plan = NULL;
-static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr start_offset_plan = NULL;
 
 /* How long to wait for the broker to say where a partition ends. */
@@ -575,13 +575,32 @@ count_effects(ConsumedMessage *messages, int count)
 
 /*
  * Transaction-level advisory locks on the metric rows the messages touch,
- * taken in one statement in sorted order, before any upsert: two workers
- * that touch the same rows wait for each other, and, all locks coming in one
- * global order, never deadlock.  A lock covers (target, a bucket of keys by
- * hash), so a batch takes at most LOCK_BUCKETS locks per target whatever
- * its number of keys, and never fills the server's lock table.
+ * taken in sorted order before any upsert: two workers that touch the same
+ * rows wait for each other, and, all locks coming in one global order,
+ * never deadlock.  A lock covers (target, a bucket of keys by hash), so a
+ * batch takes at most LOCK_BUCKETS locks per target whatever its number of
+ * keys, and never fills the server's lock table.  The lock is
+ * pg_advisory_xact_lock(target, bucket), with bucket the key's hashtext()
+ * modulo LOCK_BUCKETS, so a DBA can see and take the same locks from SQL.
  */
 #define LOCK_BUCKETS 256
+
+typedef struct RowLock
+{
+	int32		target;
+	int32		bucket;
+} RowLock;
+
+static int
+compare_row_locks(const void *a, const void *b)
+{
+	const RowLock *x = (const RowLock *) a;
+	const RowLock *y = (const RowLock *) b;
+
+	if (x->target != y->target)
+		return x->target < y->target ? -1 : 1;
+	return x->bucket - y->bucket;
+}
 
 static void
 lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rules)
@@ -589,22 +608,24 @@ lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rule
 	int			most = count_effects(messages, count);
 	Datum	   *targets = palloc(sizeof(Datum) * (most + 1));
 	Datum	   *keys = palloc(sizeof(Datum) * (most + 1));
+	RowLock    *locks = palloc(sizeof(RowLock) * (most + 1));
 	int			n = collect_effects(messages, count, rules, targets, keys);
-	Datum		values[3];
+	int			i;
 
-	if (n == 0)
-		return;
-	values[0] = make_array(targets, NULL, n, OIDOID);
-	values[1] = make_array(keys, NULL, n, TEXTOID);
-	values[2] = Int32GetDatum(LOCK_BUCKETS);
-	execute_plan(prepare_once(&lock_plan,
-							  "SELECT count(pg_advisory_xact_lock(s.target, s.bucket))"
-							  " FROM (SELECT DISTINCT (u.t::int8 & 2147483647)::int4 AS target,"
-							  "              (hashtext(u.k) & 2147483647) % $3 AS bucket"
-							  "       FROM unnest($1::oid[], $2::text[]) AS u(t, k)"
-							  "       ORDER BY 1, 2) AS s",
-							  3, (Oid[]) {OIDARRAYOID, TEXTARRAYOID, INT4OID}),
-				 values, SPI_OK_SELECT);
+	for (i = 0; i < n; i++)
+	{
+		text	   *key = DatumGetTextPP(keys[i]);
+		uint32		hash = DatumGetUInt32(hash_any((unsigned char *) VARDATA_ANY(key),
+												   VARSIZE_ANY_EXHDR(key)));
+
+		locks[i].target = (int32) (DatumGetObjectId(targets[i]) & 0x7FFFFFFF);
+		locks[i].bucket = (int32) ((hash & 0x7FFFFFFF) % LOCK_BUCKETS);
+	}
+	qsort(locks, n, sizeof(RowLock), compare_row_locks);
+	for (i = 0; i < n; i++)
+		if (i == 0 || compare_row_locks(&locks[i - 1], &locks[i]) != 0)
+			DirectFunctionCall2(pg_advisory_xact_lock_int4,
+								Int32GetDatum(locks[i].target), Int32GetDatum(locks[i].bucket));
 }
 
 /*
@@ -958,37 +979,59 @@ store_dead_letters(ConsumerBatch *batch, const char *name)
 	execute_plan(plan, values, SPI_OK_INSERT);
 }
 
-/* Every partition of the batch resumes after its last message. */
+/*
+ * Every partition of the batch resumes after its last message.  The
+ * partitions' highest offsets are found here (a batch holds few partitions),
+ * so the statement gets one row per partition, not one per message.
+ */
 static void
 store_offsets(ConsumerBatch *batch, const char *name)
 {
 	Oid			types[4] = {TEXTOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
 	Datum		values[4];
-	Datum	   *topics = palloc(sizeof(Datum) * batch->count);
+	const char **topics = palloc(sizeof(char *) * batch->count);
+	Datum	   *topic_datums = palloc(sizeof(Datum) * batch->count);
 	Datum	   *partitions = palloc(sizeof(Datum) * batch->count);
-	Datum	   *offsets = palloc(sizeof(Datum) * batch->count);
+	Datum	   *next_offsets = palloc(sizeof(Datum) * batch->count);
+	int			n = 0;
 	int			i;
+	int			p;
 	SPIPlanPtr	plan;
 
 	for (i = 0; i < batch->count; i++)
 	{
-		topics[i] = CStringGetTextDatum(batch->messages[i].topic);
-		partitions[i] = Int32GetDatum(batch->messages[i].raw->partition);
-		offsets[i] = Int64GetDatum(batch->messages[i].raw->offset);
+		const char *topic = batch->messages[i].topic;
+		int32		partition = batch->messages[i].raw->partition;
+		int64		next = batch->messages[i].raw->offset + 1;
+
+		for (p = 0; p < n; p++)
+			if (DatumGetInt32(partitions[p]) == partition && strcmp(topics[p], topic) == 0)
+				break;
+		if (p == n)
+		{
+			topics[n] = topic;
+			topic_datums[n] = CStringGetTextDatum(topic);
+			partitions[n] = Int32GetDatum(partition);
+			next_offsets[n++] = Int64GetDatum(next);
+		}
+		else if (next > DatumGetInt64(next_offsets[p]))
+			next_offsets[p] = Int64GetDatum(next);
 	}
+	if (n == 0)
+		return;
 	plan = prepare_once(&offsets_plan,
 						"INSERT INTO eventpipe.consumer_offsets AS o"
 						" (subscription, topic, partition, next_offset)"
-						" SELECT $1, u.t, u.p, max(u.o) + 1"
+						" SELECT $1, u.t, u.p, u.o"
 						" FROM unnest($2::text[], $3::int4[], $4::int8[]) AS u(t, p, o)"
-						" GROUP BY u.t, u.p ORDER BY u.t, u.p"
+						" ORDER BY u.t, u.p"
 						" ON CONFLICT (subscription, topic, partition) DO UPDATE"
 						" SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)",
 						4, types);
 	values[0] = CStringGetTextDatum(name);
-	values[1] = make_array(topics, NULL, batch->count, TEXTOID);
-	values[2] = make_array(partitions, NULL, batch->count, INT4OID);
-	values[3] = make_array(offsets, NULL, batch->count, INT8OID);
+	values[1] = make_array(topic_datums, NULL, n, TEXTOID);
+	values[2] = make_array(partitions, NULL, n, INT4OID);
+	values[3] = make_array(next_offsets, NULL, n, INT8OID);
 	execute_plan(plan, values, SPI_OK_INSERT);
 }
 
