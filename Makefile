@@ -37,6 +37,7 @@ OBJS = \
 	worker/consumer_manager.o \
 	worker/consumer_worker.o \
 	worker/consumer_message.o \
+	worker/payload_fields.o \
 	worker/consumer_apply.o \
 	worker/kafka_consumer.o \
 	worker/consumer_control.o

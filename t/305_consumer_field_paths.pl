@@ -5,7 +5,11 @@
 # top-level member ("a.b") takes that member before any path; a path
 # through null, an array, a non-object, or ending on an object or a
 # non-number value dead-letters its message with the field named; a dotted
-# dedup_field recognises a resent event.
+# dedup_field recognises a resent event.  The fields are read from the JSON
+# text in one pass, not through jsonb, and must find what jsonb would: the
+# last of repeated members, numbers as numeric writes them; a number out of
+# numeric's range dead-letters its message when a rule reads it, and does
+# not matter in a member no rule reads.
 use strict;
 use warnings;
 
@@ -44,6 +48,14 @@ my @messages = (
 	# the same event twice, recognised by the dotted dedup_field meta.id
 	[ 'dup-1', '{"type": "Deep", "meta": {"id": "e-1"}, "a": {"b": {"c": "p5"}}, "v": {"w": {"x": 1}}}' ],
 	[ 'dup-2', '{"type": "Deep", "meta": {"id": "e-1"}, "a": {"b": {"c": "p5"}}, "v": {"w": {"x": 1}}}' ],
+	# a repeated member: the last one counts, at the top and on a path
+	[ 'ok-6', '{"type": "Nested", "after": {"product_id": "p6", "amount": 1}, "after": {"product_id": "p7", "amount": 4}}' ],
+	[ 'ok-7', '{"type": "Dotted", "a": {"b": "p8"}, "a": {"b": "p9"}}' ],
+	[ 'ok-8', '{"type": "Dotted", "a.b": "p10", "a.b": "p11"}' ],
+	# a number key and value as numeric writes them
+	[ 'ok-9', '{"type": "Nested", "after": {"product_id": 1e2, "amount": 0.50}}' ],
+	# an out-of-range number no rule reads
+	[ 'ok-10', '{"type": "Dotted", "a.b": "p12", "junk": 1e999999}' ],
 	# dead letters
 	[ 'bad-1', '{"type": "Nested", "after": null}' ],
 	[ 'bad-2', '{"type": "Nested", "after": [{"product_id": "p1", "amount": 1}]}' ],
@@ -51,6 +63,8 @@ my @messages = (
 	[ 'bad-4', '{"type": "Nested", "after": {"product_id": "p1", "amount": "2"}}' ],
 	[ 'bad-5', '{"type": "Deep", "a": {"b": "p2"}, "v": {"w": {"x": 1}}}' ],
 	[ 'bad-6', '{"type": "Deep", "a": {"b": {"c": "p2"}}, "v": {"w": 5}}' ],
+	[ 'bad-7', '{"type": "Nested", "after": {"product_id": "p1", "amount": 1}, "after": {"amount": 1}}' ],
+	[ 'bad-8', '{"type": "Nested", "after": {"product_id": "p1", "amount": 1e999999}}' ],
 );
 produce_messages($kafka->{bootstrap}, $topic, [ map { { key => $_->[0], value => $_->[1] } } @messages ]);
 
@@ -66,11 +80,14 @@ ok(wait_caught_up($node, 'postgres', 'paths', $kafka->{bootstrap}, [$topic]),
 	'the subscription applied the whole topic');
 
 is($node->safe_psql('postgres', 'SELECT k, n, s FROM path_metrics ORDER BY k'),
-	join("\n", '7|0|1', 'p1|0|2.5', 'p2|0|3', 'p3|1|0', 'p4|1|0', 'p5|0|1'),
-	'dotted key and value paths found their nested members; a top-level "a.b" took precedence');
+	join("\n",
+		'100|0|0.50', '7|0|1', 'p1|0|2.5', 'p11|1|0', 'p12|1|0', 'p2|0|3', 'p3|1|0',
+		'p4|1|0', 'p5|0|1', 'p7|0|4', 'p9|1|0'),
+	'dotted key and value paths found their nested members; a top-level "a.b" took precedence; '
+	  . 'the last of repeated members counted; numbers were read as numeric writes them');
 
 my $stats = consumer_stats($node, 'postgres')->{paths};
-is($stats->{events_applied}, 6, 'six events applied');
+is($stats->{events_applied}, 11, 'eleven events applied');
 is($stats->{duplicates},     1, 'the resent event was recognised by its dotted dedup_field');
 
 is( $node->safe_psql(
@@ -82,7 +99,9 @@ is( $node->safe_psql(
 		'bad-3: key field "after.product_id" is missing or not a string or number',
 		'bad-4: value field "after.amount" is missing or not a number',
 		'bad-5: key field "a.b.c" is missing or not a string or number',
-		'bad-6: value field "v.w.x" is missing or not a number'),
+		'bad-6: value field "v.w.x" is missing or not a number',
+		'bad-7: key field "after.product_id" is missing or not a string or number',
+		'bad-8: value is not valid JSON: value overflows numeric format'),
 	'paths through null, an array or a string, or ending on an object or a non-number, dead-letter with the field named'
 );
 

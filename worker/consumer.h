@@ -19,6 +19,8 @@
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
+#include "payload_fields.h"
+
 /* A subscription's row of eventpipe.subscriptions. */
 typedef struct Subscription
 {
@@ -44,6 +46,8 @@ typedef struct MetricRule
 	char	   *key_field;
 	char	   *value_field;	/* NULL: add 1 */
 	Oid			owner;
+	int			key_slot;		/* key_field's place in ConsumerRules.fields */
+	int			value_slot;		/* value_field's; -1 when NULL */
 } MetricRule;
 
 typedef struct EventHandler
@@ -59,6 +63,11 @@ typedef struct ConsumerRules
 	MetricRule *metrics;
 	int			nhandlers;
 	EventHandler *handlers;
+	/* the payload fields read from every message, each once: consumer_message_fields() */
+	int			nfields;
+	PayloadFieldName *fields;
+	int			type_slot;		/* "type" */
+	int			dedup_slot;		/* the subscription's dedup_field; -1 when none */
 } ConsumerRules;
 
 /*
@@ -97,7 +106,8 @@ typedef struct ConsumedMessage
 	int64		dead_letter_id; /* 0: from Kafka; else the dead letter retried */
 	rd_kafka_headers_t *stored_headers; /* a dead letter's headers (NULL: none) */
 	const char *topic;				/* set before interpreting a dead letter */
-	Jsonb	   *payload;		/* NULL when the value is not valid JSON */
+	PayloadField *fields;		/* ConsumerRules.fields' values; NULL when not valid JSON */
+	Jsonb	   *payload;		/* the whole value, only when a handler is called with it */
 	char	   *event_type;		/* NULL: none */
 	char	   *event_id;		/* the dedup key */
 	char	   *error;			/* why it cannot be applied; NULL if it can */
@@ -139,8 +149,8 @@ typedef enum ApplyResult
 } ApplyResult;
 
 /* consumer_message.c */
-extern void consumer_message_interpret(ConsumedMessage *message, const Subscription *subscription,
-									   const ConsumerRules *rules);
+extern void consumer_message_fields(ConsumerRules *rules, const Subscription *subscription);
+extern void consumer_message_interpret(ConsumedMessage *message, const ConsumerRules *rules);
 extern Jsonb *consumer_message_headers(const ConsumedMessage *message);
 extern Jsonb *consumer_message_metadata(const ConsumedMessage *message);
 

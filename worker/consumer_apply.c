@@ -1004,8 +1004,10 @@ store_offsets(ConsumerBatch *batch, const char *name)
 		int32		partition = batch->messages[i].raw->partition;
 		int64		next = batch->messages[i].raw->offset + 1;
 
+		/* a topic's messages share its name's memory: compare pointers first */
 		for (p = 0; p < n; p++)
-			if (DatumGetInt32(partitions[p]) == partition && strcmp(topics[p], topic) == 0)
+			if (DatumGetInt32(partitions[p]) == partition &&
+				(topics[p] == topic || strcmp(topics[p], topic) == 0))
 				break;
 		if (p == n)
 		{
@@ -1170,8 +1172,9 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 		return APPLY_NO_SUBSCRIPTION;
 	}
 	load_rules(name, &rules);
+	consumer_message_fields(&rules, &subscription);
 	for (i = 0; i < batch->count; i++)
-		consumer_message_interpret(&batch->messages[i], &subscription, &rules);
+		consumer_message_interpret(&batch->messages[i], &rules);
 
 	if (!isolate_failures)
 	{

@@ -68,54 +68,6 @@ header_text(const ConsumedMessage *message, const char *name)
 	return pnstrdup(value, size);
 }
 
-/*
- * The payload member a field name designates, or NULL: the top-level member
- * of exactly that name if there is one (so a name holding a dot still
- * finds a member spelt so), else a path through nested objects, one member
- * per dot-separated part ("after.product_id": the "product_id" member of
- * the "after" object).  Arrays are not entered.
- */
-static JsonbValue *
-payload_field(Jsonb *payload, const char *name)
-{
-	JsonbContainer *container;
-	JsonbValue *member;
-	const char *part;
-	const char *dot;
-
-	if (payload == NULL || !JB_ROOT_IS_OBJECT(payload))
-		return NULL;
-	container = &payload->root;
-	member = getKeyJsonValueFromContainer(container, name, strlen(name), NULL);
-	if (member != NULL)
-		return member;
-	for (part = name; (dot = strchr(part, '.')) != NULL; part = dot + 1)
-	{
-		member = getKeyJsonValueFromContainer(container, part, dot - part, NULL);
-		if (member == NULL || member->type != jbvBinary ||
-			!JsonContainerIsObject(member->val.binary.data))
-			return NULL;
-		container = member->val.binary.data;
-	}
-	if (part == name)
-		return NULL;			/* no dot: the lookup above was the whole path */
-	return getKeyJsonValueFromContainer(container, part, strlen(part), NULL);
-}
-
-/* A string's text or a number as written; NULL for anything else. */
-static char *
-scalar_text(JsonbValue *value)
-{
-	if (value == NULL)
-		return NULL;
-	if (value->type == jbvString)
-		return pnstrdup(value->val.string.val, value->val.string.len);
-	if (value->type == jbvNumeric)
-		return DatumGetCString(DirectFunctionCall1(numeric_out,
-												   NumericGetDatum(value->val.numeric)));
-	return NULL;
-}
-
 /* Is this error the message's fault (bad data), not the server's? */
 static bool
 is_data_error(int sqlerrcode)
@@ -124,9 +76,56 @@ is_data_error(int sqlerrcode)
 		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
 }
 
-/* Parse the value as JSON into message->payload; returns an error text or NULL. */
+/* A number as numeric_out writes it ("1e2" is "100"), as a lookup in jsonb gave it. */
 static char *
-parse_payload(ConsumedMessage *message)
+canonical_number(const char *text)
+{
+	return DatumGetCString(DirectFunctionCall1(numeric_out,
+											   DirectFunctionCall3(numeric_in, CStringGetDatum(text),
+																   ObjectIdGetDatum(InvalidOid),
+																   Int32GetDatum(-1))));
+}
+
+/* The value as text in the database encoding (checked UTF-8 without NUL). */
+static char *
+value_text(const ConsumedMessage *message)
+{
+	rd_kafka_message_t *raw = message->raw;
+
+	return pg_any_to_server(pnstrdup(raw->payload, raw->len), (int) raw->len, PG_UTF8);
+}
+
+/* Read the rules' fields of the value into message->fields. */
+static void
+read_fields(ConsumedMessage *message, const ConsumerRules *rules)
+{
+	char	   *text = value_text(message);
+	PayloadField *fields = palloc(sizeof(PayloadField) * (rules->nfields + 1));
+	int			i;
+
+	payload_fields_read(text, strlen(text), rules->nfields, rules->fields, fields);
+	for (i = 0; i < rules->nfields; i++)
+		if (fields[i].kind == PAYLOAD_FIELD_NUMBER)
+			fields[i].text = canonical_number(fields[i].text);
+	message->fields = fields;
+}
+
+/* Make message->payload, the whole value as jsonb, for a handler. */
+static void
+read_jsonb(ConsumedMessage *message, const ConsumerRules *rules)
+{
+	message->payload = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+														  CStringGetDatum(value_text(message))));
+}
+
+/*
+ * Read the value with reader; returns an error text (the value is not
+ * valid JSON, or holds a number out of range) or NULL.  The first read
+ * checks first that the value is non-empty UTF-8 without NUL bytes.
+ */
+static char *
+read_value(ConsumedMessage *message, const ConsumerRules *rules,
+		   void (*reader) (ConsumedMessage *, const ConsumerRules *))
 {
 	rd_kafka_message_t *raw = message->raw;
 	MemoryContext context = CurrentMemoryContext;
@@ -141,9 +140,7 @@ parse_payload(ConsumedMessage *message)
 
 	PG_TRY();
 	{
-		char	   *text = pg_any_to_server(pnstrdup(raw->payload, raw->len), (int) raw->len, PG_UTF8);
-
-		message->payload = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+		reader(message, rules);
 	}
 	PG_CATCH();
 	{
@@ -163,15 +160,64 @@ parse_payload(ConsumedMessage *message)
 	return error;
 }
 
+/* A field's text: a string's, or a number's; NULL for anything else or none. */
+static char *
+field_text(const ConsumedMessage *message, int slot)
+{
+	const PayloadField *field;
+
+	if (slot < 0 || message->fields == NULL)
+		return NULL;
+	field = &message->fields[slot];
+	return field->kind == PAYLOAD_FIELD_STRING || field->kind == PAYLOAD_FIELD_NUMBER
+		? field->text : NULL;
+}
+
+/* The place of a field name in the rules' fields, added if new. */
+static int
+field_slot(ConsumerRules *rules, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < rules->nfields; i++)
+		if (strcmp(rules->fields[i].name, name) == 0)
+			return i;
+	payload_field_name_init(&rules->fields[rules->nfields], name);
+	return rules->nfields++;
+}
+
+/*
+ * The payload fields interpreting a message reads, each named once, in
+ * the context of rules: "type", the subscription's dedup_field, and every
+ * rule's key and value fields.
+ */
+void
+consumer_message_fields(ConsumerRules *rules, const Subscription *subscription)
+{
+	int			i;
+
+	rules->nfields = 0;
+	rules->fields = palloc(sizeof(PayloadFieldName) * (2 + 2 * rules->nmetrics));
+	rules->type_slot = field_slot(rules, "type");
+	rules->dedup_slot = subscription->dedup_field ? field_slot(rules, subscription->dedup_field) : -1;
+	for (i = 0; i < rules->nmetrics; i++)
+	{
+		MetricRule *rule = &rules->metrics[i];
+
+		rule->key_slot = field_slot(rules, rule->key_field);
+		rule->value_slot = rule->value_field ? field_slot(rules, rule->value_field) : -1;
+	}
+}
+
 /* The dedup key: ce_id, else payload[dedup_field], else the message's place. */
 static char *
-event_id_of(ConsumedMessage *message, const Subscription *subscription)
+event_id_of(ConsumedMessage *message, const ConsumerRules *rules)
 {
 	rd_kafka_message_t *raw = message->raw;
 	char	   *id = header_text(message, "ce_id");
 
-	if (id == NULL && subscription->dedup_field != NULL)
-		id = scalar_text(payload_field(message->payload, subscription->dedup_field));
+	if (id == NULL)
+		id = field_text(message, rules->dedup_slot);
 	if (id == NULL || id[0] == '\0')
 		id = psprintf("%s/%d/%lld", message->topic, (int) raw->partition,
 					  (long long) raw->offset);
@@ -184,11 +230,10 @@ metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
 {
 	const MetricRule *metric = &rules->metrics[rule];
 	MetricEffect *effect = palloc(sizeof(MetricEffect));
-	JsonbValue *value;
 	char	   *key;
 
 	effect->rule = rule;
-	key = scalar_text(payload_field(message->payload, metric->key_field));
+	key = field_text(message, metric->key_slot);
 	if (key == NULL)
 		return psprintf("key field \"%s\" is missing or not a string or number",
 						metric->key_field);
@@ -197,11 +242,10 @@ metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
 		effect->value = CStringGetTextDatum("1");
 	else
 	{
-		value = payload_field(message->payload, metric->value_field);
-		if (value == NULL || value->type != jbvNumeric)
+		if (message->fields[metric->value_slot].kind != PAYLOAD_FIELD_NUMBER)
 			return psprintf("value field \"%s\" is missing or not a number",
 							metric->value_field);
-		effect->value = CStringGetTextDatum(scalar_text(value));
+		effect->value = CStringGetTextDatum(message->fields[metric->value_slot].text);
 	}
 	message->effects = lappend(message->effects, effect);
 	return NULL;
@@ -209,16 +253,15 @@ metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
 
 /* Work out what the message means, in the current memory context. */
 static void
-interpret(ConsumedMessage *message, const Subscription *subscription,
-		  const ConsumerRules *rules)
+interpret(ConsumedMessage *message, const ConsumerRules *rules)
 {
 	int			i;
 
-	message->error = parse_payload(message);
-	message->event_id = event_id_of(message, subscription);
+	message->error = read_value(message, rules, read_fields);
+	message->event_id = event_id_of(message, rules);
 	message->event_type = header_text(message, "ce_type");
 	if (message->event_type == NULL)
-		message->event_type = scalar_text(payload_field(message->payload, "type"));
+		message->event_type = field_text(message, rules->type_slot);
 	if (message->error != NULL)
 	{
 		message->fate = MESSAGE_DEAD;
@@ -231,6 +274,8 @@ interpret(ConsumedMessage *message, const Subscription *subscription,
 	for (i = 0; i < rules->nhandlers && message->event_type; i++)
 		if (strcmp(rules->handlers[i].event_type, message->event_type) == 0)
 			message->handlers = lappend(message->handlers, &rules->handlers[i]);
+	if (message->error == NULL && message->handlers != NIL)
+		message->error = read_value(message, rules, read_jsonb);
 
 	if (message->error != NULL)
 	{
@@ -259,8 +304,7 @@ copy_text(Datum value)
  * the kernel, megabytes of fresh pages.)
  */
 void
-consumer_message_interpret(ConsumedMessage *message, const Subscription *subscription,
-						   const ConsumerRules *rules)
+consumer_message_interpret(ConsumedMessage *message, const ConsumerRules *rules)
 {
 	static MemoryContext scratch = NULL;
 	MemoryContext caller_context = CurrentMemoryContext;
@@ -272,17 +316,19 @@ consumer_message_interpret(ConsumedMessage *message, const Subscription *subscri
 										ALLOCSET_DEFAULT_SIZES);
 	if (message->dead_letter_id == 0)	/* a retried dead letter has its own */
 		parsed.topic = rd_kafka_topic_name(message->raw->rkt);
+	parsed.fields = NULL;
 	parsed.payload = NULL;
 	parsed.effects = NIL;
 	parsed.handlers = NIL;
 	MemoryContextSwitchTo(scratch);
-	interpret(&parsed, subscription, rules);
+	interpret(&parsed, rules);
 	MemoryContextSwitchTo(caller_context);
 
 	*message = parsed;
 	message->event_id = pstrdup(parsed.event_id);
 	message->event_type = parsed.event_type ? pstrdup(parsed.event_type) : NULL;
 	message->error = parsed.error ? pstrdup(parsed.error) : NULL;
+	message->fields = NULL;
 	message->payload = NULL;
 	if (parsed.handlers != NIL)
 	{
