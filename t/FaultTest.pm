@@ -19,7 +19,7 @@
 #                                per-key order; duplicates are only noted
 #                                (verify_messages: the same on messages read)
 #   start_kafka_with(...)        a cluster with extra broker settings
-#   topic_admin / create_topic   topics created with Kafka's Java AdminClient
+#   topic_admin / create_topic / delete_records   topics created, records deleted, with Kafka's Java AdminClient
 #   partition_leaders            partition => leader node, from kcat -L
 #   end_offsets                  partition => end offset, from kcat -Q
 #
@@ -47,7 +47,7 @@ our @EXPORT = qw(
   bulk_publish ledger ledger_count
   read_topic check_topic verify_messages
   wait_server_up server_is_up relay_pids total_outbox
-  topic_admin create_topic partition_leaders end_offsets ensure_consumer_offsets
+  topic_admin create_topic delete_records partition_leaders end_offsets ensure_consumer_offsets
   log_matches start_kafka_with finish_stream
 );
 
@@ -547,9 +547,10 @@ sub start_kafka_with
 # Kafka's own Java AdminClient (kafka-clients, in the broker's jar set):
 # the jar set has no kafka-topics tool (kafka.admin.TopicCommand moved to
 # the kafka-tools artifact in Kafka 3.x).  One long-lived process per
-# cluster reads commands ("create TOPIC PARTITIONS RF") on stdin and answers
-# "ok" or "error: ..." on stdout, so a topic is created within a fraction of
-# a second when a test needs it at a precise moment.
+# cluster reads commands ("create TOPIC PARTITIONS RF", "delete-records
+# TOPIC PARTITION OFFSET") on stdin and answers "ok" or "error: ..." on
+# stdout, so a topic is created within a fraction of a second when a test
+# needs it at a precise moment.
 my $admin_java = <<'JAVA';
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
@@ -559,6 +560,8 @@ import java.util.concurrent.TimeUnit;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.admin.NewTopic;
+import org.apache.kafka.clients.admin.RecordsToDelete;
+import org.apache.kafka.common.TopicPartition;
 
 public class FaultTestTopics {
     public static void main(String[] args) throws Exception {
@@ -579,6 +582,12 @@ public class FaultTestTopics {
                                                       Short.parseShort(word[3]));
                         admin.createTopics(Collections.singleton(topic)).all()
                              .get(30, TimeUnit.SECONDS);
+                        System.out.println("ok");
+                    } else if (word[0].equals("delete-records") && word.length == 4) {
+                        TopicPartition partition = new TopicPartition(word[1], Integer.parseInt(word[2]));
+                        admin.deleteRecords(Collections.singletonMap(partition,
+                                 RecordsToDelete.beforeOffset(Long.parseLong(word[3]))))
+                             .all().get(30, TimeUnit.SECONDS);
                         System.out.println("ok");
                     } else {
                         System.out.println("error: unknown command: " + line);
@@ -652,6 +661,18 @@ sub create_topic
 	${ $admin->{in} } .= "create $topic $partitions $rf\n";
 	my $answer = _admin_answer($admin, 60) // 'error: no answer';
 	note "create topic $topic ($partitions partitions, RF $rf): $answer";
+	return $answer eq 'ok';
+}
+
+# delete_records($admin, $topic, $partition, $offset): delete the
+# partition's records before $offset (its log start becomes $offset), as
+# retention does; true on success, the answer is noted.
+sub delete_records
+{
+	my ($admin, $topic, $partition, $offset) = @_;
+	${ $admin->{in} } .= "delete-records $topic $partition $offset\n";
+	my $answer = _admin_answer($admin, 60) // 'error: no answer';
+	note "delete records of $topic [$partition] before offset $offset: $answer";
 	return $answer eq 'ok';
 }
 

@@ -121,7 +121,15 @@ create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_si
 	char	   *client_id = psprintf("eventpipe-consumer-%s", subscription->name);
 	const char *const properties[][2] = {
 		{"group.id", subscription->group_id},
-		{"auto.offset.reset", subscription->start_latest ? "latest" : "earliest"},
+		/*
+		 * Only for an offset that is out of range: records deleted past it
+		 * (retention) while the subscription was away, or a topic made
+		 * again.  start_from chose where each partition starts at its first
+		 * assignment, and that start is stored; from then on the first
+		 * record still there is the next one not yet applied.  "latest"
+		 * here skipped every record still on the partition.
+		 */
+		{"auto.offset.reset", "earliest"},
 		{"enable.auto.commit", "false"},
 		{"enable.auto.offset.store", "false"},
 		{"enable.partition.eof", "false"},

@@ -1,0 +1,123 @@
+# t/316_consumer_deleted_records.pl: records deleted from Kafka (retention,
+# or kafka-delete-records) while a subscription is away, so that the offset
+# stored in the database lies before the partition's first record.
+#  - Both start_from 'earliest' and 'latest' subscriptions resume at the
+#    first record still there: nothing that remains on the topic is skipped
+#    (start_from decides where a partition starts once, at its first
+#    assignment; an offset out of range is never a reason to jump to the
+#    end).  The records deleted before they were read are, of course, gone.
+#  - replay() from offset 0 starts at the first record still there, and
+#    every event it brings again is a duplicate.
+# Records are deleted with Kafka's own AdminClient (deleteRecords).
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+use EventpipeTest;
+use FaultTest qw(topic_admin delete_records end_offsets);
+use ConsumerTest;
+
+my $kafka     = start_kafka();
+my $bootstrap = $kafka->{bootstrap};
+my $node      = new_node('deleted', bootstrap => $bootstrap);
+my $db        = 'postgres';
+my $topic     = 't316.deleted';
+my $admin     = topic_admin($kafka);
+ensure_topic($bootstrap, $topic);
+
+my @subs = qw(early late);
+$node->safe_psql($db, q{
+CREATE EXTENSION eventpipe;
+CREATE TABLE hits_early (k text PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+CREATE TABLE hits_late (k text PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+});
+$node->safe_psql($db, qq{
+BEGIN;
+SELECT eventpipe.subscribe('early', ARRAY['$topic'], start_from => 'earliest');
+SELECT eventpipe.subscribe('late', ARRAY['$topic'], start_from => 'latest');
+SELECT eventpipe.add_metric('early', 'Hit', 'hits_early', 'k', 'n');
+SELECT eventpipe.add_metric('late', 'Hit', 'hits_late', 'k', 'n');
+COMMIT;
+});
+# 'latest' stores where each partition starts at its first assignment
+ok( wait_until(
+		sub {
+			$node->safe_psql($db,
+				"SELECT count(*) FROM eventpipe.consumer_offsets WHERE subscription = 'late'") == 3;
+		},
+		60),
+	"the 'latest' subscription stored its three partitions' start");
+
+my $sent = 0;
+
+sub produce_hits
+{
+	my ($count) = @_;
+	my @messages = map {
+		my $i = $sent + $_;
+		{ key => "m-$i", value => qq({"type": "Hit", "k": "all", "i": $i}) }
+	} 1 .. $count;
+	$sent += $count;
+	produce_messages($bootstrap, $topic, \@messages);
+}
+
+sub hits
+{
+	my ($sub) = @_;
+	return $node->safe_psql($db, "SELECT coalesce(sum(n), 0) FROM hits_$sub");
+}
+
+sub set_paused
+{
+	my ($pause) = @_;
+	my $function = $pause ? 'pause' : 'resume';
+	$node->safe_psql($db, "SELECT eventpipe.$function('$_')") for @subs;
+	return wait_until(
+		sub {
+			my $states = $node->safe_psql($db,
+				"SELECT string_agg(DISTINCT state, ',') FROM eventpipe.pg_stat_consumer WHERE subscription IN ('early', 'late')"
+			);
+			return $pause ? $states eq 'paused' : ($states ne '' && $states !~ /paused/);
+		},
+		60);
+}
+
+# A: read by both
+produce_hits(30);
+ok(wait_caught_up($node, $db, $_, $bootstrap, [$topic]), "$_: caught up with the first 30 events") for @subs;
+is(hits($_), 30, "$_: 30 events applied") for @subs;
+
+# B: produced while both are paused, then deleted before they could read it
+ok(set_paused(1), 'both subscriptions paused');
+produce_hits(30);
+my $end_b = end_offsets($bootstrap, $topic, 3);
+is(scalar keys %$end_b, 3, 'end offsets of the three partitions known');
+ok(delete_records($admin, $topic, $_, $end_b->{$_}), "partition $_: records before $end_b->{$_} deleted")
+  for sort keys %$end_b;
+
+# C: produced after the deletion, still on the topic when they come back
+produce_hits(30);
+my $stored = db_offsets($node, $db, 'late', $topic);
+ok((grep { $stored->{$_} < $end_b->{$_} } keys %$end_b) > 0,
+	"'late' has a stored offset before its partition's first record now");
+
+ok(set_paused(0), 'both subscriptions resumed');
+for my $sub (@subs)
+{
+	ok(wait_caught_up($node, $db, $sub, $bootstrap, [$topic]), "$sub: caught up with the topic's end again");
+	is(hits($sub), 60, "$sub: the 30 events still on the topic applied; the 30 deleted unread are gone");
+}
+
+# replay from 0 starts at the first record there, and brings only duplicates
+my $duplicates_before = consumer_stats($node, $db)->{early}{duplicates};
+$node->safe_psql($db, "SELECT eventpipe.replay('early', '$topic', $_, 0)") for 0 .. 2;
+ok( wait_until(sub { consumer_stats($node, $db)->{early}{duplicates} - $duplicates_before == 30 }, 60),
+	'replay from offset 0: the 30 events still on the topic came again, each a duplicate');
+ok(wait_caught_up($node, $db, 'early', $bootstrap, [$topic]), 'early: caught up after the replay');
+is(hits('early'), 60, 'early: the replay changed no metric');
+
+$node->stop('fast');
+done_testing();
