@@ -311,12 +311,16 @@ account_batch(ConsumerBatch *batch)
 	if (first_error != NULL)
 	{
 		/* the whole error is in consumer_dead_letters; the log gets its start */
-		char	   *message = psprintf(batch->retry
-									   ? "%llu dead letters failed again, the first: %.*s"
-									   : "%llu messages dead-lettered, the first: %.*s",
-									   (unsigned long long) dead,
-									   pg_mbcliplen(first_error, strlen(first_error), EVENTPIPE_ERROR_LEN),
-									   first_error);
+		int			len = pg_mbcliplen(first_error, strlen(first_error), EVENTPIPE_ERROR_LEN);
+		char	   *message;
+
+		if (dead == 1)
+			message = psprintf(batch->retry ? "a dead letter failed again: %.*s"
+							   : "a message was dead-lettered: %.*s", len, first_error);
+		else
+			message = psprintf(batch->retry ? "%llu dead letters failed again, the first: %.*s"
+							   : "%llu messages were dead-lettered, the first: %.*s",
+							   (unsigned long long) dead, len, first_error);
 
 		record_error(message);
 		ereport(LOG, (errmsg("%s: %s", who, message)));
