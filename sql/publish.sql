@@ -12,6 +12,18 @@ SELECT topic, key, payload, headers, event_type, event_id IS NOT NULL AS has_id
 SELECT eventpipe.publish('order-events', 'order-2', '{}') AS event_id \gset
 SELECT count(*) AS matching FROM eventpipe.outbox WHERE event_id = :'event_id';
 
+-- event ids are version 7 UUIDs: variant 10, and their first 48 bits are
+-- the time of the call in Unix milliseconds, so later ids sort later
+SELECT substr(:'event_id', 15, 1) AS version,
+       substr(:'event_id', 20, 1) IN ('8', '9', 'a', 'b') AS variant_10,
+       abs(('x' || substr(replace(:'event_id', '-', ''), 1, 12))::bit(48)::bigint
+           - (extract(epoch FROM clock_timestamp()) * 1000)::bigint) < 60000 AS unix_ms_now;
+BEGIN;
+SELECT count(DISTINCT event_id) = 200 AND bool_and(event_id > :'event_id') AS later_ids_sort_later
+  FROM (SELECT pg_sleep(0.002), eventpipe.publish('order-events', 'order-3', '{}') AS event_id
+          FROM generate_series(1, 200)) AS p;
+ROLLBACK;
+
 -- event_type: explicit, else the payload's "type", else the default
 SELECT eventpipe.publish('catalog-events', 'p1', '{"type": "LikeChanged"}', NULL, 'LikeAdded') IS NOT NULL;
 SELECT eventpipe.publish('catalog-events', 'p1', '{"type": 42}') IS NOT NULL;
