@@ -8,6 +8,13 @@
 #    end).  The records deleted before they were read are, of course, gone.
 #  - replay() from offset 0 starts at the first record still there, and
 #    every event it brings again is a duplicate.
+#  - Records deleted while nothing new follows them: on its return the
+#    subscription stores the partition's first offset at once (it has
+#    caught up, its lag is 0), it does not wait for a message to store.
+#  - A stored offset past the partition's end (the topic made again):
+#    the partition resumes at its first record, applied once, and that is
+#    stored, so a later assignment does not read the partition again.
+#  Each out-of-range offset is reported with a WARNING.
 # Records are deleted with Kafka's own AdminClient (deleteRecords).
 use strict;
 use warnings;
@@ -118,6 +125,57 @@ ok( wait_until(sub { consumer_stats($node, $db)->{early}{duplicates} - $duplicat
 	'replay from offset 0: the 30 events still on the topic came again, each a duplicate');
 ok(wait_caught_up($node, $db, 'early', $bootstrap, [$topic]), 'early: caught up after the replay');
 is(hits('early'), 60, 'early: the replay changed no metric');
+
+
+# D: deleted while both are paused, and nothing after it
+my $log_at = log_position($node);
+ok(set_paused(1), '(d) both subscriptions paused again');
+produce_hits(12);
+my $end_d = end_offsets($bootstrap, $topic, 3);
+ok(delete_records($admin, $topic, $_, $end_d->{$_}), "(d) partition $_: records before $end_d->{$_} deleted")
+  for sort keys %$end_d;
+ok(set_paused(0), '(d) both subscriptions resumed');
+for my $sub (@subs)
+{
+	ok(wait_caught_up($node, $db, $sub, $bootstrap, [$topic], 60),
+		"(d) $sub: stored the partitions' first offsets with no message to read");
+	my $lags = "SELECT count(*) FILTER (WHERE lag <> 0) || '/' || count(*) FROM eventpipe.pg_stat_consumer WHERE subscription = '$sub'";
+	ok(wait_until(sub { $node->safe_psql($db, $lags) eq '0/3' }, 30),
+		"(d) $sub: pg_stat_consumer shows no lag on its three partitions")
+	  or diag $node->safe_psql($db,
+		"SELECT partition, committed_offset, high_watermark, lag FROM eventpipe.pg_stat_consumer WHERE subscription = '$sub' ORDER BY 1");
+	is(hits($sub), 60, "(d) $sub: nothing applied (the 12 events were deleted unread)");
+}
+like(log_since($node, $log_at), qr/the stored offset \d+ of partition \d of topic "t316\.deleted" is outside what Kafka holds/,
+	'(d) the out-of-range offsets were reported');
+
+# E: stored offsets past the partitions' ends, as after the topic was made again
+$log_at = log_position($node);
+ok(set_paused(1), '(e) both subscriptions paused again');
+produce_hits(15);
+$node->safe_psql($db,
+	"UPDATE eventpipe.consumer_offsets SET next_offset = next_offset + 1000 WHERE topic = '$topic'");
+ok(set_paused(0), '(e) both subscriptions resumed');
+for my $sub (@subs)
+{
+	ok(wait_caught_up($node, $db, $sub, $bootstrap, [$topic], 60),
+		"(e) $sub: its stored offsets are the partitions' ends again, not past them");
+	is(hits($sub), 75, "(e) $sub: the 15 events applied once");
+}
+like(log_since($node, $log_at), qr/is outside what Kafka holds \(first \d+, end \d+\)/,
+	'(e) the offsets past the end were reported');
+sub seen
+{
+	my ($sub) = @_;
+	my $stats = consumer_stats($node, $db)->{$sub};
+	return "$stats->{events_applied} applied, $stats->{duplicates} duplicates";
+}
+my %seen = map { $_ => seen($_) } @subs;
+ok(set_paused(1) && set_paused(0), '(e) paused and resumed once more: a new assignment');
+ok(wait_caught_up($node, $db, $_, $bootstrap, [$topic], 60), "(e) $_: caught up after the new assignment") for @subs;
+sleep 2;
+is(seen($_), $seen{$_}, "(e) $_: the new assignment read nothing again") for @subs;
+is(hits($_), 75, "(e) $_: metrics unchanged") for @subs;
 
 $node->stop('fast');
 done_testing();

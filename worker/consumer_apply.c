@@ -55,6 +55,7 @@ static SPIPlanPtr forget_plan = NULL;
 static SPIPlanPtr dead_plan = NULL;
 static SPIPlanPtr offsets_plan = NULL;
 static SPIPlanPtr read_offset_plan = NULL;
+static SPIPlanPtr retained_offset_plan = NULL;
 static SPIPlanPtr prune_plan = NULL;
 static SPIPlanPtr start_offset_plan = NULL;
 
@@ -1237,10 +1238,65 @@ store_start_at_end(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partit
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/* How long to wait for a broker to say which offsets a partition holds. */
+#define RETAINED_QUERY_MS 2000
+
 /*
- * Set each partition's offset to the one stored in the database; a
- * partition without one starts at the beginning, or (start_latest) at its
- * end as of now, then stored.  In a transaction of its own.
+ * A stored offset brought within the records Kafka holds.  Below the
+ * partition's first record (records deleted by retention while the
+ * subscription was away) or past its end (the topic deleted and made
+ * again, or records lost by the broker), the partition resumes at its
+ * first record, and that is stored at once: left to librdkafka's reset, an
+ * offset past the end was read from the first record at every assignment
+ * while the stored one stayed past the end, and one below the start kept a
+ * lag that never cleared.  *broker_answers turns false when the broker does
+ * not answer: the offsets are then used as stored, without asking again.
+ */
+static int64
+within_retained(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition_t *partition,
+				int64 stored, bool *broker_answers)
+{
+	int64_t		low;
+	int64_t		high;
+	Datum		values[4];
+
+	if (!*broker_answers)
+		return stored;
+	if (rd_kafka_query_watermark_offsets(rk, partition->topic, partition->partition,
+										 &low, &high, RETAINED_QUERY_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		*broker_answers = false;
+		ereport(LOG,
+				(errmsg("eventpipe consumer: could not learn which offsets Kafka holds of partition %d of topic \"%s\"; resuming at the stored offsets",
+						(int) partition->partition, partition->topic)));
+		return stored;
+	}
+	if (stored >= low && stored <= high)
+		return stored;
+	ereport(WARNING,
+			(errmsg("eventpipe consumer: subscription \"%s\": the stored offset " INT64_FORMAT " of partition %d of topic \"%s\" is outside what Kafka holds (first " INT64_FORMAT ", end " INT64_FORMAT "); resuming at " INT64_FORMAT,
+					name, stored, (int) partition->partition, partition->topic,
+					(int64) low, (int64) high, (int64) low),
+			 stored < low
+			 ? errdetail("Records were deleted before this subscription applied them.")
+			 : errdetail("The topic was made again, or the broker lost records.")));
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(partition->topic);
+	values[2] = Int32GetDatum(partition->partition);
+	values[3] = Int64GetDatum(low);
+	execute_plan(prepare_once(&retained_offset_plan,
+							  "UPDATE eventpipe.consumer_offsets SET next_offset = $4"
+							  " WHERE subscription = $1 AND topic = $2 AND partition = $3",
+							  4, (Oid[]) {TEXTOID, TEXTOID, INT4OID, INT8OID}),
+				 values, SPI_OK_UPDATE);
+	return low;
+}
+
+/*
+ * Set each partition's offset to the one stored in the database, within
+ * what Kafka holds; a partition without one starts at the beginning, or
+ * (start_latest) at its end as of now, then stored.  In a transaction of
+ * its own.
  */
 void
 consumer_read_offsets(rd_kafka_t *rk, const char *name,
@@ -1249,6 +1305,7 @@ consumer_read_offsets(rd_kafka_t *rk, const char *name,
 	MemoryContext caller_context = worker_begin_transaction("eventpipe: reading the stored offsets");
 	Oid			types[3] = {TEXTOID, TEXTOID, INT4OID};
 	SPIPlanPtr	plan;
+	bool		broker_answers = true;
 	int			i;
 
 	SPI_connect();
@@ -1266,8 +1323,11 @@ consumer_read_offsets(rd_kafka_t *rk, const char *name,
 
 		execute_plan(plan, values, SPI_OK_SELECT);
 		if (SPI_processed > 0)
-			partition->offset = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-															SPI_tuptable->tupdesc, 1, &isnull));
+			partition->offset = within_retained(rk, name, partition,
+												DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+																			SPI_tuptable->tupdesc,
+																			1, &isnull)),
+												&broker_answers);
 		else if (start_latest)
 			partition->offset = store_start_at_end(rk, name, partition);
 		else
