@@ -44,7 +44,7 @@ static Oid	id_sequence = InvalidOid;
 /*
  * A new event id (the ce_id header): a version 7 UUID (RFC 9562), whose
  * first 48 bits are the Unix time in milliseconds and the other 74 free
- * bits strong random ones.  Ids made later sort later, so a consumer's
+ * bits strong random ones.  Ids of a later millisecond sort later, so a consumer's
  * dedup ledger (eventpipe's, keyed by ce_id) adds each new one at the end
  * of its index instead of anywhere in it: bench/consumer spends 14.3
  * instead of 19.0 us per event with such ids.
