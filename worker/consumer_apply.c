@@ -1199,6 +1199,17 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 	return APPLY_DONE;
 }
 
+/* The parameters of a statement on a partition's row of consumer_offsets. */
+static void
+partition_offset_values(Datum *values, const char *name,
+						const rd_kafka_topic_partition_t *partition, int64 offset)
+{
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(partition->topic);
+	values[2] = Int32GetDatum(partition->partition);
+	values[3] = Int64GetDatum(offset);
+}
+
 /*
  * Where a partition without a stored offset starts under start_from
  * 'latest': its end now, stored at once, in a commit that waits for the WAL
@@ -1221,10 +1232,7 @@ store_start_at_end(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partit
 		ereport(ERROR,
 				(errmsg("eventpipe consumer: could not find the end of partition %d of topic \"%s\": %s",
 						(int) partition->partition, partition->topic, rd_kafka_err2str(err))));
-	values[0] = CStringGetTextDatum(name);
-	values[1] = CStringGetTextDatum(partition->topic);
-	values[2] = Int32GetDatum(partition->partition);
-	values[3] = Int64GetDatum(high);
+	partition_offset_values(values, name, partition, high);
 	execute_plan(prepare_once(&start_offset_plan,
 							  "INSERT INTO eventpipe.consumer_offsets AS o"
 							  " (subscription, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
@@ -1280,10 +1288,7 @@ within_retained(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition
 			 stored < low
 			 ? errdetail("Records were deleted before this subscription applied them.")
 			 : errdetail("The topic was made again, or the broker lost records.")));
-	values[0] = CStringGetTextDatum(name);
-	values[1] = CStringGetTextDatum(partition->topic);
-	values[2] = Int32GetDatum(partition->partition);
-	values[3] = Int64GetDatum(low);
+	partition_offset_values(values, name, partition, low);
 	execute_plan(prepare_once(&retained_offset_plan,
 							  "UPDATE eventpipe.consumer_offsets SET next_offset = $4"
 							  " WHERE subscription = $1 AND topic = $2 AND partition = $3",
