@@ -34,15 +34,15 @@
 #include "relay.h"
 #include "worker_loop.h"
 
-static SPIPlanPtr claim_plan = NULL;
-static SPIPlanPtr claim_excluding_plan = NULL;
-static SPIPlanPtr claim_excluding_few_plan = NULL;
-
 /*
  * Up to this many ids in flight are passed over by a plan made once
  * (compared one by one); more, by a plan made for the claim's ids.
  */
 #define FEW_IDS_IN_FLIGHT 32
+
+static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr claim_excluding_plan = NULL;
+static SPIPlanPtr claim_excluding_few_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
 static SPIPlanPtr reschedule_plan = NULL;
 static SPIPlanPtr bury_plan = NULL;
@@ -113,7 +113,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 {
 	MemoryContext batch_context;
 	Datum		args[5];
-	int			excluding;
+	int			passed_over;
 	SPIPlanPtr	plan;
 	int			rc;
 	uint64		i;
@@ -138,7 +138,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	excluding = ArrayGetNItems(ARR_NDIM(in_flight), ARR_DIMS(in_flight));
+	passed_over = ArrayGetNItems(ARR_NDIM(in_flight), ARR_DIMS(in_flight));
 	if (claim_plan == NULL)
 	{
 		Oid			types[5] = {INT4OID, INT4OID, INT4OID, INT8OID, INT8ARRAYOID};
@@ -179,9 +179,9 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 	args[2] = Int32GetDatum(shard);
 	args[3] = Int64GetDatum(after_id);
 	args[4] = PointerGetDatum(in_flight);
-	if (excluding == 0)
+	if (passed_over == 0)
 		plan = claim_plan;
-	else if (excluding <= FEW_IDS_IN_FLIGHT)
+	else if (passed_over <= FEW_IDS_IN_FLIGHT)
 		plan = claim_excluding_few_plan;
 	else
 		plan = claim_excluding_plan;
