@@ -106,6 +106,8 @@ typedef struct RelayRun
 	RelayRunEnd end;
 	bool		gave_up;		/* a batch was cut short: drop the producer */
 	bool		record_failed;	/* an outcome could not be recorded */
+	bool		more_due;		/* rows may be due that no commit will wake
+								 * the worker for: run again at once */
 } RelayRun;
 
 extern RelayRun relay_pipeline_run(int shard, const char *ce_source);
@@ -119,5 +121,6 @@ extern bool relay_pause_changed(void);
 extern void relay_show_activity(RelayState state, const char *activity);
 extern void relay_account_batch(OutboxBatch *batch, BatchOutcome *outcome);
 extern uint64 relay_take_lowest_committed_id(void);
+extern bool relay_commit_reported(void);
 
 #endif							/* EVENTPIPE_RELAY_H */

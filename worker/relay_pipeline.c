@@ -37,7 +37,11 @@
  * superuser's INSERT, a COMMIT PREPARED in another session) report nothing:
  * where prepared transactions are enabled claims always start from the
  * start, and the others are found by the claim from the start that begins
- * each run; a run claims no more after RUN_MS.
+ * each run (at the next poll at the latest); a run claims no more after
+ * RUN_MS.  Nor once its last claim came back short with no commit reported
+ * since: that claim saw every row, and the next commit wakes the worker
+ * (when commits came one by one, claiming again each time, from the start
+ * in a new run, cost more than the event).
  *
  * Interrupts are held for the whole run (see relay_worker.c): a SIGTERM ends
  * it once what is in flight is acknowledged and recorded.
@@ -255,6 +259,8 @@ typedef struct ClaimFloor
 {
 	int64		highest_claimed;	/* highest id claimed in this run */
 	bool		may_skip;		/* no row can have shown up late below it */
+	bool		more_may_be_due;	/* the last claim filled its batch, or a
+									 * commit was reported after it */
 } ClaimFloor;
 
 /*
@@ -281,6 +287,8 @@ update_floor(ClaimFloor *floor, ClaimedBatch *claimed, uint64 lowest_committed)
 	}
 	floor->may_skip = max_prepared_xacts == 0 &&
 		lowest_committed > (uint64) floor->highest_claimed;
+	floor->more_may_be_due = rows->count >= eventpipe_relay_batch_size ||
+		lowest_committed != EVENTPIPE_NO_COMMITTED_ID;
 }
 
 /*
@@ -329,7 +337,7 @@ claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
 RelayRun
 relay_pipeline_run(int shard, const char *ce_source)
 {
-	RelayRun	run = {RELAY_RUN_SENT, false, false};
+	RelayRun	run = {RELAY_RUN_SENT, false, false, true};
 	TimestampTz started = GetCurrentTimestamp();
 	OutboxAvailability availability = OUTBOX_READY;
 	InFlight	in_flight = {{NULL}, 0};
@@ -377,9 +385,18 @@ relay_pipeline_run(int shard, const char *ce_source)
 				claiming = false;
 				break;
 			}
+			if (!floor.more_may_be_due && !relay_commit_reported())
+			{
+				/* the last claim saw every row: a commit from now on wakes us */
+				run.more_due = false;
+				claiming = false;
+				break;
+			}
 			next = claim_next(shard, &in_flight, &floor, &availability);
 			if (next == NULL || availability != OUTBOX_READY || next->rows.count == 0)
 			{
+				if (next != NULL && availability == OUTBOX_READY)
+					run.more_due = floor.more_may_be_due;
 				release(next);
 				claiming = false;
 				break;
@@ -399,7 +416,11 @@ relay_pipeline_run(int shard, const char *ce_source)
 			awaiting = false;
 		}
 		if (!every_event_delivered(&oldest->rows))
+		{
+			/* held or failed events of this run: look at them again at once */
 			claiming = false;
+			run.more_due = true;
+		}
 		if (!record(oldest, shard, &retried))
 		{
 			run.record_failed = true;
@@ -415,6 +436,8 @@ relay_pipeline_run(int shard, const char *ce_source)
 		{
 			/* the events it held back are due now, maybe below the floor */
 			floor.may_skip = false;
+			floor.more_may_be_due = true;
+			run.more_due = true;
 		}
 		release(oldest);
 	}

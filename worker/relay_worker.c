@@ -289,6 +289,18 @@ relay_take_lowest_committed_id(void)
 }
 
 /*
+ * Has a publisher committed (or is one committing) since the last
+ * relay_take_lowest_committed_id()?  Looks without taking.
+ */
+bool
+relay_commit_reported(void)
+{
+	pg_memory_barrier();
+	return pg_atomic_read_u32(&eventpipe_shared->publishers_committing) > 0 ||
+		pg_atomic_read_u64(&slot->lowest_committed_id) != EVENTPIPE_NO_COMMITTED_ID;
+}
+
+/*
  * After a fatal error the idempotent producer has lost its guarantees: drop
  * it (the next turn builds a new one) and say why.  Returns whether it did.
  */
@@ -387,8 +399,19 @@ relay_step(void)
 	}
 	drop_producer_after_fatal_error();
 	failures_in_a_row = 0;
-	/* look again at once: more may have committed meanwhile */
-	return 0;
+	if (run.more_due)
+		return 0;
+
+	/*
+	 * The run's last claim saw every row committed by a publisher: the
+	 * latch, set by every commit since this turn began, wakes us for the
+	 * next.  Another claim from the start now (as each run begins with)
+	 * would cost a transaction and an index scan per event when commits
+	 * come one by one.  Rows written without publish() or capture are
+	 * found by the poll, as when idle.
+	 */
+	relay_show_activity(RELAY_IDLE, "idle");
+	return eventpipe_relay_poll_interval;
 }
 
 static void
