@@ -89,6 +89,9 @@ is($node->safe_psql('postgres', 'SELECT k, n, s FROM path_metrics ORDER BY k'),
 my $stats = consumer_stats($node, 'postgres')->{paths};
 is($stats->{events_applied}, 11, 'eleven events applied');
 is($stats->{duplicates},     1, 'the resent event was recognised by its dotted dedup_field');
+like($stats->{last_error},
+	qr/^(?:a message was dead-lettered: |[2-9]\d* messages were dead-lettered, the first: |\d{2,} messages were dead-lettered, the first: )\S/,
+	"last_error counts the batch's dead letters in words that agree with their number: $stats->{last_error}");
 
 is( $node->safe_psql(
 		'postgres',
