@@ -653,15 +653,24 @@ sub _admin_answer
 	return undef;
 }
 
+# Send the admin one command line; true when it answers "ok".  The answer
+# is noted after $what.
+sub _admin_command
+{
+	my ($admin, $command, $what) = @_;
+	${ $admin->{in} } .= "$command\n";
+	my $answer = _admin_answer($admin, 60) // 'error: no answer';
+	note "$what: $answer";
+	return $answer eq 'ok';
+}
+
 # create_topic($admin, $topic, $partitions, $rf): true on success; the
 # answer is noted.
 sub create_topic
 {
 	my ($admin, $topic, $partitions, $rf) = @_;
-	${ $admin->{in} } .= "create $topic $partitions $rf\n";
-	my $answer = _admin_answer($admin, 60) // 'error: no answer';
-	note "create topic $topic ($partitions partitions, RF $rf): $answer";
-	return $answer eq 'ok';
+	return _admin_command($admin, "create $topic $partitions $rf",
+		"create topic $topic ($partitions partitions, RF $rf)");
 }
 
 # delete_records($admin, $topic, $partition, $offset): delete the
@@ -670,10 +679,8 @@ sub create_topic
 sub delete_records
 {
 	my ($admin, $topic, $partition, $offset) = @_;
-	${ $admin->{in} } .= "delete-records $topic $partition $offset\n";
-	my $answer = _admin_answer($admin, 60) // 'error: no answer';
-	note "delete records of $topic [$partition] before offset $offset: $answer";
-	return $answer eq 'ok';
+	return _admin_command($admin, "delete-records $topic $partition $offset",
+		"delete records of $topic [$partition] before offset $offset");
 }
 
 # { partition => leader node id (-1: none) } from kcat -L.
