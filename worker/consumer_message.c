@@ -118,18 +118,11 @@ read_jsonb(ConsumedMessage *message, const ConsumerRules *rules)
 														  CStringGetDatum(value_text(message))));
 }
 
-/*
- * Read the value with reader; returns an error text (the value is not
- * valid JSON, or holds a number out of range) or NULL.  The first read
- * checks first that the value is non-empty UTF-8 without NUL bytes.
- */
+/* Why the value cannot be JSON text at all (empty, a NUL byte, not UTF-8), or NULL. */
 static char *
-read_value(ConsumedMessage *message, const ConsumerRules *rules,
-		   void (*reader) (ConsumedMessage *, const ConsumerRules *))
+unreadable_value(const ConsumedMessage *message)
 {
 	rd_kafka_message_t *raw = message->raw;
-	MemoryContext context = CurrentMemoryContext;
-	char	   *volatile error = NULL;
 
 	if (raw->payload == NULL || raw->len == 0)
 		return pstrdup("empty value");
@@ -137,6 +130,20 @@ read_value(ConsumedMessage *message, const ConsumerRules *rules,
 		return pstrdup("value contains a NUL byte");
 	if (!pg_verify_mbstr(PG_UTF8, raw->payload, (int) raw->len, true))
 		return pstrdup("value is not valid UTF-8");
+	return NULL;
+}
+
+/*
+ * Read a readable value (see unreadable_value) with reader; returns an
+ * error text (the value is not valid JSON, or holds a number out of
+ * range) or NULL.
+ */
+static char *
+read_value(ConsumedMessage *message, const ConsumerRules *rules,
+		   void (*reader) (ConsumedMessage *, const ConsumerRules *))
+{
+	MemoryContext context = CurrentMemoryContext;
+	char	   *volatile error = NULL;
 
 	PG_TRY();
 	{
@@ -257,7 +264,9 @@ interpret(ConsumedMessage *message, const ConsumerRules *rules)
 {
 	int			i;
 
-	message->error = read_value(message, rules, read_fields);
+	message->error = unreadable_value(message);
+	if (message->error == NULL)
+		message->error = read_value(message, rules, read_fields);
 	message->event_id = event_id_of(message, rules);
 	message->event_type = header_text(message, "ce_type");
 	if (message->event_type == NULL)
