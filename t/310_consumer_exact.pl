@@ -10,7 +10,8 @@
 # records each payment with its metadata (handlers name their tables with
 # their schema: they run with the worker's search_path, not a session's).  Then the very same events are
 # produced a second and a third time (same ids): nothing may change, and
-# consumer_stats() must count the duplicates.
+# consumer_stats() must count the duplicates.  Last, new events mixed with
+# old ones and with second copies of themselves: each new one counts once.
 use strict;
 use warnings;
 
@@ -103,6 +104,36 @@ for my $round (1 .. 3)
 	# another round would wait as long for nothing
 	last unless $caught_up;
 }
+
+# Round 4: new events among old ones.  First a run of new events only, more
+# than a batch per partition (so that a batch whose ids are all new comes
+# first: its ledger rows go in with a plain INSERT, and a mixed batch after
+# it meets known ids there), then each event of a second new set twice, an
+# old one between the copies.  Each new event counts once, the rest are
+# duplicates.
+my $fresh = make_events(prefix => 'fresh', count => 2400, products => 12, customers => 10, seed => 3101);
+my $twice = make_events(prefix => 'twice', count => 600, products => 12, customers => 10, seed => 3102);
+my @old = grep { !$_->{headered} } @$events;
+my @old_copies = map { $old[ $_ * 4 % @old ] } 0 .. $#$twice;
+my @mixed = map { ($twice->[$_], $old_copies[$_], $twice->[$_]) } 0 .. $#$twice;
+note sprintf('round 4: produced %d messages',
+	produce_events($bootstrap, $topic, [ @$fresh, @mixed ]));
+ok(wait_caught_up($node, $db, $sub, $bootstrap, [$topic], 180),
+	'round 4: the offsets stored in the database reached the end of the topic');
+my $all = expected_metrics([ $events, 1 ], [ $fresh, 1 ], [ $twice, 1 ]);
+check_product_metrics($node, $db, $all, 'round 4: product_metrics counts each new event once, no old one again');
+check_customer_metrics($node, $db, $all, 'round 4: customer_metrics counts each new payment once');
+my $new_matched = sum_events($fresh, PRODUCT_TYPES) + sum_events($twice, PRODUCT_TYPES);
+my $stats = consumer_stats($node, $db)->{$sub} // {};
+is($stats->{events_applied}, $matched + $new_matched,
+	"round 4: consumer_stats.events_applied grew by the $new_matched new events");
+is($stats->{duplicates} - $prev_dups,
+	sum_events(\@old_copies, PRODUCT_TYPES) + sum_events($twice, PRODUCT_TYPES),
+	'round 4: the old copies and the second copies were counted as duplicates');
+my $new_payments = grep { $_->{type} eq 'PaymentCompleted' } @$fresh, @$twice;
+is($node->safe_psql($db, 'SELECT count(*), count(DISTINCT event_id) FROM payments_seen'),
+	sprintf('%d|%d', @payments + $new_payments, @payments + $new_payments),
+	'round 4: the handler recorded each new payment once');
 
 # The handler's metadata: each payment was handled at its first copy's
 # partition and offset, under its own id (ce_id, else the payload's
