@@ -71,14 +71,14 @@ typedef struct ConsumerRules
 } ConsumerRules;
 
 /*
- * One effect of a message: add value to a metric rule's row keyed by key.
- * Both are text datums, as the upserts' arrays take them.
+ * One effect of a message: add value to a metric rule's row keyed by key
+ * (its text, as the upserts' key array takes it).
  */
 typedef struct MetricEffect
 {
 	int			rule;			/* index in ConsumerRules.metrics */
 	Datum		key;			/* text */
-	Datum		value;			/* text: a number */
+	Datum		value;			/* numeric; (Datum) 0 for the 1 a counting rule adds */
 } MetricEffect;
 
 /* What became of a message, for the counters. */

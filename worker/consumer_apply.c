@@ -40,6 +40,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/resowner.h"
 #include "utils/uuid.h"
 
@@ -752,8 +753,16 @@ typedef struct TargetDelta
 {
 	Datum		key;			/* text */
 	int			column;
-	Datum		value;			/* text */
+	Datum		value;			/* numeric; (Datum) 0 for one */
 } TargetDelta;
+
+/* A target row's change: the columns the batch changes in it, and by how much. */
+typedef struct RowChange
+{
+	Datum		key;			/* text */
+	Bitmapset  *set;			/* its columns */
+	Datum	   *sums;			/* numeric, by column; (Datum) 0 for one not in set */
+} RowChange;
 
 static int
 compare_keys(const void *a, const void *b)
@@ -767,22 +776,59 @@ compare_keys(const void *a, const void *b)
 	return order != 0 ? order : x_len - y_len;
 }
 
+static int
+compare_keys_then_columns(const void *a, const void *b)
+{
+	int			order = compare_keys(a, b);
+
+	if (order != 0)
+		return order;
+	return ((const TargetDelta *) a)->column - ((const TargetDelta *) b)->column;
+}
+
+static Datum
+add_numerics(Datum sum, Datum value)
+{
+	return sum == (Datum) 0 ? value : DirectFunctionCall2(numeric_add, sum, value);
+}
+
+/* The sum of n deltas, as a numeric. */
+static Datum
+sum_of(const TargetDelta *deltas, int n)
+{
+	Datum		sum = (Datum) 0;
+	int64		ones = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (deltas[i].value == (Datum) 0)
+			ones++;
+		else
+			sum = add_numerics(sum, deltas[i].value);
+	}
+	if (ones > 0)
+		sum = add_numerics(sum, NumericGetDatum(int64_to_numeric(ones)));
+	return sum;
+}
+
 /*
- * One upsert of the rows of one set of columns: each row's key and, per
- * column, its deltas (NULL where a delta is for another column), summed per
- * key by the statement.
+ * One upsert of rows that change one set of columns: their keys and, per
+ * column, the sums.  The keys of a text primary key are the rows as they
+ * are, one per key; the keys of another type are grouped again after the
+ * cast, which can make two spellings one key (7 and 07 for a bigint).
  */
 static void
 upsert_columns(const MetricRule *rule, char **columns, Bitmapset *set,
-			   TargetDelta *deltas, int ndeltas, Datum *keys)
+			   RowChange *rows, int nrows)
 {
 	int			ncolumns = bms_num_members(set);
+	bool		text_key = strcmp(rule->key_type, "text") == 0;
 	Datum	   *values = palloc(sizeof(Datum) * (ncolumns + 1));
-	Datum	   *column_values = palloc(sizeof(Datum) * (ndeltas + 1));
-	bool	   *column_nulls = palloc(sizeof(bool) * (ndeltas + 1));
+	Datum	   *column_values = palloc(sizeof(Datum) * (nrows + 1));
 	Oid		   *types = palloc(sizeof(Oid) * (ncolumns + 1));
 	StringInfoData names,
-				sums,
+				selected,
 				arrays,
 				aliases,
 				sets;
@@ -792,27 +838,26 @@ upsert_columns(const MetricRule *rule, char **columns, Bitmapset *set,
 	UserContext user;
 
 	initStringInfo(&names);
-	initStringInfo(&sums);
+	initStringInfo(&selected);
 	initStringInfo(&arrays);
 	initStringInfo(&aliases);
 	initStringInfo(&sets);
-	values[0] = make_array(keys, NULL, ndeltas, TEXTOID);
+	for (i = 0; i < nrows; i++)
+		column_values[i] = rows[i].key;
+	values[0] = make_array(column_values, NULL, nrows, TEXTOID);
 	types[0] = TEXTARRAYOID;
 	while ((column = bms_next_member(set, column)) >= 0)
 	{
 		const char *name = columns[column];
 
 		nth++;
-		for (i = 0; i < ndeltas; i++)
-		{
-			column_nulls[i] = deltas[i].column != column;
-			column_values[i] = column_nulls[i] ? (Datum) 0 : deltas[i].value;
-		}
-		values[nth] = make_array(column_values, column_nulls, ndeltas, TEXTOID);
-		types[nth] = TEXTARRAYOID;
+		for (i = 0; i < nrows; i++)
+			column_values[i] = rows[i].sums[column];
+		values[nth] = make_array(column_values, NULL, nrows, NUMERICOID);
+		types[nth] = NUMERICARRAYOID;
 		appendStringInfo(&names, ", %s", name);
-		appendStringInfo(&sums, ", pg_catalog.sum(u.v%d::pg_catalog.numeric)", nth);
-		appendStringInfo(&arrays, ", $%d::pg_catalog.text[]", nth + 1);
+		appendStringInfo(&selected, text_key ? ", u.v%d" : ", pg_catalog.sum(u.v%d)", nth);
+		appendStringInfo(&arrays, ", $%d::pg_catalog.numeric[]", nth + 1);
 		appendStringInfo(&aliases, ", v%d", nth);
 		appendStringInfo(&sets, "%s%s = COALESCE(t.%s, 0) + EXCLUDED.%s",
 						 nth > 1 ? ", " : "", name, name, name);
@@ -820,12 +865,14 @@ upsert_columns(const MetricRule *rule, char **columns, Bitmapset *set,
 	/* planned as the user too: a plan made under another search_path is made again */
 	become_user(rule->owner, &user);
 	if (SPI_execute_plan(upsert_plan(psprintf("INSERT INTO %s AS t (%s%s)"
-											  " SELECT u.k::%s%s"
+											  " SELECT u.k%s%s%s"
 											  " FROM unnest($1::pg_catalog.text[]%s) AS u(k%s)"
-											  " GROUP BY 1 ORDER BY 1"
+											  "%s"
 											  " ON CONFLICT (%s) DO UPDATE SET %s",
 											  rule->target_name, rule->key_column, names.data,
-											  rule->key_type, sums.data, arrays.data, aliases.data,
+											  text_key ? "" : "::", text_key ? "" : rule->key_type,
+											  selected.data, arrays.data, aliases.data,
+											  text_key ? "" : " GROUP BY 1 ORDER BY 1",
 											  rule->key_column, sets.data),
 									 ncolumns + 1, types),
 						 values, NULL, false, 0) != SPI_OK_INSERT)
@@ -835,10 +882,10 @@ upsert_columns(const MetricRule *rule, char **columns, Bitmapset *set,
 
 /*
  * The upserts into the target of rule leader, for all the rules that write
- * to it as its role.  A row gets one upsert of all the columns the batch
- * changes in it (an event counted and summed into two columns of one row is
- * one row version, not two): the rows are grouped by that set of columns,
- * one statement per set.
+ * to it as its role.  The deltas are summed here, per row and column.  A
+ * row gets one upsert of all the columns the batch changes in it (an event
+ * counted and summed into two columns of one row is one row version, not
+ * two): the rows are grouped by that set of columns, one statement per set.
  */
 static void
 upsert_target(ConsumedMessage *messages, int count, const ConsumerRules *rules, int leader)
@@ -846,13 +893,14 @@ upsert_target(ConsumedMessage *messages, int count, const ConsumerRules *rules, 
 	const MetricRule *rule = &rules->metrics[leader];
 	int			most = count_effects(messages, count);
 	TargetDelta *deltas = palloc(sizeof(TargetDelta) * (most + 1));
-	Bitmapset **set_of = palloc(sizeof(Bitmapset *) * (most + 1));
+	RowChange  *rows = palloc(sizeof(RowChange) * (most + 1));
 	int		   *column_of = palloc(sizeof(int) * rules->nmetrics);
 	char	  **columns = palloc(sizeof(char *) * rules->nmetrics);
 	List	   *sets = NIL;
 	ListCell   *lc;
 	int			ncolumns = 0;
 	int			n = 0;
+	int			nrows = 0;
 	int			r;
 	int			i;
 
@@ -890,37 +938,43 @@ upsert_target(ConsumedMessage *messages, int count, const ConsumerRules *rules, 
 	if (n == 0)
 		return;
 
-	/* each key's set of columns; then the keys of each set, together */
-	qsort(deltas, n, sizeof(TargetDelta), compare_keys);
+	/* each key's row: its set of columns and their sums */
+	qsort(deltas, n, sizeof(TargetDelta), compare_keys_then_columns);
 	for (i = 0; i < n;)
 	{
-		Bitmapset  *set = NULL;
-		int			end;
+		RowChange  *row = &rows[nrows++];
+		int			first = i;
 
-		for (end = i; end < n && compare_keys(&deltas[i], &deltas[end]) == 0; end++)
-			set = bms_add_member(set, deltas[end].column);
+		row->key = deltas[i].key;
+		row->set = NULL;
+		row->sums = palloc0(sizeof(Datum) * ncolumns);
+		while (i < n && compare_keys(&deltas[first], &deltas[i]) == 0)
+		{
+			int			end = i;
+
+			while (end < n && compare_keys_then_columns(&deltas[i], &deltas[end]) == 0)
+				end++;
+			row->set = bms_add_member(row->set, deltas[i].column);
+			row->sums[deltas[i].column] = sum_of(&deltas[i], end - i);
+			i = end;
+		}
 		foreach(lc, sets)
-			if (bms_equal(set, (Bitmapset *) lfirst(lc)))
+			if (bms_equal(row->set, (Bitmapset *) lfirst(lc)))
 				break;
 		if (lc == NULL)
-			sets = lappend(sets, set);
-		for (; i < end; i++)
-			set_of[i] = set;
+			sets = lappend(sets, row->set);
 	}
+	/* the rows of each set together */
 	foreach(lc, sets)
 	{
 		Bitmapset  *set = (Bitmapset *) lfirst(lc);
-		TargetDelta *chosen = palloc(sizeof(TargetDelta) * n);
-		Datum	   *keys = palloc(sizeof(Datum) * n);
+		RowChange  *chosen = palloc(sizeof(RowChange) * nrows);
 		int			nchosen = 0;
 
-		for (i = 0; i < n; i++)
-			if (bms_equal(set_of[i], set))
-			{
-				keys[nchosen] = deltas[i].key;
-				chosen[nchosen++] = deltas[i];
-			}
-		upsert_columns(rule, columns, set, chosen, nchosen, keys);
+		for (i = 0; i < nrows; i++)
+			if (bms_equal(rows[i].set, set))
+				chosen[nchosen++] = rows[i];
+		upsert_columns(rule, columns, set, chosen, nchosen);
 	}
 }
 

@@ -246,13 +246,15 @@ metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
 						metric->key_field);
 	effect->key = CStringGetTextDatum(key);
 	if (metric->value_field == NULL)
-		effect->value = CStringGetTextDatum("1");
+		effect->value = (Datum) 0;
 	else
 	{
 		if (message->fields[metric->value_slot].kind != PAYLOAD_FIELD_NUMBER)
 			return psprintf("value field \"%s\" is missing or not a number",
 							metric->value_field);
-		effect->value = CStringGetTextDatum(message->fields[metric->value_slot].text);
+		effect->value = DirectFunctionCall3(numeric_in,
+											CStringGetDatum(message->fields[metric->value_slot].text),
+											ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
 	}
 	message->effects = lappend(message->effects, effect);
 	return NULL;
@@ -352,7 +354,8 @@ consumer_message_interpret(ConsumedMessage *message, const ConsumerRules *rules)
 
 		*effect = *(MetricEffect *) lfirst(lc);
 		effect->key = copy_text(effect->key);
-		effect->value = copy_text(effect->value);
+		if (effect->value != (Datum) 0)
+			effect->value = PointerGetDatum(DatumGetNumericCopy(effect->value));
 		message->effects = lappend(message->effects, effect);
 	}
 	MemoryContextReset(scratch);
