@@ -9,7 +9,8 @@
 # text in one pass, not through jsonb, and must find what jsonb would: the
 # last of repeated members, numbers as numeric writes them; a number out of
 # numeric's range dead-letters its message when a rule reads it, and does
-# not matter in a member no rule reads.
+# not matter in a member no rule reads.  Escapes are read wherever they are,
+# and JSON's own errors are worded as json_in words them.
 use strict;
 use warnings;
 
@@ -56,6 +57,8 @@ my @messages = (
 	[ 'ok-9', '{"type": "Nested", "after": {"product_id": 1e2, "amount": 0.50}}' ],
 	# an out-of-range number no rule reads
 	[ 'ok-10', '{"type": "Dotted", "a.b": "p12", "junk": 1e999999}' ],
+	# escapes in a member's name and in strings: "Dotted", a -> b, "p13"
+	[ 'ok-11', '{"type": "Dott\\u0065d", "a": {"\\u0062": "p\\u00313"}, "note": "tab\\there"}' ],
 	# dead letters
 	[ 'bad-1', '{"type": "Nested", "after": null}' ],
 	[ 'bad-2', '{"type": "Nested", "after": [{"product_id": "p1", "amount": 1}]}' ],
@@ -65,6 +68,10 @@ my @messages = (
 	[ 'bad-6', '{"type": "Deep", "a": {"b": {"c": "p2"}}, "v": {"w": 5}}' ],
 	[ 'bad-7', '{"type": "Nested", "after": {"product_id": "p1", "amount": 1}, "after": {"amount": 1}}' ],
 	[ 'bad-8', '{"type": "Nested", "after": {"product_id": "p1", "amount": 1e999999}}' ],
+	# JSON's own errors, worded as json_in words them
+	[ 'bad-9', qq({"type": "Dotted", "a.b": "p\x0114"}) ],
+	[ 'bad-x1', '{"type": "Dotted", "a.b": "p15", "x": tru}' ],
+	[ 'bad-x2', '{"type": "Dotted", "a.b": "p16", "n": 01}' ],
 );
 produce_messages($kafka->{bootstrap}, $topic, [ map { { key => $_->[0], value => $_->[1] } } @messages ]);
 
@@ -81,13 +88,13 @@ ok(wait_caught_up($node, 'postgres', 'paths', $kafka->{bootstrap}, [$topic]),
 
 is($node->safe_psql('postgres', 'SELECT k, n, s FROM path_metrics ORDER BY k'),
 	join("\n",
-		'100|0|0.50', '7|0|1', 'p1|0|2.5', 'p11|1|0', 'p12|1|0', 'p2|0|3', 'p3|1|0',
+		'100|0|0.50', '7|0|1', 'p1|0|2.5', 'p11|1|0', 'p12|1|0', 'p13|1|0', 'p2|0|3', 'p3|1|0',
 		'p4|1|0', 'p5|0|1', 'p7|0|4', 'p9|1|0'),
 	'dotted key and value paths found their nested members; a top-level "a.b" took precedence; '
-	  . 'the last of repeated members counted; numbers were read as numeric writes them');
+	  . 'the last of repeated members counted; numbers were read as numeric writes them; escapes were read');
 
 my $stats = consumer_stats($node, 'postgres')->{paths};
-is($stats->{events_applied}, 11, 'eleven events applied');
+is($stats->{events_applied}, 12, 'twelve events applied');
 is($stats->{duplicates},     1, 'the resent event was recognised by its dotted dedup_field');
 like($stats->{last_error},
 	qr/^(?:a message was dead-lettered: |[2-9]\d* messages were dead-lettered, the first: |\d{2,} messages were dead-lettered, the first: )\S/,
@@ -104,7 +111,10 @@ is( $node->safe_psql(
 		'bad-5: key field "a.b.c" is missing or not a string or number',
 		'bad-6: value field "v.w.x" is missing or not a number',
 		'bad-7: key field "after.product_id" is missing or not a string or number',
-		'bad-8: value is not valid JSON: value overflows numeric format'),
+		'bad-8: value is not valid JSON: value overflows numeric format',
+		'bad-9: value is not valid JSON: invalid input syntax for type json: Character with value 0x01 must be escaped.',
+		'bad-x1: value is not valid JSON: invalid input syntax for type json: Token "tru" is invalid.',
+		'bad-x2: value is not valid JSON: invalid input syntax for type json: Token "01" is invalid.'),
 	'paths through null, an array or a string, or ending on an object or a non-number, dead-letter with the field named'
 );
 

@@ -13,6 +13,13 @@
  * one counts, as in jsonb.  Syntax errors are reported as json_in reports
  * them.  Unlike jsonb_in, numbers are only checked for JSON syntax: the
  * caller converts those it reads.
+ *
+ * Two walkers drive the same reader.  A text whose strings hold no escape
+ * and no control character (nearly every event) is walked by hand here, in
+ * pg_parse_json's order of calls; at the first thing outside that subset,
+ * valid or not, the text is read again from the start by pg_parse_json,
+ * whose answer and errors are the reference.  PostgreSQL 15's lexer copies
+ * every string one character at a time: it was most of the reading.
  */
 #include "postgres.h"
 
@@ -177,28 +184,254 @@ payload_field_name_init(PayloadFieldName *name, const char *text)
 	name->parts[n] = pstrdup(part);
 }
 
-void
-payload_fields_read(char *json, int len, int nnames, const PayloadFieldName *names,
-					PayloadField *found)
+/* Where the hand walk is in the text. */
+typedef struct HandWalk
+{
+	const char *at;
+	const char *end;
+	FieldReader *reader;
+} HandWalk;
+
+/* Deeper than this, the hand walk leaves the text to pg_parse_json. */
+#define HAND_WALK_MAX_DEPTH 64
+
+static void
+skip_whitespace(HandWalk *walk)
+{
+	while (walk->at < walk->end &&
+		   (*walk->at == ' ' || *walk->at == '\t' || *walk->at == '\n' || *walk->at == '\r'))
+		walk->at++;
+}
+
+/* Does a number or a literal end here (what json_lex requires of its end)? */
+static bool
+token_ends(const HandWalk *walk)
+{
+	char		c;
+
+	if (walk->at == walk->end)
+		return true;
+	c = *walk->at;
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == ',' || c == ']' || c == '}';
+}
+
+/* A string without escapes or control characters, copied; NULL for any other. */
+static char *
+walk_string(HandWalk *walk)
+{
+	const char *start = ++walk->at;
+
+	for (; walk->at < walk->end; walk->at++)
+	{
+		unsigned char c = (unsigned char) *walk->at;
+
+		if (c == '"')
+			return pnstrdup(start, walk->at++ - start);
+		if (c == '\\' || c < 0x20)
+			return NULL;
+	}
+	return NULL;
+}
+
+static bool
+walk_digits(HandWalk *walk)
+{
+	const char *start = walk->at;
+
+	while (walk->at < walk->end && *walk->at >= '0' && *walk->at <= '9')
+		walk->at++;
+	return walk->at > start;
+}
+
+/* A number of JSON's grammar, copied as written; NULL for anything else. */
+static char *
+walk_number(HandWalk *walk)
+{
+	const char *start = walk->at;
+
+	if (*walk->at == '-')
+		walk->at++;
+	if (walk->at < walk->end && *walk->at == '0')
+		walk->at++;
+	else if (!walk_digits(walk))
+		return NULL;
+	if (walk->at < walk->end && *walk->at == '.')
+	{
+		walk->at++;
+		if (!walk_digits(walk))
+			return NULL;
+	}
+	if (walk->at < walk->end && (*walk->at == 'e' || *walk->at == 'E'))
+	{
+		walk->at++;
+		if (walk->at < walk->end && (*walk->at == '+' || *walk->at == '-'))
+			walk->at++;
+		if (!walk_digits(walk))
+			return NULL;
+	}
+	return token_ends(walk) ? pnstrdup(start, walk->at - start) : NULL;
+}
+
+static bool
+walk_literal(HandWalk *walk, const char *literal)
+{
+	size_t		len = strlen(literal);
+
+	if (walk->end - walk->at < (ptrdiff_t) len || memcmp(walk->at, literal, len) != 0)
+		return false;
+	walk->at += len;
+	return token_ends(walk);
+}
+
+static bool walk_value(HandWalk *walk, int depth);
+
+static bool
+walk_object(HandWalk *walk, int depth)
+{
+	object_start(walk->reader);
+	walk->at++;
+	skip_whitespace(walk);
+	if (walk->at < walk->end && *walk->at == '}')
+	{
+		walk->at++;
+		frame_end(walk->reader);
+		return true;
+	}
+	for (;;)
+	{
+		char	   *member;
+
+		skip_whitespace(walk);
+		if (walk->at == walk->end || *walk->at != '"' || (member = walk_string(walk)) == NULL)
+			return false;
+		skip_whitespace(walk);
+		if (walk->at == walk->end || *walk->at != ':')
+			return false;
+		walk->at++;
+		member_start(walk->reader, member, false);
+		if (!walk_value(walk, depth + 1))
+			return false;
+		skip_whitespace(walk);
+		if (walk->at == walk->end)
+			return false;
+		if (*walk->at == '}')
+		{
+			walk->at++;
+			frame_end(walk->reader);
+			return true;
+		}
+		if (*walk->at++ != ',')
+			return false;
+	}
+}
+
+static bool
+walk_array(HandWalk *walk, int depth)
+{
+	array_start(walk->reader);
+	walk->at++;
+	skip_whitespace(walk);
+	if (walk->at < walk->end && *walk->at == ']')
+	{
+		walk->at++;
+		frame_end(walk->reader);
+		return true;
+	}
+	for (;;)
+	{
+		if (!walk_value(walk, depth + 1))
+			return false;
+		skip_whitespace(walk);
+		if (walk->at == walk->end)
+			return false;
+		if (*walk->at == ']')
+		{
+			walk->at++;
+			frame_end(walk->reader);
+			return true;
+		}
+		if (*walk->at++ != ',')
+			return false;
+	}
+}
+
+/* Walk one value, calling the reader as pg_parse_json would; false: leave it to pg_parse_json. */
+static bool
+walk_value(HandWalk *walk, int depth)
+{
+	char	   *text;
+
+	skip_whitespace(walk);
+	if (walk->at == walk->end || depth > HAND_WALK_MAX_DEPTH)
+		return false;
+	switch (*walk->at)
+	{
+		case '{':
+			return walk_object(walk, depth);
+		case '[':
+			return walk_array(walk, depth);
+		case '"':
+			if ((text = walk_string(walk)) == NULL)
+				return false;
+			scalar(walk->reader, text, JSON_TOKEN_STRING);
+			return true;
+		case 't':
+			if (!walk_literal(walk, "true"))
+				return false;
+			scalar(walk->reader, NULL, JSON_TOKEN_TRUE);
+			return true;
+		case 'f':
+			if (!walk_literal(walk, "false"))
+				return false;
+			scalar(walk->reader, NULL, JSON_TOKEN_FALSE);
+			return true;
+		case 'n':
+			if (!walk_literal(walk, "null"))
+				return false;
+			scalar(walk->reader, NULL, JSON_TOKEN_NULL);
+			return true;
+		default:
+			if ((text = walk_number(walk)) == NULL)
+				return false;
+			scalar(walk->reader, text, JSON_TOKEN_NUMBER);
+			return true;
+	}
+}
+
+/* Walk the whole text: one value, then only whitespace. */
+static bool
+walk_text(HandWalk *walk)
+{
+	if (!walk_value(walk, 0))
+		return false;
+	skip_whitespace(walk);
+	return walk->at == walk->end;
+}
+
+static void
+reader_init(FieldReader *reader, int nnames, const PayloadFieldName *names)
+{
+	memset(reader, 0, sizeof(*reader));
+	reader->nnames = nnames;
+	reader->names = names;
+	reader->literal = palloc0(sizeof(PayloadField) * (nnames + 1));
+	reader->path = palloc0(sizeof(PayloadField) * (nnames + 1));
+	reader->pending_literal = palloc(sizeof(int) * (nnames + 1));
+	reader->pending_path = palloc(sizeof(int) * (nnames + 1));
+	reader->max_depth = 8;
+	reader->frames = palloc(sizeof(Frame) * reader->max_depth);
+}
+
+/* Read json with pg_parse_json into a fresh reader; raises its syntax errors. */
+static void
+parse_with_postgres(char *json, int len, FieldReader *reader)
 {
 	JsonLexContext *lex = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), true);
-	FieldReader reader;
 	JsonSemAction actions;
 	JsonParseErrorType result;
-	int			i;
-
-	memset(&reader, 0, sizeof(reader));
-	reader.nnames = nnames;
-	reader.names = names;
-	reader.literal = palloc0(sizeof(PayloadField) * (nnames + 1));
-	reader.path = palloc0(sizeof(PayloadField) * (nnames + 1));
-	reader.pending_literal = palloc(sizeof(int) * (nnames + 1));
-	reader.pending_path = palloc(sizeof(int) * (nnames + 1));
-	reader.max_depth = 8;
-	reader.frames = palloc(sizeof(Frame) * reader.max_depth);
 
 	memset(&actions, 0, sizeof(actions));
-	actions.semstate = &reader;
+	actions.semstate = reader;
 	actions.object_start = object_start;
 	actions.object_end = frame_end;
 	actions.array_start = array_start;
@@ -209,7 +442,24 @@ payload_fields_read(char *json, int len, int nnames, const PayloadFieldName *nam
 	result = pg_parse_json(lex, &actions);
 	if (result != JSON_SUCCESS)
 		json_ereport_error(result, lex);
+}
+
+void
+payload_fields_read(char *json, int len, int nnames, const PayloadFieldName *names,
+					PayloadField *found)
+{
+	FieldReader reader;
+	HandWalk	walk = {json, json + len, &reader};
+	int			i;
+
+	reader_init(&reader, nnames, names);
+	if (!walk_text(&walk))
+	{
+		reader_init(&reader, nnames, names);
+		parse_with_postgres(json, len, &reader);
+	}
 	for (i = 0; i < nnames; i++)
 		found[i] = reader.literal[i].kind != PAYLOAD_FIELD_MISSING || names[i].nparts == 1
 			? reader.literal[i] : reader.path[i];
 }
+
