@@ -272,66 +272,65 @@ walk_number(HandWalk *walk)
 	return token_ends(walk) ? pnstrdup(start, walk->at - start) : NULL;
 }
 
+/* true, false or null, told to the reader; false for anything else. */
 static bool
-walk_literal(HandWalk *walk, const char *literal)
+walk_literal(HandWalk *walk)
 {
-	size_t		len = strlen(literal);
+	static const struct
+	{
+		const char *text;
+		JsonTokenType type;
+	}			literals[] = {
+		{"true", JSON_TOKEN_TRUE}, {"false", JSON_TOKEN_FALSE}, {"null", JSON_TOKEN_NULL}
+	};
+	size_t		i;
 
-	if (walk->end - walk->at < (ptrdiff_t) len || memcmp(walk->at, literal, len) != 0)
-		return false;
-	walk->at += len;
-	return token_ends(walk);
+	for (i = 0; i < lengthof(literals); i++)
+	{
+		size_t		len = strlen(literals[i].text);
+
+		if (walk->end - walk->at >= (ptrdiff_t) len &&
+			memcmp(walk->at, literals[i].text, len) == 0)
+		{
+			walk->at += len;
+			if (!token_ends(walk))
+				return false;
+			scalar(walk->reader, NULL, literals[i].type);
+			return true;
+		}
+	}
+	return false;
 }
 
 static bool walk_value(HandWalk *walk, int depth);
 
+/* A member's name and its colon, told to the reader. */
 static bool
-walk_object(HandWalk *walk, int depth)
+walk_member_name(HandWalk *walk)
 {
-	object_start(walk->reader);
-	walk->at++;
-	skip_whitespace(walk);
-	if (walk->at < walk->end && *walk->at == '}')
-	{
-		walk->at++;
-		frame_end(walk->reader);
-		return true;
-	}
-	for (;;)
-	{
-		char	   *member;
+	char	   *member;
 
-		skip_whitespace(walk);
-		if (walk->at == walk->end || *walk->at != '"' || (member = walk_string(walk)) == NULL)
-			return false;
-		skip_whitespace(walk);
-		if (walk->at == walk->end || *walk->at != ':')
-			return false;
-		walk->at++;
-		member_start(walk->reader, member, false);
-		if (!walk_value(walk, depth + 1))
-			return false;
-		skip_whitespace(walk);
-		if (walk->at == walk->end)
-			return false;
-		if (*walk->at == '}')
-		{
-			walk->at++;
-			frame_end(walk->reader);
-			return true;
-		}
-		if (*walk->at++ != ',')
-			return false;
-	}
+	skip_whitespace(walk);
+	if (walk->at == walk->end || *walk->at != '"' || (member = walk_string(walk)) == NULL)
+		return false;
+	skip_whitespace(walk);
+	if (walk->at == walk->end || *walk->at != ':')
+		return false;
+	walk->at++;
+	member_start(walk->reader, member, false);
+	return true;
 }
 
+/* An object's members or an array's elements, in order. */
 static bool
-walk_array(HandWalk *walk, int depth)
+walk_container(HandWalk *walk, int depth, bool is_object)
 {
-	array_start(walk->reader);
+	char		close = is_object ? '}' : ']';
+
+	push_frame(walk->reader, is_object);
 	walk->at++;
 	skip_whitespace(walk);
-	if (walk->at < walk->end && *walk->at == ']')
+	if (walk->at < walk->end && *walk->at == close)
 	{
 		walk->at++;
 		frame_end(walk->reader);
@@ -339,12 +338,14 @@ walk_array(HandWalk *walk, int depth)
 	}
 	for (;;)
 	{
+		if (is_object && !walk_member_name(walk))
+			return false;
 		if (!walk_value(walk, depth + 1))
 			return false;
 		skip_whitespace(walk);
 		if (walk->at == walk->end)
 			return false;
-		if (*walk->at == ']')
+		if (*walk->at == close)
 		{
 			walk->at++;
 			frame_end(walk->reader);
@@ -367,29 +368,18 @@ walk_value(HandWalk *walk, int depth)
 	switch (*walk->at)
 	{
 		case '{':
-			return walk_object(walk, depth);
+			return walk_container(walk, depth, true);
 		case '[':
-			return walk_array(walk, depth);
+			return walk_container(walk, depth, false);
 		case '"':
 			if ((text = walk_string(walk)) == NULL)
 				return false;
 			scalar(walk->reader, text, JSON_TOKEN_STRING);
 			return true;
 		case 't':
-			if (!walk_literal(walk, "true"))
-				return false;
-			scalar(walk->reader, NULL, JSON_TOKEN_TRUE);
-			return true;
 		case 'f':
-			if (!walk_literal(walk, "false"))
-				return false;
-			scalar(walk->reader, NULL, JSON_TOKEN_FALSE);
-			return true;
 		case 'n':
-			if (!walk_literal(walk, "null"))
-				return false;
-			scalar(walk->reader, NULL, JSON_TOKEN_NULL);
-			return true;
+			return walk_literal(walk);
 		default:
 			if ((text = walk_number(walk)) == NULL)
 				return false;
