@@ -76,14 +76,16 @@ is_data_error(int sqlerrcode)
 		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
 }
 
-/* A number as numeric_out writes it ("1e2" is "100"), as a lookup in jsonb gave it. */
-static char *
-canonical_number(const char *text)
+/*
+ * A number field read as numeric, and its text made what numeric_out
+ * writes ("1e2" is "100"), as a lookup in jsonb gave it.
+ */
+static void
+read_number(PayloadField *field)
 {
-	return DatumGetCString(DirectFunctionCall1(numeric_out,
-											   DirectFunctionCall3(numeric_in, CStringGetDatum(text),
-																   ObjectIdGetDatum(InvalidOid),
-																   Int32GetDatum(-1))));
+	field->number = DirectFunctionCall3(numeric_in, CStringGetDatum(field->text),
+										ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	field->text = DatumGetCString(DirectFunctionCall1(numeric_out, field->number));
 }
 
 /* The value as text in the database encoding (checked UTF-8 without NUL). */
@@ -106,7 +108,7 @@ read_fields(ConsumedMessage *message, const ConsumerRules *rules)
 	payload_fields_read(text, strlen(text), rules->nfields, rules->fields, fields);
 	for (i = 0; i < rules->nfields; i++)
 		if (fields[i].kind == PAYLOAD_FIELD_NUMBER)
-			fields[i].text = canonical_number(fields[i].text);
+			read_number(&fields[i]);
 	message->fields = fields;
 }
 
@@ -252,9 +254,7 @@ metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
 		if (message->fields[metric->value_slot].kind != PAYLOAD_FIELD_NUMBER)
 			return psprintf("value field \"%s\" is missing or not a number",
 							metric->value_field);
-		effect->value = DirectFunctionCall3(numeric_in,
-											CStringGetDatum(message->fields[metric->value_slot].text),
-											ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+		effect->value = message->fields[metric->value_slot].number;
 	}
 	message->effects = lappend(message->effects, effect);
 	return NULL;

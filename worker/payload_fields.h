@@ -26,6 +26,7 @@ typedef struct PayloadField
 {
 	PayloadFieldKind kind;
 	char	   *text;			/* a string's text, a number as written; else NULL */
+	Datum		number;			/* a number as numeric: set by the caller, which reads them */
 } PayloadField;
 
 extern void payload_field_name_init(PayloadFieldName *name, const char *text);
