@@ -10,7 +10,8 @@
 # last of repeated members, numbers as numeric writes them; a number out of
 # numeric's range dead-letters its message when a rule reads it, and does
 # not matter in a member no rule reads.  Escapes are read wherever they are,
-# and JSON's own errors are worded as json_in words them.
+# and JSON's own errors are worded as json_in words them.  A char(4) primary
+# key keeps its codes apart.
 use strict;
 use warnings;
 
@@ -32,6 +33,9 @@ CREATE TABLE path_metrics (
     k text PRIMARY KEY,
     n bigint NOT NULL DEFAULT 0,
     s numeric NOT NULL DEFAULT 0);
+CREATE TABLE code_metrics (
+    code char(4) PRIMARY KEY,
+    n    bigint NOT NULL DEFAULT 0);
 });
 
 # Every message: [key, value]; no headers, so the type comes from the
@@ -59,6 +63,10 @@ my @messages = (
 	[ 'ok-10', '{"type": "Dotted", "a.b": "p12", "junk": 1e999999}' ],
 	# escapes in a member's name and in strings: "Dotted", a -> b, "p13"
 	[ 'ok-11', '{"type": "Dott\\u0065d", "a": {"\\u0062": "p\\u00313"}, "note": "tab\\there"}' ],
+	# a char(4) key: each code its own row (a cast to "character" would be char(1))
+	[ 'ok-12', '{"type": "Coded", "code": "AB01"}' ],
+	[ 'ok-13', '{"type": "Coded", "code": "AC02"}' ],
+	[ 'ok-14', '{"type": "Coded", "code": "AB01"}' ],
 	# dead letters
 	[ 'bad-1', '{"type": "Nested", "after": null}' ],
 	[ 'bad-2', '{"type": "Nested", "after": [{"product_id": "p1", "amount": 1}]}' ],
@@ -81,6 +89,7 @@ SELECT eventpipe.subscribe('paths', ARRAY['$topic'], dedup_field => 'meta.id');
 SELECT eventpipe.add_metric('paths', 'Nested', 'path_metrics', 'after.product_id', 's', 'after.amount');
 SELECT eventpipe.add_metric('paths', 'Deep', 'path_metrics', 'a.b.c', 's', 'v.w.x');
 SELECT eventpipe.add_metric('paths', 'Dotted', 'path_metrics', 'a.b', 'n');
+SELECT eventpipe.add_metric('paths', 'Coded', 'code_metrics', 'code', 'n');
 COMMIT;
 });
 ok(wait_caught_up($node, 'postgres', 'paths', $kafka->{bootstrap}, [$topic]),
@@ -93,8 +102,11 @@ is($node->safe_psql('postgres', 'SELECT k, n, s FROM path_metrics ORDER BY k'),
 	'dotted key and value paths found their nested members; a top-level "a.b" took precedence; '
 	  . 'the last of repeated members counted; numbers were read as numeric writes them; escapes were read');
 
+is($node->safe_psql('postgres', 'SELECT code, n FROM code_metrics ORDER BY code'),
+	"AB01|2\nAC02|1", 'a char(4) key kept each code in its own row');
+
 my $stats = consumer_stats($node, 'postgres')->{paths};
-is($stats->{events_applied}, 12, 'twelve events applied');
+is($stats->{events_applied}, 15, 'fifteen events applied');
 is($stats->{duplicates},     1, 'the resent event was recognised by its dotted dedup_field');
 like($stats->{last_error},
 	qr/^(?:a message was dead-lettered: |[2-9]\d* messages were dead-lettered, the first: |\d{2,} messages were dead-lettered, the first: )\S/,

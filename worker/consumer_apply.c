@@ -158,13 +158,15 @@ load_rules(const char *name, ConsumerRules *rules)
 
 	plan = prepare_once(&metrics_plan,
 						"SELECT r.event_type, r.target::oid, r.target::text,"
-						" quote_ident(k.attname), format_type(k.atttypid, NULL),"
+						" quote_ident(k.attname), quote_ident(tn.nspname) || '.' || quote_ident(t.typname),"
 						" quote_ident(r.column_name), r.key_field, r.value_field, r.owner::oid"
 						" FROM eventpipe.metric_rules AS r"
 						" LEFT JOIN pg_index AS i"
 						"   ON i.indrelid = r.target AND i.indisprimary AND i.indnatts = 1"
 						" LEFT JOIN pg_attribute AS k"
 						"   ON k.attrelid = i.indrelid AND k.attnum = i.indkey[0]"
+						" LEFT JOIN pg_type AS t ON t.oid = k.atttypid"
+						" LEFT JOIN pg_namespace AS tn ON tn.oid = t.typnamespace"
 						" WHERE r.subscription = $1 ORDER BY r.id",
 						1, types);
 	execute_plan(plan, values, SPI_OK_SELECT);
@@ -823,7 +825,7 @@ upsert_columns(const MetricRule *rule, char **columns, Bitmapset *set,
 			   RowChange *rows, int nrows)
 {
 	int			ncolumns = bms_num_members(set);
-	bool		text_key = strcmp(rule->key_type, "text") == 0;
+	bool		text_key = strcmp(rule->key_type, "pg_catalog.text") == 0;
 	Datum	   *values = palloc(sizeof(Datum) * (ncolumns + 1));
 	Datum	   *column_values = palloc(sizeof(Datum) * (nrows + 1));
 	Oid		   *types = palloc(sizeof(Oid) * (ncolumns + 1));
