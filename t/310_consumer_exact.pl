@@ -106,11 +106,18 @@ for my $round (1 .. 3)
 }
 
 # Round 4: new events among old ones.  First a run of new events only, more
-# than a batch per partition (so that a batch whose ids are all new comes
-# first: its ledger rows go in with a plain INSERT, and a mixed batch after
-# it meets known ids there), then each event of a second new set twice, an
+# than a batch per partition, then each event of a second new set twice, an
 # old one between the copies.  Each new event counts once, the rest are
-# duplicates.
+# duplicates.  The ledger's two ways in are both taken: after round 3 (all
+# duplicates) the first batch goes in with INSERT ... ON CONFLICT DO
+# NOTHING; once one meets no known id the next go in with a plain INSERT,
+# until a mixed batch meets a known id: its plain INSERT fails and is rolled
+# back, and the rows it had inserted count in the ledger's n_tup_ins, not
+# in its rows.
+my $ledger_waste_sql = q{
+	SELECT s.n_tup_ins - (SELECT count(*) FROM eventpipe.event_handled)
+	  FROM pg_stat_user_tables AS s WHERE s.relid = 'eventpipe.event_handled'::regclass};
+my $waste_before = $node->safe_psql($db, $ledger_waste_sql);
 my $fresh = make_events(prefix => 'fresh', count => 2400, products => 12, customers => 10, seed => 3101);
 my $twice = make_events(prefix => 'twice', count => 600, products => 12, customers => 10, seed => 3102);
 my @old = grep { !$_->{headered} } @$events;
@@ -130,6 +137,8 @@ is($stats->{events_applied}, $matched + $new_matched,
 is($stats->{duplicates} - $prev_dups,
 	sum_events(\@old_copies, PRODUCT_TYPES) + sum_events($twice, PRODUCT_TYPES),
 	'round 4: the old copies and the second copies were counted as duplicates');
+ok($node->poll_query_until($db, "SELECT ($ledger_waste_sql) > $waste_before"),
+	'round 4: a plain INSERT of ledger rows met a known id and was rolled back');
 my $new_payments = grep { $_->{type} eq 'PaymentCompleted' } @$fresh, @$twice;
 is($node->safe_psql($db, 'SELECT count(*), count(DISTINCT event_id) FROM payments_seen'),
 	sprintf('%d|%d', @payments + $new_payments, @payments + $new_payments),

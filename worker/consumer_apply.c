@@ -5,12 +5,13 @@
  *		rebalance, prune the dedup ledger.
  *
  * A batch's transaction holds, all or nothing: the dedup ledger rows of its
- * new events (INSERT ... ON CONFLICT DO NOTHING: a duplicate is no error),
- * the handlers' work, the metric upserts (deltas summed per target row, one
- * statement per target column), its dead letters and its partitions' next
+ * new events (a plain INSERT while the ids are all new, else INSERT ... ON
+ * CONFLICT DO NOTHING: see claim_event_ids), the handlers' work, the metric
+ * upserts (deltas summed per target row and column, one statement per
+ * target and set of columns), its dead letters and its partitions' next
  * offsets.  Metric rows are guarded by transaction-level advisory locks on
- * (target, hash bucket of the key), all of a batch's taken in one statement
- * in sorted order before any upsert, so two workers touching the same rows
+ * (target, hash bucket of the key), all of a batch's taken in sorted order
+ * before any upsert, so two workers touching the same rows
  * wait for each other instead of deadlocking.
  *
  * A handler runs in a subtransaction of its own: its error dead-letters
