@@ -11,7 +11,7 @@
 # numeric's range dead-letters its message when a rule reads it, and does
 # not matter in a member no rule reads.  Escapes are read wherever they are,
 # and JSON's own errors are worded as json_in words them.  A char(4) primary
-# key keeps its codes apart.
+# key keeps its codes apart, and a code too long for it is dead-lettered.
 use strict;
 use warnings;
 
@@ -80,6 +80,8 @@ my @messages = (
 	[ 'bad-9', qq({"type": "Dotted", "a.b": "p\x0114"}) ],
 	[ 'bad-x1', '{"type": "Dotted", "a.b": "p15", "x": tru}' ],
 	[ 'bad-x2', '{"type": "Dotted", "a.b": "p16", "n": 01}' ],
+	# a key too long for char(4): not cut to fit
+	[ 'bad-x3', '{"type": "Coded", "code": "AB012"}' ],
 );
 produce_messages($kafka->{bootstrap}, $topic, [ map { { key => $_->[0], value => $_->[1] } } @messages ]);
 
@@ -126,7 +128,8 @@ is( $node->safe_psql(
 		'bad-8: value is not valid JSON: value overflows numeric format',
 		'bad-9: value is not valid JSON: invalid input syntax for type json: Character with value 0x01 must be escaped.',
 		'bad-x1: value is not valid JSON: invalid input syntax for type json: Token "tru" is invalid.',
-		'bad-x2: value is not valid JSON: invalid input syntax for type json: Token "01" is invalid.'),
+		'bad-x2: value is not valid JSON: invalid input syntax for type json: Token "01" is invalid.',
+		'bad-x3: value too long for type character(4)'),
 	'paths through null, an array or a string, or ending on an object or a non-number, dead-letter with the field named'
 );
 
