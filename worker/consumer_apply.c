@@ -1376,6 +1376,28 @@ store_start_at_end(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partit
 #define RETAINED_QUERY_MS 2000
 
 /*
+ * Which offsets Kafka holds of a partition: its first record (*low) and its
+ * end (*high).  False when the broker does not answer within
+ * RETAINED_QUERY_MS; *broker_answers then turns false and, for the rest of
+ * the assignment, the broker is not asked again.
+ */
+static bool
+retained_offsets(rd_kafka_t *rk, const rd_kafka_topic_partition_t *partition,
+				 int64_t *low, int64_t *high, bool *broker_answers)
+{
+	if (!*broker_answers)
+		return false;
+	if (rd_kafka_query_watermark_offsets(rk, partition->topic, partition->partition,
+										 low, high, RETAINED_QUERY_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return true;
+	*broker_answers = false;
+	ereport(LOG,
+			(errmsg("eventpipe consumer: could not learn which offsets Kafka holds of partition %d of topic \"%s\"; resuming at the stored offsets, else at the beginning",
+					(int) partition->partition, partition->topic)));
+	return false;
+}
+
+/*
  * A stored offset brought within the records Kafka holds.  Below the
  * partition's first record (records deleted by retention while the
  * subscription was away) or past its end (the topic deleted and made
@@ -1383,8 +1405,8 @@ store_start_at_end(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partit
  * first record, and that is stored at once: left to librdkafka's reset, an
  * offset past the end was read from the first record at every assignment
  * while the stored one stayed past the end, and one below the start kept a
- * lag that never cleared.  *broker_answers turns false when the broker does
- * not answer: the offsets are then used as stored, without asking again.
+ * lag that never cleared.  When the broker does not answer, the offset is
+ * used as stored.
  */
 static int64
 within_retained(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition_t *partition,
@@ -1394,17 +1416,8 @@ within_retained(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition
 	int64_t		high;
 	Datum		values[4];
 
-	if (!*broker_answers)
+	if (!retained_offsets(rk, partition, &low, &high, broker_answers))
 		return stored;
-	if (rd_kafka_query_watermark_offsets(rk, partition->topic, partition->partition,
-										 &low, &high, RETAINED_QUERY_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
-	{
-		*broker_answers = false;
-		ereport(LOG,
-				(errmsg("eventpipe consumer: could not learn which offsets Kafka holds of partition %d of topic \"%s\"; resuming at the stored offsets",
-						(int) partition->partition, partition->topic)));
-		return stored;
-	}
 	if (stored >= low && stored <= high)
 		return stored;
 	ereport(WARNING,
@@ -1424,9 +1437,27 @@ within_retained(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition
 }
 
 /*
+ * Where a partition without a stored offset starts under start_from
+ * 'earliest': its first record, as an offset.  Left as the logical
+ * "beginning", librdkafka looked it up only after a fixed half-second wait
+ * when the partition's leader was not yet known to it, as on a consumer's
+ * first assignment; "beginning" remains when the broker does not answer.
+ */
+static int64
+first_retained(rd_kafka_t *rk, const rd_kafka_topic_partition_t *partition, bool *broker_answers)
+{
+	int64_t		low;
+	int64_t		high;
+
+	if (!retained_offsets(rk, partition, &low, &high, broker_answers))
+		return RD_KAFKA_OFFSET_BEGINNING;
+	return low;
+}
+
+/*
  * Set each partition's offset to the one stored in the database, within
- * what Kafka holds; a partition without one starts at the beginning, or
- * (start_latest) at its end as of now, then stored.  In a transaction of
+ * what Kafka holds; a partition without one starts at its first record,
+ * or (start_latest) at its end as of now, then stored.  In a transaction of
  * its own.
  */
 void
@@ -1462,7 +1493,7 @@ consumer_read_offsets(rd_kafka_t *rk, const char *name,
 		else if (start_latest)
 			partition->offset = store_start_at_end(rk, name, partition);
 		else
-			partition->offset = RD_KAFKA_OFFSET_BEGINNING;
+			partition->offset = first_retained(rk, partition, &broker_answers);
 	}
 	SPI_finish();
 	worker_end_transaction(caller_context);
