@@ -11,7 +11,8 @@
 # numeric's range dead-letters its message when a rule reads it, and does
 # not matter in a member no rule reads.  Escapes are read wherever they are,
 # and JSON's own errors are worded as json_in words them.  A char(4) primary
-# key keeps its codes apart, and a code too long for it is dead-lettered.
+# key keeps its codes apart, and a code too long for it is dead-lettered,
+# also through a domain.
 use strict;
 use warnings;
 
@@ -36,6 +37,10 @@ CREATE TABLE path_metrics (
 CREATE TABLE code_metrics (
     code char(4) PRIMARY KEY,
     n    bigint NOT NULL DEFAULT 0);
+CREATE DOMAIN short_code AS char(4);
+CREATE TABLE tag_metrics (
+    tag short_code PRIMARY KEY,
+    n   bigint NOT NULL DEFAULT 0);
 });
 
 # Every message: [key, value]; no headers, so the type comes from the
@@ -67,6 +72,8 @@ my @messages = (
 	[ 'ok-12', '{"type": "Coded", "code": "AB01"}' ],
 	[ 'ok-13', '{"type": "Coded", "code": "AC02"}' ],
 	[ 'ok-14', '{"type": "Coded", "code": "AB01"}' ],
+	# the same through a domain over char(4)
+	[ 'ok-15', '{"type": "Tagged", "tag": "AB01"}' ],
 	# dead letters
 	[ 'bad-1', '{"type": "Nested", "after": null}' ],
 	[ 'bad-2', '{"type": "Nested", "after": [{"product_id": "p1", "amount": 1}]}' ],
@@ -82,6 +89,7 @@ my @messages = (
 	[ 'bad-x2', '{"type": "Dotted", "a.b": "p16", "n": 01}' ],
 	# a key too long for char(4): not cut to fit
 	[ 'bad-x3', '{"type": "Coded", "code": "AB012"}' ],
+	[ 'bad-x4', '{"type": "Tagged", "tag": "AB012"}' ],
 );
 produce_messages($kafka->{bootstrap}, $topic, [ map { { key => $_->[0], value => $_->[1] } } @messages ]);
 
@@ -92,6 +100,7 @@ SELECT eventpipe.add_metric('paths', 'Nested', 'path_metrics', 'after.product_id
 SELECT eventpipe.add_metric('paths', 'Deep', 'path_metrics', 'a.b.c', 's', 'v.w.x');
 SELECT eventpipe.add_metric('paths', 'Dotted', 'path_metrics', 'a.b', 'n');
 SELECT eventpipe.add_metric('paths', 'Coded', 'code_metrics', 'code', 'n');
+SELECT eventpipe.add_metric('paths', 'Tagged', 'tag_metrics', 'tag', 'n');
 COMMIT;
 });
 ok(wait_caught_up($node, 'postgres', 'paths', $kafka->{bootstrap}, [$topic]),
@@ -106,9 +115,11 @@ is($node->safe_psql('postgres', 'SELECT k, n, s FROM path_metrics ORDER BY k'),
 
 is($node->safe_psql('postgres', 'SELECT code, n FROM code_metrics ORDER BY code'),
 	"AB01|2\nAC02|1", 'a char(4) key kept each code in its own row');
+is($node->safe_psql('postgres', 'SELECT tag, n FROM tag_metrics ORDER BY tag'),
+	'AB01|1', 'a key of a domain over char(4) took its code, and not the one too long for it');
 
 my $stats = consumer_stats($node, 'postgres')->{paths};
-is($stats->{events_applied}, 15, 'fifteen events applied');
+is($stats->{events_applied}, 16, 'sixteen events applied');
 is($stats->{duplicates},     1, 'the resent event was recognised by its dotted dedup_field');
 like($stats->{last_error},
 	qr/^(?:a message was dead-lettered: |[2-9]\d* messages were dead-lettered, the first: |\d{2,} messages were dead-lettered, the first: )\S/,
@@ -129,7 +140,8 @@ is( $node->safe_psql(
 		'bad-9: value is not valid JSON: invalid input syntax for type json: Character with value 0x01 must be escaped.',
 		'bad-x1: value is not valid JSON: invalid input syntax for type json: Token "tru" is invalid.',
 		'bad-x2: value is not valid JSON: invalid input syntax for type json: Token "01" is invalid.',
-		'bad-x3: value too long for type character(4)'),
+		'bad-x3: value too long for type character(4)',
+		'bad-x4: value too long for type character(4)'),
 	'paths through null, an array or a string, or ending on an object or a non-number, dead-letter with the field named'
 );
 

@@ -41,9 +41,7 @@ typedef struct MetricRule
 	Oid			target;
 	char	   *target_name;	/* schema-qualified, quoted */
 	char	   *key_column;		/* quoted */
-	char	   *key_type;		/* schema-qualified type name, without a typmod:
-								 * "pg_catalog.bpchar", not "character" (that is
-								 * char(1) in a cast) */
+	char	   *key_type;		/* the key's cast: see key_cast_type() */
 	char	   *column;			/* quoted */
 	char	   *key_field;
 	char	   *value_field;	/* NULL: add 1 */

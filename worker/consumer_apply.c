@@ -149,6 +149,20 @@ load_subscription(const char *name, Subscription *subscription)
 	return true;
 }
 
+/*
+ * The type a key's text is cast to: the key column's type, or a domain's
+ * base type, named without a typmod ("bpchar", not "character", which is
+ * char(1) in a cast): an explicit cast to a length cuts the text to fit
+ * and would fold distinct keys into one, where the assignment to the
+ * column checks the length (and a domain's constraints) and refuses.
+ */
+static char *
+key_cast_type(Oid type)
+{
+	return format_type_extended(getBaseType(type), -1,
+								FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
+}
+
 static void
 load_rules(const char *name, ConsumerRules *rules)
 {
@@ -159,15 +173,13 @@ load_rules(const char *name, ConsumerRules *rules)
 
 	plan = prepare_once(&metrics_plan,
 						"SELECT r.event_type, r.target::oid, r.target::text,"
-						" quote_ident(k.attname), quote_ident(tn.nspname) || '.' || quote_ident(t.typname),"
+						" quote_ident(k.attname), k.atttypid,"
 						" quote_ident(r.column_name), r.key_field, r.value_field, r.owner::oid"
 						" FROM eventpipe.metric_rules AS r"
 						" LEFT JOIN pg_index AS i"
 						"   ON i.indrelid = r.target AND i.indisprimary AND i.indnatts = 1"
 						" LEFT JOIN pg_attribute AS k"
 						"   ON k.attrelid = i.indrelid AND k.attnum = i.indkey[0]"
-						" LEFT JOIN pg_type AS t ON t.oid = k.atttypid"
-						" LEFT JOIN pg_namespace AS tn ON tn.oid = t.typnamespace"
 						" WHERE r.subscription = $1 ORDER BY r.id",
 						1, types);
 	execute_plan(plan, values, SPI_OK_SELECT);
@@ -179,12 +191,14 @@ load_rules(const char *name, ConsumerRules *rules)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		MetricRule *rule = &rules->metrics[i];
 		bool		isnull;
+		Oid			key_type;
 
 		rule->event_type = text_column(tuple, desc, 1);
 		rule->target = DatumGetObjectId(SPI_getbinval(tuple, desc, 2, &isnull));
 		rule->target_name = text_column(tuple, desc, 3);
 		rule->key_column = text_column(tuple, desc, 4);
-		rule->key_type = text_column(tuple, desc, 5);
+		key_type = DatumGetObjectId(SPI_getbinval(tuple, desc, 5, &isnull));
+		rule->key_type = isnull ? NULL : key_cast_type(key_type);
 		rule->column = text_column(tuple, desc, 6);
 		rule->key_field = text_column(tuple, desc, 7);
 		rule->value_field = text_column(tuple, desc, 8);
