@@ -1391,23 +1391,34 @@ store_start_at_end(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partit
 
 /*
  * Which offsets Kafka holds of a partition: its first record (*low) and its
- * end (*high).  False when the broker does not answer within
- * RETAINED_QUERY_MS; *broker_answers then turns false and, for the rest of
- * the assignment, the broker is not asked again.
+ * end (*high).  False when the broker cannot say; when it does not answer
+ * at all (within RETAINED_QUERY_MS, or no connection) *broker_answers
+ * turns false and, for the rest of the assignment, it is not asked again.
  */
 static bool
 retained_offsets(rd_kafka_t *rk, const rd_kafka_topic_partition_t *partition,
 				 int64_t *low, int64_t *high, bool *broker_answers)
 {
+	rd_kafka_resp_err_t err;
+
 	if (!*broker_answers)
 		return false;
-	if (rd_kafka_query_watermark_offsets(rk, partition->topic, partition->partition,
-										 low, high, RETAINED_QUERY_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	err = rd_kafka_query_watermark_offsets(rk, partition->topic, partition->partition,
+										   low, high, RETAINED_QUERY_MS);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && *low >= 0 && *low <= *high)
 		return true;
-	*broker_answers = false;
+	/*
+	 * A broker that does not answer is not asked again; an error it answers
+	 * (the topic's leader not known yet, say), or odd offsets, count for
+	 * this partition only.
+	 */
+	if (err == RD_KAFKA_RESP_ERR__TIMED_OUT || err == RD_KAFKA_RESP_ERR__TRANSPORT ||
+		err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+		*broker_answers = false;
 	ereport(LOG,
-			(errmsg("eventpipe consumer: could not learn which offsets Kafka holds of partition %d of topic \"%s\"; resuming at the stored offsets, else at the beginning",
-					(int) partition->partition, partition->topic)));
+			(errmsg("eventpipe consumer: could not learn which offsets Kafka holds of partition %d of topic \"%s\" (%s); resuming at the stored offset, else at the beginning",
+					(int) partition->partition, partition->topic,
+					err != RD_KAFKA_RESP_ERR_NO_ERROR ? rd_kafka_err2str(err) : "no valid offsets")));
 	return false;
 }
 
