@@ -132,6 +132,7 @@ check_product_metrics($node, $db, $all, 'round 4: product_metrics counts each ne
 check_customer_metrics($node, $db, $all, 'round 4: customer_metrics counts each new payment once');
 my $new_matched = sum_events($fresh, PRODUCT_TYPES) + sum_events($twice, PRODUCT_TYPES);
 my $stats = consumer_stats($node, $db)->{$sub} // {};
+is($stats->{last_error} // '', '', 'round 4: no batch failed (so no other rollback grew the count below)');
 is($stats->{events_applied}, $matched + $new_matched,
 	"round 4: consumer_stats.events_applied grew by the $new_matched new events");
 is($stats->{duplicates} - $prev_dups,
