@@ -13,6 +13,14 @@
  *
  * Order per key: an event with a retry scheduled holds back every later
  * event of its topic and key, until it is delivered or dead-lettered.
+ *
+ * Every function, operator and type in these statements is named with its
+ * schema (pg_catalog.now(), OPERATOR(pg_catalog.=), ::pg_catalog.text), so
+ * that no object another user creates can stand in for one, whatever the
+ * search_path (issue 14).  They resolve to the same operators and
+ * functions as before: the plans are the same.  unnest() of two arrays is
+ * written ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)), what
+ * the parser makes of unnest($1, $2), which it accepts only unqualified.
  */
 #include "postgres.h"
 
@@ -155,21 +163,27 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 		 * a few ids are passed over by a plan made once.
 		 */
 		const char *claim_sql =
-			"SELECT o.id, o.event_id::text, o.topic, o.key, o.payload::text, o.headers,"
+			"SELECT o.id, o.event_id::pg_catalog.text, o.topic, o.key,"
+			"       o.payload::pg_catalog.text, o.headers,"
 			"       o.event_type, o.created_at, o.attempts"
 			"  FROM eventpipe.outbox AS o"
-			" WHERE o.id > $4 %s"
-			"   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())"
-			"   AND ($2 = 1 OR eventpipe.relay_shard(o.key, o.id, $2) = $3)"
+			" WHERE o.id OPERATOR(pg_catalog.>) $4 %s"
+			"   AND (o.next_attempt_at IS NULL"
+			"        OR o.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())"
+			"   AND ($2 OPERATOR(pg_catalog.=) 1"
+			"        OR eventpipe.relay_shard(o.key, o.id, $2) OPERATOR(pg_catalog.=) $3)"
 			"   AND NOT EXISTS (SELECT FROM eventpipe.outbox AS w"
 			"                    WHERE w.next_attempt_at IS NOT NULL"
-			"                      AND w.topic = o.topic AND w.key = o.key AND w.id < o.id)"
+			"                      AND w.topic OPERATOR(pg_catalog.=) o.topic"
+			"                      AND w.key OPERATOR(pg_catalog.=) o.key"
+			"                      AND w.id OPERATOR(pg_catalog.<) o.id)"
 			" ORDER BY o.id"
 			" LIMIT $1";
+		const char *passing_over = "AND o.id OPERATOR(pg_catalog.<>) ALL ($5)";
 
-		claim_excluding_plan = worker_prepare_kept(psprintf(claim_sql, "AND o.id <> ALL ($5)"),
+		claim_excluding_plan = worker_prepare_kept(psprintf(claim_sql, passing_over),
 											5, types, CURSOR_OPT_CUSTOM_PLAN);
-		claim_excluding_few_plan = worker_prepare_kept(psprintf(claim_sql, "AND o.id <> ALL ($5)"),
+		claim_excluding_few_plan = worker_prepare_kept(psprintf(claim_sql, passing_over),
 												5, types, CURSOR_OPT_GENERIC_PLAN);
 		claim_plan = worker_prepare_kept(psprintf(claim_sql, ""), 4, types,
 										 CURSOR_OPT_GENERIC_PLAN);
@@ -317,26 +331,30 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	execute_with_ids(&delete_plan,
-					 "DELETE FROM eventpipe.outbox WHERE id = ANY ($1)",
+					 "DELETE FROM eventpipe.outbox WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
 					 &delivered, false, SPI_OK_DELETE);
 	execute_with_ids(&reschedule_plan,
 					 "UPDATE eventpipe.outbox AS o"
-					 "   SET attempts = o.attempts + 1,"
-					 "       next_attempt_at = now() + least(interval '1 second' * pg_catalog.power(2, o.attempts),"
-					 "                                       interval '5 minutes'),"
+					 "   SET attempts = o.attempts OPERATOR(pg_catalog.+) 1,"
+					 "       next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+)"
+					 "           least(interval '1 second' OPERATOR(pg_catalog.*)"
+					 "                     pg_catalog.power(2, o.attempts),"
+					 "                 interval '5 minutes'),"
 					 "       last_error = f.reason"
-					 "  FROM unnest($1, $2) AS f(id, reason)"
-					 " WHERE o.id = f.id",
+					 "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS f(id, reason)"
+					 " WHERE o.id OPERATOR(pg_catalog.=) f.id",
 					 &rescheduled, true, SPI_OK_UPDATE);
 	execute_with_ids(&bury_plan,
-					 "WITH f AS (SELECT * FROM unnest($1, $2) AS f(id, reason)),"
-					 "     d AS (DELETE FROM eventpipe.outbox AS o USING f WHERE o.id = f.id"
+					 "WITH f AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))"
+					 "                          AS f(id, reason)),"
+					 "     d AS (DELETE FROM eventpipe.outbox AS o USING f"
+					 "           WHERE o.id OPERATOR(pg_catalog.=) f.id"
 					 "           RETURNING o.*, f.reason)"
 					 " INSERT INTO eventpipe.dead_letters"
 					 "   (id, event_id, topic, key, payload, headers, event_type, created_at,"
 					 "    attempts, reason)"
 					 " SELECT id, event_id, topic, key, payload, headers, event_type, created_at,"
-					 "        attempts + 1, reason FROM d",
+					 "        attempts OPERATOR(pg_catalog.+) 1, reason FROM d",
 					 &dead, true, SPI_OK_INSERT);
 	SPI_finish();
 	worker_end_transaction(caller_context);
