@@ -42,7 +42,13 @@
 /* Longest error text kept with a dead letter that failed again, in characters. */
 #define RETRY_ERROR_MAX 1024
 
-/* The worker's statements here, prepared once and kept. */
+/*
+ * The worker's statements here, prepared once and kept.  Every function,
+ * operator and type in them is named with its schema, so that no object
+ * another user creates can stand in for one whatever the search_path
+ * (issue 14); unnest() of two arrays is written ROWS FROM (unnest(),
+ * unnest()), what the parser makes of it, which it does only unqualified.
+ */
 typedef enum ControlStatement
 {
 	READ_CONTROL,
@@ -62,20 +68,22 @@ static const struct
 }			statements[CONTROL_STATEMENTS] = {
 	[READ_CONTROL] = {
 		"SELECT s.paused, EXISTS (SELECT FROM eventpipe.consumer_dead_letters AS d"
-		"   WHERE d.subscription = s.name AND d.retry_requested_at IS NOT NULL)"
-		" FROM eventpipe.subscriptions AS s WHERE s.name = $1",
+		"   WHERE d.subscription OPERATOR(pg_catalog.=) s.name"
+		"     AND d.retry_requested_at IS NOT NULL)"
+		" FROM eventpipe.subscriptions AS s WHERE s.name OPERATOR(pg_catalog.=) $1",
 		1, {TEXTOID}
 	},
 	[READ_REPLAYS] = {
 		"SELECT topic, partition, from_offset, requested_at FROM eventpipe.consumer_replays"
-		" WHERE subscription = $1 ORDER BY topic, partition",
+		" WHERE subscription OPERATOR(pg_catalog.=) $1 ORDER BY topic, partition",
 		1, {TEXTOID}
 	},
 	/* the offset is stored only if the request is still the one read */
 	[STORE_REPLAY] = {
 		"WITH done AS ("
 		"  DELETE FROM eventpipe.consumer_replays"
-		"  WHERE subscription = $1 AND topic = $2 AND partition = $3 AND requested_at = $5"
+		"  WHERE subscription OPERATOR(pg_catalog.=) $1 AND topic OPERATOR(pg_catalog.=) $2"
+		"    AND partition OPERATOR(pg_catalog.=) $3 AND requested_at OPERATOR(pg_catalog.=) $5"
 		"  RETURNING 1)"
 		" INSERT INTO eventpipe.consumer_offsets AS o (subscription, topic, partition, next_offset)"
 		" SELECT $1, $2, $3, $4 FROM done"
@@ -85,21 +93,25 @@ static const struct
 	[READ_RETRIES] = {
 		"SELECT id, topic, partition, \"offset\", key, value, headers"
 		" FROM eventpipe.consumer_dead_letters"
-		" WHERE subscription = $1 AND retry_requested_at IS NOT NULL"
+		" WHERE subscription OPERATOR(pg_catalog.=) $1 AND retry_requested_at IS NOT NULL"
 		" ORDER BY id LIMIT $2",
 		2, {TEXTOID, INT4OID}
 	},
 	[DELETE_SETTLED] = {
-		"DELETE FROM eventpipe.consumer_dead_letters WHERE id = ANY ($1)",
+		"DELETE FROM eventpipe.consumer_dead_letters WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
 		1, {INT8ARRAYOID}
 	},
 	[RECORD_FAILED] = {
 		"UPDATE eventpipe.consumer_dead_letters AS d"
-		" SET error = CASE WHEN length(u.e) > " CppAsString2(RETRY_ERROR_MAX)
-		"                  THEN left(u.e, " CppAsString2(RETRY_ERROR_MAX) ") || '...'"
+		" SET error = CASE WHEN pg_catalog.length(u.e) OPERATOR(pg_catalog.>) "
+		CppAsString2(RETRY_ERROR_MAX)
+		"                  THEN pg_catalog.left(u.e, " CppAsString2(RETRY_ERROR_MAX) ")"
+		"                       OPERATOR(pg_catalog.||) '...'"
 		"                  ELSE u.e END,"
-		"     failed_at = now(), retry_requested_at = NULL"
-		" FROM unnest($1::int8[], $2::text[]) AS u(id, e) WHERE d.id = u.id",
+		"     failed_at = pg_catalog.now(), retry_requested_at = NULL"
+		" FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]),"
+		"                 pg_catalog.unnest($2::pg_catalog.text[])) AS u(id, e)"
+		" WHERE d.id OPERATOR(pg_catalog.=) u.id",
 		2, {INT8ARRAYOID, TEXTARRAYOID}
 	},
 };
