@@ -215,7 +215,12 @@ has_capture_trigger(Relation rel, const char *trigger_name, const char *function
 	return false;
 }
 
-/* Runs one DDL statement built by this file */
+/*
+ * Runs one DDL statement built by this file: the table's name qualified and
+ * quoted, the trigger functions qualified, the trigger's arguments quoted
+ * literals, so that neither the caller's search_path nor the names can
+ * change what it does (issue 14).
+ */
 static void
 execute_ddl(const char *sql)
 {
@@ -238,13 +243,13 @@ drop_capture_triggers(Relation rel, const char *qualified_name)
 	if (has_capture_trigger(rel, CAPTURE_ROW_TRIGGER, "capture_trigger"))
 	{
 		execute_ddl(psprintf("DROP TRIGGER %s ON %s",
-							 CAPTURE_ROW_TRIGGER, qualified_name));
+							 quote_identifier(CAPTURE_ROW_TRIGGER), qualified_name));
 		dropped = true;
 	}
 	if (has_capture_trigger(rel, CAPTURE_TRUNCATE_TRIGGER, "capture_truncate_guard"))
 	{
 		execute_ddl(psprintf("DROP TRIGGER %s ON %s",
-							 CAPTURE_TRUNCATE_TRIGGER, qualified_name));
+							 quote_identifier(CAPTURE_TRUNCATE_TRIGGER), qualified_name));
 		dropped = true;
 	}
 	return dropped;
@@ -270,10 +275,10 @@ create_capture_triggers(Relation rel, const char *qualified_name, const char *to
 
 	execute_ddl(psprintf("CREATE TRIGGER %s AFTER INSERT OR UPDATE OR DELETE ON %s"
 						 " FOR EACH ROW EXECUTE FUNCTION eventpipe.capture_trigger(%s)",
-						 CAPTURE_ROW_TRIGGER, qualified_name, args.data));
+						 quote_identifier(CAPTURE_ROW_TRIGGER), qualified_name, args.data));
 	execute_ddl(psprintf("CREATE TRIGGER %s BEFORE TRUNCATE ON %s"
 						 " FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.capture_truncate_guard()",
-						 CAPTURE_TRUNCATE_TRIGGER, qualified_name));
+						 quote_identifier(CAPTURE_TRUNCATE_TRIGGER), qualified_name));
 
 	/*
 	 * A key column cannot be dropped while the capture lasts (DROP COLUMN
