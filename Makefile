@@ -12,6 +12,8 @@ OBJS = \
 	extension/shmem.o \
 	extension/commit_wakeup.o \
 	extension/database_drop.o \
+	extension/owned_objects.o \
+	extension/as_caller.o \
 	extension/topic_name.o \
 	extension/event_headers.o \
 	extension/outbox_insert.o \
@@ -39,12 +41,14 @@ OBJS = \
 	worker/consumer_message.o \
 	worker/payload_fields.o \
 	worker/consumer_apply.o \
+	worker/user_code.o \
 	worker/kafka_consumer.o \
 	worker/consumer_control.o
 
 # The install script of the first version and one upgrade script per later
 # version; CREATE EXTENSION chains them up to default_version.
-DATA = sql/$(EXTENSION)--0.1.sql sql/$(EXTENSION)--0.1--0.2.sql sql/$(EXTENSION)--0.2--0.3.sql
+DATA = sql/$(EXTENSION)--0.1.sql sql/$(EXTENSION)--0.1--0.2.sql sql/$(EXTENSION)--0.2--0.3.sql \
+	sql/$(EXTENSION)--0.3--0.4.sql
 
 # pg_regress suites live in sql/ and expected/; scripts/test runs them with
 # a temporary instance that preloads the library (test/preload.conf), and

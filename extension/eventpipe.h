@@ -210,6 +210,9 @@ extern void eventpipe_relay_pause_changed_at_commit(void);
 /* database_drop.c */
 extern void eventpipe_install_drop_database_hook(void);
 
+/* owned_objects.c */
+extern void eventpipe_install_owned_objects_hook(void);
+
 /* topic_name.c */
 extern void eventpipe_check_topic_name(const char *topic);
 

@@ -16,7 +16,7 @@ SELECT worker, pid IS NOT NULL AS running, state, database, events_sent, events_
   FROM eventpipe.pg_stat_relay;
 
 -- the backlog counts this database's pending events
-TRUNCATE eventpipe.outbox;
+DELETE FROM eventpipe.outbox;
 SELECT eventpipe.publish('order-events', 'k' || g, '{}') IS NOT NULL FROM generate_series(1, 3) g;
 SELECT backlog, oldest_pending_age >= '0'::interval AS has_age FROM eventpipe.pg_stat_relay;
 

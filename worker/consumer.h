@@ -34,18 +34,19 @@ typedef struct Subscription
 	int32		id;				/* its number in the dedup ledger */
 } Subscription;
 
-/* A metric rule, with the target's names ready to quote into SQL. */
+/* A metric rule, with the target's names quoted, ready for SQL. */
 typedef struct MetricRule
 {
 	char	   *event_type;
 	Oid			target;
 	char	   *target_name;	/* schema-qualified, quoted */
-	char	   *key_column;		/* quoted */
+	char	   *key_column;		/* quoted; NULL: no single-column primary key */
 	char	   *key_type;		/* the key's cast: see key_cast_type() */
 	char	   *column;			/* quoted */
 	char	   *key_field;
 	char	   *value_field;	/* NULL: add 1 */
 	Oid			owner;
+	char	   *fault;			/* why it cannot be applied now; NULL if it can */
 	int			key_slot;		/* key_field's place in ConsumerRules.fields */
 	int			value_slot;		/* value_field's; -1 when NULL */
 } MetricRule;
@@ -55,6 +56,7 @@ typedef struct EventHandler
 	char	   *event_type;
 	Oid			handler;
 	Oid			owner;
+	char	   *fault;			/* why it cannot be called now; NULL if it can */
 } EventHandler;
 
 typedef struct ConsumerRules

@@ -18,8 +18,11 @@
  * that message only.  Any other error fails the whole batch; the worker then
  * applies it again isolating failures (apply_in_halves), so the messages at
  * fault are dead-lettered and the rest applied.  The worker's own
- * statements run with search_path pg_catalog, pg_temp; the user's part (see
- * become_user) as the role that declared it.  Every name is quoted.
+ * statements run with search_path pg_catalog, pg_temp, and name every
+ * function, operator and type with its schema all the same; the user's part
+ * runs as the role that declared it (user_code.c), and a rule or handler
+ * that cannot run any more dead-letters only the messages that need it.
+ * Every name is quoted.
  */
 #include "postgres.h"
 
@@ -47,6 +50,7 @@
 
 #include "../extension/eventpipe.h"
 #include "consumer.h"
+#include "user_code.h"
 #include "worker_loop.h"
 
 static SPIPlanPtr subscription_plan = NULL;
@@ -117,7 +121,7 @@ load_subscription(const char *name, Subscription *subscription)
 	Datum		values[1] = {CStringGetTextDatum(name)};
 	SPIPlanPtr	plan = prepare_once(&subscription_plan,
 									"SELECT topics, group_id, start_from, batch_size, dedup_field, id"
-									" FROM eventpipe.subscriptions WHERE name = $1",
+									" FROM eventpipe.subscriptions WHERE name OPERATOR(pg_catalog.=) $1",
 									1, types);
 	HeapTuple	tuple;
 	TupleDesc	desc;
@@ -163,6 +167,28 @@ key_cast_type(Oid type)
 								FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
 }
 
+/* A name column quoted as an identifier; NULL stays NULL. */
+static char *
+identifier_column(HeapTuple tuple, TupleDesc desc, int column)
+{
+	char	   *name = text_column(tuple, desc, column);
+
+	return name ? pstrdup(quote_identifier(name)) : NULL;
+}
+
+static bool
+bool_column(HeapTuple tuple, TupleDesc desc, int column)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, column, &isnull);
+
+	return !isnull && DatumGetBool(d);
+}
+
+/*
+ * The subscription's rules and handlers, each with what it needs from the
+ * catalogs now, and the reason it cannot run (see user_code.c), if any.
+ */
 static void
 load_rules(const char *name, ConsumerRules *rules)
 {
@@ -172,15 +198,26 @@ load_rules(const char *name, ConsumerRules *rules)
 	uint64		i;
 
 	plan = prepare_once(&metrics_plan,
-						"SELECT r.event_type, r.target::oid, r.target::text,"
-						" quote_ident(k.attname), k.atttypid,"
-						" quote_ident(r.column_name), r.key_field, r.value_field, r.owner::oid"
+						"SELECT r.event_type, r.target::pg_catalog.oid, n.nspname::pg_catalog.text,"
+						" c.relname::pg_catalog.text, k.attname::pg_catalog.text, k.atttypid,"
+						" r.column_name, r.key_field, r.value_field, r.owner::pg_catalog.oid, r.id,"
+						" col.attnum IS NOT NULL, eventpipe.owner_is_tracked(r.owner)"
 						" FROM eventpipe.metric_rules AS r"
-						" LEFT JOIN pg_index AS i"
-						"   ON i.indrelid = r.target AND i.indisprimary AND i.indnatts = 1"
-						" LEFT JOIN pg_attribute AS k"
-						"   ON k.attrelid = i.indrelid AND k.attnum = i.indkey[0]"
-						" WHERE r.subscription = $1 ORDER BY r.id",
+						" LEFT JOIN pg_catalog.pg_class AS c"
+						"   ON c.oid OPERATOR(pg_catalog.=) r.target::pg_catalog.oid"
+						" LEFT JOIN pg_catalog.pg_namespace AS n"
+						"   ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
+						" LEFT JOIN pg_catalog.pg_index AS i"
+						"   ON i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indisprimary"
+						"  AND i.indnatts OPERATOR(pg_catalog.=) 1"
+						" LEFT JOIN pg_catalog.pg_attribute AS k"
+						"   ON k.attrelid OPERATOR(pg_catalog.=) i.indrelid"
+						"  AND k.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
+						" LEFT JOIN pg_catalog.pg_attribute AS col"
+						"   ON col.attrelid OPERATOR(pg_catalog.=) c.oid"
+						"  AND col.attname OPERATOR(pg_catalog.=) r.column_name"
+						"  AND col.attnum OPERATOR(pg_catalog.>) 0 AND NOT col.attisdropped"
+						" WHERE r.subscription OPERATOR(pg_catalog.=) $1 ORDER BY r.id",
 						1, types);
 	execute_plan(plan, values, SPI_OK_SELECT);
 	rules->nmetrics = (int) SPI_processed;
@@ -192,22 +229,30 @@ load_rules(const char *name, ConsumerRules *rules)
 		MetricRule *rule = &rules->metrics[i];
 		bool		isnull;
 		Oid			key_type;
+		char	   *schema = text_column(tuple, desc, 3);
 
 		rule->event_type = text_column(tuple, desc, 1);
 		rule->target = DatumGetObjectId(SPI_getbinval(tuple, desc, 2, &isnull));
-		rule->target_name = text_column(tuple, desc, 3);
-		rule->key_column = text_column(tuple, desc, 4);
-		key_type = DatumGetObjectId(SPI_getbinval(tuple, desc, 5, &isnull));
+		rule->target_name = schema ? quote_qualified_identifier(schema, text_column(tuple, desc, 4))
+			: psprintf("table %u", rule->target);
+		rule->key_column = identifier_column(tuple, desc, 5);
+		key_type = DatumGetObjectId(SPI_getbinval(tuple, desc, 6, &isnull));
 		rule->key_type = isnull ? NULL : key_cast_type(key_type);
-		rule->column = text_column(tuple, desc, 6);
-		rule->key_field = text_column(tuple, desc, 7);
-		rule->value_field = text_column(tuple, desc, 8);
-		rule->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 9, &isnull));
+		rule->column = identifier_column(tuple, desc, 7);
+		rule->key_field = text_column(tuple, desc, 8);
+		rule->value_field = text_column(tuple, desc, 9);
+		rule->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 10, &isnull));
+		rule->fault = user_code_metric_fault(DatumGetInt64(SPI_getbinval(tuple, desc, 11, &isnull)),
+											 rule->owner, bool_column(tuple, desc, 13),
+											 rule->target, rule->target_name,
+											 rule->key_column != NULL, bool_column(tuple, desc, 12));
 	}
 
 	plan = prepare_once(&handlers_plan,
-						"SELECT event_type, handler::oid, owner::oid FROM eventpipe.handlers"
-						" WHERE subscription = $1 ORDER BY id",
+						"SELECT h.event_type, h.handler::pg_catalog.oid, h.owner::pg_catalog.oid, h.id,"
+						" eventpipe.owner_is_tracked(h.owner)"
+						" FROM eventpipe.handlers AS h"
+						" WHERE h.subscription OPERATOR(pg_catalog.=) $1 ORDER BY h.id",
 						1, types);
 	execute_plan(plan, values, SPI_OK_SELECT);
 	rules->nhandlers = (int) SPI_processed;
@@ -216,11 +261,15 @@ load_rules(const char *name, ConsumerRules *rules)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
+		EventHandler *handler = &rules->handlers[i];
 		bool		isnull;
 
-		rules->handlers[i].event_type = text_column(tuple, desc, 1);
-		rules->handlers[i].handler = DatumGetObjectId(SPI_getbinval(tuple, desc, 2, &isnull));
-		rules->handlers[i].owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 3, &isnull));
+		handler->event_type = text_column(tuple, desc, 1);
+		handler->handler = DatumGetObjectId(SPI_getbinval(tuple, desc, 2, &isnull));
+		handler->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 3, &isnull));
+		handler->fault = user_code_handler_fault(DatumGetInt64(SPI_getbinval(tuple, desc, 4, &isnull)),
+												 handler->owner, bool_column(tuple, desc, 5),
+												 handler->handler);
 	}
 }
 
@@ -380,7 +429,9 @@ insert_new_ledger_rows(void *values)
 {
 	execute_plan(prepare_once(&ledger_new_plan,
 							  "INSERT INTO eventpipe.event_handled (subscription_id, event_uuid, event_text)"
-							  " SELECT $1, u.id, u.text FROM unnest($2::uuid[], $3::text[]) AS u(id, text)",
+							  " SELECT $1, u.id, u.text"
+							  " FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.uuid[]),"
+							  "                 pg_catalog.unnest($3::pg_catalog.text[])) AS u(id, text)",
 							  3, (Oid[]) {INT4OID, UUIDARRAYOID, TEXTARRAYOID}),
 				 (Datum *) values, SPI_OK_INSERT);
 }
@@ -397,7 +448,9 @@ insert_ledger_rows_not_there(Datum *values, LedgerKey *keys, int distinct)
 	execute_plan(prepare_once(&ledger_plan,
 							  "INSERT INTO eventpipe.event_handled AS h"
 							  " (subscription_id, event_uuid, event_text)"
-							  " SELECT $1, u.id, u.text FROM unnest($2::uuid[], $3::text[]) AS u(id, text)"
+							  " SELECT $1, u.id, u.text"
+							  " FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.uuid[]),"
+							  "                 pg_catalog.unnest($3::pg_catalog.text[])) AS u(id, text)"
 							  " ON CONFLICT DO NOTHING RETURNING h.event_uuid, h.event_text",
 							  3, (Oid[]) {INT4OID, UUIDARRAYOID, TEXTARRAYOID}),
 				 values, SPI_OK_INSERT_RETURNING);
@@ -523,40 +576,12 @@ forget_event_id(const ConsumedMessage *message, int32 ledger_id)
 	nulls[key.is_uuid ? 2 : 1] = 'n';
 	if (SPI_execute_plan(prepare_once(&forget_plan,
 									  "DELETE FROM eventpipe.event_handled"
-									  " WHERE subscription_id = $1 AND (event_uuid = $2 OR event_text = $3)",
+									  " WHERE subscription_id OPERATOR(pg_catalog.=) $1"
+									  " AND (event_uuid OPERATOR(pg_catalog.=) $2"
+									  "      OR event_text OPERATOR(pg_catalog.=) $3)",
 									  3, (Oid[]) {INT4OID, UUIDOID, TEXTOID}),
 						 values, nulls, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "eventpipe consumer: could not remove a dead letter's ledger row");
-}
-
-/*
- * The user's part of a batch (handlers, upserts into their tables, the
- * triggers these fire) runs as the role that declared the rule or handler,
- * with the search_path of an ordinary session ("$user", public; pg_catalog
- * still first), not the worker's superuser rights and path.
- */
-typedef struct UserContext
-{
-	Oid			save_userid;
-	int			save_sec_context;
-	int			nestlevel;
-} UserContext;
-
-static void
-become_user(Oid role, UserContext *context)
-{
-	GetUserIdAndSecContext(&context->save_userid, &context->save_sec_context);
-	SetUserIdAndSecContext(role, context->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	context->nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "\"$user\", public", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-}
-
-static void
-stop_being_user(UserContext *context)
-{
-	AtEOXact_GUC(true, context->nestlevel);
-	SetUserIdAndSecContext(context->save_userid, context->save_sec_context);
 }
 
 typedef struct HandlerCall
@@ -576,11 +601,11 @@ call_handlers(void *arg)
 	{
 		EventHandler *handler = (EventHandler *) lfirst(lc);
 		FmgrInfo	flinfo;
-		UserContext user;
+		UserCodeContext user;
 
 		LOCAL_FCINFO(fcinfo, 2);
 
-		become_user(handler->owner, &user);
+		user_code_enter(handler->owner, &user);
 		fmgr_info(handler->handler, &flinfo);
 		InitFunctionCallInfoData(*fcinfo, &flinfo, 2, InvalidOid, NULL, NULL);
 		fcinfo->args[0].value = JsonbPGetDatum(message->payload);
@@ -588,7 +613,7 @@ call_handlers(void *arg)
 		fcinfo->args[1].value = metadata;
 		fcinfo->args[1].isnull = false;
 		(void) FunctionCallInvoke(fcinfo);	/* its result, even NULL, is ignored */
-		stop_being_user(&user);
+		user_code_leave(&user);
 		CommandCounterIncrement();
 	}
 }
@@ -852,7 +877,7 @@ upsert_columns(const MetricRule *rule, char **columns, Bitmapset *set,
 	int			column = -1;
 	int			nth = 0;
 	int			i;
-	UserContext user;
+	UserCodeContext user;
 
 	initStringInfo(&names);
 	initStringInfo(&selected);
@@ -874,16 +899,16 @@ upsert_columns(const MetricRule *rule, char **columns, Bitmapset *set,
 		types[nth] = NUMERICARRAYOID;
 		appendStringInfo(&names, ", %s", name);
 		appendStringInfo(&selected, text_key ? ", u.v%d" : ", pg_catalog.sum(u.v%d)", nth);
-		appendStringInfo(&arrays, ", $%d::pg_catalog.numeric[]", nth + 1);
+		appendStringInfo(&arrays, ", pg_catalog.unnest($%d::pg_catalog.numeric[])", nth + 1);
 		appendStringInfo(&aliases, ", v%d", nth);
-		appendStringInfo(&sets, "%s%s = COALESCE(t.%s, 0) + EXCLUDED.%s",
+		appendStringInfo(&sets, "%s%s = COALESCE(t.%s, 0) OPERATOR(pg_catalog.+) EXCLUDED.%s",
 						 nth > 1 ? ", " : "", name, name, name);
 	}
 	/* planned as the user too: a plan made under another search_path is made again */
-	become_user(rule->owner, &user);
+	user_code_enter(rule->owner, &user);
 	if (SPI_execute_plan(upsert_plan(psprintf("INSERT INTO %s AS t (%s%s)"
 											  " SELECT u.k%s%s%s"
-											  " FROM unnest($1::pg_catalog.text[]%s) AS u(k%s)"
+											  " FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[])%s) AS u(k%s)"
 											  "%s"
 											  " ON CONFLICT (%s) DO UPDATE SET %s",
 											  rule->target_name, rule->key_column, names.data,
@@ -894,7 +919,7 @@ upsert_columns(const MetricRule *rule, char **columns, Bitmapset *set,
 									 ncolumns + 1, types),
 						 values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "eventpipe consumer: the upsert into %s failed", rule->target_name);
-	stop_being_user(&user);
+	user_code_leave(&user);
 }
 
 /*
@@ -921,11 +946,6 @@ upsert_target(ConsumedMessage *messages, int count, const ConsumerRules *rules, 
 	int			r;
 	int			i;
 
-	if (rule->key_column == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
-				 errmsg("metric target \"%s\" has no single-column primary key any more",
-						rule->target_name)));
 	for (r = 0; r < rules->nmetrics; r++)
 	{
 		column_of[r] = -1;
@@ -1105,8 +1125,10 @@ store_dead_letters(ConsumerBatch *batch, const char *name)
 	plan = prepare_once(&dead_plan,
 						"INSERT INTO eventpipe.consumer_dead_letters"
 						" (subscription, topic, partition, \"offset\", key, value, headers, error)"
-						" SELECT $1, u.* FROM unnest($2::text[], $3::int4[], $4::int8[],"
-						"   $5::bytea[], $6::bytea[], $7::jsonb[], $8::text[]) AS u"
+						" SELECT $1, u.* FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]),"
+						"   pg_catalog.unnest($3::pg_catalog.int4[]), pg_catalog.unnest($4::pg_catalog.int8[]),"
+						"   pg_catalog.unnest($5::pg_catalog.bytea[]), pg_catalog.unnest($6::pg_catalog.bytea[]),"
+						"   pg_catalog.unnest($7::pg_catalog.jsonb[]), pg_catalog.unnest($8::pg_catalog.text[])) AS u"
 						" ON CONFLICT DO NOTHING",
 						8, types);
 	values[0] = CStringGetTextDatum(name);
@@ -1166,7 +1188,9 @@ store_offsets(ConsumerBatch *batch, const char *name)
 						"INSERT INTO eventpipe.consumer_offsets AS o"
 						" (subscription, topic, partition, next_offset)"
 						" SELECT $1, u.t, u.p, u.o"
-						" FROM unnest($2::text[], $3::int4[], $4::int8[]) AS u(t, p, o)"
+						" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]),"
+						"   pg_catalog.unnest($3::pg_catalog.int4[]), pg_catalog.unnest($4::pg_catalog.int8[]))"
+						"   AS u(t, p, o)"
 						" ORDER BY u.t, u.p"
 						" ON CONFLICT (subscription, topic, partition) DO UPDATE"
 						" SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)",
@@ -1455,7 +1479,8 @@ within_retained(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition
 	partition_offset_values(values, name, partition, low);
 	execute_plan(prepare_once(&retained_offset_plan,
 							  "UPDATE eventpipe.consumer_offsets SET next_offset = $4"
-							  " WHERE subscription = $1 AND topic = $2 AND partition = $3",
+							  " WHERE subscription OPERATOR(pg_catalog.=) $1 AND topic OPERATOR(pg_catalog.=) $2"
+							  " AND partition OPERATOR(pg_catalog.=) $3",
 							  4, (Oid[]) {TEXTOID, TEXTOID, INT4OID, INT8OID}),
 				 values, SPI_OK_UPDATE);
 	return low;
@@ -1498,7 +1523,8 @@ consumer_read_offsets(rd_kafka_t *rk, const char *name,
 	SPI_connect();
 	plan = prepare_once(&read_offset_plan,
 						"SELECT next_offset FROM eventpipe.consumer_offsets"
-						" WHERE subscription = $1 AND topic = $2 AND partition = $3",
+						" WHERE subscription OPERATOR(pg_catalog.=) $1 AND topic OPERATOR(pg_catalog.=) $2"
+						" AND partition OPERATOR(pg_catalog.=) $3",
 						3, types);
 	for (i = 0; i < partitions->cnt; i++)
 	{
@@ -1541,11 +1567,14 @@ consumer_prune_ledger(const char *name, int retention_s, int limit)
 	{
 		SPI_connect();
 		execute_plan(prepare_once(&prune_plan,
-								  "DELETE FROM eventpipe.event_handled WHERE ctid = ANY (ARRAY("
+								  "DELETE FROM eventpipe.event_handled"
+								  " WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
 								  "  SELECT h.ctid FROM eventpipe.event_handled AS h"
-								  "  WHERE h.subscription_id ="
-								  "      (SELECT s.id FROM eventpipe.subscriptions AS s WHERE s.name = $1)"
-								  "    AND h.handled_at < now() - make_interval(secs => $2)"
+								  "  WHERE h.subscription_id OPERATOR(pg_catalog.=)"
+								  "      (SELECT s.id FROM eventpipe.subscriptions AS s"
+								  "        WHERE s.name OPERATOR(pg_catalog.=) $1)"
+								  "    AND h.handled_at OPERATOR(pg_catalog.<)"
+								  "        (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $2))"
 								  "  LIMIT $3))",
 								  3, types),
 					 values, SPI_OK_DELETE);

@@ -279,12 +279,17 @@ interpret(ConsumedMessage *message, const ConsumerRules *rules)
 		return;
 	}
 
+	/* a rule or handler in fault dead-letters the messages that need it, only those */
 	for (i = 0; i < rules->nmetrics && message->error == NULL && message->event_type; i++)
 		if (strcmp(rules->metrics[i].event_type, message->event_type) == 0)
-			message->error = metric_effect(message, rules, i);
-	for (i = 0; i < rules->nhandlers && message->event_type; i++)
+			message->error = rules->metrics[i].fault ? rules->metrics[i].fault
+				: metric_effect(message, rules, i);
+	for (i = 0; i < rules->nhandlers && message->error == NULL && message->event_type; i++)
 		if (strcmp(rules->handlers[i].event_type, message->event_type) == 0)
+		{
+			message->error = rules->handlers[i].fault;
 			message->handlers = lappend(message->handlers, &rules->handlers[i]);
+		}
 	if (message->error == NULL && message->handlers != NIL)
 		message->error = read_value(message, rules, read_jsonb);
 
