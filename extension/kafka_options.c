@@ -74,18 +74,20 @@ apply_property(rd_kafka_conf_t *conf, char *name, char *value, const char *where
 		return false;
 	}
 	res = rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr));
-	explicit_bzero(rderr, sizeof(rderr));
+	explicit_bzero(rderr, sizeof(rderr));	/* it may quote the value */
 	if (res == RD_KAFKA_CONF_OK)
 		return true;
 
 	/*
-	 * An unknown name may be the tail of a value cut at a comma ("sasl.
-	 * password=Part1,Part2=x"): by position only.  A known one is a real
-	 * name, safe to quote (an interceptor may claim other names, hence the
-	 * check of its characters too).  librdkafka's reason is never passed
-	 * on: for a bad value it often quotes it ("Invalid value "x" for ...",
-	 * "value 5 is outside allowed range", dlopen's file name), and the
-	 * value itself may be the piece of a secret that followed a comma.
+	 * An unknown name may be a piece of a value, cut at a comma
+	 * ("sasl.password=Part1,Part2=x") or a line of a PEM in the file: named
+	 * by position only.  A name librdkafka knows is quoted: were it a piece
+	 * of a value, that tells only that the value holds a property's name
+	 * (an interceptor may claim other names, hence the check of its
+	 * characters too).  librdkafka's reason is never passed on: for a bad
+	 * value it often quotes it ("Invalid value "x" for ...", "value 5 is
+	 * outside allowed range", dlopen's file name), and the value itself may
+	 * be the piece of a secret that followed a comma.
 	 */
 	if (res == RD_KAFKA_CONF_INVALID && plausible_property_name(name))
 		snprintf(errbuf, errbuf_size,
