@@ -29,7 +29,6 @@ int			eventpipe_relay_workers = 1;
 int			eventpipe_consumer_batch_size = 3000;
 int			eventpipe_dedup_retention = 7 * 24 * 3600;
 
-/* Refuse a kafka_options string librdkafka would not accept. */
 /*
  * SHOW and current_setting(): the property names, never the values, unless
  * the reader is a superuser (GUC_SUPERUSER_ONLY alone lets members of
@@ -45,6 +44,7 @@ show_kafka_options(void)
 	return eventpipe_mask_kafka_options(eventpipe_kafka_options);
 }
 
+/* Refuse a kafka_options string librdkafka would not accept. */
 static bool
 check_kafka_options(char **newval, void **extra, GucSource source)
 {
@@ -59,6 +59,10 @@ check_kafka_options(char **newval, void **extra, GucSource source)
 		/* PostgreSQL's own message would quote the value, secrets and all */
 		GUC_check_errmsg("invalid value for parameter \"eventpipe.kafka_options\"");
 		GUC_check_errdetail("%s", errbuf);
+		/* the usual cause of an item that is no property: a comma in a value */
+		GUC_check_errhint("A value that contains a comma must go in the file named by "
+						  "eventpipe.kafka_options_file, one key=value per line; errors "
+						  "name items by position and never quote a value.");
 	}
 	return ok;
 }

@@ -7,8 +7,12 @@
  *
  * Used by the GUC check hook (so a bad value is refused at reload, with the
  * old one kept) and by the workers when they build a Kafka handle; also sets
- * the workers' own properties (eventpipe_kafka_conf_set).  Values
- * may be secrets: error texts name the property, never its value.
+ * the workers' own properties (eventpipe_kafka_conf_set).
+ *
+ * Values may be secrets, and a value that holds a comma is cut into items
+ * whose "names" are pieces of it: error texts name an item by its position,
+ * and quote a name only when librdkafka knows it as a property, never a
+ * value nor librdkafka's own complaint (which may quote the value).
  */
 #include "postgres.h"
 
@@ -23,14 +27,20 @@
 #include "eventpipe.h"
 #include "kafka_options.h"
 
-/* Could librdkafka's complaint about this property quote a secret? */
+/*
+ * Could name be one of librdkafka's property names?  They are all lower-case
+ * ASCII letters, digits, dots and underscores; anything else is surely text
+ * from a value, which is never quoted.
+ */
 static bool
-property_may_be_secret(const char *name)
+plausible_property_name(const char *name)
 {
-	return strstr(name, "password") != NULL ||
-		strstr(name, "secret") != NULL ||
-		strstr(name, "key") != NULL ||
-		strstr(name, "jaas") != NULL;
+	const char *c;
+
+	for (c = name; *c != '\0'; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '.' || *c == '_'))
+			return false;
+	return true;
 }
 
 static char *
@@ -47,28 +57,44 @@ trim(char *s)
 }
 
 /*
- * Set one DBA property; false, with a reason that quotes no secret, if
- * librdkafka refuses it.  where says where it came from, for the reason.
+ * Set one DBA property; false, with a reason that quotes no part of any
+ * value, if librdkafka refuses it.  where names the item by its position
+ * ("item 2 of eventpipe.kafka_options"), for the reason.
  */
 static bool
 apply_property(rd_kafka_conf_t *conf, char *name, char *value, const char *where,
 			   char *errbuf, size_t errbuf_size)
 {
 	char		rderr[512];
+	rd_kafka_conf_res_t res;
 
 	if (name[0] == '\0')
 	{
 		snprintf(errbuf, errbuf_size, "%s has an empty property name", where);
 		return false;
 	}
-	if (rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr)) == RD_KAFKA_CONF_OK)
+	res = rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr));
+	explicit_bzero(rderr, sizeof(rderr));	/* it may quote the value */
+	if (res == RD_KAFKA_CONF_OK)
 		return true;
-	if (property_may_be_secret(name))
+
+	/*
+	 * An unknown name may be a piece of a value, cut at a comma
+	 * ("sasl.password=Part1,Part2=x") or a line of a PEM in the file: named
+	 * by position only.  A name librdkafka knows is quoted: were it a piece
+	 * of a value, that tells only that the value holds a property's name
+	 * (an interceptor may claim other names, hence the check of its
+	 * characters too).  librdkafka's reason is never passed on: for a bad
+	 * value it often quotes it ("Invalid value "x" for ...", "value 5 is
+	 * outside allowed range", dlopen's file name), and the value itself may
+	 * be the piece of a secret that followed a comma.
+	 */
+	if (res == RD_KAFKA_CONF_INVALID && plausible_property_name(name))
 		snprintf(errbuf, errbuf_size,
-				 "librdkafka rejected the value of property \"%s\"", name);
+				 "librdkafka rejected the value of property \"%s\" (%s)",
+				 name, where);
 	else
-		snprintf(errbuf, errbuf_size,
-				 "librdkafka rejected property \"%s\": %s", name, rderr);
+		snprintf(errbuf, errbuf_size, "%s is not a property librdkafka knows", where);
 	return false;
 }
 
@@ -90,21 +116,21 @@ eventpipe_apply_kafka_options(rd_kafka_conf_t *conf, const char *options,
 		 item = strtok_r(NULL, ",", &saveptr))
 	{
 		char	   *eq = strchr(item, '=');
+		char		where[64];
 
 		position++;
 		if (trim(item)[0] == '\0')
 			continue;			/* tolerate "a=b," and ",," */
+		snprintf(where, sizeof(where), "item %d of eventpipe.kafka_options", position);
 		if (eq == NULL)
 		{
 			/* not echoed: it may be the tail of a value that held a comma */
-			snprintf(errbuf, errbuf_size,
-					 "item %d is not of the form key=value (commas separate items)",
-					 position);
+			snprintf(errbuf, errbuf_size, "%s is not of the form key=value", where);
 			ok = false;
 			break;
 		}
 		*eq = '\0';
-		ok = apply_property(conf, trim(item), trim(eq + 1), "an item", errbuf, errbuf_size);
+		ok = apply_property(conf, trim(item), trim(eq + 1), where, errbuf, errbuf_size);
 	}
 	pfree(copy);
 	return ok;
@@ -185,6 +211,7 @@ apply_options_file(rd_kafka_conf_t *conf, const char *path, char *errbuf, size_t
 			continue;
 		if (eq == NULL)
 		{
+			/* not echoed: it may be a line of a value that held a newline (a PEM) */
 			snprintf(errbuf, errbuf_size,
 					 "line %d of eventpipe.kafka_options_file is not of the form key=value", number);
 			ok = false;

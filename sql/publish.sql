@@ -106,6 +106,8 @@ ALTER SYSTEM SET eventpipe.kafka_options = 'no.such.property=1';
 -- a refused value is not echoed: it may hold a secret
 ALTER SYSTEM SET eventpipe.kafka_options = 'sasl.password=hunter2,acks=sometimes';
 ALTER SYSTEM SET eventpipe.kafka_options = 'sasl.password=hunter2,oops';
+-- a password with a comma: its tail is named by position, never quoted
+ALTER SYSTEM SET eventpipe.kafka_options = 'sasl.password=Part1,Part2Secret=x';
 ALTER SYSTEM SET eventpipe.relay_batch_size = 0;
 ALTER SYSTEM SET eventpipe.relay_workers = 33;
 

@@ -17,7 +17,11 @@
 #      reloads (whose log lines name the changed settings and their values):
 #      a file other users may read is refused with a clear error, a wrong
 #      password in it fails authentication, and rewriting the file with the
-#      right one delivers the waiting events without any reload.
+#      right one delivers the waiting events without any reload;
+#  (g) a password with a comma in kafka_options (sasl.password=Part1,
+#      Part2Secret=x) is refused by ALTER SYSTEM and at reload, the old value
+#      kept, with errors that name the item by position and quote neither
+#      piece; a line of the file that is a piece of a value likewise.
 use strict;
 use warnings;
 
@@ -126,11 +130,13 @@ ok(wait_until(sub { relay_stat($node, 'events_sent') == 1 }, 60),
 # ---- (f) the password in a file ----------------------------------------------
 
 my $secrets = $node->data_dir . '/kafka-secrets.conf';
+# write_secrets($password, $mode, $more_lines)
 sub write_secrets
 {
-	my ($pw, $mode) = @_;
+	my ($pw, $mode, $more) = @_;
 	open(my $fh, '>', "$secrets.new") or die "cannot write $secrets.new: $!";
-	print $fh "# SASL credentials of the shop\n\nsasl.username = shop\nsasl.password=$pw\n";
+	print $fh "# SASL credentials of the shop\n\nsasl.username = shop\nsasl.password=$pw\n"
+	  . ($more // '');
 	close($fh);
 	chmod($mode, "$secrets.new") or die "chmod: $!";
 	rename("$secrets.new", $secrets) or die "rename: $!";
@@ -168,11 +174,89 @@ ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 	'(f) rewriting the file with the right password delivers them, without a reload');
 ok(consume_ids($kafka->{bootstrap}, $topic, \@filed, 60), '(f) all 4 are in the topic');
 
+# ---- (g) a value with a comma ------------------------------------------------
+# Commas separate the items of kafka_options, so this password is cut in
+# two and "Part2Secret" read as a property name: the errors must say "item
+# 2", never quote it (nor "Part1").  PostgreSQL itself logs the text of
+# statements (log_statement = all in these tests) and of a failing one, a
+# gap the README states: the session turns both off, and the rest of the log
+# must hold neither piece, as (d) checks.
+
+my $comma_value = 'sasl.password=Part1,Part2Secret=x';
+my $pieces = qr/Part1|Part2Secret/;
+my $auto_conf = $node->data_dir . '/postgresql.auto.conf';
+my $auto_before = slurp_file($auto_conf);
+my $options_before = $node->safe_psql('postgres', 'SHOW eventpipe.kafka_options');
+
+my ($ret, $out, $err) = $node->psql('postgres',
+	"SET log_statement = none;\nSET log_min_error_statement = panic;\n"
+	  . "ALTER SYSTEM SET eventpipe.kafka_options = '$comma_value';");
+isnt($ret, 0, '(g) ALTER SYSTEM refuses a password with a comma in kafka_options');
+like($err, qr/item 2 of eventpipe\.kafka_options is not a property librdkafka knows/,
+	"(g) ... naming the item by position ($err)");
+like($err, qr/HINT:.*eventpipe\.kafka_options_file/,
+	'(g) ... and pointing to kafka_options_file');
+unlike($err, $pieces, '(g) ... quoting neither piece of the password');
+unlike(slurp_file($auto_conf), $pieces, '(g) postgresql.auto.conf did not take the value');
+
+# The same value reaching a reload from the file: refused, the old one kept.
+$log_at = log_position($node);
+$node->append_conf('postgresql.auto.conf', "eventpipe.kafka_options = '$comma_value'");
+$node->reload;
+my $reload_log = '';
+ok( wait_until(
+		sub {
+			$reload_log = log_since($node, $log_at);
+			return $reload_log =~ /contains errors/;
+		},
+		60),
+	'(g) the reload reports the configuration file has errors');
+like($reload_log,
+	qr/invalid value for parameter "eventpipe\.kafka_options"\n.*DETAIL:  item 2 of eventpipe\.kafka_options is not a property librdkafka knows/,
+	'(g) ... the refused item named by position');
+unlike($reload_log, $pieces, '(g) ... quoting neither piece of the password')
+  or diag $reload_log;
+is($node->safe_psql('postgres', 'SHOW eventpipe.kafka_options'),
+	$options_before, '(g) the old kafka_options stays');
+my $kept = $node->safe_psql('postgres', "SELECT eventpipe.publish('$topic', 'kept', '{}')");
+ok(wait_until(sub { outbox_count($node) == 0 }, 60),
+	'(g) the relay delivers with the old options');
+
+open(my $auto_fh, '>', $auto_conf) or die "cannot write $auto_conf: $!";
+print $auto_fh $auto_before;
+close($auto_fh);
+$node->reload;
+
+# A line of the file that is a piece of a value (as a PEM's lines would be).
+write_secrets('Part1', 0600, "Part2Secret=x\n");
+my @pieced = map {
+	$node->safe_psql('postgres',
+		"SELECT eventpipe.publish('$topic', 'g$_', '{\"pieced\": $_}')")
+} 1 .. 2;
+ok( wait_until(
+		sub {
+			($error = last_relay_error())
+			  =~ /line 5 of eventpipe\.kafka_options_file is not a property librdkafka knows/;
+		},
+		60),
+	"(g) a line of the file that is no property is named by its number ($error)");
+unlike($error, $pieces, '(g) ... quoting neither piece');
+is(outbox_count($node), 2, '(g) the 2 events wait in the outbox');
+
+write_secrets($password, 0600);
+ok(wait_until(sub { outbox_count($node) == 0 }, 60),
+	'(g) with the file right again, the waiting events leave');
+ok(consume_ids($kafka->{bootstrap}, $topic, [ $kept, @pieced ], 60),
+	'(g) the 3 events of (g) are in the topic');
+
 # ---- (d) the logs ---------------------------------------------------------
 
 my @leaks = grep { /\Q$password\E|\Q$wrong\E|\Q$wrong_in_file\E/ } split /\n/, log_since($node, 0);
 is(scalar @leaks, 0, '(d) no server log line holds a password')
   or diag join("\n", @leaks);
+my @piece_leaks = grep { /$pieces/ } split /\n/, log_since($node, 0);
+is(scalar @piece_leaks, 0, '(d) no server log line holds a piece of the password with a comma')
+  or diag join("\n", @piece_leaks);
 
 $node->stop;
 ok(stop_kafka($kafka), 'Kafka stopped');
