@@ -23,6 +23,12 @@
 /* Longest subscription name, terminator included (names have 1..63 chars). */
 #define EVENTPIPE_SUBSCRIPTION_LEN 64
 
+/*
+ * Most subscriptions waiting for a worker that consumer_stats() names; more
+ * are only counted (ConsumerWaiting).
+ */
+#define EVENTPIPE_MAX_WAITING_CONSUMERS 256
+
 /* Most (subscription, topic, partition) rows with counters in shared memory. */
 #define EVENTPIPE_MAX_CONSUMER_PARTITIONS 1024
 
@@ -127,6 +133,25 @@ typedef struct ConsumerSlot
 	TimestampTz last_error_time;
 } ConsumerSlot;
 
+/* Why a subscription has no consumer worker (ConsumerWaiting.cause). */
+typedef enum ConsumerWaitCause
+{
+	CONSUMER_WAIT_EVENTPIPE_SLOT,	/* all EVENTPIPE_MAX_CONSUMERS slots taken */
+	CONSUMER_WAIT_WORKER_PROCESS	/* max_worker_processes is exhausted */
+} ConsumerWaitCause;
+
+/*
+ * A subscription the consumer manager could not start a worker for, and
+ * since when (it tries again every second).  The manager alone writes the
+ * list, under EventpipeShared->lock; consumer_stats() shows it.
+ */
+typedef struct ConsumerWaiting
+{
+	char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];
+	ConsumerWaitCause cause;
+	TimestampTz since;
+} ConsumerWaiting;
+
 /*
  * One partition of a subscription, found by (subscription, topic,
  * partition), so its counters survive worker restarts; freed with its
@@ -170,6 +195,13 @@ typedef struct EventpipeShared
 	int			consumer_manager_procno;
 	Oid			consumer_manager_database;
 	ConsumerSlot consumer[EVENTPIPE_MAX_CONSUMERS];
+	/*
+	 * The subscriptions waiting for a worker: the first
+	 * consumer_waiting_listed of consumer_waiting_count by name.
+	 */
+	int			consumer_waiting_count;
+	int			consumer_waiting_listed;
+	ConsumerWaiting consumer_waiting[EVENTPIPE_MAX_WAITING_CONSUMERS];
 	ConsumerPartitionSlot consumer_partition[EVENTPIPE_MAX_CONSUMER_PARTITIONS];
 } EventpipeShared;
 
@@ -185,6 +217,8 @@ extern bool eventpipe_database_is_being_dropped(Oid database);
 extern ConsumerSlot *eventpipe_claim_consumer_slot(const char *subscription, pid_t *holder);
 extern void eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget);
 extern pid_t eventpipe_consumer_slot_holder(const char *subscription);
+extern bool eventpipe_consumer_slot_available(const char *subscription);
+extern void eventpipe_set_waiting_consumers(const ConsumerWaiting *waiting, int count);
 extern void eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state);
 extern void eventpipe_set_consumer_error(ConsumerSlot *slot, const char *message);
 extern const char *eventpipe_consumer_state_name(ConsumerState state);

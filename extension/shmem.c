@@ -5,8 +5,9 @@
  *
  * Locking: EventpipeShared->lock protects pid, procno, database, state and
  * the last-error fields of every slot, a consumer slot's subscription name,
- * and the launcher, consumer manager and drop-database fields (and the
- * names of the consumer partition slots, see consumer_partitions.c).
+ * the launcher, consumer manager and drop-database fields, and the list of
+ * subscriptions waiting for a worker (and the names of the consumer
+ * partition slots, see consumer_partitions.c).
  * Counters are pg_atomic_uint64 written only by the slot's own
  * worker; readers take no lock for them.  Nothing here points into
  * process-local memory.
@@ -225,6 +226,46 @@ eventpipe_consumer_slot_holder(const char *subscription)
 	}
 	LWLockRelease(eventpipe_shared->lock);
 	return holder;
+}
+
+/*
+ * Would eventpipe_claim_consumer_slot() find a slot for this subscription
+ * (one no live process holds)?  The consumer manager asks before starting a
+ * worker: a worker that finds none could only leave, and be started again a
+ * second later.
+ */
+bool
+eventpipe_consumer_slot_available(const char *subscription)
+{
+	bool		available = false;
+	int			i;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS && !available; i++)
+	{
+		ConsumerSlot *slot = &eventpipe_shared->consumer[i];
+
+		available = slot->subscription[0] == '\0' || consumer_holder(slot) == 0;
+	}
+	LWLockRelease(eventpipe_shared->lock);
+	return available;
+}
+
+/*
+ * Publish the subscriptions that wait for a worker (count of them, the first
+ * EVENTPIPE_MAX_WAITING_CONSUMERS by name), replacing the previous list.
+ */
+void
+eventpipe_set_waiting_consumers(const ConsumerWaiting *waiting, int count)
+{
+	int			listed = Min(count, EVENTPIPE_MAX_WAITING_CONSUMERS);
+
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	if (listed > 0)
+		memcpy(eventpipe_shared->consumer_waiting, waiting, sizeof(ConsumerWaiting) * listed);
+	eventpipe_shared->consumer_waiting_listed = listed;
+	eventpipe_shared->consumer_waiting_count = count;
+	LWLockRelease(eventpipe_shared->lock);
 }
 
 /*

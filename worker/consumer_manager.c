@@ -15,6 +15,14 @@
  * every batch), when their database is being dropped or is no longer
  * eventpipe.database.  The manager leaves in the last two cases too, and on
  * SIGTERM.
+ *
+ * A subscription it cannot start a worker for (all eventpipe consumer slots
+ * taken, or max_worker_processes exhausted) waits and is tried again every
+ * second.  It is reported once when it starts waiting (WARNING) and once
+ * when it gets its worker (LOG), not at every try: a shortage lasts until
+ * someone acts, and one line a second per subscription buries the rest of
+ * the log.  Meanwhile consumer_stats() shows it, from the list of waiting
+ * subscriptions the manager keeps in shared memory.
  */
 #include "postgres.h"
 
@@ -52,6 +60,10 @@ typedef struct ConsumerHandle
 
 static ConsumerHandle consumers[EVENTPIPE_MAX_CONSUMERS];
 
+/* The subscriptions that waited for a worker after the last reconcile. */
+static ConsumerWaiting *waiting = NULL;
+static int	n_waiting = 0;
+
 static void
 manager_exit(int code, Datum arg)
 {
@@ -61,6 +73,9 @@ manager_exit(int code, Datum arg)
 		eventpipe_shared->consumer_manager_pid = 0;
 		eventpipe_shared->consumer_manager_procno = -1;
 		eventpipe_shared->consumer_manager_database = InvalidOid;
+		/* the next manager finds out again who waits */
+		eventpipe_shared->consumer_waiting_count = 0;
+		eventpipe_shared->consumer_waiting_listed = 0;
 	}
 	LWLockRelease(eventpipe_shared->lock);
 }
@@ -102,7 +117,8 @@ handle_of(const char *subscription)
 	return unused;
 }
 
-static void
+/* Register the subscription's worker; false when no background worker slot is free. */
+static bool
 start_consumer(ConsumerHandle *consumer)
 {
 	BackgroundWorker worker;
@@ -122,14 +138,9 @@ start_consumer(ConsumerHandle *consumer)
 
 	consumer->started_at = GetCurrentTimestamp();
 	if (!RegisterDynamicBackgroundWorker(&worker, &consumer->handle))
-	{
 		consumer->handle = NULL;
-		ereport(WARNING,
-				(errmsg("eventpipe could not start the consumer worker of subscription \"%s\"",
-						consumer->subscription),
-				 errhint("Raise max_worker_processes: eventpipe needs 2 + eventpipe.relay_workers + one per subscription.")));
-	}
 	MemoryContextSwitchTo(old);
+	return consumer->handle != NULL;
 }
 
 static bool
@@ -151,11 +162,102 @@ list_step(void *arg)
 	subscriptions = consumer_list_subscriptions();
 }
 
+static ConsumerWaiting *
+find_waiting(ConsumerWaiting *list, int count, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < count; i++)
+		if (strcmp(list[i].subscription, name) == 0)
+			return &list[i];
+	return NULL;
+}
+
+/* The WARNING of a subscription that starts waiting for a worker. */
+static void
+report_waiting(const char *name, ConsumerWaitCause cause)
+{
+	if (cause == CONSUMER_WAIT_EVENTPIPE_SLOT)
+		ereport(WARNING,
+				(errmsg("eventpipe consumer manager: subscription \"%s\" waits for a worker slot", name),
+				 errdetail("All %d consumer slots of eventpipe are taken.", EVENTPIPE_MAX_CONSUMERS),
+				 errhint("Unsubscribe another subscription, or build eventpipe with a larger EVENTPIPE_MAX_CONSUMERS. "
+						 "The worker starts once a slot is free; eventpipe.consumer_stats() shows who waits.")));
+	else
+		ereport(WARNING,
+				(errmsg("eventpipe consumer manager: subscription \"%s\" waits for a worker slot", name),
+				 errdetail("No background worker slot is free (max_worker_processes = %d).", max_worker_processes),
+				 errhint("Raise max_worker_processes (a restart is needed): eventpipe needs 2 + eventpipe.relay_workers + one per subscription, here %d. "
+						 "The worker starts once a slot is free; eventpipe.consumer_stats() shows who waits.",
+						 2 + eventpipe_relay_workers + list_length(subscriptions))));
+}
+
+/*
+ * Note that subscription name waits for a worker, for cause: reported when
+ * it starts waiting or waits for another reason now.
+ */
+static void
+note_waiting(ConsumerWaiting *now_waiting, int *count, const char *name,
+			 ConsumerWaitCause cause, TimestampTz now)
+{
+	ConsumerWaiting *entry = &now_waiting[(*count)++];
+	ConsumerWaiting *before = find_waiting(waiting, n_waiting, name);
+
+	strlcpy(entry->subscription, name, sizeof(entry->subscription));
+	entry->cause = cause;
+	if (before != NULL && before->cause == cause)
+		entry->since = before->since;
+	else
+	{
+		entry->since = now;
+		report_waiting(name, cause);
+	}
+}
+
+/*
+ * The subscriptions that waited and do not any more get their LOG line
+ * (those unsubscribed meanwhile none); the new list replaces the old, here
+ * and in shared memory.
+ */
+static void
+update_waiting(ConsumerWaiting *now_waiting, int count, TimestampTz now)
+{
+	int			i;
+
+	for (i = 0; i < n_waiting; i++)
+	{
+		const char *name = waiting[i].subscription;
+		long		secs;
+		int			usecs;
+
+		if (find_waiting(now_waiting, count, name) != NULL || !name_in(subscriptions, name))
+			continue;
+		TimestampDifference(waiting[i].since, now, &secs, &usecs);
+		ereport(LOG,
+				(errmsg("eventpipe consumer manager: subscription \"%s\" got its worker after waiting %ld s for a slot",
+						name, secs)));
+	}
+	if (count == 0 && n_waiting == 0)
+		return;
+	if (waiting != NULL)
+		pfree(waiting);
+	waiting = NULL;
+	if (count > 0)
+	{
+		waiting = MemoryContextAlloc(TopMemoryContext, sizeof(ConsumerWaiting) * count);
+		memcpy(waiting, now_waiting, sizeof(ConsumerWaiting) * count);
+	}
+	n_waiting = count;
+	eventpipe_set_waiting_consumers(waiting, n_waiting);
+}
+
 /* Bring the running consumer workers in line with eventpipe.subscriptions. */
 static long
 reconcile(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	ConsumerWaiting *now_waiting;
+	int			count = 0;
 	ListCell   *lc;
 	int			i;
 
@@ -173,24 +275,48 @@ reconcile(void)
 			consumer->subscription[0] = '\0';
 	}
 
+	now_waiting = palloc(sizeof(ConsumerWaiting) * Max(list_length(subscriptions), 1));
 	foreach(lc, subscriptions)
 	{
 		const char *name = (const char *) lfirst(lc);
 		ConsumerHandle *consumer = handle_of(name);
+		ConsumerWaiting *before;
 
 		if (consumer == NULL)
 		{
-			ereport(WARNING,
-					(errmsg("eventpipe consumer manager: no room for the worker of subscription \"%s\"", name),
-					 errdetail("At most %d subscriptions have a worker.", EVENTPIPE_MAX_CONSUMERS)));
+			note_waiting(now_waiting, &count, name, CONSUMER_WAIT_EVENTPIPE_SLOT, now);
 			continue;
 		}
 		if (is_running(consumer) || eventpipe_consumer_slot_holder(name) != 0)
 			continue;
-		if (TimestampDifferenceExceeds(consumer->started_at, now, RESTART_DELAY_MS))
-			start_consumer(consumer);
+		if (!TimestampDifferenceExceeds(consumer->started_at, now, RESTART_DELAY_MS))
+		{
+			/* not tried this time: it waits as it did */
+			if ((before = find_waiting(waiting, n_waiting, name)) != NULL)
+				now_waiting[count++] = *before;
+			continue;
+		}
+		if (!eventpipe_consumer_slot_available(name))
+		{
+			consumer->started_at = now;
+			note_waiting(now_waiting, &count, name, CONSUMER_WAIT_EVENTPIPE_SLOT, now);
+		}
+		else if (!start_consumer(consumer))
+			note_waiting(now_waiting, &count, name, CONSUMER_WAIT_WORKER_PROCESS, now);
 	}
-	set_ps_display(subscriptions == NIL ? "idle: no subscription" : "serving");
+	update_waiting(now_waiting, count, now);
+
+	if (subscriptions == NIL)
+		set_ps_display("idle: no subscription");
+	else if (count > 0)
+	{
+		char		activity[64];
+
+		snprintf(activity, sizeof(activity), "serving, %d waiting for a worker slot", count);
+		set_ps_display(activity);
+	}
+	else
+		set_ps_display("serving");
 	return MANAGER_POLL_MS;
 }
 
