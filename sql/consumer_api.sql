@@ -23,7 +23,7 @@ SELECT eventpipe.subscribe('s', ARRAY['..']);
 SELECT eventpipe.subscribe('s', ARRAY['t'], start_from => 'middle');
 SELECT eventpipe.subscribe('s', ARRAY['t'], batch_size => 0);
 SELECT eventpipe.subscribe('s', ARRAY['t'], group_id => '');
--- the table itself checks topic names too (UPDATE is a supported way to change a subscription)
+-- the table itself checks topic names too (a superuser may still UPDATE it)
 UPDATE eventpipe.subscriptions SET topics = ARRAY['bad topic'] WHERE name = 'late';
 UPDATE eventpipe.subscriptions SET topics = ARRAY['order-events', 'payment-events'] WHERE name = 'late';
 
@@ -78,7 +78,8 @@ SELECT p.proname, has_function_privilege('public', p.oid, 'EXECUTE') AS public_m
   FROM pg_proc AS p
  WHERE p.pronamespace = 'eventpipe'::regnamespace
    AND p.proname IN ('subscribe', 'unsubscribe', 'add_metric', 'add_handler', 'consumer_stats',
-                     'check_subscription')
+                     'remove_metric', 'remove_handler', 'subscribe_as', 'add_metric_as',
+                     'add_handler_as', 'may_change', 'check_may_change')
  ORDER BY 1;
 CREATE ROLE ep_consumer_plain;
 GRANT USAGE ON SCHEMA eventpipe TO ep_consumer_plain;
@@ -88,21 +89,59 @@ SELECT eventpipe.unsubscribe('shop-metrics');
 SELECT * FROM eventpipe.consumer_stats();
 RESET ROLE;
 
--- a role allowed to declare rules still needs INSERT and UPDATE on the target
+-- a role allowed to declare rules still needs INSERT and UPDATE on the
+-- target; no right on eventpipe's tables is needed (nor given by them)
 CREATE ROLE ep_backoffice;
 GRANT USAGE ON SCHEMA eventpipe TO ep_backoffice;
-GRANT EXECUTE ON FUNCTION eventpipe.add_metric(text, text, regclass, text, text, text),
-                          eventpipe.check_subscription(text) TO ep_backoffice;
-GRANT SELECT, INSERT ON eventpipe.subscriptions, eventpipe.metric_rules TO ep_backoffice;
+GRANT EXECUTE ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text),
+                          eventpipe.add_metric(text, text, regclass, text, text, text),
+                          eventpipe.add_handler(text, text, regprocedure),
+                          eventpipe.remove_metric(bigint), eventpipe.unsubscribe(text) TO ep_backoffice;
 GRANT SELECT ON product_stats TO ep_backoffice;
 SET ROLE ep_backoffice;
-SELECT eventpipe.add_metric('shop-metrics', 'T', 'product_stats', 'product_id', 'views');
+SELECT eventpipe.subscribe('bo-metrics', ARRAY['order-events']);
+SELECT eventpipe.add_metric('bo-metrics', 'T', 'product_stats', 'product_id', 'views');
 RESET ROLE;
 GRANT INSERT, UPDATE ON product_stats TO ep_backoffice;
 SET ROLE ep_backoffice;
-SELECT eventpipe.add_metric('shop-metrics', 'Other', 'product_stats', 'product_id', 'views') > 0 AS rule;
+SELECT eventpipe.add_metric('bo-metrics', 'Other', 'product_stats', 'product_id', 'views') > 0 AS rule;
+-- the tables are closed: no forged owner, no rule behind the functions' back
+INSERT INTO eventpipe.metric_rules (subscription, event_type, target, key_field, column_name, owner)
+VALUES ('bo-metrics', 'T', 'product_stats', 'product_id', 'views', 'postgres');
+INSERT INTO eventpipe.handlers (subscription, event_type, handler, owner)
+VALUES ('bo-metrics', 'T', 'on_payment(jsonb, jsonb)', 'postgres');
+UPDATE eventpipe.metric_rules SET owner = 'postgres';
+DELETE FROM eventpipe.subscriptions;
+-- another role's subscription is not its to change
+SELECT eventpipe.add_metric('shop-metrics', 'Other', 'product_stats', 'product_id', 'views');
+SELECT eventpipe.remove_metric(1);  -- shop-metrics' first rule
+SELECT eventpipe.unsubscribe('shop-metrics');
+-- nor its consumer group, which would split the partitions between the two
+SELECT eventpipe.subscribe('bo-steal', ARRAY['order-events'], group_id => 'bo');
 RESET ROLE;
-SELECT event_type, owner FROM eventpipe.metric_rules WHERE event_type = 'Other';
+SELECT name, group_id, owner FROM eventpipe.subscriptions ORDER BY name;
+SELECT event_type, owner FROM eventpipe.metric_rules WHERE subscription = 'bo-metrics';
+-- the owner (here a superuser, who may change both) may share a group, by naming it
+SELECT eventpipe.subscribe('late-twin', ARRAY['order-events'], group_id => 'bo');
+SELECT eventpipe.subscribe('bo-metrics-2', ARRAY['order-events'], group_id => 'bo-metrics');
+SELECT eventpipe.unsubscribe('late-twin');
+-- an owner is a dependency: DROP ROLE refuses, REASSIGN OWNED hands over
+DROP ROLE ep_backoffice;
+CREATE ROLE ep_backoffice_heir;
+REASSIGN OWNED BY ep_backoffice TO ep_backoffice_heir;
+SELECT name, owner FROM eventpipe.subscriptions WHERE name = 'bo-metrics';
+SELECT event_type, owner FROM eventpipe.metric_rules WHERE subscription = 'bo-metrics';
+-- DROP OWNED takes its subscriptions, rules and handlers away
+DROP OWNED BY ep_backoffice_heir;
+SELECT count(*) AS left_behind FROM eventpipe.subscriptions WHERE name = 'bo-metrics';
+DROP ROLE ep_backoffice_heir;
+
+-- declaration checks: a target that is no table, field paths with an empty part
+SELECT eventpipe.add_metric('shop-metrics', 'T', 0, 'product_id', 'views');
+SELECT eventpipe.add_metric('shop-metrics', 'T', 'product_stats', '.', 'views');
+SELECT eventpipe.add_metric('shop-metrics', 'T', 'product_stats', 'a..b', 'views');
+SELECT eventpipe.add_metric('shop-metrics', 'T', 'product_stats', 'product_id', 'views', 'amount.');
+SELECT eventpipe.subscribe('s', ARRAY['t'], dedup_field => '.id');
 
 -- consumer_stats: the columns, readable by pg_monitor
 SELECT unnest(proargnames) AS column_name, unnest(proallargtypes::regtype[]) AS type

@@ -42,4 +42,13 @@ RESET ROLE;
 REVOKE USAGE ON SCHEMA eventpipe FROM ep_someone;
 DROP ROLE ep_someone;
 
+-- TRUNCATE of dead letters not sent again is refused, as for the outbox
+INSERT INTO eventpipe.dead_letters
+    (id, event_id, topic, key, payload, event_type, created_at, attempts, reason)
+VALUES (21, '00000000-0000-4000-8000-000000000021', 'order-events', 'o21', '{}', 'T',
+        '2026-01-01 10:00+00', 5, 'Broker: Unknown topic or partition');
+TRUNCATE eventpipe.dead_letters;
+DELETE FROM eventpipe.dead_letters;
+TRUNCATE eventpipe.dead_letters;
+
 DROP EXTENSION eventpipe;

@@ -763,3 +763,37 @@ CREATE TRIGGER undelivered_truncate_guard BEFORE TRUNCATE ON eventpipe.outbox
     FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.undelivered_truncate_guard();
 CREATE TRIGGER undelivered_truncate_guard BEFORE TRUNCATE ON eventpipe.dead_letters
     FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.undelivered_truncate_guard();
+
+------------------------------------------------------------------------------
+-- pg_stat_consumer: subscriptions waiting for a worker slot
+------------------------------------------------------------------------------
+
+-- consumer_stats() also lists the subscriptions the manager could not give a
+-- worker (no slot left), with the reason in last_error.
+CREATE OR REPLACE VIEW eventpipe.pg_stat_consumer AS
+WITH partitions AS (
+    SELECT subscription, topic, partition, o.next_offset, m.events_applied, m.duplicates,
+           m.unmatched, m.events_dead, m.high_watermark
+      FROM eventpipe.consumer_offsets AS o
+      FULL JOIN eventpipe.consumer_partition_stats() AS m USING (subscription, topic, partition)
+)
+SELECT s.name AS subscription,
+       w.pid,
+       CASE WHEN w.pid IS NOT NULL OR w.state = 'waiting for a worker slot' THEN w.state
+            WHEN s.paused THEN 'paused'
+            ELSE 'stopped' END AS state,
+       p.topic,
+       p.partition,
+       p.next_offset AS committed_offset,
+       p.high_watermark,
+       p.high_watermark - p.next_offset AS lag,
+       coalesce(p.events_applied, 0) AS events_applied,
+       coalesce(p.duplicates, 0) AS duplicates,
+       coalesce(p.unmatched, 0) AS unmatched,
+       coalesce(p.events_dead, 0) AS events_dead,
+       w.last_error,
+       w.last_error_time,
+       w.stats_reset
+  FROM eventpipe.subscriptions AS s
+  LEFT JOIN eventpipe.consumer_stats() AS w ON w.subscription = s.name
+  LEFT JOIN partitions AS p ON p.subscription = s.name;

@@ -98,12 +98,19 @@ SELECT eventpipe.replay('ops', 'order-events', 0, 0);
 SELECT eventpipe.retry_consumer_dead();
 RESET ROLE;
 
--- EXECUTE is the whole right to operate: no rights on the tables needed
+-- EXECUTE operates the caller's own subscriptions; another role's needs
+-- membership in eventpipe_admin (no rights on the tables either way)
 CREATE ROLE regress_ops_operator;
 GRANT USAGE ON SCHEMA eventpipe TO regress_ops_operator;
 GRANT EXECUTE ON FUNCTION eventpipe.pause(text), eventpipe.resume(text),
                           eventpipe.replay(text, text, integer, bigint),
                           eventpipe.retry_consumer_dead(bigint[], text, text) TO regress_ops_operator;
+SET ROLE regress_ops_operator;
+SELECT eventpipe.pause('ops');
+SELECT eventpipe.replay('ops', 'order-events', 0, 1);
+SELECT eventpipe.retry_consumer_dead() AS queued_of_others;
+RESET ROLE;
+GRANT eventpipe_admin TO regress_ops_operator;
 SET ROLE regress_ops_operator;
 SELECT eventpipe.pause('ops') AS paused_now;
 SELECT eventpipe.replay('ops', 'order-events', 0, 1) AS stored_offset;
