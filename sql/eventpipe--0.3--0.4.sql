@@ -17,6 +17,12 @@
 -- DROP OWNED BY and REASSIGN OWNED BY deal with its eventpipe objects as
 -- with any other (see extension/owned_objects.c).
 --
+-- Owners written before 0.4 are not trusted: any declaring role could write
+-- any owner then.  Their rules and handlers stay unconfirmed, and run no
+-- more, until a superuser confirms them with eventpipe.confirm_owner();
+-- the update grants nothing itself (a grant made by an extension script is
+-- an initial privilege, which pg_dump leaves out).
+--
 -- Like every version, there is no separate install script: CREATE
 -- EXTENSION eventpipe runs eventpipe--0.1.sql and each upgrade script.
 
@@ -40,18 +46,26 @@ COMMENT ON ROLE eventpipe_admin IS
 ALTER TABLE eventpipe.subscriptions ADD COLUMN owner regrole;
 COMMENT ON COLUMN eventpipe.subscriptions.owner IS
     'The role that declared the subscription: it, a superuser or an eventpipe_admin member may change it';
--- Subscriptions declared before owners existed belong to the role of their
--- first rule or handler, else to the extension's owner.
-UPDATE eventpipe.subscriptions AS s
-   SET owner = coalesce(
-        (SELECT d.owner FROM (SELECT r.owner, r.id, 1 AS kind FROM eventpipe.metric_rules AS r
-                               WHERE r.subscription OPERATOR(pg_catalog.=) s.name
-                              UNION ALL
-                              SELECT h.owner, h.id, 2 FROM eventpipe.handlers AS h
-                               WHERE h.subscription OPERATOR(pg_catalog.=) s.name) AS d
-          ORDER BY d.kind, d.id LIMIT 1),
-        (SELECT e.extowner::pg_catalog.regrole FROM pg_catalog.pg_extension AS e
-          WHERE e.extname OPERATOR(pg_catalog.=) 'eventpipe'));
+-- Subscriptions declared before owners existed belong to the extension's
+-- owner: a superuser hands one to its role (UPDATE ... SET owner).
+UPDATE eventpipe.subscriptions
+   SET owner = (SELECT e.extowner::pg_catalog.regrole FROM pg_catalog.pg_extension AS e
+                 WHERE e.extname OPERATOR(pg_catalog.=) 'eventpipe');
+-- Is the owner known to have declared the row?  Rows from before 0.4, and
+-- rows of a role whose OID was untracked and is tracked again (a dropped
+-- role's OID reused), are not: they run no more until confirm_owner().
+ALTER TABLE eventpipe.subscriptions ADD COLUMN confirmed boolean NOT NULL DEFAULT true;
+ALTER TABLE eventpipe.metric_rules ADD COLUMN confirmed boolean NOT NULL DEFAULT false;
+ALTER TABLE eventpipe.handlers ADD COLUMN confirmed boolean NOT NULL DEFAULT false;
+ALTER TABLE eventpipe.subscriptions ALTER COLUMN confirmed DROP DEFAULT;
+ALTER TABLE eventpipe.metric_rules ALTER COLUMN confirmed DROP DEFAULT;
+ALTER TABLE eventpipe.handlers ALTER COLUMN confirmed DROP DEFAULT;
+COMMENT ON COLUMN eventpipe.metric_rules.confirmed IS
+    'false: the owner is not known to have declared it (from before 0.4, or a reused role OID); not applied until eventpipe.confirm_owner()';
+COMMENT ON COLUMN eventpipe.handlers.confirmed IS
+    'false: the owner is not known to have declared it (from before 0.4, or a reused role OID); not called until eventpipe.confirm_owner()';
+COMMENT ON COLUMN eventpipe.subscriptions.confirmed IS
+    'false: its owner''s OID was reused by another role; only a superuser or an eventpipe_admin member may change it';
 ALTER TABLE eventpipe.subscriptions ALTER COLUMN owner SET NOT NULL;
 -- the owner comes from the declaring functions, never from a default
 ALTER TABLE eventpipe.metric_rules ALTER COLUMN owner DROP DEFAULT;
@@ -61,42 +75,102 @@ COMMENT ON COLUMN eventpipe.metric_rules.owner IS
 COMMENT ON COLUMN eventpipe.handlers.owner IS
     'The role that declared the handler: the worker calls it as that role, checking EXECUTE at every batch';
 
--- The consumer's tables are written by the declaring functions and the
--- workers only: revoke every write right granted on them (0.3's
--- documentation told DBAs to grant INSERT and DELETE).
+-- eventpipe's tables and sequences are written by its functions and workers
+-- only: revoke every right but SELECT granted on them, at table and column
+-- level (0.3's documentation told DBAs to grant INSERT and DELETE; a TRIGGER
+-- right let a role attach code that the workers would run as superuser).
 DO $$
 DECLARE
     grant_row record;
 BEGIN
     FOR grant_row IN
-        SELECT c.oid::pg_catalog.regclass AS rel, a.grantee
-          FROM pg_catalog.pg_class AS c, pg_catalog.aclexplode(c.relacl) AS a
-         WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY['eventpipe.subscriptions', 'eventpipe.metric_rules',
-                                'eventpipe.handlers', 'eventpipe.consumer_offsets',
-                                'eventpipe.consumer_replays', 'eventpipe.consumer_dead_letters',
-                                'eventpipe.event_handled']::pg_catalog.regclass[])
+        SELECT DISTINCT c.oid::pg_catalog.regclass AS rel, c.relkind, a.grantee
+          FROM pg_catalog.pg_class AS c
+          LEFT JOIN pg_catalog.pg_attribute AS col ON col.attrelid OPERATOR(pg_catalog.=) c.oid,
+               pg_catalog.aclexplode(pg_catalog.array_cat(c.relacl, col.attacl)) AS a
+         WHERE c.relnamespace OPERATOR(pg_catalog.=) 'eventpipe'::pg_catalog.regnamespace
+           AND c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'p', 'S']::"char"[])
            AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
-           AND a.privilege_type OPERATOR(pg_catalog.=) ANY (ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'])
+           AND a.privilege_type OPERATOR(pg_catalog.<>) 'SELECT'
     LOOP
-        EXECUTE pg_catalog.format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM %s', grant_row.rel,
+        EXECUTE pg_catalog.format('REVOKE %s ON %s FROM %s',
+                                  CASE WHEN grant_row.relkind OPERATOR(pg_catalog.=) 'S' THEN 'USAGE, UPDATE'
+                                       ELSE 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER' END,
+                                  grant_row.rel,
                                   CASE WHEN grant_row.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
                                        ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(grant_row.grantee)) END);
     END LOOP;
 END;
 $$;
 
--- May caller change what owner declared?  With owner's privileges (owner
--- itself or a member that inherits them), as a superuser, or as a member
--- of eventpipe_admin.
-CREATE FUNCTION eventpipe.may_change(caller regrole, owner regrole)
+-- A trigger on eventpipe's tables runs as whoever writes them, the workers
+-- and the declaring functions included: one not of the extension's own is
+-- for a DBA to look at, not for an update to keep or drop.
+DO $$
+DECLARE
+    foreign_triggers text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I on %s', t.tgname, t.tgrelid::pg_catalog.regclass), ', ')
+      INTO foreign_triggers
+      FROM pg_catalog.pg_trigger AS t
+      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid
+      JOIN pg_catalog.pg_proc AS p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid
+     WHERE c.relnamespace OPERATOR(pg_catalog.=) 'eventpipe'::pg_catalog.regnamespace
+       AND NOT t.tgisinternal
+       AND p.pronamespace OPERATOR(pg_catalog.<>) 'eventpipe'::pg_catalog.regnamespace;
+    IF foreign_triggers IS NOT NULL THEN
+        RAISE EXCEPTION 'eventpipe''s tables carry triggers it did not create: %', foreign_triggers
+            USING HINT = 'They would run as superuser in eventpipe''s workers. Drop them (DROP TRIGGER ... ON ...), then update again.';
+    END IF;
+END;
+$$;
+
+-- A trigger function the 0.2 script left executable by PUBLIC.  Two pure
+-- functions stay so: the views that call them (eventpipe.captures,
+-- eventpipe.pg_stat_relay) run them with their reader's rights.
+REVOKE ALL ON FUNCTION eventpipe.subscriptions_changed() FROM PUBLIC;
+
+-- Is caller a superuser or a member of eventpipe_admin?
+CREATE FUNCTION eventpipe.is_admin(caller regrole)
 RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-RETURN pg_catalog.pg_has_role(caller::pg_catalog.oid, owner::pg_catalog.oid, 'USAGE')
+RETURN EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                WHERE r.oid OPERATOR(pg_catalog.=) caller::pg_catalog.oid AND r.rolsuper)
     OR EXISTS (SELECT FROM pg_catalog.pg_roles AS a
                 WHERE a.rolname OPERATOR(pg_catalog.=) 'eventpipe_admin'
                   AND pg_catalog.pg_has_role(caller::pg_catalog.oid, a.oid, 'USAGE'));
-REVOKE ALL ON FUNCTION eventpipe.may_change(regrole, regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION eventpipe.is_admin(regrole) FROM PUBLIC;
+
+-- Is role still recorded as an owner?  The workers run nothing of a role
+-- that is not: its grant was revoked, or it was dropped and its OID is
+-- perhaps another role's now.
+CREATE FUNCTION eventpipe.owner_is_tracked(role regrole)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN EXISTS (SELECT FROM pg_catalog.pg_attribute AS a, pg_catalog.aclexplode(a.attacl) AS x
+                WHERE a.attrelid OPERATOR(pg_catalog.=) 'eventpipe.subscriptions'::pg_catalog.regclass
+                  AND a.attname OPERATOR(pg_catalog.=) 'owner'
+                  AND x.grantee OPERATOR(pg_catalog.=) role::pg_catalog.oid
+                  AND x.privilege_type OPERATOR(pg_catalog.=) 'REFERENCES')
+    -- the extension's owner owns the table: it holds every right anyway
+    OR role::pg_catalog.oid OPERATOR(pg_catalog.=)
+       (SELECT c.relowner FROM pg_catalog.pg_class AS c
+         WHERE c.oid OPERATOR(pg_catalog.=) 'eventpipe.subscriptions'::pg_catalog.regclass);
+REVOKE ALL ON FUNCTION eventpipe.owner_is_tracked(regrole) FROM PUBLIC;
+
+-- May caller change what owner declared?  With owner's privileges (owner
+-- itself or a member that inherits them) when the owner is confirmed and
+-- tracked; as a superuser or an eventpipe_admin member in any case.
+CREATE FUNCTION eventpipe.may_change(caller regrole, owner regrole, confirmed boolean)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN (confirmed AND eventpipe.owner_is_tracked(owner)
+        AND pg_catalog.pg_has_role(caller::pg_catalog.oid, owner::pg_catalog.oid, 'USAGE'))
+    OR eventpipe.is_admin(caller);
+REVOKE ALL ON FUNCTION eventpipe.may_change(regrole, regrole, boolean) FROM PUBLIC;
 
 -- The subscription's owner, after checking that it exists and that caller
 -- may change it.
@@ -106,16 +180,17 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    owner regrole;
+    owner     regrole;
+    confirmed boolean;
 BEGIN
-    SELECT s.owner INTO owner FROM eventpipe.subscriptions AS s
+    SELECT s.owner, s.confirmed INTO owner, confirmed FROM eventpipe.subscriptions AS s
      WHERE s.name OPERATOR(pg_catalog.=) check_may_change.subscription;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'subscription "%" does not exist', subscription
             USING ERRCODE = 'undefined_object',
                   HINT = 'Create it with eventpipe.subscribe().';
     END IF;
-    IF NOT eventpipe.may_change(caller, owner) THEN
+    IF NOT eventpipe.may_change(caller, owner, confirmed) THEN
         RAISE EXCEPTION 'permission denied for subscription "%"', subscription
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = pg_catalog.format('It belongs to role %s.', owner),
@@ -129,14 +204,23 @@ REVOKE ALL ON FUNCTION eventpipe.check_may_change(regrole, text) FROM PUBLIC;
 -- Record role as an owner of eventpipe objects in pg_shdepend: the grant
 -- below is what DROP ROLE finds ("privileges for column owner of table
 -- eventpipe.subscriptions").  The workers also read it: a rule whose owner
--- lost it (the role dropped after REVOKE, its OID perhaps reused) runs no
--- more.
+-- lost it (revoked by hand, the role dropped) runs no more.  Rows that carry
+-- the role's OID while it was not tracked are not its own (a dropped role's
+-- OID reused, or rows from before 0.4): they become unconfirmed.  A role
+-- already tracked is left alone, so that declarations do not queue on the
+-- column's catalog row.
 CREATE FUNCTION eventpipe.track_owner(role regrole)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF eventpipe.owner_is_tracked(role) THEN
+        RETURN;
+    END IF;
+    UPDATE eventpipe.subscriptions AS s SET confirmed = false WHERE s.owner OPERATOR(pg_catalog.=) role;
+    UPDATE eventpipe.metric_rules AS r SET confirmed = false WHERE r.owner OPERATOR(pg_catalog.=) role;
+    UPDATE eventpipe.handlers AS h SET confirmed = false WHERE h.owner OPERATOR(pg_catalog.=) role;
     EXECUTE pg_catalog.format('GRANT REFERENCES (owner) ON eventpipe.subscriptions TO %I',
                               pg_catalog.pg_get_userbyid(role::pg_catalog.oid));
 END;
@@ -161,25 +245,51 @@ END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.untrack_owner_if_unused(regrole) FROM PUBLIC;
 
--- Is role still recorded as an owner?  The workers run nothing of a role
--- that is not: its grant was revoked, or it was dropped and its OID is
--- perhaps another role's now.
-CREATE FUNCTION eventpipe.owner_is_tracked(role regrole)
-RETURNS boolean
-LANGUAGE sql STABLE
+-- A superuser confirms that role really declared the unconfirmed rules,
+-- handlers and subscriptions that carry its name; returns how many.
+CREATE FUNCTION eventpipe.confirm_owner(role regrole)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-RETURN EXISTS (SELECT FROM pg_catalog.pg_attribute AS a, pg_catalog.aclexplode(a.attacl) AS x
-                WHERE a.attrelid OPERATOR(pg_catalog.=) 'eventpipe.subscriptions'::pg_catalog.regclass
-                  AND a.attname OPERATOR(pg_catalog.=) 'owner'
-                  AND x.grantee OPERATOR(pg_catalog.=) role::pg_catalog.oid
-                  AND x.privilege_type OPERATOR(pg_catalog.=) 'REFERENCES');
-REVOKE ALL ON FUNCTION eventpipe.owner_is_tracked(regrole) FROM PUBLIC;
+AS $$
+DECLARE
+    confirmed_rows bigint := 0;
+    n              bigint;
+BEGIN
+    PERFORM eventpipe.track_owner(role);
+    UPDATE eventpipe.subscriptions AS s SET confirmed = true
+     WHERE s.owner OPERATOR(pg_catalog.=) role AND NOT s.confirmed;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    confirmed_rows := confirmed_rows OPERATOR(pg_catalog.+) n;
+    UPDATE eventpipe.metric_rules AS r SET confirmed = true
+     WHERE r.owner OPERATOR(pg_catalog.=) role AND NOT r.confirmed;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    confirmed_rows := confirmed_rows OPERATOR(pg_catalog.+) n;
+    UPDATE eventpipe.handlers AS h SET confirmed = true
+     WHERE h.owner OPERATOR(pg_catalog.=) role AND NOT h.confirmed;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN confirmed_rows OPERATOR(pg_catalog.+) n;
+END;
+$$;
+COMMENT ON FUNCTION eventpipe.confirm_owner(regrole) IS
+    'For a superuser, after checking them: the unconfirmed rules, handlers and subscriptions of role were really declared by it; they run again';
+REVOKE ALL ON FUNCTION eventpipe.confirm_owner(regrole) FROM PUBLIC;
 
-SELECT eventpipe.track_owner(o.owner)
-  FROM (SELECT s.owner FROM eventpipe.subscriptions AS s
-        UNION SELECT r.owner FROM eventpipe.metric_rules AS r
-        UNION SELECT h.owner FROM eventpipe.handlers AS h) AS o
- WHERE EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid OPERATOR(pg_catalog.=) o.owner::pg_catalog.oid);
+DO $$
+DECLARE
+    waiting bigint;
+BEGIN
+    SELECT (SELECT pg_catalog.count(*) FROM eventpipe.metric_rules AS r WHERE NOT r.confirmed)
+           OPERATOR(pg_catalog.+)
+           (SELECT pg_catalog.count(*) FROM eventpipe.handlers AS h WHERE NOT h.confirmed)
+      INTO waiting;
+    IF waiting OPERATOR(pg_catalog.>) 0 THEN
+        RAISE WARNING 'eventpipe: % rules and handlers declared before 0.4 wait for a superuser''s confirmation of their owners', waiting
+            USING DETAIL = 'Until 0.4 any declaring role could write any owner; the workers dead-letter their messages meanwhile.',
+                  HINT = 'Check eventpipe.metric_rules and eventpipe.handlers, then run SELECT eventpipe.confirm_owner(role) for each owner you trust.';
+    END IF;
+END;
+$$;
 
 -- DROP OWNED BY and REASSIGN OWNED BY, for this database's eventpipe
 -- objects: called by the library's utility hook after the command itself.
@@ -234,26 +344,16 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    moved integer := 0;
-    n     integer;
-    role  regrole;
+    role regrole;
 BEGIN
+    PERFORM eventpipe.track_owner(new_owner);
     UPDATE eventpipe.subscriptions AS s SET owner = new_owner
      WHERE s.owner OPERATOR(pg_catalog.=) ANY (reassign_owned.roles);
-    GET DIAGNOSTICS n = ROW_COUNT;
-    moved := moved OPERATOR(pg_catalog.+) n;
     UPDATE eventpipe.metric_rules AS r SET owner = new_owner
      WHERE r.owner OPERATOR(pg_catalog.=) ANY (reassign_owned.roles);
-    GET DIAGNOSTICS n = ROW_COUNT;
-    moved := moved OPERATOR(pg_catalog.+) n;
     UPDATE eventpipe.handlers AS h SET owner = new_owner
      WHERE h.owner OPERATOR(pg_catalog.=) ANY (reassign_owned.roles);
-    GET DIAGNOSTICS n = ROW_COUNT;
-    moved := moved OPERATOR(pg_catalog.+) n;
-    IF moved OPERATOR(pg_catalog.>) 0 THEN
-        PERFORM eventpipe.track_owner(new_owner);
-    END IF;
-    FOREACH role IN ARRAY roles LOOP
+    FOREACH role IN ARRAY pg_catalog.array_append(roles, new_owner) LOOP
         PERFORM eventpipe.untrack_owner_if_unused(role);
     END LOOP;
 END;
@@ -326,19 +426,25 @@ BEGIN
                   HINT = 'Call eventpipe.unsubscribe() first.';
     END IF;
     -- Two subscriptions in one consumer group split its partitions between
-    -- them: only their owner may ask for it, by naming the group.
+    -- them: only who may change every subscription of the group may ask
+    -- for it, by naming the group.  The lock makes two such calls wait for
+    -- each other.
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('eventpipe.subscriptions.group_id'),
+                                             pg_catalog.hashtext(coalesce(group_id, name)));
     SELECT * INTO sharing FROM eventpipe.subscriptions AS s
      WHERE s.group_id OPERATOR(pg_catalog.=) coalesce(subscribe_as.group_id, subscribe_as.name)
+       AND (subscribe_as.group_id IS NULL OR NOT eventpipe.may_change(caller, s.owner, s.confirmed))
      ORDER BY s.name LIMIT 1;
-    IF FOUND AND (group_id IS NULL OR NOT eventpipe.may_change(caller, sharing.owner)) THEN
+    IF FOUND THEN
         RAISE EXCEPTION 'consumer group "%" is used by subscription "%"', sharing.group_id, sharing.name
             USING ERRCODE = 'duplicate_object',
                   DETAIL = 'Subscriptions in one consumer group split the topics'' partitions between them.',
-                  HINT = 'Choose another group_id; only the other subscription''s owner may share its group, by naming it as group_id.';
+                  HINT = 'Choose another group_id; only who may change the other subscription may share its group, by naming it as group_id.';
     END IF;
-    INSERT INTO eventpipe.subscriptions (name, topics, group_id, start_from, batch_size, dedup_field, owner)
-    VALUES (name, topics, coalesce(group_id, name), start_from, batch_size, dedup_field, caller);
     PERFORM eventpipe.track_owner(caller);
+    INSERT INTO eventpipe.subscriptions (name, topics, group_id, start_from, batch_size, dedup_field, owner,
+                                         confirmed)
+    VALUES (name, topics, coalesce(group_id, name), start_from, batch_size, dedup_field, caller, true);
 END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.subscribe_as(regrole, text, text[], text, text, integer, text) FROM PUBLIC;
@@ -460,10 +566,11 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'A metric rule needs INSERT and UPDATE on its target.';
     END IF;
-    INSERT INTO eventpipe.metric_rules (subscription, event_type, target, key_field, column_name, value_field, owner)
-    VALUES (subscription, event_type, target, key_field, column_name, value_field, caller)
-    RETURNING id INTO rule_id;
     PERFORM eventpipe.track_owner(caller);
+    INSERT INTO eventpipe.metric_rules (subscription, event_type, target, key_field, column_name, value_field,
+                                        owner, confirmed)
+    VALUES (subscription, event_type, target, key_field, column_name, value_field, caller, true)
+    RETURNING id INTO rule_id;
     RETURN rule_id;
 END;
 $$;
@@ -514,10 +621,10 @@ BEGIN
         RAISE EXCEPTION 'permission denied for function %', handler::pg_catalog.text
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    INSERT INTO eventpipe.handlers (subscription, event_type, handler, owner)
-    VALUES (subscription, event_type, handler, caller)
-    RETURNING id INTO handler_id;
     PERFORM eventpipe.track_owner(caller);
+    INSERT INTO eventpipe.handlers (subscription, event_type, handler, owner, confirmed)
+    VALUES (subscription, event_type, handler, caller, true)
+    RETURNING id INTO handler_id;
     RETURN handler_id;
 END;
 $$;
@@ -715,7 +822,7 @@ BEGIN
        AND (retry_consumer_dead_as.topic IS NULL OR d.topic OPERATOR(pg_catalog.=) retry_consumer_dead_as.topic)
        AND EXISTS (SELECT FROM eventpipe.subscriptions AS s
                     WHERE s.name OPERATOR(pg_catalog.=) d.subscription
-                      AND eventpipe.may_change(caller, s.owner));
+                      AND eventpipe.may_change(caller, s.owner, s.confirmed));
     GET DIAGNOSTICS queued = ROW_COUNT;
     RETURN queued;
 END;

@@ -33,6 +33,12 @@ ALTER EXTENSION eventpipe UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'eventpipe';
 SELECT name, topics FROM eventpipe.subscriptions;
 SELECT subscription, event_type, target, key_field, column_name FROM eventpipe.metric_rules;
+-- owners written before 0.4 are not trusted: the subscription goes to the
+-- extension's owner, the rule waits for a superuser to confirm its owner
+SELECT name, owner, confirmed FROM eventpipe.subscriptions;
+SELECT owner, confirmed, eventpipe.owner_is_tracked(owner) AS tracked FROM eventpipe.metric_rules;
+SELECT eventpipe.confirm_owner('postgres') AS confirmed_rows;
+SELECT owner, confirmed FROM eventpipe.metric_rules;
 SELECT subscription, topic, partition, next_offset FROM eventpipe.consumer_offsets;
 -- the ledger rows keep their meaning: the canonical UUID as a uuid, every
 -- other id as text, the ages kept; the gone subscription's row dropped

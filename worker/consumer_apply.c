@@ -201,7 +201,7 @@ load_rules(const char *name, ConsumerRules *rules)
 						"SELECT r.event_type, r.target::pg_catalog.oid, n.nspname::pg_catalog.text,"
 						" c.relname::pg_catalog.text, k.attname::pg_catalog.text, k.atttypid,"
 						" r.column_name, r.key_field, r.value_field, r.owner::pg_catalog.oid, r.id,"
-						" col.attnum IS NOT NULL, eventpipe.owner_is_tracked(r.owner)"
+						" col.attnum IS NOT NULL, eventpipe.owner_is_tracked(r.owner), r.confirmed"
 						" FROM eventpipe.metric_rules AS r"
 						" LEFT JOIN pg_catalog.pg_class AS c"
 						"   ON c.oid OPERATOR(pg_catalog.=) r.target::pg_catalog.oid"
@@ -244,13 +244,14 @@ load_rules(const char *name, ConsumerRules *rules)
 		rule->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 10, &isnull));
 		rule->fault = user_code_metric_fault(DatumGetInt64(SPI_getbinval(tuple, desc, 11, &isnull)),
 											 rule->owner, bool_column(tuple, desc, 13),
+											 bool_column(tuple, desc, 14),
 											 rule->target, rule->target_name,
 											 rule->key_column != NULL, bool_column(tuple, desc, 12));
 	}
 
 	plan = prepare_once(&handlers_plan,
 						"SELECT h.event_type, h.handler::pg_catalog.oid, h.owner::pg_catalog.oid, h.id,"
-						" eventpipe.owner_is_tracked(h.owner)"
+						" eventpipe.owner_is_tracked(h.owner), h.confirmed"
 						" FROM eventpipe.handlers AS h"
 						" WHERE h.subscription OPERATOR(pg_catalog.=) $1 ORDER BY h.id",
 						1, types);
@@ -269,6 +270,7 @@ load_rules(const char *name, ConsumerRules *rules)
 		handler->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 3, &isnull));
 		handler->fault = user_code_handler_fault(DatumGetInt64(SPI_getbinval(tuple, desc, 4, &isnull)),
 												 handler->owner, bool_column(tuple, desc, 5),
+												 bool_column(tuple, desc, 6),
 												 handler->handler);
 	}
 }

@@ -50,12 +50,19 @@ user_code_leave(UserCodeContext *context)
 	SetUserIdAndSecContext(context->save_userid, context->save_sec_context);
 }
 
-/* Why the owner cannot run anything any more, or NULL. */
+/*
+ * Why the owner cannot run this rule or handler, or NULL: the role is gone,
+ * no longer recorded as an owner, or not known to have declared it (see
+ * eventpipe.confirm_owner()).
+ */
 static char *
-owner_fault(Oid owner, bool owner_tracked)
+owner_fault(Oid owner, bool owner_tracked, bool confirmed)
 {
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(owner)))
 		return psprintf("its owner (role OID %u) was dropped", owner);
+	if (!confirmed)
+		return psprintf("its owner %s is not confirmed to have declared it (it dates from before eventpipe 0.4, or the role's OID was another role's): a superuser confirms it with eventpipe.confirm_owner()",
+						GetUserNameFromId(owner, false));
 	if (!owner_tracked)
 		return psprintf("its owner %s is no longer recorded as an eventpipe owner (its REFERENCES right on eventpipe.subscriptions(owner) was revoked)",
 						GetUserNameFromId(owner, false));
@@ -63,10 +70,10 @@ owner_fault(Oid owner, bool owner_tracked)
 }
 
 char *
-user_code_metric_fault(int64 rule_id, Oid owner, bool owner_tracked, Oid target,
+user_code_metric_fault(int64 rule_id, Oid owner, bool owner_tracked, bool confirmed, Oid target,
 					   const char *target_name, bool has_key, bool has_column)
 {
-	char	   *fault = owner_fault(owner, owner_tracked);
+	char	   *fault = owner_fault(owner, owner_tracked, confirmed);
 
 	if (fault == NULL && !SearchSysCacheExists1(RELOID, ObjectIdGetDatum(target)))
 		fault = psprintf("its target table (OID %u) was dropped", target);
@@ -83,9 +90,10 @@ user_code_metric_fault(int64 rule_id, Oid owner, bool owner_tracked, Oid target,
 }
 
 char *
-user_code_handler_fault(int64 handler_id, Oid owner, bool owner_tracked, Oid handler)
+user_code_handler_fault(int64 handler_id, Oid owner, bool owner_tracked, bool confirmed,
+						Oid handler)
 {
-	char	   *fault = owner_fault(owner, owner_tracked);
+	char	   *fault = owner_fault(owner, owner_tracked, confirmed);
 
 	if (fault == NULL && !SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(handler)))
 		fault = psprintf("its function (OID %u) was dropped", handler);
