@@ -89,7 +89,7 @@ SELECT eventpipe.unsubscribe('shop-metrics');
 SELECT * FROM eventpipe.consumer_stats();
 RESET ROLE;
 
--- a role allowed to declare rules still needs INSERT and UPDATE on the
+-- a role allowed to declare rules still needs SELECT, INSERT and UPDATE on the
 -- target; no right on eventpipe's tables is needed (nor given by them)
 CREATE ROLE ep_backoffice;
 GRANT USAGE ON SCHEMA eventpipe TO ep_backoffice;
@@ -97,12 +97,12 @@ GRANT EXECUTE ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer,
                           eventpipe.add_metric(text, text, regclass, text, text, text),
                           eventpipe.add_handler(text, text, regprocedure),
                           eventpipe.remove_metric(bigint), eventpipe.unsubscribe(text) TO ep_backoffice;
-GRANT SELECT ON product_stats TO ep_backoffice;
+GRANT INSERT, UPDATE ON product_stats TO ep_backoffice;
 SET ROLE ep_backoffice;
 SELECT eventpipe.subscribe('bo-metrics', ARRAY['order-events']);
 SELECT eventpipe.add_metric('bo-metrics', 'T', 'product_stats', 'product_id', 'views');
 RESET ROLE;
-GRANT INSERT, UPDATE ON product_stats TO ep_backoffice;
+GRANT SELECT ON product_stats TO ep_backoffice;
 SET ROLE ep_backoffice;
 SELECT eventpipe.add_metric('bo-metrics', 'Other', 'product_stats', 'product_id', 'views') > 0 AS rule;
 -- the tables are closed: no forged owner, no rule behind the functions' back

@@ -560,11 +560,13 @@ BEGIN
             USING ERRCODE = 'invalid_table_definition',
                   HINT = 'The worker creates missing rows with only the key and the counter: give the other columns defaults.';
     END IF;
-    IF NOT (pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'INSERT')
-            AND pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'UPDATE')) THEN
+    -- the upsert reads the counter it adds to: SELECT too
+    IF NOT (pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'SELECT')
+               AND pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'INSERT')
+               AND pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'UPDATE')) THEN
         RAISE EXCEPTION 'permission denied to update table "%"', target::pg_catalog.text
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'A metric rule needs INSERT and UPDATE on its target.';
+                  HINT = 'A metric rule needs SELECT, INSERT and UPDATE on its target.';
     END IF;
     PERFORM eventpipe.track_owner(caller);
     INSERT INTO eventpipe.metric_rules (subscription, event_type, target, key_field, column_name, value_field,
@@ -639,24 +641,36 @@ AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
 LANGUAGE C VOLATILE;
 
 -- Rules and handlers were removed with DELETE; the tables are closed now.
-CREATE FUNCTION eventpipe.remove_metric_as(caller regrole, id bigint)
+-- One body for both: the row of declarations (metric_rules or handlers)
+-- with that id, if caller may change its subscription.
+CREATE FUNCTION eventpipe.remove_declared(caller regrole, declarations regclass, id bigint)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    rule eventpipe.metric_rules;
+    subscription text;
+    owner        regrole;
 BEGIN
-    SELECT * INTO rule FROM eventpipe.metric_rules AS r WHERE r.id OPERATOR(pg_catalog.=) remove_metric_as.id;
-    IF NOT FOUND THEN
+    EXECUTE pg_catalog.format('SELECT d.subscription, d.owner FROM %s AS d WHERE d.id OPERATOR(pg_catalog.=) $1',
+                              declarations)
+       INTO subscription, owner USING id;
+    IF subscription IS NULL THEN
         RETURN false;
     END IF;
-    PERFORM eventpipe.check_may_change(caller, rule.subscription);
-    DELETE FROM eventpipe.metric_rules AS r WHERE r.id OPERATOR(pg_catalog.=) remove_metric_as.id;
-    PERFORM eventpipe.untrack_owner_if_unused(rule.owner);
+    PERFORM eventpipe.check_may_change(caller, subscription);
+    EXECUTE pg_catalog.format('DELETE FROM %s AS d WHERE d.id OPERATOR(pg_catalog.=) $1', declarations) USING id;
+    PERFORM eventpipe.untrack_owner_if_unused(owner);
     RETURN true;
 END;
 $$;
+REVOKE ALL ON FUNCTION eventpipe.remove_declared(regrole, regclass, bigint) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.remove_metric_as(caller regrole, id bigint)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN eventpipe.remove_declared(caller, 'eventpipe.metric_rules', id);
 REVOKE ALL ON FUNCTION eventpipe.remove_metric_as(regrole, bigint) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.remove_metric(id bigint)
@@ -669,22 +683,9 @@ REVOKE ALL ON FUNCTION eventpipe.remove_metric(bigint) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.remove_handler_as(caller regrole, id bigint)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    handler eventpipe.handlers;
-BEGIN
-    SELECT * INTO handler FROM eventpipe.handlers AS h WHERE h.id OPERATOR(pg_catalog.=) remove_handler_as.id;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    PERFORM eventpipe.check_may_change(caller, handler.subscription);
-    DELETE FROM eventpipe.handlers AS h WHERE h.id OPERATOR(pg_catalog.=) remove_handler_as.id;
-    PERFORM eventpipe.untrack_owner_if_unused(handler.owner);
-    RETURN true;
-END;
-$$;
+RETURN eventpipe.remove_declared(caller, 'eventpipe.handlers', id);
 REVOKE ALL ON FUNCTION eventpipe.remove_handler_as(regrole, bigint) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.remove_handler(id bigint)

@@ -82,9 +82,10 @@ user_code_metric_fault(int64 rule_id, Oid owner, bool owner_tracked, bool confir
 	else if (fault == NULL && !has_column)
 		fault = psprintf("its column of %s was dropped or renamed", target_name);
 	else if (fault == NULL &&
-			 (pg_class_aclcheck(target, owner, ACL_INSERT) != ACLCHECK_OK ||
+			 (pg_class_aclcheck(target, owner, ACL_SELECT) != ACLCHECK_OK ||
+			  pg_class_aclcheck(target, owner, ACL_INSERT) != ACLCHECK_OK ||
 			  pg_class_aclcheck(target, owner, ACL_UPDATE) != ACLCHECK_OK))
-		fault = psprintf("its owner %s may no longer insert into and update %s",
+		fault = psprintf("its owner %s may no longer select, insert into and update %s",
 						 GetUserNameFromId(owner, false), target_name);
 	return fault ? psprintf("metric rule " INT64_FORMAT " cannot be applied: %s", rule_id, fault) : NULL;
 }
