@@ -29,21 +29,21 @@ OBJS = \
 	extension/kafka_statistics_reader.o \
 	worker/launcher.o \
 	worker/worker_loop.o \
-	worker/relay_worker.o \
-	worker/relay_pipeline.o \
-	worker/outbox.o \
-	worker/kafka_producer.o \
-	worker/kafka_log.o \
-	worker/kafka_client.o \
-	worker/kafka_statistics.o \
-	worker/consumer_manager.o \
-	worker/consumer_worker.o \
-	worker/consumer_message.o \
-	worker/payload_fields.o \
-	worker/consumer_apply.o \
-	worker/user_code.o \
-	worker/kafka_consumer.o \
-	worker/consumer_control.o
+	worker/relay/relay_worker.o \
+	worker/relay/relay_pipeline.o \
+	worker/relay/outbox.o \
+	worker/kafka/kafka_client.o \
+	worker/kafka/kafka_log.o \
+	worker/kafka/kafka_statistics.o \
+	worker/kafka/kafka_producer.o \
+	worker/kafka/kafka_consumer.o \
+	worker/consumer/consumer_manager.o \
+	worker/consumer/consumer_worker.o \
+	worker/consumer/consumer_control.o \
+	worker/consumer/consumer_message.o \
+	worker/consumer/payload_fields.o \
+	worker/consumer/consumer_apply.o \
+	worker/consumer/user_code.o
 
 # The install script of the first version and one upgrade script per later
 # version; CREATE EXTENSION chains them up to default_version.
@@ -66,8 +66,9 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # PGXS tracks no header dependencies: every object is rebuilt when a header
-# changes (shared-memory layouts must agree across files).
-$(OBJS): $(wildcard extension/*.h worker/*.h)
+# changes (shared-memory layouts must agree across files).  Headers are
+# included by their path from the top folder (PGXS puts -I$(srcdir) first).
+$(OBJS): $(wildcard extension/*.h worker/*.h worker/*/*.h)
 
 # The suite lists, for scripts/test.
 .PHONY: print-regress print-regress-not-preloaded

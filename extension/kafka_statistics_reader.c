@@ -2,7 +2,7 @@
  * kafka_statistics_reader.c
  *		eventpipe.kafka_statistics(): the latest librdkafka statistics of
  *		each worker's Kafka client, one row per client, read from the files
- *		the workers keep (worker/kafka_statistics.c).
+ *		the workers keep (worker/kafka/kafka_statistics.c).
  */
 #include "postgres.h"
 
@@ -17,7 +17,7 @@
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
-#include "../worker/kafka_statistics.h"
+#include "worker/kafka/kafka_statistics.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_kafka_statistics);
 

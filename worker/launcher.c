@@ -36,9 +36,9 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
-#include "../extension/eventpipe.h"
-#include "kafka_statistics.h"
-#include "relay.h"
+#include "extension/eventpipe.h"
+#include "worker/kafka/kafka_statistics.h"
+#include "worker/relay/relay.h"
 
 PGDLLEXPORT void eventpipe_launcher_main(Datum main_arg);
 

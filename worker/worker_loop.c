@@ -24,7 +24,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "../extension/eventpipe.h"
+#include "extension/eventpipe.h"
 #include "worker_loop.h"
 
 static const char *worker_name;

@@ -23,11 +23,11 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "../extension/eventpipe.h"
-#include "../extension/kafka_options.h"
+#include "extension/eventpipe.h"
+#include "extension/kafka_options.h"
 #include "kafka_client.h"
 #include "kafka_statistics.h"
-#include "relay.h"
+#include "worker/relay/relay.h"
 
 static rd_kafka_t *producer = NULL;
 static char *producer_settings = NULL;	/* what the producer was built from */

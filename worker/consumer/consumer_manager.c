@@ -43,9 +43,9 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
-#include "../extension/eventpipe.h"
+#include "extension/eventpipe.h"
 #include "consumer.h"
-#include "worker_loop.h"
+#include "worker/worker_loop.h"
 
 /* Subscriptions are reread, and dead workers restarted, at least this often. */
 #define MANAGER_POLL_MS 1000

@@ -40,7 +40,7 @@
 #include "utils/timestamp.h"
 
 #include "relay.h"
-#include "worker_loop.h"
+#include "worker/worker_loop.h"
 
 /*
  * Up to this many ids in flight are passed over by a plan made once

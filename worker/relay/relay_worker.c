@@ -36,9 +36,9 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
-#include "../extension/eventpipe.h"
+#include "extension/eventpipe.h"
 #include "relay.h"
-#include "worker_loop.h"
+#include "worker/worker_loop.h"
 
 /* Back-off after a failed batch: doubles from the first to the last. */
 #define RELAY_BACKOFF_FIRST_MS 100

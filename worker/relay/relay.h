@@ -17,8 +17,8 @@
 #include "utils/array.h"
 #include "utils/jsonb.h"
 
-#include "../extension/eventpipe.h"
-#include "kafka_log.h"
+#include "extension/eventpipe.h"
+#include "worker/kafka/kafka_log.h"
 
 struct OutboxBatch;
 

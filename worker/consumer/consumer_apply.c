@@ -48,10 +48,10 @@
 #include "utils/resowner.h"
 #include "utils/uuid.h"
 
-#include "../extension/eventpipe.h"
+#include "extension/eventpipe.h"
 #include "consumer.h"
 #include "user_code.h"
-#include "worker_loop.h"
+#include "worker/worker_loop.h"
 
 static SPIPlanPtr subscription_plan = NULL;
 static SPIPlanPtr metrics_plan = NULL;

@@ -34,11 +34,11 @@
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
 
-#include "../extension/eventpipe.h"
-#include "../extension/kafka_options.h"
+#include "extension/eventpipe.h"
+#include "extension/kafka_options.h"
 #include "kafka_client.h"
 #include "kafka_statistics.h"
-#include "consumer.h"
+#include "worker/consumer/consumer.h"
 #include "kafka_log.h"
 
 /* After the first message, wait this long for more before the batch is applied. */

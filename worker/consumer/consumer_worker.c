@@ -36,10 +36,10 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
-#include "../extension/eventpipe.h"
+#include "extension/eventpipe.h"
 #include "consumer.h"
-#include "kafka_log.h"
-#include "worker_loop.h"
+#include "worker/kafka/kafka_log.h"
+#include "worker/worker_loop.h"
 
 /* Wait for the first message of a batch at most this long (then look around). */
 #define POLL_WAIT_MS 200

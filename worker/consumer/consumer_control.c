@@ -37,7 +37,7 @@
 #include "utils/timestamp.h"
 
 #include "consumer.h"
-#include "worker_loop.h"
+#include "worker/worker_loop.h"
 
 /* Longest error text kept with a dead letter that failed again, in characters. */
 #define RETRY_ERROR_MAX 1024

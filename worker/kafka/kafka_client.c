@@ -9,7 +9,7 @@
  */
 #include "postgres.h"
 
-#include "../extension/kafka_options.h"
+#include "extension/kafka_options.h"
 #include "kafka_client.h"
 #include "kafka_log.h"
 #include "kafka_statistics.h"

@@ -54,7 +54,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "../extension/eventpipe.h"
+#include "extension/eventpipe.h"
 #include "relay.h"
 
 /* A run of batches claims no more after this long: then a full claim. */
