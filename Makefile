@@ -37,12 +37,19 @@ OBJS = \
 	worker/kafka/kafka_statistics.o \
 	worker/kafka/kafka_producer.o \
 	worker/kafka/kafka_consumer.o \
+	worker/kafka/kafka_consumer_offsets.o \
 	worker/consumer/consumer_manager.o \
 	worker/consumer/consumer_worker.o \
 	worker/consumer/consumer_control.o \
 	worker/consumer/consumer_message.o \
 	worker/consumer/payload_fields.o \
 	worker/consumer/consumer_apply.o \
+	worker/consumer/consumer_catalog.o \
+	worker/consumer/consumer_ledger.o \
+	worker/consumer/consumer_handlers.o \
+	worker/consumer/consumer_metrics.o \
+	worker/consumer/consumer_store.o \
+	worker/consumer/consumer_sql.o \
 	worker/consumer/user_code.o
 
 # The install script of the first version and one upgrade script per later

@@ -18,6 +18,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
@@ -98,6 +99,45 @@ worker_prepare_kept(const char *sql, int nargs, Oid *types, int cursor_options)
 		elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	return plan;
+}
+
+/* SPI_connect(), an ERROR if it fails. */
+void
+worker_spi_connect(void)
+{
+	int			rc = SPI_connect();
+
+	if (rc != SPI_OK_CONNECT)
+		elog(ERROR, "eventpipe: SPI_connect failed: %s", SPI_result_code_string(rc));
+}
+
+/*
+ * Run a statement (SPI connected), preparing and keeping its plan the first
+ * time; an ERROR naming it unless SPI answers expected.  nulls as
+ * SPI_execute_plan() takes them (NULL: none).
+ */
+void
+worker_run_statement(WorkerStatement *statement, Datum *values, const char *nulls, int expected)
+{
+	int			rc;
+
+	if (statement->plan == NULL)
+		statement->plan = worker_prepare_kept(statement->sql, statement->nargs,
+											  statement->types, 0);
+	rc = SPI_execute_plan(statement->plan, values, nulls, statement->read_only, 0);
+	if (rc != expected)
+		elog(ERROR, "eventpipe: statement \"%s\" failed: %s", statement->name,
+			 SPI_result_code_string(rc));
+}
+
+/* A text column of an SPI result row as a C string; NULL stays NULL. */
+char *
+worker_text_column(HeapTuple tuple, TupleDesc desc, int column)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, column, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
 }
 
 void

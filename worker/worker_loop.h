@@ -8,6 +8,9 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
+#include "access/tupdesc.h"
+
 extern bool worker_run_guarded(void (*step) (void *), void *arg, const char *who,
 							   void (*record_error) (const char *message));
 
@@ -19,5 +22,25 @@ extern MemoryContext worker_begin_transaction(const char *activity);
 extern struct _SPI_plan *worker_prepare_kept(const char *sql, int nargs, Oid *types,
 											 int cursor_options);
 extern void worker_end_transaction(MemoryContext caller_context);
+
+/*
+ * One statement a worker runs, prepared the first time and kept for the
+ * worker's life (plan).  Each file holds its statements in one table
+ * indexed by an enum, and runs them with worker_run_statement().
+ */
+typedef struct WorkerStatement
+{
+	const char *name;			/* names the statement in errors */
+	const char *sql;
+	bool		read_only;		/* SPI_execute_plan()'s read_only */
+	int			nargs;
+	Oid			types[8];
+	struct _SPI_plan *plan;		/* NULL until first run */
+} WorkerStatement;
+
+extern void worker_spi_connect(void);
+extern void worker_run_statement(WorkerStatement *statement, Datum *values, const char *nulls,
+								 int expected);
+extern char *worker_text_column(HeapTuple tuple, TupleDesc desc, int column);
 
 #endif							/* EVENTPIPE_WORKER_LOOP_H */

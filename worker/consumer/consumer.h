@@ -1,12 +1,15 @@
 /*
  * consumer.h
  *		The consumer worker's pieces: its subscription and rules as read from
- *		the database (consumer_apply.c), the Kafka messages of a batch and
- *		what each one means (consumer_message.c), the librdkafka consumer
- *		(kafka_consumer.c), the operations asked for from SQL: pause, replay,
- *		dead letters to retry (consumer_control.c), and the main loops of the
- *		consumer manager (consumer_manager.c) and consumer worker
- *		(consumer_worker.c).
+ *		the database (consumer_catalog.c), the Kafka messages of a batch and
+ *		what each one means (consumer_message.c), a batch applied in one
+ *		transaction (consumer_apply.c: ledger, handlers, metrics, dead
+ *		letters and offsets in consumer_ledger.c, consumer_handlers.c,
+ *		consumer_metrics.c, consumer_store.c), the librdkafka consumer
+ *		(worker/kafka/kafka_consumer.c, kafka_consumer_offsets.c), the
+ *		operations asked for from SQL: pause, replay, dead letters to retry
+ *		(consumer_control.c), and the main loops of the consumer manager
+ *		(consumer_manager.c) and consumer worker (consumer_worker.c).
  */
 #ifndef EVENTPIPE_CONSUMER_H
 #define EVENTPIPE_CONSUMER_H
@@ -156,14 +159,26 @@ extern void consumer_message_interpret(ConsumedMessage *message, const ConsumerR
 extern Jsonb *consumer_message_headers(const ConsumedMessage *message);
 extern Jsonb *consumer_message_metadata(const ConsumedMessage *message);
 
-/* consumer_apply.c: each runs its own transaction */
-extern ApplyResult consumer_read_subscription(const char *name, Subscription *subscription);
+/* consumer_apply.c: in a transaction of its own */
 extern ApplyResult consumer_apply_batch(ConsumerBatch *batch, const char *name,
 										bool isolate_failures);
-extern void consumer_read_offsets(rd_kafka_t *rk, const char *name,
-								  rd_kafka_topic_partition_list_t *partitions, bool start_latest);
-extern List *consumer_list_subscriptions(void);
+
+/* consumer_catalog.c: read_subscription runs its own transaction, the others run in the batch's */
+extern ApplyResult consumer_read_subscription(const char *name, Subscription *subscription);
+extern bool consumer_load_subscription(const char *name, Subscription *subscription);
+extern void consumer_load_rules(const char *name, ConsumerRules *rules);
+
+/* consumer_ledger.c: prune_ledger runs its own transaction, the others run in the batch's */
+extern void consumer_claim_event_ids(ConsumedMessage *messages, int count, int32 ledger_id);
+extern void consumer_forget_event_id(const ConsumedMessage *message, int32 ledger_id);
 extern int64 consumer_prune_ledger(const char *name, int retention_s, int limit);
+
+/* consumer_handlers.c, consumer_metrics.c, consumer_store.c: in the batch's transaction */
+extern void consumer_run_handlers(ConsumedMessage *messages, int count, int32 ledger_id);
+extern void consumer_upsert_metrics(ConsumedMessage *messages, int count,
+									const ConsumerRules *rules);
+extern void consumer_store_dead_letters(ConsumerBatch *batch, const char *name);
+extern void consumer_store_offsets(ConsumerBatch *batch, const char *name);
 
 /* consumer_control.c: read_control, carry_out_replays and load_retries run their own transaction */
 extern void consumer_read_control(const char *name, ConsumerControl *control);
@@ -171,6 +186,11 @@ extern void consumer_carry_out_replays(const char *name, List *replays);
 extern void consumer_load_retries(const char *name, int limit, ConsumerBatch *batch);
 extern void consumer_settle_retries(ConsumerBatch *batch);
 extern void consumer_release_retries(ConsumerBatch *batch);
+
+/* kafka_consumer_offsets.c: in a transaction of its own */
+extern void kafka_consumer_read_offsets(rd_kafka_t *rk, const char *name,
+										rd_kafka_topic_partition_list_t *partitions,
+										bool start_latest);
 
 /* kafka_consumer.c */
 extern bool kafka_consumer_ensure(const Subscription *subscription, char *errbuf,

@@ -28,6 +28,7 @@
 
 #include "commands/dbcommands.h"
 #include "access/xact.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -45,6 +46,7 @@
 
 #include "extension/eventpipe.h"
 #include "consumer.h"
+#include "consumer_sql.h"
 #include "worker/worker_loop.h"
 
 /* Subscriptions are reread, and dead workers restarted, at least this often. */
@@ -154,12 +156,48 @@ name_in(List *names, const char *name)
 	return false;
 }
 
+/* The manager's one statement. */
+static WorkerStatement list_statement = {
+	"list the subscriptions",
+	"SELECT name FROM eventpipe.subscriptions ORDER BY name",
+	true, 0, {InvalidOid}
+};
+
+/*
+ * The names of all subscriptions, in a transaction of its own; NIL when the
+ * extension is not installed (or being dropped).
+ */
+static List *
+list_subscriptions(void)
+{
+	MemoryContext caller_context = worker_begin_transaction("eventpipe: reading the subscriptions");
+	List	   *names = NIL;
+	uint64		i;
+
+	if (consumer_extension_ready())
+	{
+		worker_spi_connect();
+		worker_run_statement(&list_statement, NULL, NULL, SPI_OK_SELECT);
+		for (i = 0; i < SPI_processed; i++)
+		{
+			char	   *name = worker_text_column(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			MemoryContext spi_context = MemoryContextSwitchTo(caller_context);
+
+			names = lappend(names, pstrdup(name));
+			MemoryContextSwitchTo(spi_context);
+		}
+		SPI_finish();
+	}
+	worker_end_transaction(caller_context);
+	return names;
+}
+
 static List *subscriptions;
 
 static void
 list_step(void *arg)
 {
-	subscriptions = consumer_list_subscriptions();
+	subscriptions = list_subscriptions();
 }
 
 static ConsumerWaiting *

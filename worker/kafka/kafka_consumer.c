@@ -76,7 +76,7 @@ read_offsets_step(void *arg)
 {
 	OffsetsStep *step = (OffsetsStep *) arg;
 
-	consumer_read_offsets(step->rk, subscription_name, step->partitions, start_latest);
+	kafka_consumer_read_offsets(step->rk, subscription_name, step->partitions, start_latest);
 }
 
 static bool

@@ -1,0 +1,97 @@
+/*
+ * consumer_sql.c
+ *		Helpers the consumer's statement files share: is the extension ready
+ *		to be used, one-dimensional arrays for the statements' parameters,
+ *		and running a piece of a batch in a subtransaction of its own.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "commands/extension.h"
+#include "storage/lmgr.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+#include "consumer_sql.h"
+
+/*
+ * Is the extension there, and not being dropped?  DROP EXTENSION holds an
+ * exclusive lock on its tables until it commits: the worker backs off
+ * instead of queueing behind it.
+ */
+bool
+consumer_extension_ready(void)
+{
+	Oid			schema;
+	Oid			subscriptions;
+
+	if (!OidIsValid(get_extension_oid("eventpipe", true)))
+		return false;
+	schema = get_namespace_oid("eventpipe", true);
+	subscriptions = OidIsValid(schema) ? get_relname_relid("subscriptions", schema) : InvalidOid;
+	return OidIsValid(subscriptions) &&
+		ConditionalLockRelationOid(subscriptions, AccessShareLock);
+}
+
+Datum
+consumer_make_array(Datum *elements, bool *nulls, int count, Oid element_type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {count};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(element_type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(elements, nulls, 1, dims, lbs, element_type,
+											  typlen, typbyval, typalign));
+}
+
+/* Is an error a message's fault?  Cancel and termination are not. */
+bool
+consumer_is_message_fault(int sqlerrcode)
+{
+	return sqlerrcode != ERRCODE_QUERY_CANCELED && sqlerrcode != ERRCODE_ADMIN_SHUTDOWN;
+}
+
+/*
+ * Run fn in a subtransaction; returns the error text (in the caller's
+ * memory context) of an error that is_caught accepts, or NULL.  Any other
+ * error goes on up once the subtransaction is rolled back.
+ */
+char *
+consumer_run_in_subtransaction(void (*fn) (void *), void *arg, bool (*is_caught) (int sqlerrcode))
+{
+	MemoryContext context = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	char	   *volatile error = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(context);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(context);
+		CurrentResourceOwner = owner;
+		if (!is_caught(edata->sqlerrcode))
+			ReThrowError(edata);
+		error = edata->message;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(context);
+	CurrentResourceOwner = owner;
+	return error;
+}
