@@ -119,12 +119,20 @@ worker_spi_connect(void)
 void
 worker_run_statement(WorkerStatement *statement, Datum *values, const char *nulls, int expected)
 {
+	worker_run_statement_limited(statement, values, nulls, 0, expected);
+}
+
+/* The same, returning at most count rows (0: all). */
+void
+worker_run_statement_limited(WorkerStatement *statement, Datum *values, const char *nulls,
+							 long count, int expected)
+{
 	int			rc;
 
 	if (statement->plan == NULL)
 		statement->plan = worker_prepare_kept(statement->sql, statement->nargs,
-											  statement->types, 0);
-	rc = SPI_execute_plan(statement->plan, values, nulls, statement->read_only, 0);
+											  statement->types, statement->cursor_options);
+	rc = SPI_execute_plan(statement->plan, values, nulls, statement->read_only, count);
 	if (rc != expected)
 		elog(ERROR, "eventpipe: statement \"%s\" failed: %s", statement->name,
 			 SPI_result_code_string(rc));

@@ -35,12 +35,15 @@ typedef struct WorkerStatement
 	bool		read_only;		/* SPI_execute_plan()'s read_only */
 	int			nargs;
 	Oid			types[8];
+	int			cursor_options; /* SPI_prepare_cursor()'s: 0, or a plan choice */
 	struct _SPI_plan *plan;		/* NULL until first run */
 } WorkerStatement;
 
 extern void worker_spi_connect(void);
 extern void worker_run_statement(WorkerStatement *statement, Datum *values, const char *nulls,
 								 int expected);
+extern void worker_run_statement_limited(WorkerStatement *statement, Datum *values,
+										 const char *nulls, long count, int expected);
 extern char *worker_text_column(HeapTuple tuple, TupleDesc desc, int column);
 
 #endif							/* EVENTPIPE_WORKER_LOOP_H */

@@ -19,7 +19,7 @@
  * duplicates or unmatched are deleted; the others keep their row, with the
  * new error and time, and wait for the next retry_consumer_dead().
  *
- * Unlike the batch's first statement (consumer_apply.c), these statements
+ * Unlike the batch's first check (consumer_extension_ready()), these statements
  * lock eventpipe's tables unconditionally: they run right after it, and if
  * a DROP EXTENSION comes in between they wait for it, then fail and the
  * worker backs off (a wait that does not hold the DROP up).
@@ -60,26 +60,24 @@ typedef enum ControlStatement
 	CONTROL_STATEMENTS
 } ControlStatement;
 
-static const struct
-{
-	const char *sql;
-	int			nargs;
-	Oid			types[5];
-}			statements[CONTROL_STATEMENTS] = {
+static WorkerStatement statements[CONTROL_STATEMENTS] = {
 	[READ_CONTROL] = {
+		"read the controls",
 		"SELECT s.paused, EXISTS (SELECT FROM eventpipe.consumer_dead_letters AS d"
 		"   WHERE d.subscription OPERATOR(pg_catalog.=) s.name"
 		"     AND d.retry_requested_at IS NOT NULL)"
 		" FROM eventpipe.subscriptions AS s WHERE s.name OPERATOR(pg_catalog.=) $1",
-		1, {TEXTOID}
+		true, 1, {TEXTOID}
 	},
 	[READ_REPLAYS] = {
+		"read the replays",
 		"SELECT topic, partition, from_offset, requested_at FROM eventpipe.consumer_replays"
 		" WHERE subscription OPERATOR(pg_catalog.=) $1 ORDER BY topic, partition",
-		1, {TEXTOID}
+		true, 1, {TEXTOID}
 	},
 	/* the offset is stored only if the request is still the one read */
 	[STORE_REPLAY] = {
+		"store a replay's offset",
 		"WITH done AS ("
 		"  DELETE FROM eventpipe.consumer_replays"
 		"  WHERE subscription OPERATOR(pg_catalog.=) $1 AND topic OPERATOR(pg_catalog.=) $2"
@@ -88,20 +86,23 @@ static const struct
 		" INSERT INTO eventpipe.consumer_offsets AS o (subscription, topic, partition, next_offset)"
 		" SELECT $1, $2, $3, $4 FROM done"
 		" ON CONFLICT (subscription, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-		5, {TEXTOID, TEXTOID, INT4OID, INT8OID, TIMESTAMPTZOID}
+		false, 5, {TEXTOID, TEXTOID, INT4OID, INT8OID, TIMESTAMPTZOID}
 	},
 	[READ_RETRIES] = {
+		"read the dead letters to retry",
 		"SELECT id, topic, partition, \"offset\", key, value, headers"
 		" FROM eventpipe.consumer_dead_letters"
 		" WHERE subscription OPERATOR(pg_catalog.=) $1 AND retry_requested_at IS NOT NULL"
 		" ORDER BY id LIMIT $2",
-		2, {TEXTOID, INT4OID}
+		true, 2, {TEXTOID, INT4OID}
 	},
 	[DELETE_SETTLED] = {
+		"delete the settled dead letters",
 		"DELETE FROM eventpipe.consumer_dead_letters WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-		1, {INT8ARRAYOID}
+		false, 1, {INT8ARRAYOID}
 	},
 	[RECORD_FAILED] = {
+		"record the retries that failed",
 		"UPDATE eventpipe.consumer_dead_letters AS d"
 		" SET error = CASE WHEN pg_catalog.length(u.e) OPERATOR(pg_catalog.>) "
 		CppAsString2(RETRY_ERROR_MAX)
@@ -112,25 +113,9 @@ static const struct
 		" FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]),"
 		"                 pg_catalog.unnest($2::pg_catalog.text[])) AS u(id, e)"
 		" WHERE d.id OPERATOR(pg_catalog.=) u.id",
-		2, {INT8ARRAYOID, TEXTARRAYOID}
+		false, 2, {INT8ARRAYOID, TEXTARRAYOID}
 	},
 };
-
-static SPIPlanPtr plans[CONTROL_STATEMENTS];
-
-/* Run one of the statements (SPI connected); an ERROR unless it gives expected. */
-static void
-run(ControlStatement which, Datum *values, int expected)
-{
-	int			rc;
-
-	if (plans[which] == NULL)
-		plans[which] = worker_prepare_kept(statements[which].sql, statements[which].nargs,
-										   (Oid *) statements[which].types, 0);
-	rc = SPI_execute_plan(plans[which], values, NULL, expected == SPI_OK_SELECT, 0);
-	if (rc != expected)
-		elog(ERROR, "eventpipe consumer: statement failed: %s", SPI_result_code_string(rc));
-}
 
 static Datum
 column(int row, int column, bool *isnull)
@@ -153,15 +138,15 @@ consumer_read_control(const char *name, ConsumerControl *control)
 	uint64		i;
 
 	memset(control, 0, sizeof(*control));
-	SPI_connect();
-	run(READ_CONTROL, values, SPI_OK_SELECT);
+	worker_spi_connect();
+	worker_run_statement(&statements[READ_CONTROL], values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		control->paused = DatumGetBool(column(0, 1, &isnull));
 		control->retries_pending = DatumGetBool(column(0, 2, &isnull));
 	}
 
-	run(READ_REPLAYS, values, SPI_OK_SELECT);
+	worker_run_statement(&statements[READ_REPLAYS], values, NULL, SPI_OK_SELECT);
 	for (i = 0; i < SPI_processed; i++)
 	{
 		MemoryContext spi_context = MemoryContextSwitchTo(caller_context);
@@ -189,7 +174,7 @@ consumer_carry_out_replays(const char *name, List *replays)
 	MemoryContext caller_context = worker_begin_transaction("eventpipe: carrying out replays");
 	ListCell   *lc;
 
-	SPI_connect();
+	worker_spi_connect();
 	foreach(lc, replays)
 	{
 		ReplayRequest *replay = (ReplayRequest *) lfirst(lc);
@@ -197,7 +182,7 @@ consumer_carry_out_replays(const char *name, List *replays)
 			Int32GetDatum(replay->partition), Int64GetDatum(replay->from_offset),
 		TimestampTzGetDatum(replay->requested_at)};
 
-		run(STORE_REPLAY, values, SPI_OK_INSERT);
+		worker_run_statement(&statements[STORE_REPLAY], values, NULL, SPI_OK_INSERT);
 	}
 	SPI_finish();
 	worker_end_transaction(caller_context);
@@ -302,8 +287,8 @@ consumer_load_retries(const char *name, int limit, ConsumerBatch *batch)
 	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(limit)};
 	uint64		i;
 
-	SPI_connect();
-	run(READ_RETRIES, values, SPI_OK_SELECT);
+	worker_spi_connect();
+	worker_run_statement(&statements[READ_RETRIES], values, NULL, SPI_OK_SELECT);
 	MemoryContextSwitchTo(caller_context);
 	batch->retry = true;
 	batch->count = (int) SPI_processed;
@@ -359,12 +344,12 @@ consumer_settle_retries(ConsumerBatch *batch)
 	}
 	values[0] = PointerGetDatum(construct_array(settled, nsettled, INT8OID, 8, FLOAT8PASSBYVAL,
 												TYPALIGN_DOUBLE));
-	run(DELETE_SETTLED, values, SPI_OK_DELETE);
+	worker_run_statement(&statements[DELETE_SETTLED], values, NULL, SPI_OK_DELETE);
 
 	values[0] = PointerGetDatum(construct_array(failed, nfailed, INT8OID, 8, FLOAT8PASSBYVAL,
 												TYPALIGN_DOUBLE));
 	values[1] = PointerGetDatum(construct_array(errors, nfailed, TEXTOID, -1, false, TYPALIGN_INT));
-	run(RECORD_FAILED, values, SPI_OK_UPDATE);
+	worker_run_statement(&statements[RECORD_FAILED], values, NULL, SPI_OK_UPDATE);
 }
 
 /* Free what librdkafka allocated for the retried messages' headers. */

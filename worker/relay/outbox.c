@@ -48,12 +48,96 @@
  */
 #define FEW_IDS_IN_FLIGHT 32
 
-static SPIPlanPtr claim_plan = NULL;
-static SPIPlanPtr claim_excluding_plan = NULL;
-static SPIPlanPtr claim_excluding_few_plan = NULL;
-static SPIPlanPtr delete_plan = NULL;
-static SPIPlanPtr reschedule_plan = NULL;
-static SPIPlanPtr bury_plan = NULL;
+/*
+ * A claim: %s is nothing, or the test that passes over the ids in flight.
+ * An earlier event of the key with a retry scheduled, due or not, holds
+ * this one back: a due retry is claimed first, and the events after it in
+ * the following batches.
+ */
+#define CLAIM_SQL(passing_over) \
+	"SELECT o.id, o.event_id::pg_catalog.text, o.topic, o.key," \
+	"       o.payload::pg_catalog.text, o.headers," \
+	"       o.event_type, o.created_at, o.attempts" \
+	"  FROM eventpipe.outbox AS o" \
+	" WHERE o.id OPERATOR(pg_catalog.>) $4 " passing_over \
+	"   AND (o.next_attempt_at IS NULL" \
+	"        OR o.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())" \
+	"   AND ($2 OPERATOR(pg_catalog.=) 1" \
+	"        OR eventpipe.relay_shard(o.key, o.id, $2) OPERATOR(pg_catalog.=) $3)" \
+	"   AND NOT EXISTS (SELECT FROM eventpipe.outbox AS w" \
+	"                    WHERE w.next_attempt_at IS NOT NULL" \
+	"                      AND w.topic OPERATOR(pg_catalog.=) o.topic" \
+	"                      AND w.key OPERATOR(pg_catalog.=) o.key" \
+	"                      AND w.id OPERATOR(pg_catalog.<) o.id)" \
+	" ORDER BY o.id" \
+	" LIMIT $1"
+#define PASSING_OVER "AND o.id OPERATOR(pg_catalog.<>) ALL ($5)"
+
+typedef enum OutboxStatement
+{
+	CLAIM,
+	CLAIM_PASSING_OVER_FEW,
+	CLAIM_PASSING_OVER,
+	DELETE_DELIVERED,
+	RESCHEDULE,
+	BURY,
+	OUTBOX_STATEMENTS
+} OutboxStatement;
+
+/*
+ * The plan that passes over many ids in flight is made for each claim's
+ * ids, as constants (a custom plan): the planner then looks them up in a
+ * hash table.  Planning costs more than the rest of a claim of a few rows,
+ * when commits come one by one and a publisher is often committing as the
+ * relay claims (so that it claims from the start passing over one or two
+ * ids): a few ids are passed over by a generic plan made once.
+ */
+static WorkerStatement statements[OUTBOX_STATEMENTS] = {
+	[CLAIM] = {
+		"claim a batch of the outbox", CLAIM_SQL(""),
+		true, 4, {INT4OID, INT4OID, INT4OID, INT8OID}, CURSOR_OPT_GENERIC_PLAN
+	},
+	[CLAIM_PASSING_OVER_FEW] = {
+		"claim a batch of the outbox, passing over a few ids", CLAIM_SQL(PASSING_OVER),
+		true, 5, {INT4OID, INT4OID, INT4OID, INT8OID, INT8ARRAYOID}, CURSOR_OPT_GENERIC_PLAN
+	},
+	[CLAIM_PASSING_OVER] = {
+		"claim a batch of the outbox, passing over ids", CLAIM_SQL(PASSING_OVER),
+		true, 5, {INT4OID, INT4OID, INT4OID, INT8OID, INT8ARRAYOID}, CURSOR_OPT_CUSTOM_PLAN
+	},
+	[DELETE_DELIVERED] = {
+		"delete the delivered events",
+		"DELETE FROM eventpipe.outbox WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+		false, 1, {INT8ARRAYOID}
+	},
+	[RESCHEDULE] = {
+		"reschedule the failed events",
+		"UPDATE eventpipe.outbox AS o"
+		"   SET attempts = o.attempts OPERATOR(pg_catalog.+) 1,"
+		"       next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+)"
+		"           least(interval '1 second' OPERATOR(pg_catalog.*)"
+		"                     pg_catalog.power(2, o.attempts),"
+		"                 interval '5 minutes'),"
+		"       last_error = f.reason"
+		"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS f(id, reason)"
+		" WHERE o.id OPERATOR(pg_catalog.=) f.id",
+		false, 2, {INT8ARRAYOID, TEXTARRAYOID}
+	},
+	[BURY] = {
+		"move the events failed for good to dead_letters",
+		"WITH f AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))"
+		"                          AS f(id, reason)),"
+		"     d AS (DELETE FROM eventpipe.outbox AS o USING f"
+		"           WHERE o.id OPERATOR(pg_catalog.=) f.id"
+		"           RETURNING o.*, f.reason)"
+		" INSERT INTO eventpipe.dead_letters"
+		"   (id, event_id, topic, key, payload, headers, event_type, created_at,"
+		"    attempts, reason)"
+		" SELECT id, event_id, topic, key, payload, headers, event_type, created_at,"
+		"        attempts OPERATOR(pg_catalog.+) 1, reason FROM d",
+		false, 2, {INT8ARRAYOID, TEXTARRAYOID}
+	},
+};
 
 static char *
 copy_text(HeapTuple tuple, TupleDesc desc, int column, int *len)
@@ -122,8 +206,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 	MemoryContext batch_context;
 	Datum		args[5];
 	int			passed_over;
-	SPIPlanPtr	plan;
-	int			rc;
+	OutboxStatement claim;
 	uint64		i;
 
 	batch->count = 0;
@@ -144,64 +227,20 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 		return OUTBOX_BUSY;
 	}
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	worker_spi_connect();
 	passed_over = ArrayGetNItems(ARR_NDIM(in_flight), ARR_DIMS(in_flight));
-	if (claim_plan == NULL)
-	{
-		Oid			types[5] = {INT4OID, INT4OID, INT4OID, INT8OID, INT8ARRAYOID};
-
-		/*
-		 * An earlier event of the key with a retry scheduled, due or not,
-		 * holds this one back: a due retry is claimed first, and the events
-		 * after it in the following batches.  The plan that passes over ids
-		 * in flight is made for each claim's ids, as constants: the planner
-		 * then looks them up in a hash table.  Planning costs more than the
-		 * rest of a claim of a few rows (47 us of CPU, when commits come one
-		 * by one and a publisher is often committing as the relay claims,
-		 * so that it claims from the start passing over one or two ids):
-		 * a few ids are passed over by a plan made once.
-		 */
-		const char *claim_sql =
-			"SELECT o.id, o.event_id::pg_catalog.text, o.topic, o.key,"
-			"       o.payload::pg_catalog.text, o.headers,"
-			"       o.event_type, o.created_at, o.attempts"
-			"  FROM eventpipe.outbox AS o"
-			" WHERE o.id OPERATOR(pg_catalog.>) $4 %s"
-			"   AND (o.next_attempt_at IS NULL"
-			"        OR o.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())"
-			"   AND ($2 OPERATOR(pg_catalog.=) 1"
-			"        OR eventpipe.relay_shard(o.key, o.id, $2) OPERATOR(pg_catalog.=) $3)"
-			"   AND NOT EXISTS (SELECT FROM eventpipe.outbox AS w"
-			"                    WHERE w.next_attempt_at IS NOT NULL"
-			"                      AND w.topic OPERATOR(pg_catalog.=) o.topic"
-			"                      AND w.key OPERATOR(pg_catalog.=) o.key"
-			"                      AND w.id OPERATOR(pg_catalog.<) o.id)"
-			" ORDER BY o.id"
-			" LIMIT $1";
-		const char *passing_over = "AND o.id OPERATOR(pg_catalog.<>) ALL ($5)";
-
-		claim_excluding_plan = worker_prepare_kept(psprintf(claim_sql, passing_over),
-											5, types, CURSOR_OPT_CUSTOM_PLAN);
-		claim_excluding_few_plan = worker_prepare_kept(psprintf(claim_sql, passing_over),
-												5, types, CURSOR_OPT_GENERIC_PLAN);
-		claim_plan = worker_prepare_kept(psprintf(claim_sql, ""), 4, types,
-										 CURSOR_OPT_GENERIC_PLAN);
-	}
 	args[0] = Int32GetDatum(limit);
 	args[1] = Int32GetDatum(shards);
 	args[2] = Int32GetDatum(shard);
 	args[3] = Int64GetDatum(after_id);
 	args[4] = PointerGetDatum(in_flight);
 	if (passed_over == 0)
-		plan = claim_plan;
+		claim = CLAIM;
 	else if (passed_over <= FEW_IDS_IN_FLIGHT)
-		plan = claim_excluding_few_plan;
+		claim = CLAIM_PASSING_OVER_FEW;
 	else
-		plan = claim_excluding_plan;
-	rc = SPI_execute_plan(plan, args, NULL, true, limit);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "reading the outbox failed: %s", SPI_result_code_string(rc));
+		claim = CLAIM_PASSING_OVER;
+	worker_run_statement_limited(&statements[claim], args, NULL, limit, SPI_OK_SELECT);
 
 	if (SPI_processed > 0)
 	{
@@ -251,26 +290,21 @@ id_list_add(IdList *list, int64 id, const char *reason)
 	list->count++;
 }
 
+/* Run which with the ids, and the reasons if it takes them; nothing when there are none. */
 static void
-execute_with_ids(SPIPlanPtr *plan, const char *sql, IdList *list, bool with_reasons,
-				 int expected)
+execute_with_ids(OutboxStatement which, IdList *list, int expected)
 {
 	Datum		args[2];
-	Oid			types[2] = {INT8ARRAYOID, TEXTARRAYOID};
-	int			rc;
+	bool		with_reasons = statements[which].nargs == 2;
 
 	if (list->count == 0)
 		return;
-	if (*plan == NULL)
-		*plan = worker_prepare_kept(sql, with_reasons ? 2 : 1, types, 0);
 	args[0] = PointerGetDatum(construct_array(list->ids, list->count, INT8OID,
 											  sizeof(int64), true, TYPALIGN_DOUBLE));
 	if (with_reasons)
 		args[1] = PointerGetDatum(construct_array(list->reasons, list->count, TEXTOID,
 												  -1, false, TYPALIGN_INT));
-	rc = SPI_execute_plan(*plan, args, NULL, false, 0);
-	if (rc != expected)
-		elog(ERROR, "\"%s\" failed: %s", sql, SPI_result_code_string(rc));
+	worker_run_statement(&statements[which], args, NULL, expected);
 }
 
 static char *
@@ -328,34 +362,10 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 		return;
 
 	caller_context = worker_begin_transaction("eventpipe: recording deliveries");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	execute_with_ids(&delete_plan,
-					 "DELETE FROM eventpipe.outbox WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-					 &delivered, false, SPI_OK_DELETE);
-	execute_with_ids(&reschedule_plan,
-					 "UPDATE eventpipe.outbox AS o"
-					 "   SET attempts = o.attempts OPERATOR(pg_catalog.+) 1,"
-					 "       next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+)"
-					 "           least(interval '1 second' OPERATOR(pg_catalog.*)"
-					 "                     pg_catalog.power(2, o.attempts),"
-					 "                 interval '5 minutes'),"
-					 "       last_error = f.reason"
-					 "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS f(id, reason)"
-					 " WHERE o.id OPERATOR(pg_catalog.=) f.id",
-					 &rescheduled, true, SPI_OK_UPDATE);
-	execute_with_ids(&bury_plan,
-					 "WITH f AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))"
-					 "                          AS f(id, reason)),"
-					 "     d AS (DELETE FROM eventpipe.outbox AS o USING f"
-					 "           WHERE o.id OPERATOR(pg_catalog.=) f.id"
-					 "           RETURNING o.*, f.reason)"
-					 " INSERT INTO eventpipe.dead_letters"
-					 "   (id, event_id, topic, key, payload, headers, event_type, created_at,"
-					 "    attempts, reason)"
-					 " SELECT id, event_id, topic, key, payload, headers, event_type, created_at,"
-					 "        attempts OPERATOR(pg_catalog.+) 1, reason FROM d",
-					 &dead, true, SPI_OK_INSERT);
+	worker_spi_connect();
+	execute_with_ids(DELETE_DELIVERED, &delivered, SPI_OK_DELETE);
+	execute_with_ids(RESCHEDULE, &rescheduled, SPI_OK_UPDATE);
+	execute_with_ids(BURY, &dead, SPI_OK_INSERT);
 	SPI_finish();
 	worker_end_transaction(caller_context);
 }
