@@ -26,7 +26,6 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
-#include "eventpipe.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_as_caller);
 

@@ -29,6 +29,7 @@
 #include "miscadmin.h"
 
 #include "eventpipe.h"
+#include "shmem.h"
 
 static bool wake_at_commit = false;
 static uint64 lowest_id_written;

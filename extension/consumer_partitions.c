@@ -24,7 +24,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 
-#include "eventpipe.h"
+#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_consumer_partition_stats);
 

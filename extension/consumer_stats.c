@@ -20,7 +20,7 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#include "eventpipe.h"
+#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_consumer_stats);
 

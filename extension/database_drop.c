@@ -17,6 +17,8 @@
 #include "commands/dbcommands.h"
 
 #include "eventpipe.h"
+#include "guc.h"
+#include "shmem.h"
 
 static object_access_hook_type prev_object_access_hook = NULL;
 

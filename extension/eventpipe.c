@@ -10,6 +10,8 @@
 #include "miscadmin.h"
 
 #include "eventpipe.h"
+#include "guc.h"
+#include "shmem.h"
 
 PG_MODULE_MAGIC;
 

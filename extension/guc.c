@@ -15,7 +15,8 @@
 
 #include <librdkafka/rdkafka.h>
 
-#include "eventpipe.h"
+#include "guc.h"
+#include "shmem.h"
 #include "kafka_options.h"
 
 char	   *eventpipe_database = NULL;

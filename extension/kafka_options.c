@@ -24,7 +24,7 @@
 
 #include "lib/stringinfo.h"
 
-#include "eventpipe.h"
+#include "guc.h"
 #include "kafka_options.h"
 
 /*

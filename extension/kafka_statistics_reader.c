@@ -17,7 +17,7 @@
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
-#include "worker/kafka/kafka_statistics.h"
+#include "eventpipe.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_kafka_statistics);
 

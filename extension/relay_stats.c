@@ -11,7 +11,8 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#include "eventpipe.h"
+#include "guc.h"
+#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_relay_stats);
 

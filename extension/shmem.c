@@ -22,7 +22,7 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
-#include "eventpipe.h"
+#include "shmem.h"
 
 EventpipeShared *eventpipe_shared = NULL;
 

@@ -15,7 +15,7 @@
 #include "fmgr.h"
 #include "utils/timestamp.h"
 
-#include "eventpipe.h"
+#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_stat_reset);
 

@@ -37,6 +37,8 @@
 #include "utils/wait_event.h"
 
 #include "extension/eventpipe.h"
+#include "extension/guc.h"
+#include "extension/shmem.h"
 #include "worker/kafka/kafka_statistics.h"
 #include "worker/relay/relay.h"
 

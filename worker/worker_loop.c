@@ -25,7 +25,8 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "extension/eventpipe.h"
+#include "extension/guc.h"
+#include "extension/shmem.h"
 #include "worker_loop.h"
 
 static const char *worker_name;

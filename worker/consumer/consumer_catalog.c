@@ -14,7 +14,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
-#include "extension/eventpipe.h"
+#include "extension/guc.h"
 #include "consumer.h"
 #include "consumer_sql.h"
 #include "user_code.h"

@@ -44,7 +44,8 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
-#include "extension/eventpipe.h"
+#include "extension/guc.h"
+#include "extension/shmem.h"
 #include "consumer.h"
 #include "consumer_sql.h"
 #include "worker/worker_loop.h"

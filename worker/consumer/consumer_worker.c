@@ -36,7 +36,8 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
-#include "extension/eventpipe.h"
+#include "extension/guc.h"
+#include "extension/shmem.h"
 #include "consumer.h"
 #include "worker/kafka/kafka_log.h"
 #include "worker/worker_loop.h"

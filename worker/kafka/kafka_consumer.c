@@ -34,7 +34,8 @@
 #include "lib/stringinfo.h"
 #include "utils/memutils.h"
 
-#include "extension/eventpipe.h"
+#include "extension/guc.h"
+#include "extension/shmem.h"
 #include "extension/kafka_options.h"
 #include "kafka_client.h"
 #include "kafka_statistics.h"

@@ -8,13 +8,8 @@
 
 #include <librdkafka/rdkafka.h>
 
-/*
- * Files are pg_stat_tmp/<client id>.json, relative to the data directory;
- * the workers' client ids begin with the prefix.
- */
-#define KAFKA_STATISTICS_DIR "pg_stat_tmp"
-#define KAFKA_STATISTICS_PREFIX "eventpipe-"
-#define KAFKA_STATISTICS_SUFFIX ".json"
+/* The files' place and names: KAFKA_STATISTICS_DIR and the others. */
+#include "extension/eventpipe.h"
 
 /* A worker's client gets statistics every this many ms unless the DBA says otherwise. */
 #define KAFKA_STATISTICS_INTERVAL_MS "10000"

@@ -17,7 +17,7 @@
 #include "utils/array.h"
 #include "utils/jsonb.h"
 
-#include "extension/eventpipe.h"
+#include "extension/shmem.h"
 #include "worker/kafka/kafka_log.h"
 
 struct OutboxBatch;

@@ -54,7 +54,8 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "extension/eventpipe.h"
+#include "extension/guc.h"
+#include "extension/shmem.h"
 #include "relay.h"
 
 /* A run of batches claims no more after this long: then a full claim. */

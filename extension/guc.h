@@ -1,0 +1,22 @@
+/*
+ * guc.h
+ *		The extension's configuration (guc.c), all under the reserved prefix
+ *		"eventpipe.".
+ */
+#ifndef EVENTPIPE_GUC_H
+#define EVENTPIPE_GUC_H
+
+extern char *eventpipe_database;
+extern char *eventpipe_bootstrap_servers;
+extern char *eventpipe_kafka_options;
+extern char *eventpipe_kafka_options_file;
+extern int	eventpipe_relay_batch_size;
+extern int	eventpipe_relay_poll_interval;
+extern int	eventpipe_relay_max_attempts;
+extern int	eventpipe_relay_workers;
+extern int	eventpipe_consumer_batch_size;
+extern int	eventpipe_dedup_retention;
+
+extern void eventpipe_define_gucs(void);
+
+#endif							/* EVENTPIPE_GUC_H */
