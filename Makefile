@@ -20,13 +20,10 @@ OBJS = \
 	extension/publish.o \
 	extension/capture.o \
 	extension/capture_trigger.o \
-	extension/relay_stats.o \
 	extension/subscriptions_trigger.o \
 	extension/relay_pause_trigger.o \
-	extension/consumer_stats.o \
 	extension/consumer_partitions.o \
-	extension/stat_reset.o \
-	extension/kafka_statistics_reader.o \
+	extension/stats.o \
 	worker/launcher.o \
 	worker/worker_loop.o \
 	worker/relay/relay_worker.o \

@@ -1,9 +1,8 @@
 /*
  * consumer_partitions.c
- *		The per-partition counters of the consumer workers in shared memory,
- *		and eventpipe.consumer_partition_stats(), which shows them (with the
- *		high watermark librdkafka last reported) behind the view
- *		eventpipe.pg_stat_consumer.
+ *		The per-partition counters of the consumer workers in shared memory
+ *		(shown by eventpipe.consumer_partition_stats(), in stats.c, with the
+ *		high watermark librdkafka last reported).
  *
  * A bounded table of EVENTPIPE_MAX_CONSUMER_PARTITIONS slots, each found by
  * (subscription, topic, partition): a worker that restarts finds its
@@ -19,14 +18,9 @@
  */
 #include "postgres.h"
 
-#include "fmgr.h"
-#include "funcapi.h"
 #include "miscadmin.h"
-#include "utils/builtins.h"
 
 #include "shmem.h"
-
-PG_FUNCTION_INFO_V1(eventpipe_consumer_partition_stats);
 
 static void
 clear_counters(ConsumerPartitionSlot *slot)
@@ -133,57 +127,4 @@ eventpipe_reset_consumer_partition_counters(void)
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMER_PARTITIONS; i++)
 		clear_counters(&eventpipe_shared->consumer_partition[i]);
-}
-
-#define PARTITION_STATS_COLS 8
-
-/*
- * The partitions of this database's subscriptions: subscription, topic,
- * partition, events_applied, duplicates, unmatched, events_dead,
- * high_watermark (NULL when unknown).
- */
-Datum
-eventpipe_consumer_partition_stats(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			i;
-
-	InitMaterializedSRF(fcinfo, 0);
-
-	for (i = 0; i < EVENTPIPE_MAX_CONSUMER_PARTITIONS; i++)
-	{
-		ConsumerPartitionSlot *slot = &eventpipe_shared->consumer_partition[i];
-		Datum		values[PARTITION_STATS_COLS];
-		bool		nulls[PARTITION_STATS_COLS];
-		char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];
-		char		topic[EVENTPIPE_TOPIC_LEN];
-		int32		partition;
-		Oid			database;
-		uint64		watermark;
-
-		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-		strlcpy(subscription, slot->subscription, sizeof(subscription));
-		strlcpy(topic, slot->topic, sizeof(topic));
-		partition = slot->partition;
-		database = slot->database;
-		LWLockRelease(eventpipe_shared->lock);
-
-		if (subscription[0] == '\0' || database != MyDatabaseId)
-			continue;
-
-		memset(nulls, 0, sizeof(nulls));
-		values[0] = CStringGetTextDatum(subscription);
-		values[1] = CStringGetTextDatum(topic);
-		values[2] = Int32GetDatum(partition);
-		values[3] = Int64GetDatum(pg_atomic_read_u64(&slot->events_applied));
-		values[4] = Int64GetDatum(pg_atomic_read_u64(&slot->duplicates));
-		values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->unmatched));
-		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->events_dead));
-		watermark = pg_atomic_read_u64(&slot->high_watermark);
-		values[7] = Int64GetDatum((int64) watermark);
-		nulls[7] = (watermark == EVENTPIPE_UNKNOWN_WATERMARK);
-
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	return (Datum) 0;
 }

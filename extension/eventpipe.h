@@ -45,7 +45,8 @@ extern void eventpipe_register_launcher(void);
  * The workers' librdkafka statistics, one file per Kafka client:
  * pg_stat_tmp/<client id>.json, relative to the data directory; the
  * workers' client ids begin with the prefix.  Written by
- * worker/kafka/kafka_statistics.c, read by kafka_statistics_reader.c.
+ * worker/kafka/kafka_statistics.c, read by
+ * eventpipe.kafka_statistics() (stats.c).
  */
 #define KAFKA_STATISTICS_DIR "pg_stat_tmp"
 #define KAFKA_STATISTICS_PREFIX "eventpipe-"

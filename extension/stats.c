@@ -1,0 +1,481 @@
+/*
+ * stats.c
+ *		The SQL-facing statistics: eventpipe.relay_stats() (behind
+ *		pg_stat_relay), consumer_stats() and consumer_partition_stats()
+ *		(behind pg_stat_consumer), kafka_statistics() (the workers'
+ *		librdkafka statistics files), and stat_reset().
+ *
+ * Locking: names, states, databases and errors are copied under
+ * EventpipeShared->lock (shared); the counters are atomics read without it
+ * (see shmem.h).
+ */
+#include "postgres.h"
+
+#include <sys/stat.h>
+
+#include "commands/dbcommands.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "eventpipe.h"
+#include "guc.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(eventpipe_relay_stats);
+PG_FUNCTION_INFO_V1(eventpipe_consumer_stats);
+PG_FUNCTION_INFO_V1(eventpipe_consumer_partition_stats);
+PG_FUNCTION_INFO_V1(eventpipe_kafka_statistics);
+PG_FUNCTION_INFO_V1(eventpipe_stat_reset);
+
+/*
+ * eventpipe.relay_stats(): the relay workers' shared-memory counters as
+ * rows, behind the view eventpipe.pg_stat_relay.
+ */
+
+
+#define RELAY_STATS_COLS 14
+
+Datum
+eventpipe_relay_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	for (i = 0; i < eventpipe_relay_workers; i++)
+	{
+		RelaySlot  *slot = &eventpipe_shared->relay[i];
+		Datum		values[RELAY_STATS_COLS];
+		bool		nulls[RELAY_STATS_COLS];
+		pid_t		pid;
+		Oid			database;
+		RelayState	state;
+		char		last_error[EVENTPIPE_ERROR_LEN];
+		TimestampTz last_error_time;
+		TimestampTz stats_reset;
+		char	   *dbname;
+		NameData   *dbname_datum;
+		Interval   *latency;
+
+		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+		pid = slot->pid;
+		database = slot->database;
+		state = slot->state;
+		strlcpy(last_error, slot->last_error, sizeof(last_error));
+		last_error_time = slot->last_error_time;
+		stats_reset = eventpipe_shared->stats_reset;
+		LWLockRelease(eventpipe_shared->lock);
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int32GetDatum(i);
+		values[1] = Int32GetDatum(pid);
+		nulls[1] = (pid == 0);
+		values[2] = CStringGetTextDatum(eventpipe_relay_state_name(state));
+		dbname = OidIsValid(database) ? get_database_name(database) : NULL;
+		nulls[3] = (dbname == NULL);
+		if (dbname != NULL)
+		{
+			dbname_datum = palloc(NAMEDATALEN);
+			namestrcpy(dbname_datum, dbname);
+			values[3] = NameGetDatum(dbname_datum);
+		}
+		values[4] = Int64GetDatum(pg_atomic_read_u64(&slot->events_sent));
+		values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->events_failed));
+		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->events_retried));
+		values[7] = Int64GetDatum(pg_atomic_read_u64(&slot->events_dead));
+		values[8] = Int64GetDatum(pg_atomic_read_u64(&slot->batches));
+		values[9] = Int64GetDatum(pg_atomic_read_u64(&slot->bytes_sent));
+		latency = palloc0(sizeof(Interval));
+		latency->time = (TimeOffset) pg_atomic_read_u64(&slot->last_latency_us);
+		values[10] = IntervalPGetDatum(latency);
+		nulls[10] = (latency->time == 0);
+		values[11] = CStringGetTextDatum(last_error);
+		nulls[11] = (last_error[0] == '\0');
+		values[12] = TimestampTzGetDatum(last_error_time);
+		nulls[12] = (last_error_time == 0);
+		values[13] = TimestampTzGetDatum(stats_reset);
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * eventpipe.consumer_stats(): one row per consumer worker slot in
+ * shared memory (a subscription that has had a worker since the server
+ * started), with its state and counters, and one per subscription
+ * that waits for a worker (no pid, state "waiting for a worker slot",
+ * the reason and its remedy in last_error, since when in
+ * last_error_time).
+ *
+ * A waiting subscription that had a worker before keeps its one row: the
+ * waiting shows in its state and last_error (its worker's last error is
+ * back once a worker runs again), so pg_stat_consumer, which joins on the
+ * subscription, still has one row per subscription and partition.
+ */
+
+
+#define CONSUMER_STATS_COLS 11
+
+/* The state of a subscription without a worker because none could start. */
+#define WAITING_STATE "waiting for a worker slot"
+
+typedef struct WaitingList
+{
+	ConsumerWaiting entries[EVENTPIPE_MAX_WAITING_CONSUMERS];
+	bool		shown[EVENTPIPE_MAX_WAITING_CONSUMERS];
+	int			listed;
+	int			count;			/* listed or not */
+} WaitingList;
+
+/* Why it waits and what to raise, for last_error. */
+static char *
+waiting_reason(const WaitingList *list, ConsumerWaitCause cause)
+{
+	if (cause == CONSUMER_WAIT_EVENTPIPE_SLOT)
+		return psprintf("all %d consumer slots of eventpipe are taken (%d subscriptions wait): "
+						"unsubscribe another subscription, or build eventpipe with a larger EVENTPIPE_MAX_CONSUMERS",
+						EVENTPIPE_MAX_CONSUMERS, list->count);
+	return psprintf("max_worker_processes (%d) is exhausted (%d subscriptions wait): "
+					"raise it; eventpipe needs 2 + eventpipe.relay_workers + one per subscription",
+					max_worker_processes, list->count);
+}
+
+static ConsumerWaiting *
+waiting_entry(WaitingList *list, const char *subscription)
+{
+	int			i;
+
+	for (i = 0; i < list->listed; i++)
+		if (strcmp(list->entries[i].subscription, subscription) == 0)
+		{
+			list->shown[i] = true;
+			return &list->entries[i];
+		}
+	return NULL;
+}
+
+static void
+put_waiting_row(ReturnSetInfo *rsinfo, const WaitingList *list, const ConsumerWaiting *entry,
+				TimestampTz stats_reset)
+{
+	Datum		values[CONSUMER_STATS_COLS];
+	bool		nulls[CONSUMER_STATS_COLS];
+	int			i;
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = CStringGetTextDatum(entry->subscription);
+	nulls[1] = true;
+	values[2] = CStringGetTextDatum(WAITING_STATE);
+	for (i = 3; i <= 7; i++)
+		values[i] = Int64GetDatum(0);
+	values[8] = CStringGetTextDatum(waiting_reason(list, entry->cause));
+	values[9] = TimestampTzGetDatum(entry->since);
+	values[10] = TimestampTzGetDatum(stats_reset);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+Datum
+eventpipe_consumer_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	WaitingList *waiting = palloc0(sizeof(WaitingList));
+	TimestampTz stats_reset;
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	waiting->listed = eventpipe_shared->consumer_waiting_listed;
+	waiting->count = eventpipe_shared->consumer_waiting_count;
+	memcpy(waiting->entries, eventpipe_shared->consumer_waiting,
+		   sizeof(ConsumerWaiting) * waiting->listed);
+	LWLockRelease(eventpipe_shared->lock);
+
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+	{
+		ConsumerSlot *slot = &eventpipe_shared->consumer[i];
+		Datum		values[CONSUMER_STATS_COLS];
+		bool		nulls[CONSUMER_STATS_COLS];
+		char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];
+		pid_t		pid;
+		ConsumerState state;
+		char		last_error[EVENTPIPE_ERROR_LEN];
+		TimestampTz last_error_time;
+		ConsumerWaiting *waits;
+
+		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+		strlcpy(subscription, slot->subscription, sizeof(subscription));
+		pid = slot->pid;
+		state = slot->state;
+		strlcpy(last_error, slot->last_error, sizeof(last_error));
+		last_error_time = slot->last_error_time;
+		stats_reset = eventpipe_shared->stats_reset;
+		LWLockRelease(eventpipe_shared->lock);
+
+		if (subscription[0] == '\0')
+			continue;
+		/* a live worker wins over a list up to a second old */
+		waits = waiting_entry(waiting, subscription);
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = CStringGetTextDatum(subscription);
+		values[1] = Int32GetDatum(pid);
+		nulls[1] = (pid == 0);
+		values[2] = CStringGetTextDatum(waits != NULL && pid == 0 ? WAITING_STATE :
+										eventpipe_consumer_state_name(state));
+		values[3] = Int64GetDatum(pg_atomic_read_u64(&slot->events_applied));
+		values[4] = Int64GetDatum(pg_atomic_read_u64(&slot->duplicates));
+		values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->unmatched));
+		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->events_dead));
+		values[7] = Int64GetDatum(pg_atomic_read_u64(&slot->batches));
+		if (waits != NULL && pid == 0)
+		{
+			values[8] = CStringGetTextDatum(waiting_reason(waiting, waits->cause));
+			values[9] = TimestampTzGetDatum(waits->since);
+		}
+		else
+		{
+			values[8] = CStringGetTextDatum(last_error);
+			nulls[8] = (last_error[0] == '\0');
+			values[9] = TimestampTzGetDatum(last_error_time);
+			nulls[9] = (last_error_time == 0);
+		}
+		values[10] = TimestampTzGetDatum(stats_reset);
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+
+	if (waiting->listed > 0)
+	{
+		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+		stats_reset = eventpipe_shared->stats_reset;
+		LWLockRelease(eventpipe_shared->lock);
+		for (i = 0; i < waiting->listed; i++)
+			if (!waiting->shown[i])
+				put_waiting_row(rsinfo, waiting, &waiting->entries[i], stats_reset);
+	}
+	return (Datum) 0;
+}
+
+#define PARTITION_STATS_COLS 8
+
+/*
+ * eventpipe.consumer_partition_stats(), behind pg_stat_consumer: the
+ * partitions of this database's subscriptions: subscription, topic,
+ * partition, events_applied, duplicates, unmatched, events_dead,
+ * high_watermark (NULL when unknown).
+ */
+Datum
+eventpipe_consumer_partition_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMER_PARTITIONS; i++)
+	{
+		ConsumerPartitionSlot *slot = &eventpipe_shared->consumer_partition[i];
+		Datum		values[PARTITION_STATS_COLS];
+		bool		nulls[PARTITION_STATS_COLS];
+		char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];
+		char		topic[EVENTPIPE_TOPIC_LEN];
+		int32		partition;
+		Oid			database;
+		uint64		watermark;
+
+		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+		strlcpy(subscription, slot->subscription, sizeof(subscription));
+		strlcpy(topic, slot->topic, sizeof(topic));
+		partition = slot->partition;
+		database = slot->database;
+		LWLockRelease(eventpipe_shared->lock);
+
+		if (subscription[0] == '\0' || database != MyDatabaseId)
+			continue;
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = CStringGetTextDatum(subscription);
+		values[1] = CStringGetTextDatum(topic);
+		values[2] = Int32GetDatum(partition);
+		values[3] = Int64GetDatum(pg_atomic_read_u64(&slot->events_applied));
+		values[4] = Int64GetDatum(pg_atomic_read_u64(&slot->duplicates));
+		values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->unmatched));
+		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->events_dead));
+		watermark = pg_atomic_read_u64(&slot->high_watermark);
+		values[7] = Int64GetDatum((int64) watermark);
+		nulls[7] = (watermark == EVENTPIPE_UNKNOWN_WATERMARK);
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * eventpipe.kafka_statistics(): the latest librdkafka statistics of
+ * each worker's Kafka client, one row per client, read from the files
+ * the workers keep (worker/kafka/kafka_statistics.c).
+ */
+
+
+#define KAFKA_STATISTICS_COLS 3
+
+/*
+ * When librdkafka made the document: its "time" field (seconds since the
+ * epoch), else when the file was written.  The two differ when the worker
+ * served its client's queue late (an idle relay does so once per poll).
+ */
+static TimestampTz
+emitted_at(Jsonb *statistics, TimestampTz written)
+{
+	JsonbValue	key;
+	JsonbValue *seconds;
+
+	key.type = jbvString;
+	key.val.string.val = "time";
+	key.val.string.len = strlen("time");
+	seconds = findJsonbValueFromContainer(&statistics->root, JB_FOBJECT, &key);
+	if (seconds == NULL || seconds->type != jbvNumeric)
+		return written;
+	return time_t_to_timestamptz((pg_time_t) DatumGetInt64(DirectFunctionCall1(numeric_int8,
+																				NumericGetDatum(seconds->val.numeric))));
+}
+
+/*
+ * The file's contents, and its modification time in *written; false if it
+ * went away meanwhile (its client was destroyed).
+ */
+static bool
+read_statistics_file(const char *path, StringInfo contents, TimestampTz *written)
+{
+	FILE	   *file = AllocateFile(path, PG_BINARY_R);
+	struct stat st;
+	char		buffer[8192];
+	size_t		n;
+
+	if (file == NULL)
+	{
+		if (errno == ENOENT)
+			return false;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open file \"%s\": %m", path)));
+	}
+	if (fstat(fileno(file), &st) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not stat file \"%s\": %m", path)));
+	*written = time_t_to_timestamptz(st.st_mtime);
+	while ((n = fread(buffer, 1, sizeof(buffer), file)) > 0)
+		appendBinaryStringInfo(contents, buffer, n);
+	if (ferror(file))
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not read file \"%s\": %m", path)));
+	FreeFile(file);
+	return true;
+}
+
+Datum
+eventpipe_kafka_statistics(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	DIR		   *dir;
+	struct dirent *entry;
+	size_t		prefix_len = strlen(KAFKA_STATISTICS_PREFIX);
+	size_t		suffix_len = strlen(KAFKA_STATISTICS_SUFFIX);
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	dir = AllocateDir(KAFKA_STATISTICS_DIR);
+	while ((entry = ReadDir(dir, KAFKA_STATISTICS_DIR)) != NULL)
+	{
+		size_t		name_len = strlen(entry->d_name);
+		char		path[MAXPGPATH];
+		StringInfoData contents;
+		TimestampTz written;
+		Datum		values[KAFKA_STATISTICS_COLS];
+		bool		nulls[KAFKA_STATISTICS_COLS] = {false};
+
+		if (name_len <= prefix_len + suffix_len ||
+			strncmp(entry->d_name, KAFKA_STATISTICS_PREFIX, prefix_len) != 0 ||
+			strcmp(entry->d_name + name_len - suffix_len, KAFKA_STATISTICS_SUFFIX) != 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", KAFKA_STATISTICS_DIR, entry->d_name);
+		initStringInfo(&contents);
+		if (!read_statistics_file(path, &contents, &written))
+			continue;
+		values[0] = PointerGetDatum(cstring_to_text_with_len(entry->d_name, name_len - suffix_len));
+		values[2] = DirectFunctionCall1(jsonb_in, CStringGetDatum(contents.data));
+		values[1] = TimestampTzGetDatum(emitted_at(DatumGetJsonbP(values[2]), written));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		pfree(contents.data);
+	}
+	FreeDir(dir);
+	return (Datum) 0;
+}
+
+/*
+ * eventpipe.stat_reset(): sets the relay and consumer counters of
+ * pg_stat_relay, pg_stat_consumer and consumer_stats() back to zero
+ * (per subscription and per partition), clears their last errors and
+ * stamps stats_reset, as pg_stat_statements_reset() does.  High
+ * watermarks are not counters: they stay.
+ *
+ * The error fields are cleared under EventpipeShared->lock; the counters
+ * are atomics a worker may be adding to at that moment, so an increment
+ * racing the reset may survive it (or be lost), never corrupt it.
+ */
+
+
+static void
+reset_relay_slot(RelaySlot *slot)
+{
+	pg_atomic_write_u64(&slot->events_sent, 0);
+	pg_atomic_write_u64(&slot->events_failed, 0);
+	pg_atomic_write_u64(&slot->events_retried, 0);
+	pg_atomic_write_u64(&slot->events_dead, 0);
+	pg_atomic_write_u64(&slot->batches, 0);
+	pg_atomic_write_u64(&slot->bytes_sent, 0);
+	pg_atomic_write_u64(&slot->last_latency_us, 0);
+	slot->last_error[0] = '\0';
+	slot->last_error_time = 0;
+}
+
+static void
+reset_consumer_counters(ConsumerSlot *slot)
+{
+	pg_atomic_write_u64(&slot->events_applied, 0);
+	pg_atomic_write_u64(&slot->duplicates, 0);
+	pg_atomic_write_u64(&slot->unmatched, 0);
+	pg_atomic_write_u64(&slot->events_dead, 0);
+	pg_atomic_write_u64(&slot->batches, 0);
+	slot->last_error[0] = '\0';
+	slot->last_error_time = 0;
+}
+
+Datum
+eventpipe_stat_reset(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
+		reset_relay_slot(&eventpipe_shared->relay[i]);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+		reset_consumer_counters(&eventpipe_shared->consumer[i]);
+	eventpipe_reset_consumer_partition_counters();
+	eventpipe_shared->stats_reset = now;
+	LWLockRelease(eventpipe_shared->lock);
+	PG_RETURN_TIMESTAMPTZ(now);
+}
