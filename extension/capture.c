@@ -219,7 +219,7 @@ has_capture_trigger(Relation rel, const char *trigger_name, const char *function
  * Runs one DDL statement built by this file: the table's name qualified and
  * quoted, the trigger functions qualified, the trigger's arguments quoted
  * literals, so that neither the caller's search_path nor the names can
- * change what it does (issue 14).
+ * change what it does.
  */
 static void
 execute_ddl(const char *sql)

@@ -9,9 +9,8 @@
  * (as logical replication's apply worker does): heap insert, NOT NULL
  * checks, index entries, triggers of the outbox if any.  The capture
  * trigger runs this once per changed row, on users' write paths, where an
- * SQL INSERT through a kept SPI plan spends its time starting an executor
- * for one row: the whole trigger took 14.3 us of CPU per row with it, 12.3
- * with this (50,000-row UPDATEs, README).  Columns are filled by name; an
+ * SQL INSERT through a kept SPI plan would spend its time starting an
+ * executor for one row.  Columns are filled by name; an
  * outbox column this file does not know is an error if it has a default
  * or is NOT NULL (a later version that adds one must fill it here).
  *
@@ -44,8 +43,8 @@ static Oid	id_sequence = InvalidOid;
 /*
  * Strong random bytes for event ids, drawn EVENT_IDS_PER_DRAW ids at a
  * time: each pg_strong_random() call has a fixed cost (OpenSSL checks its
- * state and the pid, and sets up its generator) that was a quarter of the
- * capture trigger's CPU time when paid for every 16 bytes.  The bytes are
+ * state and the pid, and sets up its generator), too much to pay on a
+ * user's write path for every 16 bytes.  The bytes are
  * as strong either way.  The pool is filled in the backend that uses it,
  * never in the postmaster, so no two processes share it.  Used bytes are
  * zeroed.

@@ -53,8 +53,8 @@ apply_effects(void *arg)
  * Apply the messages in a subtransaction; if that fails, apply each half
  * the same way, down to single messages, which are then dead-lettered with
  * the error.  One bad message among n costs about 2 log2(n)
- * subtransactions, not n (every message in its own subtransaction made a
- * batch about 13 times slower).
+ * subtransactions, not n (a subtransaction per message would slow every
+ * batch that has to isolate a failure).
  */
 static void
 apply_in_halves(ConsumedMessage *messages, int count, int32 ledger_id,
@@ -95,9 +95,9 @@ apply_in_halves(ConsumedMessage *messages, int count, int32 ledger_id,
 
 /*
  * What the caller may read once the transaction is over: the fates, and
- * the errors copied out of SPI's memory (freed by SPI_finish; a batch with
- * large messages gives it blocks that go back to the system, and reading
- * them then crashed the worker).  Pointers into that memory are cleared.
+ * the errors copied out of SPI's memory (freed by SPI_finish, and for a
+ * batch of large messages given back to the system, so never to be read
+ * after it).  Pointers into that memory are cleared.
  */
 static void
 keep_outcome(ConsumerBatch *batch, MemoryContext caller_context)

@@ -45,8 +45,8 @@
 /*
  * The worker's statements here, prepared once and kept.  Every function,
  * operator and type in them is named with its schema, so that no object
- * another user creates can stand in for one whatever the search_path
- * (issue 14); unnest() of two arrays is written ROWS FROM (unnest(),
+ * another user creates can stand in for one whatever the search_path;
+ * unnest() of two arrays is written ROWS FROM (unnest(),
  * unnest()), what the parser makes of it, which it does only unqualified.
  */
 typedef enum ControlStatement

@@ -226,8 +226,8 @@ mark_duplicates(ConsumedMessage *messages, int count, LedgerKey *keys, int disti
  * repeats, in one statement.
  *
  * Most batches hold only new ids: their rows go in with a plain INSERT in
- * a subtransaction (the speculative insertion of INSERT ... ON CONFLICT
- * cost 2 of its 5 microseconds per row).  An id already there stops it
+ * a subtransaction, without the speculative insertion of INSERT ... ON
+ * CONFLICT, which costs per row.  An id already there stops it
  * with a unique violation, one per batch, never one per duplicate; the
  * subtransaction is rolled back and the rows go in with INSERT ... ON
  * CONFLICT DO NOTHING.  So do the batches after one that met a duplicate,

@@ -78,7 +78,7 @@ is_data_error(int sqlerrcode)
 
 /*
  * A number field read as numeric, and its text made what numeric_out
- * writes ("1e2" is "100"), as a lookup in jsonb gave it.
+ * writes ("1e2" is "100"), as a lookup in jsonb gives it.
  */
 static void
 read_number(PayloadField *field)

@@ -123,9 +123,9 @@ lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rule
 }
 
 /*
- * The upserts' plans, kept for the worker's life and found by their text:
- * parsing and planning each upsert again for every batch cost a few
- * percent of the worker's time.  Rules seldom change; when the distinct
+ * The upserts' plans, kept for the worker's life and found by their text,
+ * so that no batch parses and plans its upserts again.  Rules seldom
+ * change; when the distinct
  * statements seen pass UPSERT_PLANS_KEPT, all are dropped and made again.
  */
 #define UPSERT_PLANS_KEPT 64

@@ -19,7 +19,7 @@
  * pg_parse_json's order of calls; at the first thing outside that subset,
  * valid or not, the text is read again from the start by pg_parse_json,
  * whose answer and errors are the reference.  PostgreSQL 15's lexer copies
- * every string one character at a time: it was most of the reading.
+ * every string one character at a time, the bulk of the cost of a read.
  */
 #include "postgres.h"
 

@@ -65,9 +65,9 @@ partition_offset_values(Datum *values, const char *name,
 /*
  * Where a partition without a stored offset starts under start_from
  * 'latest': its end now, stored at once, in a commit that waits for the WAL
- * flush.  Seeking such a partition to "the end" at every assignment instead
- * skipped what was produced to it while it was unassigned (a rebalance, a
- * restart, a crash before its first batch committed).
+ * flush, so that what is produced to it while it is unassigned (a
+ * rebalance, a restart, a crash before its first batch committed) is not
+ * skipped, as seeking to "the end" at every assignment would.
  */
 static int64
 store_start_at_end(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition_t *partition)
@@ -133,11 +133,11 @@ retained_offsets(rd_kafka_t *rk, const rd_kafka_topic_partition_t *partition,
  * partition's first record (records deleted by retention while the
  * subscription was away) or past its end (the topic deleted and made
  * again, or records lost by the broker), the partition resumes at its
- * first record, and that is stored at once: left to librdkafka's reset, an
- * offset past the end was read from the first record at every assignment
- * while the stored one stayed past the end, and one below the start kept a
- * lag that never cleared.  When the broker does not answer, the offset is
- * used as stored.
+ * first record, and that is stored at once: with librdkafka's reset alone,
+ * an offset past the end would be read from the first record at every
+ * assignment while the stored one stayed past the end, and one below the
+ * start would keep a lag that never clears.  When the broker does not
+ * answer, the offset is used as stored.
  */
 static int64
 within_retained(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition_t *partition,
@@ -165,10 +165,10 @@ within_retained(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition
 
 /*
  * Where a partition without a stored offset starts under start_from
- * 'earliest': its first record, as an offset.  Left as the logical
- * "beginning", librdkafka looked it up only after a fixed half-second wait
- * when the partition's leader was not yet known to it, as on a consumer's
- * first assignment; "beginning" remains when the broker does not answer.
+ * 'earliest': its first record, as an offset: librdkafka looks the logical
+ * "beginning" up only after a fixed half-second wait when the partition's
+ * leader is not yet known to it, as on a consumer's first assignment;
+ * "beginning" remains when the broker does not answer.
  */
 static int64
 first_retained(rd_kafka_t *rk, const rd_kafka_topic_partition_t *partition, bool *broker_answers)

@@ -11,9 +11,12 @@
  * What does fail is refused for good (too large, forbidden topic) or after
  * librdkafka's own retries (unknown topic): the outbox records it.
  *
- * Delivery reports run inside rd_kafka_flush in this process's main thread;
- * each message's opaque is its OutboxEvent, and the report is recorded
- * there.  Keys are partitioned with murmur2, as Kafka's Java clients do, so
+ * Delivery reports are served by rd_kafka_poll, in this process's main
+ * thread: while a batch is awaited (kafka_producer_await_batch), while a
+ * full queue is waited on, and when idle (kafka_producer_poll).  Each
+ * message's opaque is its OutboxEvent, and the report is recorded there.
+ * The one rd_kafka_flush, when the producer is dropped, serves only the
+ * reports of purged messages, which are discarded.  Keys are partitioned with murmur2, as Kafka's Java clients do, so
  * co-partitioned topics line up.
  */
 #include "postgres.h"

@@ -17,8 +17,7 @@
  * Every function, operator and type in these statements is named with its
  * schema (pg_catalog.now(), OPERATOR(pg_catalog.=), ::pg_catalog.text), so
  * that no object another user creates can stand in for one, whatever the
- * search_path (issue 14).  They resolve to the same operators and
- * functions as before: the plans are the same.  unnest() of two arrays is
+ * search_path.  unnest() of two arrays is
  * written ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)), what
  * the parser makes of unnest($1, $2), which it accepts only unqualified.
  */
