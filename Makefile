@@ -28,6 +28,7 @@ OBJS = \
 	worker/worker_loop.o \
 	worker/relay/relay_worker.o \
 	worker/relay/relay_pipeline.o \
+	worker/relay/relay_slot.o \
 	worker/relay/outbox.o \
 	worker/kafka/kafka_client.o \
 	worker/kafka/kafka_log.o \

@@ -31,15 +31,15 @@
 
 static const char *worker_name;
 static char *database_name;
+static void (*worker_record_error) (const char *message);
 
 /*
- * Run step; on ERROR log it (prefixed with who), pass its message to
- * record_error (unless NULL), abort the transaction and return false.  Works with
- * interrupts held, too.
+ * Run step; on ERROR log it (prefixed with the worker's name), pass its
+ * message to the worker's record_error (see worker_connect), abort the
+ * transaction and return false.  Works with interrupts held, too.
  */
 bool
-worker_run_guarded(void (*step) (void *), void *arg, const char *who,
-				   void (*record_error) (const char *message))
+worker_guard(void (*step) (void *), void *arg)
 {
 	MemoryContext context = CurrentMemoryContext;
 	uint32		holdoff = InterruptHoldoffCount;
@@ -61,10 +61,10 @@ worker_run_guarded(void (*step) (void *), void *arg, const char *who,
 		AbortCurrentTransaction();
 		MemoryContextSwitchTo(context);
 		ereport(LOG,
-				(errmsg("%s: %s", who, edata->message),
+				(errmsg("%s: %s", worker_name, edata->message),
 				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
-		if (record_error != NULL)
-			record_error(edata->message);
+		if (worker_record_error != NULL)
+			worker_record_error(edata->message);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		ok = false;
 	}
@@ -163,14 +163,16 @@ worker_end_transaction(MemoryContext caller_context)
  * Start a dynamic worker whose bgw_extra begins with its database's OID:
  * signals, the connection, and the search_path of a superuser's worker
  * (nothing a database user creates may stand in for built-ins).  who names
- * the worker in its log lines.
+ * the worker in its log lines; record_error (unless NULL) keeps the message
+ * of an error worker_guard() caught, for the stat views.
  */
 void
-worker_connect(const char *who)
+worker_connect(const char *who, void (*record_error) (const char *message))
 {
 	Oid			database;
 
 	worker_name = who;
+	worker_record_error = record_error;
 	memcpy(&database, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);

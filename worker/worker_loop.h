@@ -11,10 +11,8 @@
 #include "access/htup.h"
 #include "access/tupdesc.h"
 
-extern bool worker_run_guarded(void (*step) (void *), void *arg, const char *who,
-							   void (*record_error) (const char *message));
-
-extern void worker_connect(const char *who);
+extern void worker_connect(const char *who, void (*record_error) (const char *message));
+extern bool worker_guard(void (*step) (void *), void *arg);
 extern void worker_leave(const char *why) pg_attribute_noreturn();
 extern void worker_check_interrupts(void);
 extern void worker_main_loop(long (*step) (void)) pg_attribute_noreturn();

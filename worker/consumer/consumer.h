@@ -206,9 +206,6 @@ extern void kafka_consumer_publish_watermarks(const Subscription *subscription, 
 extern bool kafka_consumer_query_watermarks(const char *topic, int32 partition, int64 *low,
 											int64 *high);
 
-/* consumer_worker.c: for the rebalance callback's database step */
-extern bool consumer_worker_run_guarded(void (*step) (void *), void *arg);
-
 /* consumer_manager.c, consumer_worker.c */
 extern PGDLLEXPORT void eventpipe_consumer_manager_main(Datum main_arg);
 extern PGDLLEXPORT void eventpipe_consumer_main(Datum main_arg);

@@ -301,7 +301,7 @@ reconcile(void)
 	int			i;
 
 	subscriptions = NIL;
-	if (!worker_run_guarded(list_step, NULL, "eventpipe consumer manager", NULL))
+	if (!worker_guard(list_step, NULL))
 		return MANAGER_POLL_MS;
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
@@ -387,7 +387,7 @@ attach(void)
 void
 eventpipe_consumer_manager_main(Datum main_arg)
 {
-	worker_connect("eventpipe consumer manager");
+	worker_connect("eventpipe consumer manager", NULL);
 	attach();
 	worker_main_loop(reconcile);
 }

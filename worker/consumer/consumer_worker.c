@@ -72,12 +72,6 @@ record_error(const char *message)
 	eventpipe_set_consumer_error(slot, message);
 }
 
-bool
-consumer_worker_run_guarded(void (*step) (void *), void *arg)
-{
-	return worker_run_guarded(step, arg, who, record_error);
-}
-
 static void
 consumer_exit(int code, Datum arg)
 {
@@ -212,7 +206,7 @@ prune_ledger_now_and_then(void)
 		return;
 	last_prune = now;
 	set_ps_display("pruning the dedup ledger");
-	while (pruned == PRUNE_ROWS && consumer_worker_run_guarded(prune_step, &pruned))
+	while (pruned == PRUNE_ROWS && worker_guard(prune_step, &pruned))
 	{
 		total += pruned;
 		worker_check_interrupts();
@@ -337,10 +331,10 @@ apply_batch(ConsumerBatch *batch)
 {
 	ApplyStep	step = {batch, false, APPLY_DONE};
 
-	if (!consumer_worker_run_guarded(apply_step, &step))
+	if (!worker_guard(apply_step, &step))
 	{
 		step.isolate_failures = true;
-		if (!consumer_worker_run_guarded(apply_step, &step))
+		if (!worker_guard(apply_step, &step))
 			return false;
 	}
 	if (step.result == APPLY_NO_SUBSCRIPTION)
@@ -382,7 +376,7 @@ carry_out_replays(List *replays)
 				(errmsg("%s: replaying partition %d of topic \"%s\" from offset " INT64_FORMAT " (asked: " INT64_FORMAT ")",
 						who, (int) replay->partition, replay->topic, replay->from_offset, asked)));
 	}
-	if (!consumer_worker_run_guarded(replays_step, replays))
+	if (!worker_guard(replays_step, replays))
 		return fail_and_back_off();
 	/* rejoin: the new assignment starts at the offsets just stored */
 	kafka_consumer_stop(true);
@@ -417,7 +411,7 @@ retry_dead_letters(const Subscription *subscription)
 	RetriesStep step = {&batch, subscription->batch_size};
 	bool		applied;
 
-	if (!consumer_worker_run_guarded(load_retries_step, &step))
+	if (!worker_guard(load_retries_step, &step))
 		return fail_and_back_off();
 	if (batch.count == 0)
 		return 0;
@@ -454,7 +448,7 @@ consumer_step(void)
 		show_activity(CONSUMER_NOT_CONFIGURED, "waiting: eventpipe.bootstrap_servers is not set");
 		return 1000;
 	}
-	if (!consumer_worker_run_guarded(read_step, &read))
+	if (!worker_guard(read_step, &read))
 		return fail_and_back_off();
 	if (read.result == APPLY_NO_SUBSCRIPTION)
 	{
@@ -545,7 +539,7 @@ eventpipe_consumer_main(Datum main_arg)
 {
 	strlcpy(subscription_name, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(subscription_name));
 	snprintf(who, sizeof(who), "eventpipe consumer \"%s\"", subscription_name);
-	worker_connect(who);
+	worker_connect(who, record_error);
 	attach_to_slot();
 
 	/*

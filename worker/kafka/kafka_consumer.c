@@ -41,6 +41,7 @@
 #include "kafka_statistics.h"
 #include "worker/consumer/consumer.h"
 #include "kafka_log.h"
+#include "worker/worker_loop.h"
 
 /* After the first message, wait this long for more before the batch is applied. */
 #define FOLLOW_WAIT_MS 10
@@ -97,7 +98,7 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		bool		read;
 
 		in_rebalance = true;
-		read = consumer_worker_run_guarded(read_offsets_step, &step);
+		read = worker_guard(read_offsets_step, &step);
 		in_rebalance = false;
 		if (!read)
 		{

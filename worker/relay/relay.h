@@ -3,7 +3,8 @@
  *		The relay worker's pieces: a batch of outbox events, read from and
  *		deleted in the database (outbox.c), sent with librdkafka
  *		(kafka_producer.c), in runs of overlapping batches
- *		(relay_pipeline.c), driven by the worker's main loop (relay_worker.c).
+ *		(relay_pipeline.c), driven by the worker's main loop (relay_worker.c),
+ *		both of which keep the worker's state in its slot (relay_slot.c).
  */
 #ifndef EVENTPIPE_RELAY_H
 #define EVENTPIPE_RELAY_H
@@ -112,15 +113,23 @@ typedef struct RelayRun
 
 extern RelayRun relay_pipeline_run(int shard, const char *ce_source);
 
-/* relay_worker.c: the worker process, for the pipeline */
-extern PGDLLEXPORT void eventpipe_relay_main(Datum main_arg);
-extern bool relay_run_guarded(void (*step) (void *), void *arg);
+/* relay_slot.c: the worker's process state, for the loop and the pipeline */
+extern void relay_attach_slot(int shard);
+extern void relay_client_id(char *buf, size_t size);
 extern bool relay_keep_waiting(void);
 extern bool relay_must_leave(void);
+extern bool relay_paused(void);
+extern bool relay_pause_known(void);
 extern bool relay_pause_changed(void);
 extern void relay_show_activity(RelayState state, const char *activity);
+extern RelayState relay_shown_state(void);
+extern void relay_set_error(const char *message);
+extern void relay_note_progress(void);
 extern void relay_account_batch(OutboxBatch *batch, BatchOutcome *outcome);
 extern uint64 relay_take_lowest_committed_id(void);
 extern bool relay_commit_reported(void);
+
+/* relay_worker.c: the worker process */
+extern PGDLLEXPORT void eventpipe_relay_main(Datum main_arg);
 
 #endif							/* EVENTPIPE_RELAY_H */

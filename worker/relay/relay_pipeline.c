@@ -57,6 +57,7 @@
 #include "extension/guc.h"
 #include "extension/shmem.h"
 #include "relay.h"
+#include "worker/worker_loop.h"
 
 /* A run of batches claims no more after this long: then a full claim. */
 #define RUN_MS 1000
@@ -117,7 +118,7 @@ claim(int shard, int64 after_id, ArrayType *in_flight, bool nowait,
 	claimed->context = context;
 	claimed->from_start = after_id == 0;
 	claimed->claim_started = GetCurrentTimestamp();
-	ok = relay_run_guarded(claim_step, &step);
+	ok = worker_guard(claim_step, &step);
 	claimed->claimed = GetCurrentTimestamp();
 	MemoryContextSwitchTo(caller);
 	pfree(in_flight);
@@ -192,7 +193,7 @@ record(ClaimedBatch *claimed, int shard, bool *retried)
 	OutcomeStep step = {&claimed->rows};
 	TimestampTz started = GetCurrentTimestamp();
 	MemoryContext caller = MemoryContextSwitchTo(claimed->context);
-	bool		ok = relay_run_guarded(outcome_step, &step);
+	bool		ok = worker_guard(outcome_step, &step);
 
 	MemoryContextSwitchTo(caller);
 	if (!ok)
