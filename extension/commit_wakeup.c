@@ -13,15 +13,8 @@
  *
  * The lowest id goes to every relay slot (an atomic minimum) once the
  * commit is visible; from before it is visible (pre-commit) until then the
- * transaction counts in publishers_committing.  A relay that reads past its
- * batches in flight looks at both after each claim (see relay_pipeline.c):
- * any commit its claim could see is either counted or reported by then, so
- * it learns of a row that showed up late below its batches before it sends
- * a later event of the same key, which only a later transaction (or a later
- * statement of this one) can have written.  Transactions committed with
- * COMMIT PREPARED in another session report nothing: they are found by the
- * relay's poll, and the relay does not read past its batches where prepared
- * transactions are enabled.
+ * transaction counts in publishers_committing.  Why a relay needs both:
+ * docs/design.md, "Waking at commit".
  */
 #include "postgres.h"
 

@@ -5,24 +5,13 @@
  *		message at a time (rd_kafka_consumer_poll, never the batch API), and
  *		told the offsets to commit once the database has committed a batch.
  *
- * Offsets live in the database.  Auto-commit and auto-store are off; on
- * every assignment the rebalance callback reads eventpipe.consumer_offsets
- * and assigns each partition at its stored offset, or at the beginning
- * (start_from 'earliest') when none is stored, or at its end as of the
- * first assignment (start_from 'latest', stored then).  The callback runs inside
- * rd_kafka_consumer_poll in this process's main thread, so it may use the
- * database, guarded so that no ERROR unwinds through librdkafka.  Messages
- * polled before a rebalance are dropped: the new assignment starts again
- * from the database's offsets.
- *
- * A paused subscription's consumer subscribes to nothing: it leaves the
- * group, and serves only to ask the brokers for the high watermarks (the
- * lag keeps growing in pg_stat_consumer).  On resume the consumer is built
- * again and its assignment starts at the database's offsets: exactly where
- * the worker stopped, without librdkafka's pause and resume of partitions
- * (whose fetch positions 2.0.x can get wrong, fixed in 2.1.0) and without a
- * group member that stops polling (max.poll.interval.ms) or holds on to
- * partitions another member could take.
+ * Offsets live in the database (auto-commit and auto-store are off): the
+ * rebalance callback, which runs inside rd_kafka_consumer_poll in this
+ * process's main thread, assigns each partition at the offset
+ * kafka_consumer_offsets.c reads, guarded so that no ERROR unwinds through
+ * librdkafka.  A paused subscription's consumer subscribes to nothing and
+ * only asks for high watermarks.  Why: docs/design.md, "How the consumer
+ * reads Kafka".
  *
  * The high watermarks of the assigned partitions are those librdkafka
  * learns from its fetches (rd_kafka_get_watermark_offsets, no request);

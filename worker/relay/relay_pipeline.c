@@ -7,41 +7,16 @@
  *		The database work of one batch thus overlaps the broker's round trip
  *		of the others, and the broker always has the next batch at hand.
  *
- * Order per key: librdkafka's idempotent producer delivers the messages of a
- * partition in the order they were handed over, and reports them in that
- * order, so a batch never has an event delivered while an earlier event of
- * its key, in an older batch, is still unacknowledged.  An event refused on
- * the spot holds back the later events of its key in every batch of the run.
- * When any event of a batch is not delivered, or the worker must stop, no
- * further batch is claimed; those in flight are awaited and recorded, and
- * the run ends.
+ * Order per key: librdkafka's idempotent producer reports a partition's
+ * messages in the order they were handed over, so no batch has an event
+ * delivered before an earlier event of its key; an event refused on the
+ * spot holds back the later events of its key for the rest of the run.
  *
- * Claims pass over the rows in flight (their rows are still in the outbox).
- * A claim from the start of the outbox steps over every row deleted since the
- * last vacuum too; a claim past the batches in flight does not, but would
- * pass over a row that became due below them.  So a run claims past its
- * batches only while no such row can exist:
- *  - a row that showed up late, its transaction having taken its id early
- *    and committed after later ones: publishers count themselves as
- *    committing from before their commit is visible until they have lowered
- *    the "lowest id committed" of every relay slot (commit_wakeup.c).  After
- *    each claim the worker reads that count, then takes that id: a claim
- *    that may have passed over such a row is dropped unsent and made again
- *    from the start, and the next one starts from the start;
- *  - events held back behind a retry: once a batch with retried events is
- *    recorded, the next claim starts from the start;
- *  - the rows past the end of a claim from the start that filled its batch:
- *    the next claim starts after its last row, not after the batches in
- *    flight.
- * Rows written otherwise than by publish() or capture (retry_dead(), a
- * superuser's INSERT, a COMMIT PREPARED in another session) report nothing:
- * where prepared transactions are enabled claims always start from the
- * start, and the others are found by the claim from the start that begins
- * each run (at the next poll at the latest); a run claims no more after
- * RUN_MS.  Nor once its last claim came back short with no commit reported
- * since: that claim saw every row, and the next commit wakes the worker
- * (when commits came one by one, claiming again each time, from the start
- * in a new run, cost more than the event).
+ * A claim past the batches in flight would pass over a row that became due
+ * below them: update_floor() and claim_next() claim from the start of the
+ * outbox whenever such a row may exist.  Why and when, with the commit
+ * reports of commit_wakeup.c: docs/design.md, "Claims that never skip a
+ * committed row".
  *
  * Interrupts are held for the whole run (see relay_worker.c): a SIGTERM ends
  * it once what is in flight is acknowledged and recorded.
