@@ -41,6 +41,7 @@
 #include "extension/shmem.h"
 #include "worker/kafka/kafka_statistics.h"
 #include "worker/relay/relay.h"
+#include "worker/worker_loop.h"
 
 PGDLLEXPORT void eventpipe_launcher_main(Datum main_arg);
 
@@ -162,17 +163,7 @@ database_to_serve(void)
 static bool
 relay_is_running(RelayHandle *relay)
 {
-	pid_t		pid;
-	BgwHandleStatus status;
-
-	if (relay->handle == NULL)
-		return false;
-	status = GetBackgroundWorkerPid(relay->handle, &pid);
-	if (status == BGWH_STARTED || status == BGWH_NOT_YET_STARTED)
-		return true;
-	pfree(relay->handle);
-	relay->handle = NULL;
-	return false;
+	return worker_handle_is_running(&relay->handle);
 }
 
 /* Start a dynamic worker in database that tells the launcher when it ends. */

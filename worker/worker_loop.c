@@ -208,6 +208,38 @@ worker_check_interrupts(void)
 		worker_leave("eventpipe.database names another database");
 }
 
+/* A back-off that doubles from first_ms, after each failure in a row, to last_ms. */
+long
+worker_backoff_ms(int failures_in_a_row, long first_ms, long last_ms)
+{
+	long		ms = first_ms;
+	int			i;
+
+	for (i = 1; i < failures_in_a_row && ms < last_ms; i++)
+		ms *= 2;
+	return Min(ms, last_ms);
+}
+
+/*
+ * Is the dynamic worker of *handle started or starting?  When it is not,
+ * the handle is freed and set to NULL.
+ */
+bool
+worker_handle_is_running(BackgroundWorkerHandle **handle)
+{
+	pid_t		pid;
+	BgwHandleStatus status;
+
+	if (*handle == NULL)
+		return false;
+	status = GetBackgroundWorkerPid(*handle, &pid);
+	if (status == BGWH_STARTED || status == BGWH_NOT_YET_STARTED)
+		return true;
+	pfree(*handle);
+	*handle = NULL;
+	return false;
+}
+
 /*
  * The main loop: step() in a memory context reset after every turn, then
  * sleep as long as it says (0: go on at once) or until the latch is set.

@@ -10,12 +10,15 @@
 
 #include "access/htup.h"
 #include "access/tupdesc.h"
+#include "postmaster/bgworker.h"
 
 extern void worker_connect(const char *who, void (*record_error) (const char *message));
 extern bool worker_guard(void (*step) (void *), void *arg);
 extern void worker_leave(const char *why) pg_attribute_noreturn();
 extern void worker_check_interrupts(void);
 extern void worker_main_loop(long (*step) (void)) pg_attribute_noreturn();
+extern long worker_backoff_ms(int failures_in_a_row, long first_ms, long last_ms);
+extern bool worker_handle_is_running(BackgroundWorkerHandle **handle);
 extern MemoryContext worker_begin_transaction(const char *activity);
 extern struct _SPI_plan *worker_prepare_kept(const char *sql, int nargs, Oid *types,
 											 int cursor_options);

@@ -86,17 +86,7 @@ manager_exit(int code, Datum arg)
 static bool
 is_running(ConsumerHandle *consumer)
 {
-	pid_t		pid;
-	BgwHandleStatus status;
-
-	if (consumer->handle == NULL)
-		return false;
-	status = GetBackgroundWorkerPid(consumer->handle, &pid);
-	if (status == BGWH_STARTED || status == BGWH_NOT_YET_STARTED)
-		return true;
-	pfree(consumer->handle);
-	consumer->handle = NULL;
-	return false;
+	return worker_handle_is_running(&consumer->handle);
 }
 
 static ConsumerHandle *

@@ -90,12 +90,7 @@ show_activity(ConsumerState state, const char *activity)
 static long
 backoff_ms(void)
 {
-	long		ms = BACKOFF_FIRST_MS;
-	int			i;
-
-	for (i = 1; i < failures_in_a_row && ms < BACKOFF_LAST_MS; i++)
-		ms *= 2;
-	return Min(ms, BACKOFF_LAST_MS);
+	return worker_backoff_ms(failures_in_a_row, BACKOFF_FIRST_MS, BACKOFF_LAST_MS);
 }
 
 /* A failed step: pause, then start over from the database's offsets. */

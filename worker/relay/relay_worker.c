@@ -38,12 +38,7 @@ static int	failures_in_a_row = 0;
 static long
 backoff_ms(void)
 {
-	long		ms = RELAY_BACKOFF_FIRST_MS;
-	int			i;
-
-	for (i = 1; i < failures_in_a_row && ms < RELAY_BACKOFF_LAST_MS; i++)
-		ms *= 2;
-	return Min(ms, RELAY_BACKOFF_LAST_MS);
+	return worker_backoff_ms(failures_in_a_row, RELAY_BACKOFF_FIRST_MS, RELAY_BACKOFF_LAST_MS);
 }
 
 /*
