@@ -14,16 +14,11 @@
 #include "consumer_sql.h"
 #include "user_code.h"
 
-typedef struct HandlerCall
-{
-	const ConsumedMessage *message;
-} HandlerCall;
-
 /* Call the message's handlers, each as the role that declared it. */
 static void
 call_handlers(void *arg)
 {
-	const ConsumedMessage *message = ((HandlerCall *) arg)->message;
+	const ConsumedMessage *message = (const ConsumedMessage *) arg;
 	Datum		metadata = JsonbPGetDatum(consumer_message_metadata(message));
 	ListCell   *lc;
 
@@ -60,11 +55,11 @@ consumer_run_handlers(ConsumedMessage *messages, int count, int32 ledger_id)
 	for (i = 0; i < count; i++)
 	{
 		ConsumedMessage *message = &messages[i];
-		HandlerCall call = {message};
 
 		if (message->fate != MESSAGE_APPLIED || message->handlers == NIL)
 			continue;
-		message->error = consumer_run_in_subtransaction(call_handlers, &call, consumer_is_message_fault);
+		message->error = consumer_run_in_subtransaction(call_handlers, message,
+														consumer_is_message_fault);
 		if (message->error != NULL)
 		{
 			message->fate = MESSAGE_DEAD;

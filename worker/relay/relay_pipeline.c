@@ -18,8 +18,9 @@
  * reports of commit_wakeup.c: docs/design.md, "Claims that never skip a
  * committed row".
  *
- * Interrupts are held for the whole run (see relay_worker.c): a SIGTERM ends
- * it once what is in flight is acknowledged and recorded.
+ * Interrupts are held for the whole run (relay_keep_waiting(), in
+ * relay_slot.c, serves what other processes wait for meanwhile): a SIGTERM
+ * ends it once what is in flight is acknowledged and recorded.
  */
 #include "postgres.h"
 
