@@ -23,8 +23,9 @@
 -- the update grants nothing itself (a grant made by an extension script is
 -- an initial privilege, which pg_dump leaves out).
 --
--- Like every version, there is no separate install script: CREATE
--- EXTENSION eventpipe runs eventpipe--0.1.sql and each upgrade script.
+-- For updates only: CREATE EXTENSION eventpipe runs eventpipe--0.4.sql,
+-- which builds the same objects directly (sql/upgrade.sql compares the two).
+-- What this script and that one create must stay identical.
 
 \echo Use "ALTER EXTENSION eventpipe UPDATE TO '0.4'" to load this file. \quit
 
@@ -905,3 +906,14 @@ SELECT s.name AS subscription,
   FROM eventpipe.subscriptions AS s
   LEFT JOIN eventpipe.consumer_stats() AS w ON w.subscription = s.name
   LEFT JOIN partitions AS p ON p.subscription = s.name;
+
+------------------------------------------------------------------------------
+-- Comments the relay's statistics lacked
+------------------------------------------------------------------------------
+
+COMMENT ON FUNCTION eventpipe.relay_shard(text, bigint, integer) IS
+    'The relay worker (0 to workers - 1) that sends an outbox row: a hash of its key, or of its id when it has none';
+COMMENT ON FUNCTION eventpipe.relay_stats() IS
+    'Per relay worker: state and counters from shared memory (they survive worker restarts); pg_stat_relay adds the backlog';
+COMMENT ON VIEW eventpipe.pg_stat_relay IS
+    'Per relay worker: state, counters, and the backlog of the outbox rows it sends in this database with the age of the oldest';
