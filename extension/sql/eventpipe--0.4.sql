@@ -473,9 +473,9 @@ COMMENT ON COLUMN eventpipe.handlers.confirmed IS
 -- ever compared for equality: collation "C" makes every comparison in its
 -- index a memcmp instead of a locale's strcoll.
 --
--- The columns are in the order an installation updated from 0.2 has them
--- (its ledger was converted in place), so that both show the same columns
--- in the same order (SELECT *, COPY without a column list).
+-- The columns are in the order an installation created before 0.3 has them
+-- (the 0.3 update converted its ledger in place), so that both show the
+-- same columns in the same order (SELECT *, COPY without a column list).
 CREATE TABLE eventpipe.event_handled (
     event_text      text        COLLATE "C",
     handled_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
