@@ -50,16 +50,28 @@ OBJS = \
 	worker/consumer/consumer_sql.o \
 	worker/consumer/user_code.o
 
-# The install script of the first version and one upgrade script per later
-# version; CREATE EXTENSION chains them up to default_version.
-DATA = sql/$(EXTENSION)--0.1.sql sql/$(EXTENSION)--0.1--0.2.sql sql/$(EXTENSION)--0.2--0.3.sql \
-	sql/$(EXTENSION)--0.3--0.4.sql
+# The extension's SQL scripts live in extension/sql/, apart from the
+# pg_regress suites.  CREATE EXTENSION runs the install script of
+# default_version (0.4) alone; ALTER EXTENSION UPDATE runs the upgrade scripts
+# from 0.1's install script on (sql/upgrade.sql checks that both end alike).
+DATA = $(addprefix extension/sql/$(EXTENSION)--,0.4.sql \
+	0.1.sql 0.1--0.2.sql 0.2--0.3.sql 0.3--0.4.sql)
 
-# pg_regress suites live in sql/ and expected/; scripts/test runs them with
-# a temporary instance that preloads the library (test/preload.conf), and
-# the not_preloaded suite with one that does not.
+# The pg_regress suites: sql/*.sql, expected/*.out.  After `make install`,
+# as a user other than root (pg_regress starts a server):
+#   make installcheck                 REGRESS, in a temporary instance that
+#                                     preloads the library
+#   make installcheck-not-preloaded   REGRESS_NOT_PRELOADED, in a temporary
+#                                     instance that does not
+# Results, diffs, logs and the instances go to REGRESS_OUTDIR (default: here)
+# and NOT_PRELOADED_OUTDIR.  scripts/test runs both targets.
 REGRESS = publish relay_stats dead_letters upgrade capture consumer_api operations
 REGRESS_NOT_PRELOADED = not_preloaded
+REGRESS_OUTDIR = .
+NOT_PRELOADED_OUTDIR = $(REGRESS_OUTDIR)/not_preloaded
+REGRESS_OPTS = --temp-config=$(srcdir)/sql/regress_preload.conf \
+	--temp-instance=$(REGRESS_OUTDIR)/tmp_check --outputdir=$(REGRESS_OUTDIR)
+EXTRA_CLEAN = $(NOT_PRELOADED_OUTDIR)
 
 # -Wextra's unused-parameter warning is off: callback signatures (hooks,
 # librdkafka, fmgr) fix parameters we do not always need.
@@ -74,6 +86,11 @@ include $(PGXS)
 # changes (shared-memory layouts must agree across files).  Headers are
 # included by their path from the top folder (PGXS puts -I$(srcdir) first).
 $(OBJS): $(wildcard extension/*.h worker/*.h worker/*/*.h)
+
+.PHONY: installcheck-not-preloaded
+installcheck-not-preloaded:
+	$(pg_regress_installcheck) --temp-instance=$(NOT_PRELOADED_OUTDIR)/tmp_check \
+		--outputdir=$(NOT_PRELOADED_OUTDIR) --dbname=$(CONTRIB_TESTDB) $(REGRESS_NOT_PRELOADED)
 
 # The suite lists, for scripts/test.
 .PHONY: print-regress print-regress-not-preloaded

@@ -77,7 +77,7 @@ SELECT p.oid::regprocedure AS function, has_function_privilege('public', p.oid, 
  WHERE p.pronamespace = 'eventpipe'::regnamespace
    AND p.proname IN ('pause', 'resume', 'replay', 'retry_consumer_dead', 'set_paused',
                      'consumer_partition_stats', 'consumer_stats', 'stat_reset')
- ORDER BY 1;
+ ORDER BY p.oid::regprocedure::text;
 SELECT has_table_privilege('public', 'eventpipe.pg_stat_consumer', 'SELECT') AS public_may_read,
        has_table_privilege('pg_monitor', 'eventpipe.pg_stat_consumer', 'SELECT') AS pg_monitor_may_read;
 

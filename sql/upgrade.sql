@@ -70,8 +70,146 @@ SELECT count(*) AS ledger_rows FROM eventpipe.event_handled;
 DROP EXTENSION eventpipe;
 DROP TABLE upgrade_metrics;
 
--- a fresh install goes to the default version
+------------------------------------------------------------------------------
+-- A fresh install (eventpipe--<default_version>.sql alone) and an installation
+-- updated from 0.1 through every upgrade script end identical.
+------------------------------------------------------------------------------
+
+-- Each installation is described by catalog rows (kind, object, detail),
+-- written without OIDs; the two descriptions are compared row for row.
+-- What is compared: the extension's members; tables, views, sequences and
+-- their options and owners; columns (type, NOT NULL, default, identity,
+-- collation, storage) by name and by their place among the live columns;
+-- constraints; indexes; sequences' parameters and owning columns;
+-- triggers; view definitions; functions in full (pg_get_functiondef:
+-- arguments and defaults, result, language, volatility, strictness,
+-- parallel safety, SECURITY DEFINER, cost, SET options, body); privileges
+-- on the schema, tables, columns and functions, effective (NULL read as
+-- the default it stands for) and initial (pg_init_privs, which pg_dump
+-- compares with); comments on the members and their columns; the tables
+-- pg_dump carries (pg_extension_config_dump); the admin role.
+-- Not compared, because an update cannot match a fresh CREATE TABLE there
+-- and no statement sees it: attnum itself (a column dropped by an update
+-- leaves a hole: the ledger's subscription column, 0.3), and attmissingval,
+-- the value that rows older than an ADD COLUMN ... DEFAULT read (paused,
+-- confirmed).
+CREATE FUNCTION pg_temp.acl_text(acl aclitem[]) RETURNS text
+LANGUAGE sql STABLE
+RETURN (SELECT string_agg(CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END
+                          || '=' || x.privilege_type || CASE WHEN x.is_grantable THEN '*' ELSE '' END
+                          || ' by ' || pg_get_userbyid(x.grantor), ', ' ORDER BY 1)
+          FROM aclexplode(acl) AS x);
+
+CREATE TEMP VIEW eventpipe_catalog (kind, object, detail) AS
+WITH ext AS (
+    SELECT e.* FROM pg_extension AS e WHERE e.extname = 'eventpipe'
+), ns AS (
+    -- by name: a regnamespace constant would make this view depend on the schema
+    SELECT n.* FROM pg_namespace AS n WHERE n.nspname = 'eventpipe'
+), members AS (
+    SELECT d.classid, d.objid FROM pg_depend AS d, ext
+     WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
+), rels AS (
+    SELECT c.* FROM pg_class AS c, ns WHERE c.relnamespace = ns.oid
+), procs AS (
+    SELECT p.* FROM pg_proc AS p, ns WHERE p.pronamespace = ns.oid
+)
+SELECT 'extension', ext.extname::text,
+       concat_ws(' | ', ext.extversion, ext.extrelocatable, ext.extnamespace::regnamespace,
+                 pg_get_userbyid(ext.extowner))
+  FROM ext
+UNION ALL
+SELECT 'member', pg_describe_object(m.classid, m.objid, 0), '' FROM members AS m
+UNION ALL
+SELECT 'schema', n.nspname::text,
+       concat_ws(' | ', pg_get_userbyid(n.nspowner),
+                 pg_temp.acl_text(coalesce(n.nspacl, acldefault('n', n.nspowner))))
+  FROM ns AS n
+UNION ALL
+SELECT 'relation', c.oid::regclass::text,
+       concat_ws(' | ', c.relkind, c.relpersistence, pg_get_userbyid(c.relowner), c.relreplident,
+                 c.relrowsecurity, array_to_string(ARRAY(SELECT unnest(c.reloptions) ORDER BY 1), ', '),
+                 pg_temp.acl_text(coalesce(c.relacl, acldefault(CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char",
+                                                                c.relowner))))
+  FROM rels AS c WHERE c.relkind <> 'i'
+UNION ALL
+SELECT 'column', c.oid::regclass || '.' || a.attname,
+       concat_ws(' | ', row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum),
+                 format_type(a.atttypid, a.atttypmod), CASE WHEN a.attnotnull THEN 'not null' END,
+                 'default ' || pg_get_expr(ad.adbin, ad.adrelid), 'identity ' || nullif(a.attidentity::text, ''),
+                 'generated ' || nullif(a.attgenerated::text, ''),
+                 'collate ' || (SELECT co.collname FROM pg_collation AS co WHERE co.oid = a.attcollation),
+                 'storage ' || a.attstorage::text, 'privileges ' || pg_temp.acl_text(a.attacl))
+  FROM rels AS c
+  JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef AS ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+ WHERE c.relkind IN ('r', 'p', 'v')
+UNION ALL
+SELECT 'constraint', co.conrelid::regclass || ' ' || co.conname, pg_get_constraintdef(co.oid)
+  FROM pg_constraint AS co, ns WHERE co.connamespace = ns.oid
+UNION ALL
+SELECT 'index', i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+  FROM pg_index AS i JOIN rels AS c ON c.oid = i.indrelid
+UNION ALL
+SELECT 'sequence', s.seqrelid::regclass::text,
+       concat_ws(' | ', format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmax, s.seqmin,
+                 s.seqcache, s.seqcycle,
+                 (SELECT string_agg(pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid)
+                                    || ' ' || d.deptype::text, ', ' ORDER BY 1)
+                    FROM pg_depend AS d
+                   WHERE d.classid = 'pg_class'::regclass AND d.objid = s.seqrelid
+                     AND d.refclassid = 'pg_class'::regclass))
+  FROM pg_sequence AS s JOIN rels AS c ON c.oid = s.seqrelid
+UNION ALL
+SELECT 'view', c.oid::regclass::text, pg_get_viewdef(c.oid, true) FROM rels AS c WHERE c.relkind = 'v'
+UNION ALL
+SELECT 'trigger', t.tgrelid::regclass || ' ' || t.tgname, pg_get_triggerdef(t.oid, true) || ' ' || t.tgenabled::text
+  FROM pg_trigger AS t JOIN rels AS c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text,
+       concat_ws(' | ', pg_get_userbyid(p.proowner),
+                 pg_temp.acl_text(coalesce(p.proacl, acldefault('f', p.proowner))),
+                 pg_get_functiondef(p.oid))
+  FROM procs AS p
+UNION ALL
+SELECT 'initial privileges', pg_describe_object(i.classoid, i.objoid, i.objsubid),
+       i.privtype::text || ' ' || coalesce(pg_temp.acl_text(i.initprivs), '')
+  FROM pg_init_privs AS i
+ WHERE (i.classoid, i.objoid) IN (SELECT m.classid, m.objid FROM members AS m)
+    OR (i.classoid, i.objoid) IN (SELECT 'pg_namespace'::regclass, ns.oid FROM ns)
+UNION ALL
+SELECT 'comment', pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description
+  FROM pg_description AS d
+ WHERE (d.classoid, d.objoid) IN (SELECT m.classid, m.objid FROM members AS m)
+UNION ALL
+SELECT 'dumped table', c.rel::regclass::text, c.condition
+  FROM ext, unnest(ext.extconfig, ext.extcondition) AS c(rel, condition)
+UNION ALL
+SELECT 'role', r.rolname::text,
+       concat_ws(' | ', r.rolcanlogin, r.rolinherit, shobj_description(r.oid, 'pg_authid'))
+  FROM pg_roles AS r WHERE r.rolname = 'eventpipe_admin';
+
+-- Both start from nothing: no schema eventpipe left by the suites before
+-- (DROP EXTENSION leaves the schema that CREATE EXTENSION made).
+DROP SCHEMA eventpipe;
 CREATE EXTENSION eventpipe;
 SELECT extversion = default_version AS at_default_version
   FROM pg_extension, pg_available_extensions WHERE extname = 'eventpipe' AND name = extname;
+CREATE TEMP TABLE fresh AS SELECT * FROM eventpipe_catalog;
+DROP EXTENSION eventpipe;
+DROP SCHEMA eventpipe;
+
+CREATE EXTENSION eventpipe VERSION '0.1';
+ALTER EXTENSION eventpipe UPDATE;
+CREATE TEMP TABLE updated AS SELECT * FROM eventpipe_catalog;
+
+-- what each describes (so that an empty difference is not an empty
+-- description) ...
+SELECT kind, count(*) FROM fresh GROUP BY kind ORDER BY kind;
+-- ... and the differences: none
+(SELECT 'fresh only' AS side, * FROM fresh EXCEPT SELECT 'fresh only', * FROM updated)
+UNION ALL
+(SELECT 'updated only', * FROM updated EXCEPT SELECT 'updated only', * FROM fresh)
+ORDER BY object, kind, side;
+
 DROP EXTENSION eventpipe;

@@ -1,4 +1,11 @@
--- eventpipe 0.3 -> 0.4: the consumer's privilege model.
+-- eventpipe 0.4: the install script.  CREATE EXTENSION eventpipe runs this
+-- file alone, into the schema eventpipe (see eventpipe.control), and builds
+-- the current shape directly.  The scripts beside it, eventpipe--0.1.sql and
+-- one upgrade script per later version, serve ALTER EXTENSION eventpipe
+-- UPDATE (and CREATE EXTENSION ... VERSION of an older version).  A fresh
+-- install and one updated from 0.1 must end identical: the pg_regress suite
+-- sql/upgrade.sql compares their catalogs.  A change to this file is a new
+-- version: it goes into a new upgrade script too.
 --
 -- Who declared a subscription, rule or handler is recorded by the system,
 -- never taken from a column default or an argument: the declaring functions
@@ -16,20 +23,11 @@
 -- which pg_shdepend records, so DROP ROLE refuses to drop an owner;
 -- DROP OWNED BY and REASSIGN OWNED BY deal with its eventpipe objects as
 -- with any other (see extension/owned_objects.c).
---
--- Owners written before 0.4 are not trusted: any declaring role could write
--- any owner then.  Their rules and handlers stay unconfirmed, and run no
--- more, until a superuser confirms them with eventpipe.confirm_owner();
--- the update grants nothing itself (a grant made by an extension script is
--- an initial privilege, which pg_dump leaves out).
---
--- Like every version, there is no separate install script: CREATE
--- EXTENSION eventpipe runs eventpipe--0.1.sql and each upgrade script.
 
-\echo Use "ALTER EXTENSION eventpipe UPDATE TO '0.4'" to load this file. \quit
+\echo Use "CREATE EXTENSION eventpipe" to load this file. \quit
 
 ------------------------------------------------------------------------------
--- The admin role and ownership
+-- The admin role
 ------------------------------------------------------------------------------
 
 -- Roles are cluster-wide: a second database's CREATE EXTENSION finds it.
@@ -43,92 +41,551 @@ $$;
 COMMENT ON ROLE eventpipe_admin IS
     'Members may change every eventpipe subscription, rule and handler, whoever declared it';
 
-ALTER TABLE eventpipe.subscriptions ADD COLUMN owner regrole;
-COMMENT ON COLUMN eventpipe.subscriptions.owner IS
-    'The role that declared the subscription: it, a superuser or an eventpipe_admin member may change it';
--- Subscriptions declared before owners existed belong to the extension's
--- owner: a superuser hands one to its role (UPDATE ... SET owner).
-UPDATE eventpipe.subscriptions
-   SET owner = (SELECT e.extowner::pg_catalog.regrole FROM pg_catalog.pg_extension AS e
-                 WHERE e.extname OPERATOR(pg_catalog.=) 'eventpipe');
--- Is the owner known to have declared the row?  Rows from before 0.4, and
--- rows of a role whose OID was untracked and is tracked again (a dropped
--- role's OID reused), are not: they run no more until confirm_owner().
-ALTER TABLE eventpipe.subscriptions ADD COLUMN confirmed boolean NOT NULL DEFAULT true;
-ALTER TABLE eventpipe.metric_rules ADD COLUMN confirmed boolean NOT NULL DEFAULT false;
-ALTER TABLE eventpipe.handlers ADD COLUMN confirmed boolean NOT NULL DEFAULT false;
-ALTER TABLE eventpipe.subscriptions ALTER COLUMN confirmed DROP DEFAULT;
-ALTER TABLE eventpipe.metric_rules ALTER COLUMN confirmed DROP DEFAULT;
-ALTER TABLE eventpipe.handlers ALTER COLUMN confirmed DROP DEFAULT;
-COMMENT ON COLUMN eventpipe.metric_rules.confirmed IS
-    'false: the owner is not known to have declared it (from before 0.4, or a reused role OID); not applied until eventpipe.confirm_owner()';
-COMMENT ON COLUMN eventpipe.handlers.confirmed IS
-    'false: the owner is not known to have declared it (from before 0.4, or a reused role OID); not called until eventpipe.confirm_owner()';
-COMMENT ON COLUMN eventpipe.subscriptions.confirmed IS
-    'false: its owner''s OID was reused by another role; only a superuser or an eventpipe_admin member may change it';
-ALTER TABLE eventpipe.subscriptions ALTER COLUMN owner SET NOT NULL;
--- the owner comes from the declaring functions, never from a default
-ALTER TABLE eventpipe.metric_rules ALTER COLUMN owner DROP DEFAULT;
-ALTER TABLE eventpipe.handlers ALTER COLUMN owner DROP DEFAULT;
-COMMENT ON COLUMN eventpipe.metric_rules.owner IS
-    'The role that declared the rule: the worker writes to the target with its rights, checked at every batch';
-COMMENT ON COLUMN eventpipe.handlers.owner IS
-    'The role that declared the handler: the worker calls it as that role, checking EXECUTE at every batch';
+------------------------------------------------------------------------------
+-- Outbox and relay: publish(), dead letters, pg_stat_relay
+------------------------------------------------------------------------------
+
+-- Pending events, written in the publisher's transaction and deleted by the
+-- relay worker once Kafka has acknowledged them.  Nobody but the extension's
+-- owner reads or writes it directly: publish() is SECURITY DEFINER.
+--
+-- Rows come and go all the time: autovacuum is told to clean up after every
+-- few thousand deleted rows, whatever the table's size, and without the cost
+-- delay, so the table stays small under sustained load.
+CREATE TABLE eventpipe.outbox (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id        uuid        NOT NULL,
+    topic           text        NOT NULL,
+    key             text,
+    payload         jsonb       NOT NULL,
+    headers         jsonb,
+    event_type      text        NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
+    last_error      text
+) WITH (autovacuum_vacuum_scale_factor = 0,
+        autovacuum_vacuum_threshold = 5000,
+        autovacuum_vacuum_insert_scale_factor = 0,
+        autovacuum_vacuum_insert_threshold = 20000,
+        autovacuum_vacuum_cost_delay = 0);
+COMMENT ON TABLE eventpipe.outbox IS
+    'Events committed but not yet acknowledged by Kafka; the relay worker deletes each row once delivered';
+COMMENT ON COLUMN eventpipe.outbox.attempts IS 'Failed delivery attempts so far';
+COMMENT ON COLUMN eventpipe.outbox.next_attempt_at IS 'Not retried before this time (NULL: due now)';
+
+-- Events waiting for a retry hold back the later events of their topic and
+-- key; this finds them without scanning the whole outbox.
+CREATE INDEX outbox_retrying ON eventpipe.outbox (topic, key, id)
+    WHERE next_attempt_at IS NOT NULL;
+
+-- Events the relay gave up on, with the reason: too large for the broker, a
+-- topic it refuses, or eventpipe.relay_max_attempts failures.
+-- retry_dead() puts them back in the outbox.
+CREATE TABLE eventpipe.dead_letters (
+    id          bigint      PRIMARY KEY,
+    event_id    uuid        NOT NULL,
+    topic       text        NOT NULL,
+    key         text,
+    payload     jsonb       NOT NULL,
+    headers     jsonb,
+    event_type  text        NOT NULL,
+    created_at  timestamptz NOT NULL,
+    attempts    integer     NOT NULL,
+    failed_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    reason      text        NOT NULL
+);
+COMMENT ON TABLE eventpipe.dead_letters IS
+    'Events Kafka would not take, with the reason; eventpipe.retry_dead() sends them again';
+
+-- Pending events are data: pg_dump must carry them (and the id sequence) along.
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.dead_letters', '');
+
+-- TRUNCATE of the outbox or the dead-letter table would drop committed
+-- events nobody sent, without a trace: refused while either holds any.
+CREATE FUNCTION eventpipe.undelivered_truncate_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    holds_events boolean;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %I.%I)', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+       INTO holds_events;
+    IF holds_events THEN
+        RAISE EXCEPTION 'cannot truncate %.%: it holds committed events not delivered to Kafka',
+                        TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'object_in_use',
+                  HINT = CASE TG_TABLE_NAME
+                         WHEN 'outbox' THEN 'Let the relay send them (eventpipe.pg_stat_relay shows the backlog), or DELETE the events you mean to discard.'
+                         ELSE 'Send them again with eventpipe.retry_dead(), or DELETE the dead letters you mean to discard.' END;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.undelivered_truncate_guard() FROM PUBLIC;
+CREATE TRIGGER undelivered_truncate_guard BEFORE TRUNCATE ON eventpipe.outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.undelivered_truncate_guard();
+CREATE TRIGGER undelivered_truncate_guard BEFORE TRUNCATE ON eventpipe.dead_letters
+    FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.undelivered_truncate_guard();
+
+-- The relay worker that owns an outbox row: a stable hash of the key, so all
+-- events of one key go through one worker, in order.  Events without a key
+-- are spread by id.
+CREATE FUNCTION eventpipe.relay_shard(key text, id bigint, workers integer)
+RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (pg_catalog.hashtext(COALESCE(key, id::text)) & 2147483647) % workers;
+COMMENT ON FUNCTION eventpipe.relay_shard(text, bigint, integer) IS
+    'The relay worker (0 to workers - 1) that sends an outbox row: a hash of its key, or of its id when it has none';
+
+CREATE FUNCTION eventpipe.publish(
+    topic      text,
+    key        text,
+    payload    jsonb,
+    headers    jsonb DEFAULT NULL,
+    event_type text  DEFAULT NULL)
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'eventpipe_publish'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+COMMENT ON FUNCTION eventpipe.publish(text, text, jsonb, jsonb, text) IS
+    'Enqueue one event for Kafka in the current transaction; returns its event id (the ce_id header)';
+
+-- Publishing writes to Kafka topics on the database's behalf: a right to grant.
+REVOKE ALL ON FUNCTION eventpipe.publish(text, text, jsonb, jsonb, text) FROM PUBLIC;
+
+-- Put dead events back in line: those with the given ids, or of the given
+-- topic, or all of them.  They go to the end of the outbox with their
+-- attempts reset and their event id unchanged (consumers deduplicate by it).
+CREATE FUNCTION eventpipe.retry_dead(ids bigint[] DEFAULT NULL, topic text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    WITH moved AS (
+        DELETE FROM eventpipe.dead_letters AS d
+         WHERE (retry_dead.ids IS NULL OR d.id = ANY (retry_dead.ids))
+           AND (retry_dead.topic IS NULL OR d.topic = retry_dead.topic)
+        RETURNING d.*
+    ), requeued AS (
+        INSERT INTO eventpipe.outbox (event_id, topic, key, payload, headers, event_type, created_at)
+        SELECT m.event_id, m.topic, m.key, m.payload, m.headers, m.event_type, m.created_at
+          FROM moved AS m
+         ORDER BY m.id
+        RETURNING 1
+    )
+    SELECT pg_catalog.count(*) FROM requeued;
+END;
+COMMENT ON FUNCTION eventpipe.retry_dead(bigint[], text) IS
+    'Move dead letters (by id, by topic, or all) back to the outbox; returns how many';
+REVOKE ALL ON FUNCTION eventpipe.retry_dead(bigint[], text) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.relay_stats(
+    OUT worker          integer,
+    OUT pid             integer,
+    OUT state           text,
+    OUT database        name,
+    OUT events_sent     bigint,
+    OUT events_failed   bigint,
+    OUT events_retried  bigint,
+    OUT events_dead     bigint,
+    OUT batches         bigint,
+    OUT bytes_sent      bigint,
+    OUT last_latency    interval,
+    OUT last_error      text,
+    OUT last_error_time timestamptz,
+    OUT stats_reset     timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'eventpipe_relay_stats'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION eventpipe.relay_stats() IS
+    'Per relay worker: state and counters from shared memory (they survive worker restarts); pg_stat_relay adds the backlog';
+
+-- One row per relay worker: its counters from shared memory, and the backlog
+-- of the outbox rows it owns in this database.
+CREATE VIEW eventpipe.pg_stat_relay AS
+SELECT s.worker,
+       s.pid,
+       s.state,
+       s.database,
+       s.events_sent,
+       s.events_failed,
+       s.events_retried,
+       s.events_dead,
+       s.batches,
+       s.bytes_sent,
+       b.backlog,
+       b.oldest_pending_age,
+       s.last_latency,
+       s.last_error,
+       s.last_error_time,
+       s.stats_reset
+FROM eventpipe.relay_stats() AS s
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.count(*) AS backlog,
+           pg_catalog.now() - pg_catalog.min(o.created_at) AS oldest_pending_age
+    FROM eventpipe.outbox AS o
+    WHERE eventpipe.relay_shard(o.key, o.id,
+              pg_catalog.current_setting('eventpipe.relay_workers')::integer) = s.worker
+) AS b ON true;
+COMMENT ON VIEW eventpipe.pg_stat_relay IS
+    'Per relay worker: state, counters, and the backlog of the outbox rows it sends in this database with the age of the oldest';
+
+REVOKE ALL ON FUNCTION eventpipe.relay_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventpipe.relay_stats() TO pg_monitor;
+GRANT SELECT ON eventpipe.pg_stat_relay TO pg_monitor;
+GRANT USAGE ON SCHEMA eventpipe TO pg_monitor;
+
+------------------------------------------------------------------------------
+-- Relay pause: pause_relay(), resume_relay()
+------------------------------------------------------------------------------
+
+-- The relay is paused while this table holds its one row.  A table rather
+-- than shared memory, so that a pause outlives a restart of the server.
+-- Events published meanwhile wait in the outbox.
+CREATE TABLE eventpipe.relay_pause (
+    paused    boolean     PRIMARY KEY DEFAULT true CHECK (paused),
+    paused_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    paused_by name        NOT NULL DEFAULT CURRENT_USER
+);
+COMMENT ON TABLE eventpipe.relay_pause IS
+    'One row while the relay is paused (eventpipe.pause_relay()); eventpipe.resume_relay() deletes it';
+GRANT SELECT ON eventpipe.relay_pause TO pg_monitor;
+
+-- Tells the relay workers, at commit, to read the table again.
+CREATE FUNCTION eventpipe.relay_pause_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'eventpipe_relay_pause_changed'
+LANGUAGE C;
+REVOKE ALL ON FUNCTION eventpipe.relay_pause_changed() FROM PUBLIC;
+CREATE TRIGGER relay_pause_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventpipe.relay_pause
+    FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.relay_pause_changed();
+
+CREATE FUNCTION eventpipe.pause_relay()
+RETURNS timestamptz
+LANGUAGE sql
+BEGIN ATOMIC
+    INSERT INTO eventpipe.relay_pause DEFAULT VALUES ON CONFLICT (paused) DO NOTHING;
+    SELECT paused_at FROM eventpipe.relay_pause;
+END;
+COMMENT ON FUNCTION eventpipe.pause_relay() IS
+    'Stop sending the outbox to Kafka until resume_relay(): batches in flight finish, then pg_stat_relay.state says paused; returns since when it is paused';
+REVOKE ALL ON FUNCTION eventpipe.pause_relay() FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.resume_relay()
+RETURNS boolean
+LANGUAGE sql
+BEGIN ATOMIC
+    WITH resumed AS (DELETE FROM eventpipe.relay_pause RETURNING 1)
+    SELECT pg_catalog.count(*) > 0 FROM resumed;
+END;
+COMMENT ON FUNCTION eventpipe.resume_relay() IS
+    'Send the outbox to Kafka again after pause_relay(); returns whether the relay was paused';
+REVOKE ALL ON FUNCTION eventpipe.resume_relay() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Table capture: capture(), uncapture(), eventpipe.captures
+------------------------------------------------------------------------------
+
+-- The triggers capture() installs on a table.  Their arguments hold the
+-- capture's settings; they are the only state a capture has.  Not
+-- executable by PUBLIC: whoever could attach them to a table would publish
+-- to any topic (capture() creates them as the extension's owner).
+CREATE FUNCTION eventpipe.capture_trigger()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'eventpipe_capture_trigger'
+LANGUAGE C;
+COMMENT ON FUNCTION eventpipe.capture_trigger() IS
+    'Row trigger of a captured table: one outbox event per inserted, updated or deleted row';
+REVOKE ALL ON FUNCTION eventpipe.capture_trigger() FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.capture_truncate_guard()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'eventpipe_capture_truncate_guard'
+LANGUAGE C;
+COMMENT ON FUNCTION eventpipe.capture_truncate_guard() IS
+    'Statement trigger of a captured table: refuses TRUNCATE, which would emit no row events';
+REVOKE ALL ON FUNCTION eventpipe.capture_truncate_guard() FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.capture(
+    rel            regclass,
+    topic          text,
+    key_columns    text[]  DEFAULT NULL,
+    event_type     text    DEFAULT NULL,
+    skip_unchanged boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'eventpipe_capture'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eventpipe.capture(regclass, text, text[], text, boolean) IS
+    'Emit an event to topic for every row inserted, updated or deleted in rel (its owner only); capturing again replaces the settings';
+
+-- Capturing publishes the table's rows to Kafka: a right to grant, on top
+-- of owning the table.
+REVOKE ALL ON FUNCTION eventpipe.capture(regclass, text, text[], text, boolean) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.uncapture(rel regclass)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'eventpipe_uncapture'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eventpipe.uncapture(regclass) IS
+    'Stop capturing rel (its owner only); returns whether it was captured';
+REVOKE ALL ON FUNCTION eventpipe.uncapture(regclass) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.trigger_arguments(tgargs bytea)
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'eventpipe_trigger_arguments'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION eventpipe.trigger_arguments(bytea) IS
+    'pg_trigger.tgargs as a text array';
+
+-- The captured tables of this database and their settings, read from the
+-- triggers themselves (as public as pg_trigger, which holds the same).
+CREATE VIEW eventpipe.captures AS
+SELECT t.tgrelid::pg_catalog.regclass AS rel,
+       a.args[1] AS topic,
+       a.args[4:] AS key_columns,
+       NULLIF(a.args[2], '') AS event_type,
+       a.args[3]::boolean AS skip_unchanged,
+       t.tgenabled <> 'D' AS enabled
+  FROM pg_catalog.pg_trigger AS t,
+       LATERAL (SELECT eventpipe.trigger_arguments(t.tgargs) AS args) AS a
+ WHERE t.tgfoid = 'eventpipe.capture_trigger()'::pg_catalog.regprocedure;
+COMMENT ON VIEW eventpipe.captures IS
+    'Captured tables: topic, key columns, event type (NULL: <table>.<op>), whether unchanged UPDATEs are skipped';
+GRANT SELECT ON eventpipe.captures TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Consumer tables: subscriptions, rules, handlers, dedup ledger, offsets,
+-- dead letters, replays
+------------------------------------------------------------------------------
 
 -- eventpipe's tables and sequences are written by its functions and workers
--- only: revoke every right but SELECT granted on them, at table and column
--- level (0.3's documentation told DBAs to grant INSERT and DELETE; a TRIGGER
--- right let a role attach code that the workers would run as superuser).
-DO $$
-DECLARE
-    grant_row record;
-BEGIN
-    FOR grant_row IN
-        SELECT DISTINCT c.oid::pg_catalog.regclass AS rel, c.relkind, a.grantee
-          FROM pg_catalog.pg_class AS c
-          LEFT JOIN pg_catalog.pg_attribute AS col ON col.attrelid OPERATOR(pg_catalog.=) c.oid,
-               pg_catalog.aclexplode(pg_catalog.array_cat(c.relacl, col.attacl)) AS a
-         WHERE c.relnamespace OPERATOR(pg_catalog.=) 'eventpipe'::pg_catalog.regnamespace
-           AND c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'p', 'S']::"char"[])
-           AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
-           AND a.privilege_type OPERATOR(pg_catalog.<>) 'SELECT'
-    LOOP
-        EXECUTE pg_catalog.format('REVOKE %s ON %s FROM %s',
-                                  CASE WHEN grant_row.relkind OPERATOR(pg_catalog.=) 'S' THEN 'USAGE, UPDATE'
-                                       ELSE 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER' END,
-                                  grant_row.rel,
-                                  CASE WHEN grant_row.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                                       ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(grant_row.grantee)) END);
-    END LOOP;
-END;
-$$;
+-- only: no right but SELECT is granted on them (a TRIGGER right would let a
+-- role attach code that the workers run as superuser).
 
--- A trigger on eventpipe's tables runs as whoever writes them, the workers
--- and the declaring functions included: one not of the extension's own is
--- for a DBA to look at, not for an update to keep or drop.
-DO $$
-DECLARE
-    foreign_triggers text;
-BEGIN
-    SELECT pg_catalog.string_agg(pg_catalog.format('%I on %s', t.tgname, t.tgrelid::pg_catalog.regclass), ', ')
-      INTO foreign_triggers
-      FROM pg_catalog.pg_trigger AS t
-      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid
-      JOIN pg_catalog.pg_proc AS p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid
-     WHERE c.relnamespace OPERATOR(pg_catalog.=) 'eventpipe'::pg_catalog.regnamespace
-       AND NOT t.tgisinternal
-       AND p.pronamespace OPERATOR(pg_catalog.<>) 'eventpipe'::pg_catalog.regnamespace;
-    IF foreign_triggers IS NOT NULL THEN
-        RAISE EXCEPTION 'eventpipe''s tables carry triggers it did not create: %', foreign_triggers
-            USING HINT = 'They would run as superuser in eventpipe''s workers. Drop them (DROP TRIGGER ... ON ...), then update again.';
-    END IF;
-END;
-$$;
+-- A subscription: topics read by one consumer worker with one consumer
+-- group.  The worker rereads its row before every batch, so an UPDATE takes
+-- effect without a restart; a trigger validates the row and wakes the
+-- consumer manager at commit.
+--
+-- paused: a paused subscription's worker applies nothing and leaves its
+-- consumer group until resume(); it rereads this before every batch.
+--
+-- id: a small number per subscription, for the ledger's key: repeating the
+-- name in every ledger row and index entry would make every comparison a
+-- text comparison.  A subscription created again under the same name gets
+-- a new number, so ledger rows left from the old one can never match.
+--
+-- owner: the role that declared it; confirmed: is the owner known to have
+-- declared the row?  Rows of a role whose OID was untracked and is tracked
+-- again (a dropped role's OID reused), and rows from before 0.4 in an
+-- updated installation, are not: they run no more until confirm_owner().
+-- Both come from the declaring functions, never from a default.
+CREATE TABLE eventpipe.subscriptions (
+    name        text        PRIMARY KEY
+                CHECK (name ~ '^[A-Za-z0-9._-]{1,63}$'),
+    topics      text[]      NOT NULL
+                CHECK (pg_catalog.cardinality(topics) > 0),
+    group_id    text        NOT NULL CHECK (group_id <> ''),
+    start_from  text        NOT NULL DEFAULT 'earliest'
+                CHECK (start_from IN ('earliest', 'latest')),
+    batch_size  integer     CHECK (batch_size BETWEEN 1 AND 1000000),
+    dedup_field text,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    paused      boolean     NOT NULL DEFAULT false,
+    id          integer     GENERATED ALWAYS AS IDENTITY UNIQUE,
+    owner       regrole     NOT NULL,
+    confirmed   boolean     NOT NULL
+);
+COMMENT ON TABLE eventpipe.subscriptions IS
+    'Kafka topics consumed into this database, one consumer worker each';
+COMMENT ON COLUMN eventpipe.subscriptions.start_from IS
+    'Where a partition starts when the database holds no offset for it: earliest or latest';
+COMMENT ON COLUMN eventpipe.subscriptions.batch_size IS
+    'Most messages per transaction; NULL: eventpipe.consumer_batch_size';
+COMMENT ON COLUMN eventpipe.subscriptions.dedup_field IS
+    'Payload field holding the event id of messages without a ce_id header';
+COMMENT ON COLUMN eventpipe.subscriptions.paused IS
+    'Set by eventpipe.pause(), cleared by eventpipe.resume(): the worker applies nothing meanwhile';
+COMMENT ON COLUMN eventpipe.subscriptions.id IS
+    'Number of the subscription in the dedup ledger (eventpipe.event_handled.subscription_id)';
+COMMENT ON COLUMN eventpipe.subscriptions.owner IS
+    'The role that declared the subscription: it, a superuser or an eventpipe_admin member may change it';
+COMMENT ON COLUMN eventpipe.subscriptions.confirmed IS
+    'false: its owner''s OID was reused by another role; only a superuser or an eventpipe_admin member may change it';
 
--- A trigger function the 0.2 script left executable by PUBLIC.  Two pure
--- functions stay so: the views that call them (eventpipe.captures,
+-- Declarative counters: for every new event of event_type, add the payload's
+-- value_field (or 1) to target.column_name of the row keyed by key_field.
+-- owner: the role that declared it; the worker writes with its rights.
+CREATE TABLE eventpipe.metric_rules (
+    id           bigint   GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscription text     NOT NULL REFERENCES eventpipe.subscriptions ON DELETE CASCADE,
+    event_type   text     NOT NULL,
+    target       regclass NOT NULL,
+    key_field    text     NOT NULL,
+    column_name  text     NOT NULL,
+    value_field  text,
+    owner        regrole  NOT NULL,
+    confirmed    boolean  NOT NULL
+);
+CREATE INDEX metric_rules_subscription ON eventpipe.metric_rules (subscription);
+COMMENT ON TABLE eventpipe.metric_rules IS
+    'Per event type: add the payload''s value_field (or 1) to target.column_name of the row keyed by key_field';
+COMMENT ON COLUMN eventpipe.metric_rules.owner IS
+    'The role that declared the rule: the worker writes to the target with its rights, checked at every batch';
+COMMENT ON COLUMN eventpipe.metric_rules.confirmed IS
+    'false: the owner is not known to have declared it (from before 0.4, or a reused role OID); not applied until eventpipe.confirm_owner()';
+
+-- User functions called with (payload jsonb, metadata jsonb) for every new
+-- event of event_type, as the role that declared them.
+CREATE TABLE eventpipe.handlers (
+    id           bigint       GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscription text         NOT NULL REFERENCES eventpipe.subscriptions ON DELETE CASCADE,
+    event_type   text         NOT NULL,
+    handler      regprocedure NOT NULL,
+    owner        regrole      NOT NULL,
+    confirmed    boolean      NOT NULL
+);
+CREATE INDEX handlers_subscription ON eventpipe.handlers (subscription);
+COMMENT ON TABLE eventpipe.handlers IS
+    'Per event type: a function (payload jsonb, metadata jsonb) called once per new event';
+COMMENT ON COLUMN eventpipe.handlers.owner IS
+    'The role that declared the handler: the worker calls it as that role, checking EXECUTE at every batch';
+COMMENT ON COLUMN eventpipe.handlers.confirmed IS
+    'false: the owner is not known to have declared it (from before 0.4, or a reused role OID); not called until eventpipe.confirm_owner()';
+
+-- The dedup ledger: an event id is in it once its effects are committed.
+-- Pruned past eventpipe.dedup_retention.  No foreign key: a check per row
+-- would cost every batch thousands of lookups; unsubscribe() deletes the
+-- rows, and a batch of a subscription being deleted cannot commit rows
+-- after it (its offsets' foreign key fails, and the batch with it).
+--
+-- Keyed by (subscription_id, event id).  An id in the canonical text form
+-- of a UUID (lower-case hex, 8-4-4-4-12, as eventpipe's own ce_id headers)
+-- is kept as a uuid, 16 bytes; any other id as text.  The two forms never
+-- meet: only a text that is exactly a uuid's output goes to event_uuid, so
+-- two distinct ids are always two distinct keys (no hash, no false
+-- duplicate).  Each form has its own partial unique index; the worker's
+-- INSERT ... ON CONFLICT DO NOTHING checks both.  The text ids are only
+-- ever compared for equality: collation "C" makes every comparison in its
+-- index a memcmp instead of a locale's strcoll.
+--
+-- The columns are in the order an installation created before 0.3 has them
+-- (the 0.3 update converted its ledger in place), so that both show the
+-- same columns in the same order (SELECT *, COPY without a column list).
+CREATE TABLE eventpipe.event_handled (
+    event_text      text        COLLATE "C",
+    handled_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    subscription_id integer     NOT NULL,
+    event_uuid      uuid,
+    CONSTRAINT event_handled_one_id CHECK ((event_uuid IS NULL) <> (event_text IS NULL))
+) WITH (autovacuum_vacuum_scale_factor = 0,
+        autovacuum_vacuum_threshold = 20000,
+        autovacuum_vacuum_insert_scale_factor = 0,
+        autovacuum_vacuum_insert_threshold = 100000);
+
+-- Rows arrive in handled_at order: a BRIN index finds the old ones for
+-- pruning at almost no cost to the inserts.
+CREATE INDEX event_handled_age ON eventpipe.event_handled USING brin (handled_at);
+CREATE UNIQUE INDEX event_handled_uuid
+    ON eventpipe.event_handled (subscription_id, event_uuid) WHERE event_uuid IS NOT NULL;
+CREATE UNIQUE INDEX event_handled_text
+    ON eventpipe.event_handled (subscription_id, event_text) WHERE event_text IS NOT NULL;
+COMMENT ON TABLE eventpipe.event_handled IS
+    'Dedup ledger: ids of the events applied (a canonical UUID in event_uuid, any other id in event_text), kept for eventpipe.dedup_retention';
+COMMENT ON COLUMN eventpipe.event_handled.subscription_id IS
+    'eventpipe.subscriptions.id';
+
+-- Where each partition resumes: written in the transaction that applies the
+-- messages before it, so effects and position never disagree.
+CREATE TABLE eventpipe.consumer_offsets (
+    subscription text    NOT NULL REFERENCES eventpipe.subscriptions ON DELETE CASCADE,
+    topic        text    NOT NULL,
+    partition    integer NOT NULL,
+    next_offset  bigint  NOT NULL,
+    PRIMARY KEY (subscription, topic, partition)
+);
+COMMENT ON TABLE eventpipe.consumer_offsets IS
+    'Next Kafka offset to apply per subscription, topic and partition';
+
+-- Messages that could not be applied, raw, with the reason.  Kept when the
+-- subscription goes.  retry_requested_at: dead letters to apply again; the
+-- subscription's worker takes them before its next batch and clears the
+-- mark (or deletes the row, once applied).
+CREATE TABLE eventpipe.consumer_dead_letters (
+    id                 bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscription       text        NOT NULL,
+    topic              text        NOT NULL,
+    partition          integer     NOT NULL,
+    "offset"           bigint      NOT NULL,
+    key                bytea,
+    value              bytea,
+    headers            jsonb,
+    error              text        NOT NULL,
+    failed_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    retry_requested_at timestamptz,
+    -- a message redelivered before its offset was stored is recorded once
+    UNIQUE (subscription, topic, partition, "offset")
+);
+COMMENT ON TABLE eventpipe.consumer_dead_letters IS
+    'Kafka messages the consumer could not apply: raw key, value and headers, and the error';
+COMMENT ON COLUMN eventpipe.consumer_dead_letters.retry_requested_at IS
+    'Set by eventpipe.retry_consumer_dead(): the worker applies the message again';
+CREATE INDEX consumer_dead_letters_retry ON eventpipe.consumer_dead_letters (subscription, id)
+    WHERE retry_requested_at IS NOT NULL;
+
+-- Replays asked for and not yet carried out by the subscription's worker:
+-- before its next batch, it stores the offset (within what Kafka retains)
+-- and deletes the request in one transaction, then rejoins its group, whose
+-- assignment starts there.  replay() does not move the offset itself: a
+-- worker that rejoined for another reason would start there too, and apply
+-- the range twice (harmless for the metrics, not for the counters).
+CREATE TABLE eventpipe.consumer_replays (
+    subscription text        NOT NULL REFERENCES eventpipe.subscriptions ON DELETE CASCADE,
+    topic        text        NOT NULL,
+    partition    integer     NOT NULL CHECK (partition >= 0),
+    from_offset  bigint      NOT NULL CHECK (from_offset >= 0),
+    requested_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    PRIMARY KEY (subscription, topic, partition)
+);
+COMMENT ON TABLE eventpipe.consumer_replays IS
+    'Replays asked for with eventpipe.replay() that the subscription''s worker has not carried out yet';
+
+-- What a database holds is data: pg_dump must carry the rows (and the id
+-- sequences) along.  Replays asked for are not: they wait for a worker of
+-- this server.
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.subscriptions', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.metric_rules', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.handlers', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.event_handled', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.consumer_offsets', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.consumer_dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.metric_rules_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.handlers_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.consumer_dead_letters_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.subscriptions_id_seq', '');
+
+-- Validates a subscription row (topic names as Kafka accepts them) and wakes
+-- the consumer manager when the transaction commits.
+CREATE FUNCTION eventpipe.subscriptions_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'eventpipe_subscriptions_changed'
+LANGUAGE C;
+CREATE TRIGGER subscriptions_changed
+    BEFORE INSERT OR UPDATE OR DELETE ON eventpipe.subscriptions
+    FOR EACH ROW EXECUTE FUNCTION eventpipe.subscriptions_changed();
+
+-- A trigger function: not for PUBLIC.  Two pure functions stay executable
+-- by PUBLIC: the views that call them (eventpipe.captures,
 -- eventpipe.pg_stat_relay) run them with their reader's rights.
 REVOKE ALL ON FUNCTION eventpipe.subscriptions_changed() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Ownership
+------------------------------------------------------------------------------
 
 -- Is caller a superuser or a member of eventpipe_admin?
 CREATE FUNCTION eventpipe.is_admin(caller regrole)
@@ -274,22 +731,6 @@ $$;
 COMMENT ON FUNCTION eventpipe.confirm_owner(regrole) IS
     'For a superuser, after checking them: the unconfirmed rules, handlers and subscriptions of role were really declared by it; they run again';
 REVOKE ALL ON FUNCTION eventpipe.confirm_owner(regrole) FROM PUBLIC;
-
-DO $$
-DECLARE
-    waiting bigint;
-BEGIN
-    SELECT (SELECT pg_catalog.count(*) FROM eventpipe.metric_rules AS r WHERE NOT r.confirmed)
-           OPERATOR(pg_catalog.+)
-           (SELECT pg_catalog.count(*) FROM eventpipe.handlers AS h WHERE NOT h.confirmed)
-      INTO waiting;
-    IF waiting OPERATOR(pg_catalog.>) 0 THEN
-        RAISE WARNING 'eventpipe: % rules and handlers declared before 0.4 wait for a superuser''s confirmation of their owners', waiting
-            USING DETAIL = 'Until 0.4 any declaring role could write any owner; the workers dead-letter their messages meanwhile.',
-                  HINT = 'Check eventpipe.metric_rules and eventpipe.handlers, then run SELECT eventpipe.confirm_owner(role) for each owner you trust.';
-    END IF;
-END;
-$$;
 
 -- DROP OWNED BY and REASSIGN OWNED BY, for this database's eventpipe
 -- objects: called by the library's utility hook after the command itself.
@@ -449,7 +890,7 @@ END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.subscribe_as(regrole, text, text[], text, text, integer, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION eventpipe.subscribe(
+CREATE FUNCTION eventpipe.subscribe(
     name        text,
     topics      text[],
     group_id    text    DEFAULT NULL,
@@ -459,6 +900,9 @@ CREATE OR REPLACE FUNCTION eventpipe.subscribe(
 RETURNS void
 AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
 LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text) IS
+    'Consume topics with a consumer worker of its own, started within seconds';
+REVOKE ALL ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.unsubscribe_as(caller regrole, name text)
 RETURNS void
@@ -472,10 +916,13 @@ END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.unsubscribe_as(regrole, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION eventpipe.unsubscribe(name text)
+CREATE FUNCTION eventpipe.unsubscribe(name text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
 LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.unsubscribe(text) IS
+    'Stop a subscription''s worker and forget its rules, handlers, ledger and offsets (dead letters stay)';
+REVOKE ALL ON FUNCTION eventpipe.unsubscribe(text) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.add_metric_as(
     caller       regrole,
@@ -578,7 +1025,7 @@ END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.add_metric_as(regrole, text, text, regclass, text, text, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION eventpipe.add_metric(
+CREATE FUNCTION eventpipe.add_metric(
     subscription text,
     event_type   text,
     target       regclass,
@@ -588,6 +1035,9 @@ CREATE OR REPLACE FUNCTION eventpipe.add_metric(
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
 LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.add_metric(text, text, regclass, text, text, text) IS
+    'For every new event of a type, add its value_field (or 1) to target.column_name of the row keyed by key_field; returns the rule id';
+REVOKE ALL ON FUNCTION eventpipe.add_metric(text, text, regclass, text, text, text) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.add_handler_as(
     caller       regrole,
@@ -632,17 +1082,21 @@ END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.add_handler_as(regrole, text, text, regprocedure) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION eventpipe.add_handler(
+CREATE FUNCTION eventpipe.add_handler(
     subscription text,
     event_type   text,
     handler      regprocedure)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
 LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.add_handler(text, text, regprocedure) IS
+    'Call handler(payload jsonb, metadata jsonb) for every new event of a type, in the batch''s transaction; returns the handler id';
+REVOKE ALL ON FUNCTION eventpipe.add_handler(text, text, regprocedure) FROM PUBLIC;
 
--- Rules and handlers were removed with DELETE; the tables are closed now.
--- One body for both: the row of declarations (metric_rules or handlers)
--- with that id, if caller may change its subscription.
+-- The tables are closed to direct writes: rules and handlers are removed
+-- through these functions.  One body for both: the row of declarations
+-- (metric_rules or handlers) with that id, if caller may change its
+-- subscription.
 CREATE FUNCTION eventpipe.remove_declared(caller regrole, declarations regclass, id bigint)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
@@ -696,9 +1150,17 @@ COMMENT ON FUNCTION eventpipe.remove_handler(bigint) IS
     'Remove a handler (by the id add_handler returned); returns false if there is none';
 REVOKE ALL ON FUNCTION eventpipe.remove_handler(bigint) FROM PUBLIC;
 
--- Operations: only who may change a subscription may pause, replay or
--- retry it.  set_paused's callers have checked that it exists.
-CREATE OR REPLACE FUNCTION eventpipe.set_paused(subscription text, paused boolean)
+------------------------------------------------------------------------------
+-- Consumer operations: pause(), resume(), replay(), retry_consumer_dead()
+------------------------------------------------------------------------------
+
+-- Only who may change a subscription may pause, replay or retry it: the
+-- gates record the caller as for the declaring functions, and EXECUTE on
+-- them is granted to nobody by default.
+
+-- Pause or resume; returns whether that changed anything.  Its callers
+-- have checked that the subscription exists.
+CREATE FUNCTION eventpipe.set_paused(subscription text, paused boolean)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -713,6 +1175,9 @@ BEGIN
     RETURN was_paused IS DISTINCT FROM paused;
 END;
 $$;
+COMMENT ON FUNCTION eventpipe.set_paused(text, boolean) IS
+    'Pause or resume a subscription; returns whether it changed (pause() and resume() call it)';
+REVOKE ALL ON FUNCTION eventpipe.set_paused(text, boolean) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.pause_as(caller regrole, subscription text)
 RETURNS boolean
@@ -738,15 +1203,21 @@ END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.resume_as(regrole, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION eventpipe.pause(subscription text)
+CREATE FUNCTION eventpipe.pause(subscription text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
 LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.pause(text) IS
+    'Stop applying a subscription''s messages until resume() (it stays paused across restarts); returns false if it was paused already';
+REVOKE ALL ON FUNCTION eventpipe.pause(text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION eventpipe.resume(subscription text)
+CREATE FUNCTION eventpipe.resume(subscription text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
 LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.resume(text) IS
+    'Apply a paused subscription''s messages again, from the offsets stored in the database; returns false if it was not paused';
+REVOKE ALL ON FUNCTION eventpipe.resume(text) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.replay_as(
     caller       regrole,
@@ -793,7 +1264,7 @@ END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.replay_as(regrole, text, text, integer, bigint) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION eventpipe.replay(
+CREATE FUNCTION eventpipe.replay(
     subscription text,
     topic        text,
     partition    integer,
@@ -801,6 +1272,9 @@ CREATE OR REPLACE FUNCTION eventpipe.replay(
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
 LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.replay(text, text, integer, bigint) IS
+    'Have the subscription''s worker apply a partition''s messages again from an offset, before its next batch (the dedup ledger still skips events it holds); returns the offset stored now, NULL if none';
+REVOKE ALL ON FUNCTION eventpipe.replay(text, text, integer, bigint) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.retry_consumer_dead_as(caller regrole, ids bigint[], subscription text,
                                                   topic text)
@@ -830,55 +1304,65 @@ END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.retry_consumer_dead_as(regrole, bigint[], text, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION eventpipe.retry_consumer_dead(ids bigint[] DEFAULT NULL, subscription text DEFAULT NULL,
+CREATE FUNCTION eventpipe.retry_consumer_dead(ids bigint[] DEFAULT NULL, subscription text DEFAULT NULL,
                                                           topic text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
 LANGUAGE C VOLATILE;
-
--- check_subscription() served the 0.3 functions, which ran as their caller.
-DROP FUNCTION eventpipe.check_subscription(text);
-
-------------------------------------------------------------------------------
--- TRUNCATE of undelivered events
-------------------------------------------------------------------------------
-
--- TRUNCATE of the outbox or the dead-letter table would drop committed
--- events nobody sent, without a trace: refused while either holds any.
-CREATE FUNCTION eventpipe.undelivered_truncate_guard()
-RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    holds_events boolean;
-BEGIN
-    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %I.%I)', TG_TABLE_SCHEMA, TG_TABLE_NAME)
-       INTO holds_events;
-    IF holds_events THEN
-        RAISE EXCEPTION 'cannot truncate %.%: it holds committed events not delivered to Kafka',
-                        TG_TABLE_SCHEMA, TG_TABLE_NAME
-            USING ERRCODE = 'object_in_use',
-                  HINT = CASE TG_TABLE_NAME
-                         WHEN 'outbox' THEN 'Let the relay send them (eventpipe.pg_stat_relay shows the backlog), or DELETE the events you mean to discard.'
-                         ELSE 'Send them again with eventpipe.retry_dead(), or DELETE the dead letters you mean to discard.' END;
-    END IF;
-    RETURN NULL;
-END;
-$$;
-REVOKE ALL ON FUNCTION eventpipe.undelivered_truncate_guard() FROM PUBLIC;
-CREATE TRIGGER undelivered_truncate_guard BEFORE TRUNCATE ON eventpipe.outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.undelivered_truncate_guard();
-CREATE TRIGGER undelivered_truncate_guard BEFORE TRUNCATE ON eventpipe.dead_letters
-    FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.undelivered_truncate_guard();
+COMMENT ON FUNCTION eventpipe.retry_consumer_dead(bigint[], text, text) IS
+    'Have consumer dead letters (by id, subscription, topic, or all) applied again by their subscription''s worker; returns how many were queued';
+REVOKE ALL ON FUNCTION eventpipe.retry_consumer_dead(bigint[], text, text) FROM PUBLIC;
 
 ------------------------------------------------------------------------------
--- pg_stat_consumer: subscriptions waiting for a worker slot
+-- Statistics: consumer_stats(), pg_stat_consumer, stat_reset(), kafka_statistics()
 ------------------------------------------------------------------------------
 
--- consumer_stats() also lists the subscriptions the manager could not give a
--- worker (no slot left), with the reason in last_error.
-CREATE OR REPLACE VIEW eventpipe.pg_stat_consumer AS
+-- consumer_stats() lists every subscription that has had a worker since the
+-- server started, and those the manager could not give a worker (no slot
+-- left), with the reason in last_error.
+CREATE FUNCTION eventpipe.consumer_stats(
+    OUT subscription    text,
+    OUT pid             integer,
+    OUT state           text,
+    OUT events_applied  bigint,
+    OUT duplicates      bigint,
+    OUT unmatched       bigint,
+    OUT events_dead     bigint,
+    OUT batches         bigint,
+    OUT last_error      text,
+    OUT last_error_time timestamptz,
+    OUT stats_reset     timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'eventpipe_consumer_stats'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION eventpipe.consumer_stats() IS
+    'Per consumer worker: state and counters from shared memory (they survive worker restarts)';
+REVOKE ALL ON FUNCTION eventpipe.consumer_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventpipe.consumer_stats() TO pg_monitor;
+
+-- The per-partition counters and high watermarks in shared memory.
+CREATE FUNCTION eventpipe.consumer_partition_stats(
+    OUT subscription   text,
+    OUT topic          text,
+    OUT partition      integer,
+    OUT events_applied bigint,
+    OUT duplicates     bigint,
+    OUT unmatched      bigint,
+    OUT events_dead    bigint,
+    OUT high_watermark bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'eventpipe_consumer_partition_stats'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION eventpipe.consumer_partition_stats() IS
+    'Per subscription, topic and partition of this database: counters and the high watermark from shared memory';
+REVOKE ALL ON FUNCTION eventpipe.consumer_partition_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventpipe.consumer_partition_stats() TO pg_monitor;
+
+-- One row per subscription, topic and partition (the partitions the
+-- database stores an offset for, and those a worker was assigned since the
+-- server started); one row with NULL topic and partition for a subscription
+-- that has none yet.
+CREATE VIEW eventpipe.pg_stat_consumer AS
 WITH partitions AS (
     SELECT subscription, topic, partition, o.next_offset, m.events_applied, m.duplicates,
            m.unmatched, m.events_dead, m.high_watermark
@@ -905,3 +1389,34 @@ SELECT s.name AS subscription,
   FROM eventpipe.subscriptions AS s
   LEFT JOIN eventpipe.consumer_stats() AS w ON w.subscription = s.name
   LEFT JOIN partitions AS p ON p.subscription = s.name;
+COMMENT ON VIEW eventpipe.pg_stat_consumer IS
+    'Per subscription, topic and partition: worker, committed offset, high watermark, lag and counters (per partition; they survive worker restarts, reset at server restart or stat_reset())';
+REVOKE ALL ON eventpipe.pg_stat_consumer FROM PUBLIC;
+GRANT SELECT ON eventpipe.pg_stat_consumer TO pg_monitor;
+
+-- Counters of pg_stat_relay and consumer_stats() back to zero, last errors
+-- cleared, stats_reset stamped; returns that time.  Not for PUBLIC: the
+-- counters are the DBA's.
+CREATE FUNCTION eventpipe.stat_reset()
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'eventpipe_stat_reset'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eventpipe.stat_reset() IS
+    'Reset the relay and consumer counters and last errors (pg_stat_relay, consumer_stats()); returns the reset time';
+REVOKE ALL ON FUNCTION eventpipe.stat_reset() FROM PUBLIC;
+
+-- librdkafka's own statistics of each worker's Kafka client (brokers and
+-- their round-trip times, queues, per-partition offsets and consumer lag),
+-- as it last emitted them: every statistics.interval.ms, 10 s unless
+-- eventpipe.kafka_options says otherwise (0 turns them off).
+CREATE FUNCTION eventpipe.kafka_statistics(
+    OUT client_id    text,
+    OUT collected_at timestamptz,
+    OUT statistics   jsonb)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'eventpipe_kafka_statistics'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION eventpipe.kafka_statistics() IS
+    'librdkafka statistics (JSON) of each worker''s Kafka client, as last emitted (every statistics.interval.ms)';
+REVOKE ALL ON FUNCTION eventpipe.kafka_statistics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventpipe.kafka_statistics() TO pg_monitor;

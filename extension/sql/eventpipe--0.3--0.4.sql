@@ -1,0 +1,919 @@
+-- eventpipe 0.3 -> 0.4: the consumer's privilege model.
+--
+-- Who declared a subscription, rule or handler is recorded by the system,
+-- never taken from a column default or an argument: the declaring functions
+-- are a C gate (eventpipe_as_caller) that runs with the caller's identity,
+-- takes the calling role and calls the function's implementation,
+-- eventpipe.<name>_as(caller, ...).  The implementations are SECURITY
+-- DEFINER, executable by nobody else, and check the caller's rights
+-- explicitly.  The consumer's tables are closed to direct writes.
+--
+-- Ownership: a subscription, rule or handler belongs to the role that
+-- declared it.  Only a role with that owner's privileges, a superuser or a
+-- member of eventpipe_admin may change it (and a subscription's rules,
+-- handlers, offsets and dead letters).  Owners are real dependencies: each
+-- owner holds the REFERENCES privilege on eventpipe.subscriptions(owner),
+-- which pg_shdepend records, so DROP ROLE refuses to drop an owner;
+-- DROP OWNED BY and REASSIGN OWNED BY deal with its eventpipe objects as
+-- with any other (see extension/owned_objects.c).
+--
+-- Owners written before 0.4 are not trusted: any declaring role could write
+-- any owner then.  Their rules and handlers stay unconfirmed, and run no
+-- more, until a superuser confirms them with eventpipe.confirm_owner();
+-- the update grants nothing itself (a grant made by an extension script is
+-- an initial privilege, which pg_dump leaves out).
+--
+-- For updates only: CREATE EXTENSION eventpipe runs eventpipe--0.4.sql,
+-- which builds the same objects directly (sql/upgrade.sql compares the two).
+-- What this script and that one create must stay identical.
+
+\echo Use "ALTER EXTENSION eventpipe UPDATE TO '0.4'" to load this file. \quit
+
+------------------------------------------------------------------------------
+-- The admin role and ownership
+------------------------------------------------------------------------------
+
+-- Roles are cluster-wide: a second database's CREATE EXTENSION finds it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) 'eventpipe_admin') THEN
+        CREATE ROLE eventpipe_admin NOLOGIN;
+    END IF;
+END;
+$$;
+COMMENT ON ROLE eventpipe_admin IS
+    'Members may change every eventpipe subscription, rule and handler, whoever declared it';
+
+ALTER TABLE eventpipe.subscriptions ADD COLUMN owner regrole;
+COMMENT ON COLUMN eventpipe.subscriptions.owner IS
+    'The role that declared the subscription: it, a superuser or an eventpipe_admin member may change it';
+-- Subscriptions declared before owners existed belong to the extension's
+-- owner: a superuser hands one to its role (UPDATE ... SET owner).
+UPDATE eventpipe.subscriptions
+   SET owner = (SELECT e.extowner::pg_catalog.regrole FROM pg_catalog.pg_extension AS e
+                 WHERE e.extname OPERATOR(pg_catalog.=) 'eventpipe');
+-- Is the owner known to have declared the row?  Rows from before 0.4, and
+-- rows of a role whose OID was untracked and is tracked again (a dropped
+-- role's OID reused), are not: they run no more until confirm_owner().
+ALTER TABLE eventpipe.subscriptions ADD COLUMN confirmed boolean NOT NULL DEFAULT true;
+ALTER TABLE eventpipe.metric_rules ADD COLUMN confirmed boolean NOT NULL DEFAULT false;
+ALTER TABLE eventpipe.handlers ADD COLUMN confirmed boolean NOT NULL DEFAULT false;
+ALTER TABLE eventpipe.subscriptions ALTER COLUMN confirmed DROP DEFAULT;
+ALTER TABLE eventpipe.metric_rules ALTER COLUMN confirmed DROP DEFAULT;
+ALTER TABLE eventpipe.handlers ALTER COLUMN confirmed DROP DEFAULT;
+COMMENT ON COLUMN eventpipe.metric_rules.confirmed IS
+    'false: the owner is not known to have declared it (from before 0.4, or a reused role OID); not applied until eventpipe.confirm_owner()';
+COMMENT ON COLUMN eventpipe.handlers.confirmed IS
+    'false: the owner is not known to have declared it (from before 0.4, or a reused role OID); not called until eventpipe.confirm_owner()';
+COMMENT ON COLUMN eventpipe.subscriptions.confirmed IS
+    'false: its owner''s OID was reused by another role; only a superuser or an eventpipe_admin member may change it';
+ALTER TABLE eventpipe.subscriptions ALTER COLUMN owner SET NOT NULL;
+-- the owner comes from the declaring functions, never from a default
+ALTER TABLE eventpipe.metric_rules ALTER COLUMN owner DROP DEFAULT;
+ALTER TABLE eventpipe.handlers ALTER COLUMN owner DROP DEFAULT;
+COMMENT ON COLUMN eventpipe.metric_rules.owner IS
+    'The role that declared the rule: the worker writes to the target with its rights, checked at every batch';
+COMMENT ON COLUMN eventpipe.handlers.owner IS
+    'The role that declared the handler: the worker calls it as that role, checking EXECUTE at every batch';
+
+-- eventpipe's tables and sequences are written by its functions and workers
+-- only: revoke every right but SELECT granted on them, at table and column
+-- level (0.3's documentation told DBAs to grant INSERT and DELETE; a TRIGGER
+-- right let a role attach code that the workers would run as superuser).
+DO $$
+DECLARE
+    grant_row record;
+BEGIN
+    FOR grant_row IN
+        SELECT DISTINCT c.oid::pg_catalog.regclass AS rel, c.relkind, a.grantee
+          FROM pg_catalog.pg_class AS c
+          LEFT JOIN pg_catalog.pg_attribute AS col ON col.attrelid OPERATOR(pg_catalog.=) c.oid,
+               pg_catalog.aclexplode(pg_catalog.array_cat(c.relacl, col.attacl)) AS a
+         WHERE c.relnamespace OPERATOR(pg_catalog.=) 'eventpipe'::pg_catalog.regnamespace
+           AND c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'p', 'S']::"char"[])
+           AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
+           AND a.privilege_type OPERATOR(pg_catalog.<>) 'SELECT'
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE %s ON %s FROM %s',
+                                  CASE WHEN grant_row.relkind OPERATOR(pg_catalog.=) 'S' THEN 'USAGE, UPDATE'
+                                       ELSE 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER' END,
+                                  grant_row.rel,
+                                  CASE WHEN grant_row.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                       ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(grant_row.grantee)) END);
+    END LOOP;
+END;
+$$;
+
+-- A trigger on eventpipe's tables runs as whoever writes them, the workers
+-- and the declaring functions included: one not of the extension's own is
+-- for a DBA to look at, not for an update to keep or drop.
+DO $$
+DECLARE
+    foreign_triggers text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I on %s', t.tgname, t.tgrelid::pg_catalog.regclass), ', ')
+      INTO foreign_triggers
+      FROM pg_catalog.pg_trigger AS t
+      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid
+      JOIN pg_catalog.pg_proc AS p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid
+     WHERE c.relnamespace OPERATOR(pg_catalog.=) 'eventpipe'::pg_catalog.regnamespace
+       AND NOT t.tgisinternal
+       AND p.pronamespace OPERATOR(pg_catalog.<>) 'eventpipe'::pg_catalog.regnamespace;
+    IF foreign_triggers IS NOT NULL THEN
+        RAISE EXCEPTION 'eventpipe''s tables carry triggers it did not create: %', foreign_triggers
+            USING HINT = 'They would run as superuser in eventpipe''s workers. Drop them (DROP TRIGGER ... ON ...), then update again.';
+    END IF;
+END;
+$$;
+
+-- A trigger function the 0.2 script left executable by PUBLIC.  Two pure
+-- functions stay so: the views that call them (eventpipe.captures,
+-- eventpipe.pg_stat_relay) run them with their reader's rights.
+REVOKE ALL ON FUNCTION eventpipe.subscriptions_changed() FROM PUBLIC;
+
+-- Is caller a superuser or a member of eventpipe_admin?
+CREATE FUNCTION eventpipe.is_admin(caller regrole)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                WHERE r.oid OPERATOR(pg_catalog.=) caller::pg_catalog.oid AND r.rolsuper)
+    OR EXISTS (SELECT FROM pg_catalog.pg_roles AS a
+                WHERE a.rolname OPERATOR(pg_catalog.=) 'eventpipe_admin'
+                  AND pg_catalog.pg_has_role(caller::pg_catalog.oid, a.oid, 'USAGE'));
+REVOKE ALL ON FUNCTION eventpipe.is_admin(regrole) FROM PUBLIC;
+
+-- Is role still recorded as an owner?  The workers run nothing of a role
+-- that is not: its grant was revoked, or it was dropped and its OID is
+-- perhaps another role's now.
+CREATE FUNCTION eventpipe.owner_is_tracked(role regrole)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN EXISTS (SELECT FROM pg_catalog.pg_attribute AS a, pg_catalog.aclexplode(a.attacl) AS x
+                WHERE a.attrelid OPERATOR(pg_catalog.=) 'eventpipe.subscriptions'::pg_catalog.regclass
+                  AND a.attname OPERATOR(pg_catalog.=) 'owner'
+                  AND x.grantee OPERATOR(pg_catalog.=) role::pg_catalog.oid
+                  AND x.privilege_type OPERATOR(pg_catalog.=) 'REFERENCES')
+    -- the extension's owner owns the table: it holds every right anyway
+    OR role::pg_catalog.oid OPERATOR(pg_catalog.=)
+       (SELECT c.relowner FROM pg_catalog.pg_class AS c
+         WHERE c.oid OPERATOR(pg_catalog.=) 'eventpipe.subscriptions'::pg_catalog.regclass);
+REVOKE ALL ON FUNCTION eventpipe.owner_is_tracked(regrole) FROM PUBLIC;
+
+-- May caller change what owner declared?  With owner's privileges (owner
+-- itself or a member that inherits them) when the owner is confirmed and
+-- tracked; as a superuser or an eventpipe_admin member in any case.
+CREATE FUNCTION eventpipe.may_change(caller regrole, owner regrole, confirmed boolean)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN (confirmed AND eventpipe.owner_is_tracked(owner)
+        AND pg_catalog.pg_has_role(caller::pg_catalog.oid, owner::pg_catalog.oid, 'USAGE'))
+    OR eventpipe.is_admin(caller);
+REVOKE ALL ON FUNCTION eventpipe.may_change(regrole, regrole, boolean) FROM PUBLIC;
+
+-- The subscription's owner, after checking that it exists and that caller
+-- may change it.
+CREATE FUNCTION eventpipe.check_may_change(caller regrole, subscription text)
+RETURNS regrole
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owner     regrole;
+    confirmed boolean;
+BEGIN
+    SELECT s.owner, s.confirmed INTO owner, confirmed FROM eventpipe.subscriptions AS s
+     WHERE s.name OPERATOR(pg_catalog.=) check_may_change.subscription;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription "%" does not exist', subscription
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create it with eventpipe.subscribe().';
+    END IF;
+    IF NOT eventpipe.may_change(caller, owner, confirmed) THEN
+        RAISE EXCEPTION 'permission denied for subscription "%"', subscription
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = pg_catalog.format('It belongs to role %s.', owner),
+                  HINT = 'Only its owner, a superuser or a member of eventpipe_admin may change a subscription, its rules and handlers.';
+    END IF;
+    RETURN owner;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.check_may_change(regrole, text) FROM PUBLIC;
+
+-- Record role as an owner of eventpipe objects in pg_shdepend: the grant
+-- below is what DROP ROLE finds ("privileges for column owner of table
+-- eventpipe.subscriptions").  The workers also read it: a rule whose owner
+-- lost it (revoked by hand, the role dropped) runs no more.  Rows that carry
+-- the role's OID while it was not tracked are not its own (a dropped role's
+-- OID reused, or rows from before 0.4): they become unconfirmed.  A role
+-- already tracked is left alone, so that declarations do not queue on the
+-- column's catalog row.
+CREATE FUNCTION eventpipe.track_owner(role regrole)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF eventpipe.owner_is_tracked(role) THEN
+        RETURN;
+    END IF;
+    UPDATE eventpipe.subscriptions AS s SET confirmed = false WHERE s.owner OPERATOR(pg_catalog.=) role;
+    UPDATE eventpipe.metric_rules AS r SET confirmed = false WHERE r.owner OPERATOR(pg_catalog.=) role;
+    UPDATE eventpipe.handlers AS h SET confirmed = false WHERE h.owner OPERATOR(pg_catalog.=) role;
+    EXECUTE pg_catalog.format('GRANT REFERENCES (owner) ON eventpipe.subscriptions TO %I',
+                              pg_catalog.pg_get_userbyid(role::pg_catalog.oid));
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.track_owner(regrole) FROM PUBLIC;
+
+-- Forget role as an owner once it owns no subscription, rule or handler.
+CREATE FUNCTION eventpipe.untrack_owner_if_unused(role regrole)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM eventpipe.subscriptions AS s WHERE s.owner OPERATOR(pg_catalog.=) role)
+       AND NOT EXISTS (SELECT FROM eventpipe.metric_rules AS r WHERE r.owner OPERATOR(pg_catalog.=) role)
+       AND NOT EXISTS (SELECT FROM eventpipe.handlers AS h WHERE h.owner OPERATOR(pg_catalog.=) role)
+       AND EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid OPERATOR(pg_catalog.=) role::pg_catalog.oid) THEN
+        EXECUTE pg_catalog.format('REVOKE REFERENCES (owner) ON eventpipe.subscriptions FROM %I',
+                                  pg_catalog.pg_get_userbyid(role::pg_catalog.oid));
+    END IF;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.untrack_owner_if_unused(regrole) FROM PUBLIC;
+
+-- A superuser confirms that role really declared the unconfirmed rules,
+-- handlers and subscriptions that carry its name; returns how many.
+CREATE FUNCTION eventpipe.confirm_owner(role regrole)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    confirmed_rows bigint := 0;
+    n              bigint;
+BEGIN
+    PERFORM eventpipe.track_owner(role);
+    UPDATE eventpipe.subscriptions AS s SET confirmed = true
+     WHERE s.owner OPERATOR(pg_catalog.=) role AND NOT s.confirmed;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    confirmed_rows := confirmed_rows OPERATOR(pg_catalog.+) n;
+    UPDATE eventpipe.metric_rules AS r SET confirmed = true
+     WHERE r.owner OPERATOR(pg_catalog.=) role AND NOT r.confirmed;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    confirmed_rows := confirmed_rows OPERATOR(pg_catalog.+) n;
+    UPDATE eventpipe.handlers AS h SET confirmed = true
+     WHERE h.owner OPERATOR(pg_catalog.=) role AND NOT h.confirmed;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN confirmed_rows OPERATOR(pg_catalog.+) n;
+END;
+$$;
+COMMENT ON FUNCTION eventpipe.confirm_owner(regrole) IS
+    'For a superuser, after checking them: the unconfirmed rules, handlers and subscriptions of role were really declared by it; they run again';
+REVOKE ALL ON FUNCTION eventpipe.confirm_owner(regrole) FROM PUBLIC;
+
+DO $$
+DECLARE
+    waiting bigint;
+BEGIN
+    SELECT (SELECT pg_catalog.count(*) FROM eventpipe.metric_rules AS r WHERE NOT r.confirmed)
+           OPERATOR(pg_catalog.+)
+           (SELECT pg_catalog.count(*) FROM eventpipe.handlers AS h WHERE NOT h.confirmed)
+      INTO waiting;
+    IF waiting OPERATOR(pg_catalog.>) 0 THEN
+        RAISE WARNING 'eventpipe: % rules and handlers declared before 0.4 wait for a superuser''s confirmation of their owners', waiting
+            USING DETAIL = 'Until 0.4 any declaring role could write any owner; the workers dead-letter their messages meanwhile.',
+                  HINT = 'Check eventpipe.metric_rules and eventpipe.handlers, then run SELECT eventpipe.confirm_owner(role) for each owner you trust.';
+    END IF;
+END;
+$$;
+
+-- DROP OWNED BY and REASSIGN OWNED BY, for this database's eventpipe
+-- objects: called by the library's utility hook after the command itself.
+-- Delete a subscription with its rules, handlers, offsets (ON DELETE
+-- CASCADE) and ledger rows; the roles that owned any of them and own
+-- nothing else any more stop being tracked.  A batch in flight that stored
+-- its offsets first has committed once this returns.
+CREATE FUNCTION eventpipe.delete_subscription(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    gone   integer;
+    owners regrole[];
+    role   regrole;
+BEGIN
+    owners := ARRAY(SELECT s.owner FROM eventpipe.subscriptions AS s
+                     WHERE s.name OPERATOR(pg_catalog.=) delete_subscription.name
+                    UNION SELECT r.owner FROM eventpipe.metric_rules AS r
+                     WHERE r.subscription OPERATOR(pg_catalog.=) delete_subscription.name
+                    UNION SELECT h.owner FROM eventpipe.handlers AS h
+                     WHERE h.subscription OPERATOR(pg_catalog.=) delete_subscription.name);
+    DELETE FROM eventpipe.subscriptions AS s WHERE s.name OPERATOR(pg_catalog.=) delete_subscription.name
+    RETURNING s.id INTO gone;
+    DELETE FROM eventpipe.event_handled AS h WHERE h.subscription_id OPERATOR(pg_catalog.=) gone;
+    FOREACH role IN ARRAY owners LOOP
+        PERFORM eventpipe.untrack_owner_if_unused(role);
+    END LOOP;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.delete_subscription(text) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.drop_owned(roles regrole[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- a subscription goes with every rule and handler on it, whoever owns them
+    PERFORM eventpipe.delete_subscription(s.name) FROM eventpipe.subscriptions AS s
+      WHERE s.owner OPERATOR(pg_catalog.=) ANY (drop_owned.roles);
+    DELETE FROM eventpipe.metric_rules AS r WHERE r.owner OPERATOR(pg_catalog.=) ANY (drop_owned.roles);
+    DELETE FROM eventpipe.handlers AS h WHERE h.owner OPERATOR(pg_catalog.=) ANY (drop_owned.roles);
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.drop_owned(regrole[]) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.reassign_owned(roles regrole[], new_owner regrole)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    role regrole;
+BEGIN
+    PERFORM eventpipe.track_owner(new_owner);
+    UPDATE eventpipe.subscriptions AS s SET owner = new_owner
+     WHERE s.owner OPERATOR(pg_catalog.=) ANY (reassign_owned.roles);
+    UPDATE eventpipe.metric_rules AS r SET owner = new_owner
+     WHERE r.owner OPERATOR(pg_catalog.=) ANY (reassign_owned.roles);
+    UPDATE eventpipe.handlers AS h SET owner = new_owner
+     WHERE h.owner OPERATOR(pg_catalog.=) ANY (reassign_owned.roles);
+    FOREACH role IN ARRAY pg_catalog.array_append(roles, new_owner) LOOP
+        PERFORM eventpipe.untrack_owner_if_unused(role);
+    END LOOP;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.reassign_owned(regrole[], regrole) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- The declaring functions: a gate that records the caller, and the
+-- implementations, SECURITY DEFINER, for nobody but the gate
+------------------------------------------------------------------------------
+
+-- A payload field name: one or more non-empty parts separated by dots.
+CREATE FUNCTION eventpipe.check_field_name(what text, field text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF field IS NOT NULL AND field OPERATOR(pg_catalog.!~) '^[^.]+(\.[^.]+)*$' THEN
+        RAISE EXCEPTION 'invalid % "%"', what, field
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A field is a payload member''s name, or a path of names separated by dots ("after.product_id"); no part may be empty.';
+    END IF;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.check_field_name(text, text) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.subscribe_as(
+    caller      regrole,
+    name        text,
+    topics      text[],
+    group_id    text,
+    start_from  text,
+    batch_size  integer,
+    dedup_field text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    sharing eventpipe.subscriptions;
+BEGIN
+    IF name IS NULL OR name OPERATOR(pg_catalog.!~) '^[A-Za-z0-9._-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid subscription name "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A subscription name has 1 to 63 characters among A-Z a-z 0-9 . _ -.';
+    END IF;
+    IF topics IS NULL OR pg_catalog.cardinality(topics) OPERATOR(pg_catalog.=) 0
+       OR pg_catalog.array_position(topics, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'a subscription needs at least one topic, and no NULL topic'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF start_from IS NULL OR start_from OPERATOR(pg_catalog.<>) ALL (ARRAY['earliest', 'latest']) THEN
+        RAISE EXCEPTION 'invalid start_from "%"', start_from
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''earliest'' or ''latest''.';
+    END IF;
+    IF batch_size OPERATOR(pg_catalog.<) 1 OR batch_size OPERATOR(pg_catalog.>) 1000000 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 1000000'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF group_id OPERATOR(pg_catalog.=) '' OR dedup_field OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'group_id and dedup_field may be NULL but not empty'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM eventpipe.check_field_name('dedup_field', dedup_field);
+    IF EXISTS (SELECT FROM eventpipe.subscriptions AS s WHERE s.name OPERATOR(pg_catalog.=) subscribe_as.name) THEN
+        RAISE EXCEPTION 'subscription "%" already exists', name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Call eventpipe.unsubscribe() first.';
+    END IF;
+    -- Two subscriptions in one consumer group split its partitions between
+    -- them: only who may change every subscription of the group may ask
+    -- for it, by naming the group.  The lock makes two such calls wait for
+    -- each other.
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('eventpipe.subscriptions.group_id'),
+                                             pg_catalog.hashtext(coalesce(group_id, name)));
+    SELECT * INTO sharing FROM eventpipe.subscriptions AS s
+     WHERE s.group_id OPERATOR(pg_catalog.=) coalesce(subscribe_as.group_id, subscribe_as.name)
+       AND (subscribe_as.group_id IS NULL OR NOT eventpipe.may_change(caller, s.owner, s.confirmed))
+     ORDER BY s.name LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'consumer group "%" is used by subscription "%"', sharing.group_id, sharing.name
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'Subscriptions in one consumer group split the topics'' partitions between them.',
+                  HINT = 'Choose another group_id; only who may change the other subscription may share its group, by naming it as group_id.';
+    END IF;
+    PERFORM eventpipe.track_owner(caller);
+    INSERT INTO eventpipe.subscriptions (name, topics, group_id, start_from, batch_size, dedup_field, owner,
+                                         confirmed)
+    VALUES (name, topics, coalesce(group_id, name), start_from, batch_size, dedup_field, caller, true);
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.subscribe_as(regrole, text, text[], text, text, integer, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION eventpipe.subscribe(
+    name        text,
+    topics      text[],
+    group_id    text    DEFAULT NULL,
+    start_from  text    DEFAULT 'earliest',
+    batch_size  integer DEFAULT NULL,
+    dedup_field text    DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION eventpipe.unsubscribe_as(caller regrole, name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM eventpipe.check_may_change(caller, name);
+    PERFORM eventpipe.delete_subscription(name);
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.unsubscribe_as(regrole, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION eventpipe.unsubscribe(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION eventpipe.add_metric_as(
+    caller       regrole,
+    subscription text,
+    event_type   text,
+    target       regclass,
+    key_field    text,
+    column_name  text,
+    value_field  text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel        pg_catalog.pg_class;
+    key_column name;
+    col        pg_catalog.pg_attribute;
+    missing    text;
+    rule_id    bigint;
+BEGIN
+    PERFORM eventpipe.check_may_change(caller, subscription);
+    IF event_type IS NULL OR event_type OPERATOR(pg_catalog.=) '' OR key_field IS NULL
+       OR key_field OPERATOR(pg_catalog.=) '' OR column_name IS NULL OR target IS NULL
+       OR value_field OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'event_type, target, key_field and column_name are required, value_field may not be empty'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM eventpipe.check_field_name('key_field', key_field);
+    PERFORM eventpipe.check_field_name('value_field', value_field);
+    SELECT * INTO rel FROM pg_catalog.pg_class AS c WHERE c.oid OPERATOR(pg_catalog.=) target::pg_catalog.oid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table with OID % does not exist', target::pg_catalog.oid
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    IF rel.relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[])
+       OR rel.relpersistence OPERATOR(pg_catalog.=) 't' THEN
+        RAISE EXCEPTION '"%" is not a table', target::pg_catalog.text
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'A metric target must be an ordinary or partitioned table, not temporary.';
+    END IF;
+    SELECT a.attname INTO key_column
+      FROM pg_catalog.pg_index AS i
+      JOIN pg_catalog.pg_attribute AS a
+        ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+     WHERE i.indrelid OPERATOR(pg_catalog.=) target::pg_catalog.oid AND i.indisprimary
+       AND i.indnatts OPERATOR(pg_catalog.=) 1;
+    IF key_column IS NULL THEN
+        RAISE EXCEPTION 'table "%" has no single-column primary key', target::pg_catalog.text
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'The rows of a metric table are keyed by one column, its primary key.';
+    END IF;
+    SELECT * INTO col FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid OPERATOR(pg_catalog.=) target::pg_catalog.oid
+       AND a.attname OPERATOR(pg_catalog.=) add_metric_as.column_name
+       AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of table "%" does not exist', column_name, target::pg_catalog.text
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    IF col.attname OPERATOR(pg_catalog.=) key_column THEN
+        RAISE EXCEPTION 'column "%" is the primary key of "%"', column_name, target::pg_catalog.text
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'key_field selects the row; column_name is the counter it adds to.';
+    END IF;
+    IF col.atttypid OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog.int2', 'pg_catalog.int4', 'pg_catalog.int8',
+                            'pg_catalog.numeric', 'pg_catalog.float4', 'pg_catalog.float8']::pg_catalog.regtype[])
+       OR col.attgenerated OPERATOR(pg_catalog.<>) '' THEN
+        RAISE EXCEPTION 'column "%" of table "%" is not a numeric column', column_name, target::pg_catalog.text
+            USING ERRCODE = 'datatype_mismatch',
+                  DETAIL = pg_catalog.format('Its type is %s%s.', pg_catalog.format_type(col.atttypid, col.atttypmod),
+                                  CASE WHEN col.attgenerated OPERATOR(pg_catalog.<>) '' THEN ', generated' ELSE '' END),
+                  HINT = 'A counter column is smallint, integer, bigint, numeric, real or double precision.';
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO missing
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid OPERATOR(pg_catalog.=) target::pg_catalog.oid AND a.attnum OPERATOR(pg_catalog.>) 0
+       AND NOT a.attisdropped AND a.attnotnull AND NOT a.atthasdef
+       AND a.attidentity OPERATOR(pg_catalog.=) '' AND a.attgenerated OPERATOR(pg_catalog.=) ''
+       AND a.attname OPERATOR(pg_catalog.<>) ALL (ARRAY[key_column, col.attname]);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'table "%" has NOT NULL columns without a default: %', target::pg_catalog.text, missing
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'The worker creates missing rows with only the key and the counter: give the other columns defaults.';
+    END IF;
+    -- the upsert reads the counter it adds to: SELECT too
+    IF NOT (pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'SELECT')
+               AND pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'INSERT')
+               AND pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'UPDATE')) THEN
+        RAISE EXCEPTION 'permission denied to update table "%"', target::pg_catalog.text
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A metric rule needs SELECT, INSERT and UPDATE on its target.';
+    END IF;
+    PERFORM eventpipe.track_owner(caller);
+    INSERT INTO eventpipe.metric_rules (subscription, event_type, target, key_field, column_name, value_field,
+                                        owner, confirmed)
+    VALUES (subscription, event_type, target, key_field, column_name, value_field, caller, true)
+    RETURNING id INTO rule_id;
+    RETURN rule_id;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.add_metric_as(regrole, text, text, regclass, text, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION eventpipe.add_metric(
+    subscription text,
+    event_type   text,
+    target       regclass,
+    key_field    text,
+    column_name  text,
+    value_field  text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION eventpipe.add_handler_as(
+    caller       regrole,
+    subscription text,
+    event_type   text,
+    handler      regprocedure)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    fn         pg_catalog.pg_proc;
+    handler_id bigint;
+BEGIN
+    PERFORM eventpipe.check_may_change(caller, subscription);
+    IF event_type IS NULL OR event_type OPERATOR(pg_catalog.=) '' OR handler IS NULL THEN
+        RAISE EXCEPTION 'event_type and handler are required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO fn FROM pg_catalog.pg_proc AS p WHERE p.oid OPERATOR(pg_catalog.=) handler::pg_catalog.oid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'function with OID % does not exist', handler::pg_catalog.oid
+            USING ERRCODE = 'undefined_function';
+    END IF;
+    IF fn.prokind OPERATOR(pg_catalog.<>) 'f' OR fn.proretset OR fn.pronargs OPERATOR(pg_catalog.<>) 2
+       OR fn.proargtypes[0] OPERATOR(pg_catalog.<>) 'pg_catalog.jsonb'::pg_catalog.regtype
+       OR fn.proargtypes[1] OPERATOR(pg_catalog.<>) 'pg_catalog.jsonb'::pg_catalog.regtype THEN
+        RAISE EXCEPTION 'function % cannot be an event handler', handler::pg_catalog.text
+            USING ERRCODE = 'invalid_function_definition',
+                  HINT = 'A handler is a function (payload jsonb, metadata jsonb) returning one value of any type (ignored).';
+    END IF;
+    IF NOT pg_catalog.has_function_privilege(caller::pg_catalog.oid, handler::pg_catalog.oid, 'EXECUTE') THEN
+        RAISE EXCEPTION 'permission denied for function %', handler::pg_catalog.text
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM eventpipe.track_owner(caller);
+    INSERT INTO eventpipe.handlers (subscription, event_type, handler, owner, confirmed)
+    VALUES (subscription, event_type, handler, caller, true)
+    RETURNING id INTO handler_id;
+    RETURN handler_id;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.add_handler_as(regrole, text, text, regprocedure) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION eventpipe.add_handler(
+    subscription text,
+    event_type   text,
+    handler      regprocedure)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+
+-- Rules and handlers were removed with DELETE; the tables are closed now.
+-- One body for both: the row of declarations (metric_rules or handlers)
+-- with that id, if caller may change its subscription.
+CREATE FUNCTION eventpipe.remove_declared(caller regrole, declarations regclass, id bigint)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    subscription text;
+    owner        regrole;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT d.subscription, d.owner FROM %s AS d WHERE d.id OPERATOR(pg_catalog.=) $1',
+                              declarations)
+       INTO subscription, owner USING id;
+    IF subscription IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM eventpipe.check_may_change(caller, subscription);
+    EXECUTE pg_catalog.format('DELETE FROM %s AS d WHERE d.id OPERATOR(pg_catalog.=) $1', declarations) USING id;
+    PERFORM eventpipe.untrack_owner_if_unused(owner);
+    RETURN true;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.remove_declared(regrole, regclass, bigint) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.remove_metric_as(caller regrole, id bigint)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN eventpipe.remove_declared(caller, 'eventpipe.metric_rules', id);
+REVOKE ALL ON FUNCTION eventpipe.remove_metric_as(regrole, bigint) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.remove_metric(id bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.remove_metric(bigint) IS
+    'Remove a metric rule (by the id add_metric returned); returns false if there is none';
+REVOKE ALL ON FUNCTION eventpipe.remove_metric(bigint) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.remove_handler_as(caller regrole, id bigint)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN eventpipe.remove_declared(caller, 'eventpipe.handlers', id);
+REVOKE ALL ON FUNCTION eventpipe.remove_handler_as(regrole, bigint) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.remove_handler(id bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.remove_handler(bigint) IS
+    'Remove a handler (by the id add_handler returned); returns false if there is none';
+REVOKE ALL ON FUNCTION eventpipe.remove_handler(bigint) FROM PUBLIC;
+
+-- Operations: only who may change a subscription may pause, replay or
+-- retry it.  set_paused's callers have checked that it exists.
+CREATE OR REPLACE FUNCTION eventpipe.set_paused(subscription text, paused boolean)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    was_paused boolean;
+BEGIN
+    SELECT s.paused INTO was_paused FROM eventpipe.subscriptions AS s
+     WHERE s.name OPERATOR(pg_catalog.=) set_paused.subscription FOR NO KEY UPDATE;
+    UPDATE eventpipe.subscriptions AS s SET paused = set_paused.paused
+     WHERE s.name OPERATOR(pg_catalog.=) set_paused.subscription;
+    RETURN was_paused IS DISTINCT FROM paused;
+END;
+$$;
+
+CREATE FUNCTION eventpipe.pause_as(caller regrole, subscription text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM eventpipe.check_may_change(caller, subscription);
+    RETURN eventpipe.set_paused(subscription, true);
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.pause_as(regrole, text) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.resume_as(caller regrole, subscription text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM eventpipe.check_may_change(caller, subscription);
+    RETURN eventpipe.set_paused(subscription, false);
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.resume_as(regrole, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION eventpipe.pause(subscription text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+
+CREATE OR REPLACE FUNCTION eventpipe.resume(subscription text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION eventpipe.replay_as(
+    caller       regrole,
+    subscription text,
+    topic        text,
+    partition    integer,
+    from_offset  bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    topics   text[];
+    previous bigint;
+BEGIN
+    PERFORM eventpipe.check_may_change(caller, subscription);
+    SELECT s.topics INTO topics FROM eventpipe.subscriptions AS s
+     WHERE s.name OPERATOR(pg_catalog.=) replay_as.subscription;
+    IF topic IS NULL OR NOT topic OPERATOR(pg_catalog.=) ANY (topics) THEN
+        RAISE EXCEPTION 'topic "%" is not a topic of subscription "%"', topic, subscription
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('Its topics: %s.', pg_catalog.array_to_string(topics, ', '));
+    END IF;
+    IF partition IS NULL OR partition OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION 'invalid partition %', coalesce(partition::pg_catalog.text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Kafka numbers partitions from 0.';
+    END IF;
+    IF from_offset IS NULL OR from_offset OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION 'invalid offset %', coalesce(from_offset::pg_catalog.text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Offsets start at 0; an offset below the earliest one Kafka retains replays from there.';
+    END IF;
+    SELECT o.next_offset INTO previous FROM eventpipe.consumer_offsets AS o
+     WHERE o.subscription OPERATOR(pg_catalog.=) replay_as.subscription
+       AND o.topic OPERATOR(pg_catalog.=) replay_as.topic
+       AND o.partition OPERATOR(pg_catalog.=) replay_as.partition;
+    INSERT INTO eventpipe.consumer_replays AS r (subscription, topic, partition, from_offset)
+    VALUES (subscription, topic, partition, from_offset)
+    ON CONFLICT ON CONSTRAINT consumer_replays_pkey
+    DO UPDATE SET from_offset = EXCLUDED.from_offset, requested_at = EXCLUDED.requested_at;
+    RETURN previous;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.replay_as(regrole, text, text, integer, bigint) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION eventpipe.replay(
+    subscription text,
+    topic        text,
+    partition    integer,
+    from_offset  bigint)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION eventpipe.retry_consumer_dead_as(caller regrole, ids bigint[], subscription text,
+                                                  topic text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    queued bigint;
+BEGIN
+    IF subscription IS NOT NULL THEN
+        PERFORM eventpipe.check_may_change(caller, subscription);
+    END IF;
+    -- dead letters of a subscription that is gone have no worker to apply
+    -- them; those of subscriptions the caller may not change stay as they are
+    UPDATE eventpipe.consumer_dead_letters AS d SET retry_requested_at = pg_catalog.clock_timestamp()
+     WHERE (retry_consumer_dead_as.ids IS NULL OR d.id OPERATOR(pg_catalog.=) ANY (retry_consumer_dead_as.ids))
+       AND (retry_consumer_dead_as.subscription IS NULL
+            OR d.subscription OPERATOR(pg_catalog.=) retry_consumer_dead_as.subscription)
+       AND (retry_consumer_dead_as.topic IS NULL OR d.topic OPERATOR(pg_catalog.=) retry_consumer_dead_as.topic)
+       AND EXISTS (SELECT FROM eventpipe.subscriptions AS s
+                    WHERE s.name OPERATOR(pg_catalog.=) d.subscription
+                      AND eventpipe.may_change(caller, s.owner, s.confirmed));
+    GET DIAGNOSTICS queued = ROW_COUNT;
+    RETURN queued;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.retry_consumer_dead_as(regrole, bigint[], text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION eventpipe.retry_consumer_dead(ids bigint[] DEFAULT NULL, subscription text DEFAULT NULL,
+                                                          topic text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+
+-- check_subscription() served the 0.3 functions, which ran as their caller.
+DROP FUNCTION eventpipe.check_subscription(text);
+
+------------------------------------------------------------------------------
+-- TRUNCATE of undelivered events
+------------------------------------------------------------------------------
+
+-- TRUNCATE of the outbox or the dead-letter table would drop committed
+-- events nobody sent, without a trace: refused while either holds any.
+CREATE FUNCTION eventpipe.undelivered_truncate_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    holds_events boolean;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %I.%I)', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+       INTO holds_events;
+    IF holds_events THEN
+        RAISE EXCEPTION 'cannot truncate %.%: it holds committed events not delivered to Kafka',
+                        TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'object_in_use',
+                  HINT = CASE TG_TABLE_NAME
+                         WHEN 'outbox' THEN 'Let the relay send them (eventpipe.pg_stat_relay shows the backlog), or DELETE the events you mean to discard.'
+                         ELSE 'Send them again with eventpipe.retry_dead(), or DELETE the dead letters you mean to discard.' END;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.undelivered_truncate_guard() FROM PUBLIC;
+CREATE TRIGGER undelivered_truncate_guard BEFORE TRUNCATE ON eventpipe.outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.undelivered_truncate_guard();
+CREATE TRIGGER undelivered_truncate_guard BEFORE TRUNCATE ON eventpipe.dead_letters
+    FOR EACH STATEMENT EXECUTE FUNCTION eventpipe.undelivered_truncate_guard();
+
+------------------------------------------------------------------------------
+-- pg_stat_consumer: subscriptions waiting for a worker slot
+------------------------------------------------------------------------------
+
+-- consumer_stats() also lists the subscriptions the manager could not give a
+-- worker (no slot left), with the reason in last_error.
+CREATE OR REPLACE VIEW eventpipe.pg_stat_consumer AS
+WITH partitions AS (
+    SELECT subscription, topic, partition, o.next_offset, m.events_applied, m.duplicates,
+           m.unmatched, m.events_dead, m.high_watermark
+      FROM eventpipe.consumer_offsets AS o
+      FULL JOIN eventpipe.consumer_partition_stats() AS m USING (subscription, topic, partition)
+)
+SELECT s.name AS subscription,
+       w.pid,
+       CASE WHEN w.pid IS NOT NULL OR w.state = 'waiting for a worker slot' THEN w.state
+            WHEN s.paused THEN 'paused'
+            ELSE 'stopped' END AS state,
+       p.topic,
+       p.partition,
+       p.next_offset AS committed_offset,
+       p.high_watermark,
+       p.high_watermark - p.next_offset AS lag,
+       coalesce(p.events_applied, 0) AS events_applied,
+       coalesce(p.duplicates, 0) AS duplicates,
+       coalesce(p.unmatched, 0) AS unmatched,
+       coalesce(p.events_dead, 0) AS events_dead,
+       w.last_error,
+       w.last_error_time,
+       w.stats_reset
+  FROM eventpipe.subscriptions AS s
+  LEFT JOIN eventpipe.consumer_stats() AS w ON w.subscription = s.name
+  LEFT JOIN partitions AS p ON p.subscription = s.name;
+
+------------------------------------------------------------------------------
+-- Comments the relay's statistics lacked
+------------------------------------------------------------------------------
+
+COMMENT ON FUNCTION eventpipe.relay_shard(text, bigint, integer) IS
+    'The relay worker (0 to workers - 1) that sends an outbox row: a hash of its key, or of its id when it has none';
+COMMENT ON FUNCTION eventpipe.relay_stats() IS
+    'Per relay worker: state and counters from shared memory (they survive worker restarts); pg_stat_relay adds the backlog';
+COMMENT ON VIEW eventpipe.pg_stat_relay IS
+    'Per relay worker: state, counters, and the backlog of the outbox rows it sends in this database with the age of the oldest';
