@@ -19,7 +19,9 @@
 #                                per-key order; duplicates are only noted
 #                                (verify_messages: the same on messages read)
 #   start_kafka_with(...)        a cluster with extra broker settings
-#   topic_admin / create_topic / delete_records   topics created, records deleted, with Kafka's Java AdminClient
+#   topic_admin / create_topic / delete_records   topics created, records
+#                                deleted, with Kafka's Java AdminClient
+#                                (t/java/KafkaAdmin.java)
 #   partition_leaders            partition => leader node, from kcat -L
 #   end_offsets                  partition => end offset, from kcat -Q
 #
@@ -544,93 +546,29 @@ sub start_kafka_with
 
 # ------------------------------------------------------------ topics ----
 
-# Kafka's own Java AdminClient (kafka-clients, in the broker's jar set):
-# the jar set has no kafka-topics tool (kafka.admin.TopicCommand moved to
-# the kafka-tools artifact in Kafka 3.x).  One long-lived process per
-# cluster reads commands ("create TOPIC PARTITIONS RF", "delete-records
-# TOPIC PARTITION OFFSET") on stdin and answers "ok" or "error: ..." on
-# stdout, so a topic is created within a fraction of a second when a test
-# needs it at a precise moment.
-my $admin_java = <<'JAVA';
-import java.io.BufferedReader;
-import java.io.InputStreamReader;
-import java.util.Collections;
-import java.util.Properties;
-import java.util.concurrent.TimeUnit;
-import org.apache.kafka.clients.admin.Admin;
-import org.apache.kafka.clients.admin.AdminClientConfig;
-import org.apache.kafka.clients.admin.NewTopic;
-import org.apache.kafka.clients.admin.RecordsToDelete;
-import org.apache.kafka.common.TopicPartition;
-
-public class FaultTestTopics {
-    public static void main(String[] args) throws Exception {
-        Properties props = new Properties();
-        props.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, args[0]);
-        props.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "10000");
-        props.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
-        try (Admin admin = Admin.create(props)) {
-            BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
-            System.out.println("ready");
-            System.out.flush();
-            String line;
-            while ((line = in.readLine()) != null) {
-                String[] word = line.trim().split("\\s+");
-                try {
-                    if (word[0].equals("create") && word.length == 4) {
-                        NewTopic topic = new NewTopic(word[1], Integer.parseInt(word[2]),
-                                                      Short.parseShort(word[3]));
-                        admin.createTopics(Collections.singleton(topic)).all()
-                             .get(30, TimeUnit.SECONDS);
-                        System.out.println("ok");
-                    } else if (word[0].equals("delete-records") && word.length == 4) {
-                        TopicPartition partition = new TopicPartition(word[1], Integer.parseInt(word[2]));
-                        admin.deleteRecords(Collections.singletonMap(partition,
-                                 RecordsToDelete.beforeOffset(Long.parseLong(word[3]))))
-                             .all().get(30, TimeUnit.SECONDS);
-                        System.out.println("ok");
-                    } else {
-                        System.out.println("error: unknown command: " + line);
-                    }
-                } catch (Exception e) {
-                    System.out.println("error: " + String.valueOf(e).replace('\n', ' '));
-                }
-                System.out.flush();
-            }
-        }
-    }
-}
-JAVA
+# Kafka's own Java AdminClient, run from t/java/KafkaAdmin.java (see
+# there): one long-lived process per cluster answering "create" and
+# "delete-records" commands.
 
 # topic_admin($kafka): start the admin process; returns a handle for
 # create_topic().
 sub topic_admin
 {
 	my ($kafka) = @_;
-	my $dir = PostgreSQL::Test::Utils::tempdir('topic_admin');
-	my $src = "$dir/FaultTestTopics.java";
-	open my $fh, '>', $src or croak "cannot write $src: $!";
-	print $fh $admin_java;
-	close $fh;
-	open $fh, '>', "$dir/log4j.properties" or croak $!;
-	print $fh "log4j.rootLogger=WARN, stderr\n"
-	  . "log4j.appender.stderr=org.apache.log4j.ConsoleAppender\n"
-	  . "log4j.appender.stderr.Target=System.err\n"
-	  . "log4j.appender.stderr.layout=org.apache.log4j.PatternLayout\n"
-	  . "log4j.appender.stderr.layout.ConversionPattern=%p %m (%c)%n\n";
-	close $fh;
+	my $java_dir = "$repo_root/t/java";
 	my ($in, $out) = ('', '');
 	my $log = "$PostgreSQL::Test::Utils::log_path/topic_admin.log";
 	my $h = IPC::Run::start(
 		[
 			'java', '-Xshare:auto', '-XX:TieredStopAtLevel=1', '-Xmx128m',
-			"-Dlog4j.configuration=file:$dir/log4j.properties",
-			'-cp', "$repo_root/.cache/kafka-libs/*", $src, $kafka->{bootstrap}
+			"-Dlog4j.configuration=file:$java_dir/log4j.properties",
+			'-cp', "$repo_root/.cache/kafka-libs/*", "$java_dir/KafkaAdmin.java",
+			$kafka->{bootstrap}
 		],
 		'<', \$in, '>', \$out, '2>>', $log);
 	push @children, $h;
 	my $admin = { h => $h, in => \$in, out => \$out, log => $log };
-	_admin_answer($admin, 90) eq 'ready'
+	(_admin_answer($admin, 90) // '') eq 'ready'
 	  or BAIL_OUT("the topic admin process did not start (see $log)");
 	return $admin;
 }
