@@ -24,7 +24,7 @@ use Time::HiRes qw(time usleep);
 use EventpipeTest;
 use FaultTest;
 
-my $kafka = start_kafka_with(broker_properties => ['auto.create.topics.enable=false']);
+my $kafka = start_kafka(broker_properties => ['auto.create.topics.enable=false']);
 my $bootstrap = $kafka->{bootstrap};
 my $admin = topic_admin($kafka);
 my $main = 't104.main';

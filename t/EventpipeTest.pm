@@ -114,40 +114,47 @@ sub _install_signal_handlers
 	}
 }
 
-# start_kafka(nodes => 1, timeout => 90, sasl_users => ['name:password']):
+# start_kafka(nodes => 1, timeout => 90, sasl_users => ['name:password'],
+#             broker_properties => ['key=value', ...]):
 # a new cluster in its own directory under tmp_check, on free ports, with a
-# SASL_PLAINTEXT listener (PLAIN) for sasl_users if given.  Returns a hash:
-# dir, bootstrap, sasl_bootstrap (with sasl_users), port, nodes.  Stopped at
-# exit if the test does not stop it.
+# SASL_PLAINTEXT listener (PLAIN) for sasl_users if given, and the extra
+# broker settings if given (scripts/kafka start --broker-property).  Returns
+# a hash: dir, bootstrap, sasl_bootstrap (with sasl_users), port, nodes.
+# Killed at exit if the test does not stop it.
 sub start_kafka
 {
 	my (%opts) = @_;
 	my $nodes   = $opts{nodes}   // 1;
 	my $timeout = $opts{timeout} // 90;
+	my @sasl_users = @{ $opts{sasl_users}        // [] };
+	my @props      = @{ $opts{broker_properties} // [] };
 	my $name    = basename($0);
 	$name =~ s/\.[^.]+$//;
 	my $dir = PostgreSQL::Test::Utils::tempdir("kafka_$name");
 
 	_install_signal_handlers();
-	my @sasl_users = @{ $opts{sasl_users} // [] };
 	my $port = _pick_kafka_port($nodes, scalar @sasl_users);
 	$running_kafka{$dir} = 1;
 	my ($ok, $out) = _kafka_cmd(
 		'start',     '--dir',   $dir,  '--nodes', $nodes,
 		'--port',    $port,     '--timeout', $timeout,
-		map { ('--sasl-user', $_) } @sasl_users);
+		(map { ('--sasl-user', $_) } @sasl_users),
+		(map { ('--broker-property', $_) } @props));
 	BAIL_OUT("could not start Kafka in $dir") unless $ok;
 	my @lines     = split /\n/, $out;
 	my $bootstrap = $lines[-1];
 	BAIL_OUT("scripts/kafka start printed no bootstrap servers")
 	  unless defined $bootstrap && $bootstrap =~ /^127\.0\.0\.1:\d+/;
-	note "Kafka ($nodes node(s)) at $bootstrap in $dir";
+	note "Kafka ($nodes node(s)) at $bootstrap in $dir"
+	  . (@props ? ', with ' . join(' ', @props) : '');
 	my $sasl_bootstrap;
 	if (@sasl_users)
 	{
 		(my $sasl_ok, $sasl_bootstrap) = _kafka_cmd('bootstrap', '--dir', $dir, '--sasl');
-		BAIL_OUT("scripts/kafka bootstrap --sasl failed") unless $sasl_ok;
 		chomp $sasl_bootstrap;
+		BAIL_OUT("scripts/kafka bootstrap --sasl printed no SASL listener")
+		  unless $sasl_ok && $sasl_bootstrap =~ /^127\.0\.0\.1:\d+/;
+		note "SASL_PLAINTEXT listener at $sasl_bootstrap";
 	}
 	return {
 		dir            => $dir,

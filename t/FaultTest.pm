@@ -18,7 +18,6 @@
 #   check_topic(...)             no loss, right keys/seqs, nothing foreign,
 #                                per-key order; duplicates are only noted
 #                                (verify_messages: the same on messages read)
-#   start_kafka_with(...)        a cluster with extra broker settings
 #   topic_admin / create_topic / delete_records   topics created, records
 #                                deleted, with Kafka's Java AdminClient
 #                                (t/java/KafkaAdmin.java)
@@ -50,7 +49,7 @@ our @EXPORT = qw(
   read_topic check_topic verify_messages
   wait_server_up server_is_up relay_pids total_outbox
   topic_admin create_topic delete_records partition_leaders end_offsets ensure_consumer_offsets
-  log_matches start_kafka_with finish_stream
+  log_matches finish_stream
 );
 
 my $repo_root = abs_path(dirname(abs_path(__FILE__)) . '/..');
@@ -478,70 +477,6 @@ sub verify_messages
 	  . scalar(@$msgs)
 	  . " messages on $topic, $dups duplicate copies ($dup_events events arrived more than once)";
 	return { msgs => $msgs, duplicates => $dups };
-}
-
-# ------------------------------------------------------------- Kafka ----
-
-# Clusters started by start_kafka_with(), killed at exit.
-my @own_kafka;
-
-END
-{
-	my $exit_code = $?;
-	for my $kafka (@own_kafka)
-	{
-		kill_kafka_node($kafka, $_) for 1 .. $kafka->{nodes};
-		stop_kafka($kafka);
-	}
-	$? = $exit_code;
-}
-
-# A base port for an N-node cluster: BASE+i-1 and BASE+100+i-1 free.
-sub _kafka_base_port
-{
-	my ($nodes) = @_;
-	for (1 .. 100)
-	{
-		my $base = PostgreSQL::Test::Cluster::get_free_port();
-		next if $base + 100 + $nodes > 32767;
-		next if grep { !PostgreSQL::Test::Cluster::can_bind('127.0.0.1', $_) }
-		  ((map { $base + $_ } 1 .. $nodes - 1), (map { $base + 100 + $_ } 0 .. $nodes - 1));
-		return $base;
-	}
-	croak "found no free ports for a $nodes-node Kafka cluster";
-}
-
-# start_kafka_with(nodes => 1, broker_properties => ['k=v', ...]): like
-# EventpipeTest's start_kafka(), with extra broker settings (scripts/kafka
-# start --broker-property).  Same hash back; killed at exit.
-sub start_kafka_with
-{
-	my (%o) = @_;
-	my $nodes = $o{nodes} // 1;
-	my $dir = PostgreSQL::Test::Utils::tempdir('kafka_props');
-	my $port = _kafka_base_port($nodes);
-	my $kafka = { dir => $dir, port => $port, nodes => $nodes };
-	# leave through the END blocks (which kill the cluster) on a signal
-	for my $sig (qw(INT TERM HUP))
-	{
-		$SIG{$sig} = sub { print STDERR "# caught SIG$sig, cleaning up\n"; exit 1; }
-		  unless ref $SIG{$sig};
-	}
-	push @own_kafka, $kafka;
-	my ($out, $err) = ('', '');
-	my @cmd = ("$repo_root/scripts/kafka", 'start', '--dir', $dir, '--nodes', $nodes,
-		'--port', $port, '--timeout', $o{timeout} // 90,
-		map { ('--broker-property', $_) } @{ $o{broker_properties} // [] });
-	my $ok = eval {
-		IPC::Run::run(\@cmd, '<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(180));
-	};
-	print "# @cmd\n$err";
-	BAIL_OUT("could not start Kafka in $dir") unless $ok;
-	($kafka->{bootstrap}) = $out =~ /^(127\.0\.0\.1:\d+\S*)\s*\z/m;
-	BAIL_OUT('scripts/kafka start printed no bootstrap servers') unless $kafka->{bootstrap};
-	note "Kafka ($nodes node(s)) at $kafka->{bootstrap} in $dir, with "
-	  . join(' ', @{ $o{broker_properties} // [] });
-	return $kafka;
 }
 
 # ------------------------------------------------------------ topics ----
