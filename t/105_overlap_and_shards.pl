@@ -88,13 +88,13 @@ my $msgs;
 ok( wait_until(
 		sub {
 			$msgs = read_topic($bootstrap, $topic_same) // [];
-			my %seen = map { $_->{ce_id} => 1 } @$msgs;
+			my %seen = map { ($_->{ce_id} // '') => 1 } @$msgs;
 			return $seen{$id1} && $seen{$id2};
 		},
 		30),
 	'(a) both events of key S arrived');
 note '(a) key S arrived in the order: '
-  . join(', ', map { $_->{ce_id} eq $id1 ? 'T1 (published first, committed last)' : 'T2' } @$msgs);
+  . join(', ', map { ($_->{ce_id} // '') eq $id1 ? 'T1 (published first, committed last)' : 'T2' } @$msgs);
 
 # ---- (a2) a late commit while the relay works through a backlog ----------
 # With batches in flight the relay claims the next ones past them (where

@@ -13,8 +13,6 @@
 #   reap_publishers($pubs)       wait for sessions a crash has ended
 #   bulk_publish($node, ...)     one transaction of many events (a backlog)
 #   ledger($node, $topic)        what committed: [{key, seq, event_id}]
-#   read_topic($bootstrap, $t)   the topic as [{partition, offset, key,
-#                                ce_id, seq, pkey}], fast (kcat -f)
 #   check_topic(...)             no loss, right keys/seqs, nothing foreign,
 #                                per-key order; duplicates are only noted
 #                                (verify_messages: the same on messages read)
@@ -24,7 +22,8 @@
 #   partition_leaders            partition => leader node, from kcat -L
 #   end_offsets                  partition => end offset, from kcat -Q
 #
-# Builds on EventpipeTest (Kafka clusters, nodes, wait_until, ...).
+# Builds on EventpipeTest (Kafka clusters, nodes, wait_until, read_topic,
+# ...).
 package FaultTest;
 
 use strict;
@@ -46,7 +45,7 @@ our @EXPORT = qw(
   ft_prepare
   start_publishers stop_publishers reap_publishers
   bulk_publish ledger ledger_count
-  read_topic check_topic verify_messages
+  check_topic verify_messages
   wait_server_up server_is_up relay_pids total_outbox
   topic_admin create_topic delete_records partition_leaders end_offsets ensure_consumer_offsets
   log_matches finish_stream
@@ -328,47 +327,6 @@ sub log_matches
 
 # ---------------------------------------------------------------- kcat ----
 
-# The whole topic, read with kcat in a line format (much faster to parse
-# than -J for tens of thousands of messages): [{partition, offset, key,
-# ce_id, seq, pkey (the payload's "key")}].  undef if kcat fails.
-sub read_topic
-{
-	my ($bootstrap, $topic, %o) = @_;
-	my ($out, $err) = ('', '');
-	my $ok = eval {
-		IPC::Run::run(
-			[
-				'kcat', '-C', '-b', $bootstrap, '-t', $topic, '-o', 'beginning',
-				'-e', '-q', '-m', '10', '-f', "%p\t%o\t%k\t%h\t%s\n"
-			],
-			'<', \undef, '>', \$out, '2>', \$err,
-			IPC::Run::timeout($o{timeout} // 60));
-	};
-	unless ($ok)
-	{
-		note "kcat could not read $topic: " . ($@ || $err);
-		return undef;
-	}
-	my @msgs;
-	for my $line (split /\n/, $out)
-	{
-		my ($p, $off, $key, $headers, $payload) = split /\t/, $line, 5;
-		next unless defined $payload;
-		my ($ce_id) = $headers =~ /(?:^|,)ce_id=([0-9a-f-]{36})/;
-		my ($seq)   = $payload =~ /"seq":\s*(\d+)/;
-		my ($pkey)  = $payload =~ /"key":\s*"([^"]*)"/;
-		push @msgs, {
-			partition => $p,
-			offset    => $off,
-			key       => $key,
-			ce_id     => $ce_id // '',
-			seq       => $seq,
-			pkey      => $pkey
-		};
-	}
-	return \@msgs;
-}
-
 # check_topic($bootstrap, $topic, \@expected, $label, timeout => 120,
 #   others_ok => \@event_ids): read the topic until every expected event
 # (ledger rows: key, seq, event_id) is there or the timeout passes, then
@@ -389,12 +347,12 @@ sub check_topic
 	my ($msgs, %seen);
 	while (1)
 	{
-		my $read = read_topic($bootstrap, $topic);
+		my $read = read_topic($bootstrap, $topic, fast => 1);
 		if (defined $read)
 		{
 			$msgs = $read;
 			%seen = ();
-			$seen{ $_->{ce_id} }++ for @$msgs;
+			$seen{ $_->{ce_id} // '' }++ for @$msgs;
 			last unless grep { !$seen{$_} } keys %want;
 		}
 		last if time() > $deadline;
@@ -403,7 +361,8 @@ sub check_topic
 	return verify_messages($msgs // [], $expected, $label, %o, topic => $topic);
 }
 
-# The tests of check_topic() on messages already read (see there).
+# The tests of check_topic() on messages already read (see there): messages
+# as read_topic() returns them, ledger rows as ledger() does.
 sub verify_messages
 {
 	my ($msgs, $expected, $label, %o) = @_;
@@ -412,7 +371,7 @@ sub verify_messages
 	my %want = map { $_->{event_id} => $_ } @$expected;
 	my %other = map { $_ => 1 } @{ $o{others_ok} // [] };
 	my %seen;
-	$seen{ $_->{ce_id} }++ for @$msgs;
+	$seen{ $_->{ce_id} // '' }++ for @$msgs;
 
 	my @missing = sort { $a->{key} cmp $b->{key} || $a->{seq} <=> $b->{seq} }
 	  grep { !$seen{ $_->{event_id} } } @$expected;
@@ -424,19 +383,24 @@ sub verify_messages
 	my (@wrong, @foreign);
 	for my $m (@$msgs)
 	{
-		my $e = $want{ $m->{ce_id} };
+		my $ce_id = $m->{ce_id} // '';
+		my $key   = $m->{key}   // '(null)';
+		my $e = $want{$ce_id};
 		if (!$e)
 		{
-			push @foreign, "p$m->{partition}\@$m->{offset} ce_id=$m->{ce_id} key=$m->{key}"
-			  unless $other{ $m->{ce_id} };
+			push @foreign, "p$m->{partition}\@$m->{offset} ce_id=$ce_id key=$key"
+			  unless $other{$ce_id};
 			next;
 		}
-		push @wrong, "p$m->{partition}\@$m->{offset}: key $m->{key} payload "
-		  . ($m->{pkey} // '?') . '#' . ($m->{seq} // '?')
+		# the payload of ft_publish_round(): {"key": k, "seq": n}
+		my ($seq)  = ($m->{payload} // '') =~ /"seq":\s*(\d+)/;
+		my ($pkey) = ($m->{payload} // '') =~ /"key":\s*"([^"]*)"/;
+		push @wrong, "p$m->{partition}\@$m->{offset}: key $key payload "
+		  . ($pkey // '?') . '#' . ($seq // '?')
 		  . ", ledger says $e->{key}#$e->{seq}"
-		  if $m->{key} ne $e->{key}
-		  || ($m->{pkey} // '') ne $e->{key}
-		  || ($m->{seq} // -1) != $e->{seq};
+		  if $key ne $e->{key}
+		  || ($pkey // '') ne $e->{key}
+		  || ($seq // -1) != $e->{seq};
 	}
 	is(scalar @wrong, 0, "$label: keys and payloads are those published")
 	  or diag join("\n", @wrong[ 0 .. ($#wrong < 9 ? $#wrong : 9) ]);
@@ -447,7 +411,7 @@ sub verify_messages
 	# per-key order of first occurrences
 	my (%partition_of, %last_seq, %first_seen, @order);
 	for my $m (sort { $a->{partition} <=> $b->{partition} || $a->{offset} <=> $b->{offset} }
-		grep { $want{ $_->{ce_id} } } @$msgs)
+		grep { $want{ $_->{ce_id} // '' } } @$msgs)
 	{
 		my $e = $want{ $m->{ce_id} };
 		my $k = $e->{key};
@@ -560,11 +524,7 @@ sub delete_records
 sub partition_leaders
 {
 	my ($bootstrap, $topic) = @_;
-	my ($out, $err) = ('', '');
-	eval {
-		IPC::Run::run([ 'kcat', '-L', '-b', $bootstrap, '-t', $topic, '-m', '5' ],
-			'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
-	};
+	my (undef, $out) = run_kcat([ '-L', '-b', $bootstrap, '-t', $topic, '-m', '5' ], timeout => 30);
 	my %leaders;
 	$leaders{$1} = $2 while $out =~ /partition (\d+), leader (-?\d+)/g;
 	return \%leaders;
@@ -575,12 +535,8 @@ sub partition_leaders
 sub end_offsets
 {
 	my ($bootstrap, $topic, $partitions) = @_;
-	my ($out, $err) = ('', '');
-	eval {
-		IPC::Run::run(
-			[ 'kcat', '-Q', '-b', $bootstrap, map { ('-t', "$topic:$_:-1") } 0 .. $partitions - 1 ],
-			'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
-	};
+	my (undef, $out) = run_kcat([ '-Q', '-b', $bootstrap, map { ('-t', "$topic:$_:-1") } 0 .. $partitions - 1 ],
+		timeout => 30);
 	my %end;
 	$end{$1} = $2 while $out =~ /\[(\d+)\] offset (-?\d+)/g;
 	return \%end;
@@ -592,18 +548,12 @@ sub ensure_consumer_offsets
 {
 	my ($bootstrap, $topic) = @_;
 	my $has = sub {
-		my ($out, $err) = ('', '');
-		eval {
-			IPC::Run::run([ 'kcat', '-L', '-b', $bootstrap, '-t', '__consumer_offsets', '-m', '5' ],
-				'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
-		};
+		my (undef, $out) = run_kcat([ '-L', '-b', $bootstrap, '-t', '__consumer_offsets', '-m', '5' ],
+			timeout => 30);
 		return $out =~ /topic "__consumer_offsets" with [1-9]\d* partitions/;
 	};
 	return 1 if $has->();
-	eval {
-		IPC::Run::run([ 'kcat', '-b', $bootstrap, '-G', 'faulttest-probe', '-e', '-q', $topic ],
-			'<', \undef, '>', \my $o, '2>', \my $e, IPC::Run::timeout(30));
-	};
+	run_kcat([ '-b', $bootstrap, '-G', 'faulttest-probe', '-e', '-q', $topic ], timeout => 30);
 	return wait_until($has, 30);
 }
 
