@@ -3,8 +3,10 @@
 # Covers what every test file needs around PostgreSQL::Test::Cluster: a
 # throwaway Kafka cluster run by scripts/kafka (stopped at exit, also when the
 # test dies), PostgreSQL nodes that preload eventpipe, publishing events and
-# reading back what publish() returned, reading a topic with kcat until the
-# expected messages are there, and looking at eventpipe.pg_stat_relay.
+# reading back what publish() returned, reading a topic with kcat (the one
+# topic reader of the test library) until the expected messages are there,
+# checking per-key order (the one order checker), and looking at
+# eventpipe.pg_stat_relay.
 package EventpipeTest;
 
 use strict;
@@ -623,25 +625,33 @@ sub check_delivered
 	return $msgs;
 }
 
-# Per-key order.  $seq_of->($msg) gives the message's number within its key
-# (or undef to ignore it); numbers of one key are consecutive, from the
-# smallest among @$msgs.  Walks the messages in partition/offset order and
-# returns a list of problems: a key seen in two partitions, or a number that
-# is not the next one expected.  With allow_duplicates, a number already
-# seen is skipped (a re-sent run), but first occurrences must still come in
-# order.
+# Per-key order: check_key_order(\@msgs, $seq_of, allow_duplicates => 0,
+# gaps => 0, key_of => sub { $_[0]{key} }).  $seq_of->($msg) gives the
+# message's number within its key (or undef to ignore the message).  Walks
+# the messages in partition/offset order and returns a list of problems:
+#  - a key seen in two partitions;
+#  - a number that is not the next one expected: without gaps, the numbers
+#    of a key are consecutive from the smallest among @$msgs; with gaps
+#    (where missing messages are checked by the caller), they only increase;
+#  - without allow_duplicates, a number seen again; with it, a number
+#    already seen is skipped (a re-sent run), but first occurrences must
+#    still come in order.
+# key_of gives the key to group by (default: the message's key, null keys
+# together).
 sub check_key_order
 {
 	my ($msgs, $seq_of, %opts) = @_;
-	my (%partition, %next, @problems);
+	my $key_of = $opts{key_of} // sub { $_[0]{key} // '(null)' };
+	my (%partition, %next, %seen, @problems);
 	my @numbered;
 	for my $m (@$msgs)
 	{
 		my $seq = $seq_of->($m);
 		next unless defined $seq;
-		my $key = $m->{key} // '(null)';
+		my $key = $key_of->($m);
 		push @numbered, [ $m, $key, $seq ];
-		$next{$key} = $seq if !defined $next{$key} || $seq < $next{$key};
+		$next{$key} = $seq
+		  if !$opts{gaps} && (!defined $next{$key} || $seq < $next{$key});
 	}
 	for my $n (sort { $a->[0]{partition} <=> $b->[0]{partition} || $a->[0]{offset} <=> $b->[0]{offset} }
 		@numbered)
@@ -651,19 +661,17 @@ sub check_key_order
 		push @problems,
 		  "key $key in partitions $partition{$key} and $m->{partition}"
 		  if $partition{$key} != $m->{partition};
+		next if $opts{allow_duplicates} && $seen{$key}{$seq}++;
 		my $want = $next{$key};
-		if ($seq == $want)
+		if (!defined $want || ($opts{gaps} ? $seq >= $want : $seq == $want))
 		{
-			$next{$key} = $want + 1;
-		}
-		elsif ($opts{allow_duplicates} && $seq < $want)
-		{
-			next;
+			$next{$key} = $seq + 1;
 		}
 		else
 		{
 			push @problems,
-			  "key $key: event $seq at partition $m->{partition} offset $m->{offset}, expected $want";
+			  "key $key: event $seq at partition $m->{partition} offset $m->{offset}, expected "
+			  . ($opts{gaps} ? "$want or later" : $want);
 			$next{$key} = $seq + 1 if $seq > $want;
 		}
 	}

@@ -23,7 +23,7 @@
 #   end_offsets                  partition => end offset, from kcat -Q
 #
 # Builds on EventpipeTest (Kafka clusters, nodes, wait_until, read_topic,
-# ...).
+# check_key_order, ...).
 package FaultTest;
 
 use strict;
@@ -408,23 +408,14 @@ sub verify_messages
 	  or diag(scalar(@foreign) . " foreign messages, e.g.\n"
 		  . join("\n", @foreign[ 0 .. ($#foreign < 9 ? $#foreign : 9) ]));
 
-	# per-key order of first occurrences
-	my (%partition_of, %last_seq, %first_seen, @order);
-	for my $m (sort { $a->{partition} <=> $b->{partition} || $a->{offset} <=> $b->{offset} }
-		grep { $want{ $_->{ce_id} // '' } } @$msgs)
-	{
-		my $e = $want{ $m->{ce_id} };
-		my $k = $e->{key};
-		$partition_of{$k} //= $m->{partition};
-		push @order, "key $k in partitions $partition_of{$k} and $m->{partition}"
-		  if $partition_of{$k} != $m->{partition};
-		next if $first_seen{ $m->{ce_id} }++;
-		push @order,
-		  "key $k: #$e->{seq} first at p$m->{partition}\@$m->{offset}, after #$last_seq{$k}"
-		  if defined $last_seq{$k} && $e->{seq} <= $last_seq{$k};
-		$last_seq{$k} = $e->{seq}
-		  if !defined $last_seq{$k} || $e->{seq} > $last_seq{$k};
-	}
+	# per key of the ledger, in the ledger's numbering: first occurrences in
+	# increasing order (numbers missing are counted above)
+	my $ledger_row = sub { $want{ $_[0]{ce_id} // '' } };
+	my @order = check_key_order($msgs,
+		sub { my $e = $ledger_row->($_[0]); $e ? $e->{seq} : undef },
+		key_of           => sub { $ledger_row->($_[0])->{key} },
+		gaps             => 1,
+		allow_duplicates => 1);
 	is(scalar @order, 0, "$label: each key's events first arrived in publish order")
 	  or diag(scalar(@order) . " order violations, e.g.\n"
 		  . join("\n", @order[ 0 .. ($#order < 9 ? $#order : 9) ]));
