@@ -46,7 +46,7 @@ our @EXPORT = qw(
   start_publishers stop_publishers reap_publishers
   bulk_publish ledger ledger_count
   check_topic verify_messages
-  wait_server_up server_is_up relay_pids total_outbox
+  wait_server_up server_is_up relay_pids
   topic_admin create_topic delete_records partition_leaders end_offsets ensure_consumer_offsets
   log_matches finish_stream
 );
@@ -79,8 +79,8 @@ sub finish_stream
 	my ($node, $label) = ($a{node}, $a{label});
 	is(stop_publishers($a{publishers}), $a{sessions},
 		"$label: the publishing sessions ended normally");
-	ok(wait_until(sub { total_outbox($node) == 0 }, 120), "$label: the outbox drained")
-	  or diag 'outbox: ' . total_outbox($node);
+	ok(wait_until(sub { outbox_count($node) == 0 }, 120), "$label: the outbox drained")
+	  or diag 'outbox: ' . outbox_count($node);
 	my $ledger = ledger($node, $a{topic});
 	note scalar(@$ledger) . " events committed ($label)";
 	check_topic($a{bootstrap}, $a{topic}, $ledger, $label);
@@ -310,12 +310,6 @@ sub relay_pids
 		$pids{$w} = $pid;
 	}
 	return \%pids;
-}
-
-sub total_outbox
-{
-	my ($node, $db) = @_;
-	return $node->safe_psql($db // 'postgres', 'SELECT count(*) FROM eventpipe.outbox');
 }
 
 # Lines of the server log since $offset that match $re.
