@@ -43,7 +43,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 use EventpipeTest;
-use FaultTest qw(end_offsets log_matches);
+use FaultTest qw(end_offsets log_matches partition_leaders);
 
 our @EXPORT = qw(
   ensure_topic
@@ -74,9 +74,8 @@ sub ensure_topic
 	my ($bootstrap, $topic) = @_;
 	my $ok = wait_until(
 		sub {
-			my (undef, $out) = run_kcat([ '-L', '-b', $bootstrap, '-t', $topic, '-m', '5' ], timeout => 30);
-			return $out =~ /topic "\Q$topic\E" with $partitions partitions:/
-			  && $out !~ /leader -1/;
+			my $leaders = partition_leaders($bootstrap, $topic);
+			return keys %$leaders == $partitions && !grep { $_ == -1 } values %$leaders;
 		},
 		60);
 	croak "topic $topic was not created" unless $ok;
