@@ -42,7 +42,7 @@ my @bulk_keys = map { "bulk-k$_" } 0 .. 19;
 is(bulk_publish($node, $topic, \@bulk_keys, 1000), 20000, 'a backlog of 20,000 events committed');
 my $sent0 = relay_stat($node, 'events_sent');
 wait_until(sub { relay_stat($node, 'events_sent') >= $sent0 + 1000 }, 30);
-my $outbox_at_kill = total_outbox($node);
+my $outbox_at_kill = outbox_count($node);
 my $ledger_at_kill = ledger_count($node, $topic);
 my $t_kill = time();
 ok(kill_kafka_node($kafka, 1), 'Kafka killed (SIGKILL) mid-stream');
@@ -139,8 +139,8 @@ $node->start;
 ok(wait_for_relay_state($node, 'waiting for broker', timeout => 30),
 	'(2) after the restart the relay waits for the broker');
 ok(start_kafka_node($kafka, 1), '(2) Kafka node 1 started again');
-ok(wait_until(sub { total_outbox($node) == 0 }, 120), '(2) the outbox drained')
-  or diag 'outbox: ' . total_outbox($node);
+ok(wait_until(sub { outbox_count($node) == 0 }, 120), '(2) the outbox drained')
+  or diag 'outbox: ' . outbox_count($node);
 check_topic($kafka->{bootstrap}, $topic2, ledger($node, $topic2), '(2) waiting relay');
 
 $node->stop;

@@ -60,8 +60,8 @@ sub relay_pid { return relay_pids($node)->{0} }
 sub drain_and_check
 {
 	my ($label, $topic) = @_;
-	ok(wait_until(sub { total_outbox($node) == 0 }, 180), "$label: the outbox drained")
-	  or diag 'outbox: ' . total_outbox($node);
+	ok(wait_until(sub { outbox_count($node) == 0 }, 180), "$label: the outbox drained")
+	  or diag 'outbox: ' . outbox_count($node);
 	my $ledger = ledger($node, $topic);
 	note "$label: " . scalar(@$ledger) . ' events committed';
 	check_topic($kafka->{bootstrap}, $topic, $ledger, $label);

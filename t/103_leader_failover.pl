@@ -55,7 +55,7 @@ for my $round (1 .. 2)
 	note "$r: leaders: " . join(', ', map { "p$_ -> node $leaders->{$_}" } sort keys %$leaders);
 	ok(defined $victim && $victim >= 1 && $victim <= 3, "$r: partition $busy is led by node $victim")
 	  or last;
-	note "$r: outbox at the kill: " . total_outbox($node);
+	note "$r: outbox at the kill: " . outbox_count($node);
 
 	my $t_kill = time();
 	ok(kill_kafka_node($kafka, $victim), "$r: node $victim (leader of partition $busy) killed");

@@ -35,7 +35,6 @@ my $password = 'Pw-4401.sasl~secret';
 my $wrong    = 'Wrong-4401.pw';
 my $wrong_in_file = 'Wrong-4401.in-file';
 my $kafka    = start_kafka(sasl_users => ["shop:$password"]);
-ok(defined $kafka->{sasl_bootstrap}, "Kafka has a SASL listener at $kafka->{sasl_bootstrap}");
 
 sub sasl_options
 {

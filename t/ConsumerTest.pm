@@ -43,7 +43,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 use EventpipeTest;
-use FaultTest qw(end_offsets log_matches);
+use FaultTest qw(end_offsets log_matches partition_leaders);
 
 our @EXPORT = qw(
   ensure_topic
@@ -74,13 +74,8 @@ sub ensure_topic
 	my ($bootstrap, $topic) = @_;
 	my $ok = wait_until(
 		sub {
-			my ($out, $err) = ('', '');
-			eval {
-				IPC::Run::run([ 'kcat', '-L', '-b', $bootstrap, '-t', $topic, '-m', '5' ],
-					'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
-			};
-			return $out =~ /topic "\Q$topic\E" with $partitions partitions:/
-			  && $out !~ /leader -1/;
+			my $leaders = partition_leaders($bootstrap, $topic);
+			return keys %$leaders == $partitions && !grep { $_ == -1 } values %$leaders;
 		},
 		60);
 	croak "topic $topic was not created" unless $ok;
@@ -239,20 +234,16 @@ sub _kcat_common
 {
 	my ($bootstrap, $topic) = @_;
 	return (
-		'kcat', '-P', '-b', $bootstrap, '-t', $topic, '-q',
+		'-P', '-b', $bootstrap, '-t', $topic, '-q',
 		'-X', 'enable.idempotence=true', '-X', 'linger.ms=0');
 }
 
 # Run kcat; croak with its stderr when it fails.
 sub _run_kcat
 {
-	my ($cmd, $stdin) = @_;
-	my ($out, $err) = ('', '');
-	my $ok = eval {
-		IPC::Run::run($cmd, '<', $stdin // \undef, '>', \$out, '2>', \$err,
-			IPC::Run::timeout(120));
-	};
-	croak "kcat failed (@$cmd): " . ($@ || $err) unless $ok;
+	my ($args) = @_;
+	my ($ok, undef, $err) = run_kcat($args, timeout => 120);
+	croak "kcat failed (@$args): $err" unless $ok;
 	return;
 }
 
@@ -302,7 +293,7 @@ sub produce_with_headers
 		my ($out, $err) = ('', '');
 		my $h = IPC::Run::start(
 			[
-				_kcat_common($bootstrap, $topic), '-K', '\t',
+				'kcat', _kcat_common($bootstrap, $topic), '-K', '\t',
 				map { ('-H', "$_->[0]=$_->[1]") } @{ $m->{headers} }
 			],
 			'<', \$in, '>', \$out, '2>', \$err, IPC::Run::timeout(120));
@@ -355,29 +346,24 @@ sub produce_events
 	return $n;
 }
 
-# The lines kcat prints for every message of $topic, from the beginning to
-# the end, with the output format $format (one line per message).
-sub _kcat_read
+# The whole of $topic (read_topic, fast); croaks when kcat cannot read it.
+sub _read_all
 {
-	my ($bootstrap, $topic, $format) = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run(
-		[ 'kcat', '-C', '-b', $bootstrap, '-t', $topic, '-o', 'beginning', '-e', '-q', '-f', $format ],
-		'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(120))
-	  or croak "kcat could not read $topic: $err";
-	return split /\n/, $out;
+	my ($bootstrap, $topic) = @_;
+	return read_topic($bootstrap, $topic, fast => 1, timeout => 120)
+	  // croak "kcat could not read $topic";
 }
 
 # Where each key's messages are: key => [[partition, offset], ...] in
-# partition/offset order.
+# partition/offset order (a null key counts as '').
 sub topic_positions
 {
 	my ($bootstrap, $topic) = @_;
 	my %pos;
-	for my $line (_kcat_read($bootstrap, $topic, "%p\t%o\t%k\n"))
+	for my $m (sort { $a->{partition} <=> $b->{partition} || $a->{offset} <=> $b->{offset} }
+		@{ _read_all($bootstrap, $topic) })
 	{
-		my ($p, $off, $key) = split /\t/, $line, 3;
-		push @{ $pos{ $key // '' } }, [ $p, $off ];
+		push @{ $pos{ $m->{key} // '' } }, [ $m->{partition}, $m->{offset} ];
 	}
 	return \%pos;
 }
@@ -388,13 +374,11 @@ sub topic_event_ids
 {
 	my ($bootstrap, $topic) = @_;
 	my %ids;
-	for my $line (_kcat_read($bootstrap, $topic, "%p\t%o\t%h\t%s\n"))
+	for my $m (@{ _read_all($bootstrap, $topic) })
 	{
-		my ($p, $off, $headers, $value) = split /\t/, $line, 4;
-		next unless defined $off;
-		my ($id) = ($headers // '') =~ /(?:^|,)ce_id=([^,]*)/;
-		($id) = ($value // '') =~ /"event_id":"([^"]*)"/ unless defined $id;
-		$ids{"$p/$off"} = $id;
+		my $id = $m->{ce_id};
+		($id) = ($m->{payload} // '') =~ /"event_id":"([^"]*)"/ unless defined $id;
+		$ids{"$m->{partition}/$m->{offset}"} = $id;
 	}
 	return \%ids;
 }

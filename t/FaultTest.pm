@@ -13,17 +13,17 @@
 #   reap_publishers($pubs)       wait for sessions a crash has ended
 #   bulk_publish($node, ...)     one transaction of many events (a backlog)
 #   ledger($node, $topic)        what committed: [{key, seq, event_id}]
-#   read_topic($bootstrap, $t)   the topic as [{partition, offset, key,
-#                                ce_id, seq, pkey}], fast (kcat -f)
 #   check_topic(...)             no loss, right keys/seqs, nothing foreign,
 #                                per-key order; duplicates are only noted
 #                                (verify_messages: the same on messages read)
-#   start_kafka_with(...)        a cluster with extra broker settings
-#   topic_admin / create_topic / delete_records   topics created, records deleted, with Kafka's Java AdminClient
+#   topic_admin / create_topic / delete_records   topics created, records
+#                                deleted, with Kafka's Java AdminClient
+#                                (t/java/KafkaAdmin.java)
 #   partition_leaders            partition => leader node, from kcat -L
 #   end_offsets                  partition => end offset, from kcat -Q
 #
-# Builds on EventpipeTest (Kafka clusters, nodes, wait_until, ...).
+# Builds on EventpipeTest (Kafka clusters, nodes, wait_until, read_topic,
+# check_key_order, ...).
 package FaultTest;
 
 use strict;
@@ -45,10 +45,10 @@ our @EXPORT = qw(
   ft_prepare
   start_publishers stop_publishers reap_publishers
   bulk_publish ledger ledger_count
-  read_topic check_topic verify_messages
-  wait_server_up server_is_up relay_pids total_outbox
+  check_topic verify_messages
+  wait_server_up server_is_up relay_pids
   topic_admin create_topic delete_records partition_leaders end_offsets ensure_consumer_offsets
-  log_matches start_kafka_with finish_stream
+  log_matches finish_stream
 );
 
 my $repo_root = abs_path(dirname(abs_path(__FILE__)) . '/..');
@@ -79,8 +79,8 @@ sub finish_stream
 	my ($node, $label) = ($a{node}, $a{label});
 	is(stop_publishers($a{publishers}), $a{sessions},
 		"$label: the publishing sessions ended normally");
-	ok(wait_until(sub { total_outbox($node) == 0 }, 120), "$label: the outbox drained")
-	  or diag 'outbox: ' . total_outbox($node);
+	ok(wait_until(sub { outbox_count($node) == 0 }, 120), "$label: the outbox drained")
+	  or diag 'outbox: ' . outbox_count($node);
 	my $ledger = ledger($node, $a{topic});
 	note scalar(@$ledger) . " events committed ($label)";
 	check_topic($a{bootstrap}, $a{topic}, $ledger, $label);
@@ -312,12 +312,6 @@ sub relay_pids
 	return \%pids;
 }
 
-sub total_outbox
-{
-	my ($node, $db) = @_;
-	return $node->safe_psql($db // 'postgres', 'SELECT count(*) FROM eventpipe.outbox');
-}
-
 # Lines of the server log since $offset that match $re.
 sub log_matches
 {
@@ -326,47 +320,6 @@ sub log_matches
 }
 
 # ---------------------------------------------------------------- kcat ----
-
-# The whole topic, read with kcat in a line format (much faster to parse
-# than -J for tens of thousands of messages): [{partition, offset, key,
-# ce_id, seq, pkey (the payload's "key")}].  undef if kcat fails.
-sub read_topic
-{
-	my ($bootstrap, $topic, %o) = @_;
-	my ($out, $err) = ('', '');
-	my $ok = eval {
-		IPC::Run::run(
-			[
-				'kcat', '-C', '-b', $bootstrap, '-t', $topic, '-o', 'beginning',
-				'-e', '-q', '-m', '10', '-f', "%p\t%o\t%k\t%h\t%s\n"
-			],
-			'<', \undef, '>', \$out, '2>', \$err,
-			IPC::Run::timeout($o{timeout} // 60));
-	};
-	unless ($ok)
-	{
-		note "kcat could not read $topic: " . ($@ || $err);
-		return undef;
-	}
-	my @msgs;
-	for my $line (split /\n/, $out)
-	{
-		my ($p, $off, $key, $headers, $payload) = split /\t/, $line, 5;
-		next unless defined $payload;
-		my ($ce_id) = $headers =~ /(?:^|,)ce_id=([0-9a-f-]{36})/;
-		my ($seq)   = $payload =~ /"seq":\s*(\d+)/;
-		my ($pkey)  = $payload =~ /"key":\s*"([^"]*)"/;
-		push @msgs, {
-			partition => $p,
-			offset    => $off,
-			key       => $key,
-			ce_id     => $ce_id // '',
-			seq       => $seq,
-			pkey      => $pkey
-		};
-	}
-	return \@msgs;
-}
 
 # check_topic($bootstrap, $topic, \@expected, $label, timeout => 120,
 #   others_ok => \@event_ids): read the topic until every expected event
@@ -388,12 +341,12 @@ sub check_topic
 	my ($msgs, %seen);
 	while (1)
 	{
-		my $read = read_topic($bootstrap, $topic);
+		my $read = read_topic($bootstrap, $topic, fast => 1);
 		if (defined $read)
 		{
 			$msgs = $read;
 			%seen = ();
-			$seen{ $_->{ce_id} }++ for @$msgs;
+			$seen{ $_->{ce_id} // '' }++ for @$msgs;
 			last unless grep { !$seen{$_} } keys %want;
 		}
 		last if time() > $deadline;
@@ -402,7 +355,8 @@ sub check_topic
 	return verify_messages($msgs // [], $expected, $label, %o, topic => $topic);
 }
 
-# The tests of check_topic() on messages already read (see there).
+# The tests of check_topic() on messages already read (see there): messages
+# as read_topic() returns them, ledger rows as ledger() does.
 sub verify_messages
 {
 	my ($msgs, $expected, $label, %o) = @_;
@@ -411,7 +365,7 @@ sub verify_messages
 	my %want = map { $_->{event_id} => $_ } @$expected;
 	my %other = map { $_ => 1 } @{ $o{others_ok} // [] };
 	my %seen;
-	$seen{ $_->{ce_id} }++ for @$msgs;
+	$seen{ $_->{ce_id} // '' }++ for @$msgs;
 
 	my @missing = sort { $a->{key} cmp $b->{key} || $a->{seq} <=> $b->{seq} }
 	  grep { !$seen{ $_->{event_id} } } @$expected;
@@ -423,19 +377,24 @@ sub verify_messages
 	my (@wrong, @foreign);
 	for my $m (@$msgs)
 	{
-		my $e = $want{ $m->{ce_id} };
+		my $ce_id = $m->{ce_id} // '';
+		my $key   = $m->{key}   // '(null)';
+		my $e = $want{$ce_id};
 		if (!$e)
 		{
-			push @foreign, "p$m->{partition}\@$m->{offset} ce_id=$m->{ce_id} key=$m->{key}"
-			  unless $other{ $m->{ce_id} };
+			push @foreign, "p$m->{partition}\@$m->{offset} ce_id=$ce_id key=$key"
+			  unless $other{$ce_id};
 			next;
 		}
-		push @wrong, "p$m->{partition}\@$m->{offset}: key $m->{key} payload "
-		  . ($m->{pkey} // '?') . '#' . ($m->{seq} // '?')
+		# the payload of ft_publish_round(): {"key": k, "seq": n}
+		my ($seq)  = ($m->{payload} // '') =~ /"seq":\s*(\d+)/;
+		my ($pkey) = ($m->{payload} // '') =~ /"key":\s*"([^"]*)"/;
+		push @wrong, "p$m->{partition}\@$m->{offset}: key $key payload "
+		  . ($pkey // '?') . '#' . ($seq // '?')
 		  . ", ledger says $e->{key}#$e->{seq}"
-		  if $m->{key} ne $e->{key}
-		  || ($m->{pkey} // '') ne $e->{key}
-		  || ($m->{seq} // -1) != $e->{seq};
+		  if $key ne $e->{key}
+		  || ($pkey // '') ne $e->{key}
+		  || ($seq // -1) != $e->{seq};
 	}
 	is(scalar @wrong, 0, "$label: keys and payloads are those published")
 	  or diag join("\n", @wrong[ 0 .. ($#wrong < 9 ? $#wrong : 9) ]);
@@ -443,23 +402,14 @@ sub verify_messages
 	  or diag(scalar(@foreign) . " foreign messages, e.g.\n"
 		  . join("\n", @foreign[ 0 .. ($#foreign < 9 ? $#foreign : 9) ]));
 
-	# per-key order of first occurrences
-	my (%partition_of, %last_seq, %first_seen, @order);
-	for my $m (sort { $a->{partition} <=> $b->{partition} || $a->{offset} <=> $b->{offset} }
-		grep { $want{ $_->{ce_id} } } @$msgs)
-	{
-		my $e = $want{ $m->{ce_id} };
-		my $k = $e->{key};
-		$partition_of{$k} //= $m->{partition};
-		push @order, "key $k in partitions $partition_of{$k} and $m->{partition}"
-		  if $partition_of{$k} != $m->{partition};
-		next if $first_seen{ $m->{ce_id} }++;
-		push @order,
-		  "key $k: #$e->{seq} first at p$m->{partition}\@$m->{offset}, after #$last_seq{$k}"
-		  if defined $last_seq{$k} && $e->{seq} <= $last_seq{$k};
-		$last_seq{$k} = $e->{seq}
-		  if !defined $last_seq{$k} || $e->{seq} > $last_seq{$k};
-	}
+	# per key of the ledger, in the ledger's numbering: first occurrences in
+	# increasing order (numbers missing are counted above)
+	my $ledger_row = sub { $want{ $_[0]{ce_id} // '' } };
+	my @order = check_key_order($msgs,
+		sub { my $e = $ledger_row->($_[0]); $e ? $e->{seq} : undef },
+		key_of           => sub { $ledger_row->($_[0])->{key} },
+		gaps             => 1,
+		allow_duplicates => 1);
 	is(scalar @order, 0, "$label: each key's events first arrived in publish order")
 	  or diag(scalar(@order) . " order violations, e.g.\n"
 		  . join("\n", @order[ 0 .. ($#order < 9 ? $#order : 9) ]));
@@ -478,159 +428,31 @@ sub verify_messages
 	return { msgs => $msgs, duplicates => $dups };
 }
 
-# ------------------------------------------------------------- Kafka ----
-
-# Clusters started by start_kafka_with(), killed at exit.
-my @own_kafka;
-
-END
-{
-	my $exit_code = $?;
-	for my $kafka (@own_kafka)
-	{
-		kill_kafka_node($kafka, $_) for 1 .. $kafka->{nodes};
-		stop_kafka($kafka);
-	}
-	$? = $exit_code;
-}
-
-# A base port for an N-node cluster: BASE+i-1 and BASE+100+i-1 free.
-sub _kafka_base_port
-{
-	my ($nodes) = @_;
-	for (1 .. 100)
-	{
-		my $base = PostgreSQL::Test::Cluster::get_free_port();
-		next if $base + 100 + $nodes > 32767;
-		next if grep { !PostgreSQL::Test::Cluster::can_bind('127.0.0.1', $_) }
-		  ((map { $base + $_ } 1 .. $nodes - 1), (map { $base + 100 + $_ } 0 .. $nodes - 1));
-		return $base;
-	}
-	croak "found no free ports for a $nodes-node Kafka cluster";
-}
-
-# start_kafka_with(nodes => 1, broker_properties => ['k=v', ...]): like
-# EventpipeTest's start_kafka(), with extra broker settings (scripts/kafka
-# start --broker-property).  Same hash back; killed at exit.
-sub start_kafka_with
-{
-	my (%o) = @_;
-	my $nodes = $o{nodes} // 1;
-	my $dir = PostgreSQL::Test::Utils::tempdir('kafka_props');
-	my $port = _kafka_base_port($nodes);
-	my $kafka = { dir => $dir, port => $port, nodes => $nodes };
-	# leave through the END blocks (which kill the cluster) on a signal
-	for my $sig (qw(INT TERM HUP))
-	{
-		$SIG{$sig} = sub { print STDERR "# caught SIG$sig, cleaning up\n"; exit 1; }
-		  unless ref $SIG{$sig};
-	}
-	push @own_kafka, $kafka;
-	my ($out, $err) = ('', '');
-	my @cmd = ("$repo_root/scripts/kafka", 'start', '--dir', $dir, '--nodes', $nodes,
-		'--port', $port, '--timeout', $o{timeout} // 90,
-		map { ('--broker-property', $_) } @{ $o{broker_properties} // [] });
-	my $ok = eval {
-		IPC::Run::run(\@cmd, '<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(180));
-	};
-	print "# @cmd\n$err";
-	BAIL_OUT("could not start Kafka in $dir") unless $ok;
-	($kafka->{bootstrap}) = $out =~ /^(127\.0\.0\.1:\d+\S*)\s*\z/m;
-	BAIL_OUT('scripts/kafka start printed no bootstrap servers') unless $kafka->{bootstrap};
-	note "Kafka ($nodes node(s)) at $kafka->{bootstrap} in $dir, with "
-	  . join(' ', @{ $o{broker_properties} // [] });
-	return $kafka;
-}
-
 # ------------------------------------------------------------ topics ----
 
-# Kafka's own Java AdminClient (kafka-clients, in the broker's jar set):
-# the jar set has no kafka-topics tool (kafka.admin.TopicCommand moved to
-# the kafka-tools artifact in Kafka 3.x).  One long-lived process per
-# cluster reads commands ("create TOPIC PARTITIONS RF", "delete-records
-# TOPIC PARTITION OFFSET") on stdin and answers "ok" or "error: ..." on
-# stdout, so a topic is created within a fraction of a second when a test
-# needs it at a precise moment.
-my $admin_java = <<'JAVA';
-import java.io.BufferedReader;
-import java.io.InputStreamReader;
-import java.util.Collections;
-import java.util.Properties;
-import java.util.concurrent.TimeUnit;
-import org.apache.kafka.clients.admin.Admin;
-import org.apache.kafka.clients.admin.AdminClientConfig;
-import org.apache.kafka.clients.admin.NewTopic;
-import org.apache.kafka.clients.admin.RecordsToDelete;
-import org.apache.kafka.common.TopicPartition;
-
-public class FaultTestTopics {
-    public static void main(String[] args) throws Exception {
-        Properties props = new Properties();
-        props.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, args[0]);
-        props.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, "10000");
-        props.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "30000");
-        try (Admin admin = Admin.create(props)) {
-            BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
-            System.out.println("ready");
-            System.out.flush();
-            String line;
-            while ((line = in.readLine()) != null) {
-                String[] word = line.trim().split("\\s+");
-                try {
-                    if (word[0].equals("create") && word.length == 4) {
-                        NewTopic topic = new NewTopic(word[1], Integer.parseInt(word[2]),
-                                                      Short.parseShort(word[3]));
-                        admin.createTopics(Collections.singleton(topic)).all()
-                             .get(30, TimeUnit.SECONDS);
-                        System.out.println("ok");
-                    } else if (word[0].equals("delete-records") && word.length == 4) {
-                        TopicPartition partition = new TopicPartition(word[1], Integer.parseInt(word[2]));
-                        admin.deleteRecords(Collections.singletonMap(partition,
-                                 RecordsToDelete.beforeOffset(Long.parseLong(word[3]))))
-                             .all().get(30, TimeUnit.SECONDS);
-                        System.out.println("ok");
-                    } else {
-                        System.out.println("error: unknown command: " + line);
-                    }
-                } catch (Exception e) {
-                    System.out.println("error: " + String.valueOf(e).replace('\n', ' '));
-                }
-                System.out.flush();
-            }
-        }
-    }
-}
-JAVA
+# Kafka's own Java AdminClient, run from t/java/KafkaAdmin.java (see
+# there): one long-lived process per cluster answering "create" and
+# "delete-records" commands.
 
 # topic_admin($kafka): start the admin process; returns a handle for
 # create_topic().
 sub topic_admin
 {
 	my ($kafka) = @_;
-	my $dir = PostgreSQL::Test::Utils::tempdir('topic_admin');
-	my $src = "$dir/FaultTestTopics.java";
-	open my $fh, '>', $src or croak "cannot write $src: $!";
-	print $fh $admin_java;
-	close $fh;
-	open $fh, '>', "$dir/log4j.properties" or croak $!;
-	print $fh "log4j.rootLogger=WARN, stderr\n"
-	  . "log4j.appender.stderr=org.apache.log4j.ConsoleAppender\n"
-	  . "log4j.appender.stderr.Target=System.err\n"
-	  . "log4j.appender.stderr.layout=org.apache.log4j.PatternLayout\n"
-	  . "log4j.appender.stderr.layout.ConversionPattern=%p %m (%c)%n\n";
-	close $fh;
+	my $java_dir = "$repo_root/t/java";
 	my ($in, $out) = ('', '');
 	my $log = "$PostgreSQL::Test::Utils::log_path/topic_admin.log";
 	my $h = IPC::Run::start(
 		[
 			'java', '-Xshare:auto', '-XX:TieredStopAtLevel=1', '-Xmx128m',
-			"-Dlog4j.configuration=file:$dir/log4j.properties",
-			'-cp', "$repo_root/.cache/kafka-libs/*", $src, $kafka->{bootstrap}
+			"-Dlog4j.configuration=file:$java_dir/log4j.properties",
+			'-cp', "$repo_root/.cache/kafka-libs/*", "$java_dir/KafkaAdmin.java",
+			$kafka->{bootstrap}
 		],
 		'<', \$in, '>', \$out, '2>>', $log);
 	push @children, $h;
 	my $admin = { h => $h, in => \$in, out => \$out, log => $log };
-	_admin_answer($admin, 90) eq 'ready'
+	(_admin_answer($admin, 90) // '') eq 'ready'
 	  or BAIL_OUT("the topic admin process did not start (see $log)");
 	return $admin;
 }
@@ -687,11 +509,7 @@ sub delete_records
 sub partition_leaders
 {
 	my ($bootstrap, $topic) = @_;
-	my ($out, $err) = ('', '');
-	eval {
-		IPC::Run::run([ 'kcat', '-L', '-b', $bootstrap, '-t', $topic, '-m', '5' ],
-			'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
-	};
+	my (undef, $out) = run_kcat([ '-L', '-b', $bootstrap, '-t', $topic, '-m', '5' ], timeout => 30);
 	my %leaders;
 	$leaders{$1} = $2 while $out =~ /partition (\d+), leader (-?\d+)/g;
 	return \%leaders;
@@ -702,12 +520,8 @@ sub partition_leaders
 sub end_offsets
 {
 	my ($bootstrap, $topic, $partitions) = @_;
-	my ($out, $err) = ('', '');
-	eval {
-		IPC::Run::run(
-			[ 'kcat', '-Q', '-b', $bootstrap, map { ('-t', "$topic:$_:-1") } 0 .. $partitions - 1 ],
-			'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
-	};
+	my (undef, $out) = run_kcat([ '-Q', '-b', $bootstrap, map { ('-t', "$topic:$_:-1") } 0 .. $partitions - 1 ],
+		timeout => 30);
 	my %end;
 	$end{$1} = $2 while $out =~ /\[(\d+)\] offset (-?\d+)/g;
 	return \%end;
@@ -719,18 +533,12 @@ sub ensure_consumer_offsets
 {
 	my ($bootstrap, $topic) = @_;
 	my $has = sub {
-		my ($out, $err) = ('', '');
-		eval {
-			IPC::Run::run([ 'kcat', '-L', '-b', $bootstrap, '-t', '__consumer_offsets', '-m', '5' ],
-				'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
-		};
+		my (undef, $out) = run_kcat([ '-L', '-b', $bootstrap, '-t', '__consumer_offsets', '-m', '5' ],
+			timeout => 30);
 		return $out =~ /topic "__consumer_offsets" with [1-9]\d* partitions/;
 	};
 	return 1 if $has->();
-	eval {
-		IPC::Run::run([ 'kcat', '-b', $bootstrap, '-G', 'faulttest-probe', '-e', '-q', $topic ],
-			'<', \undef, '>', \my $o, '2>', \my $e, IPC::Run::timeout(30));
-	};
+	run_kcat([ '-b', $bootstrap, '-G', 'faulttest-probe', '-e', '-q', $topic ], timeout => 30);
 	return wait_until($has, 30);
 }
 
