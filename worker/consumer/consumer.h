@@ -96,21 +96,27 @@ typedef enum MessageFate
 } MessageFate;
 
 /*
- * One Kafka message of a batch and what it means.  payload, event_type,
- * event_id, effects and handlers live in the apply transaction's memory and
- * are cleared when it ends; fate and error (copied out) remain.
+ * One message of a batch, from Kafka or a dead letter applied again, and
+ * what it means.  Where it came from and its bytes (topic to timestamp_ms)
+ * are set by whoever made the batch and live as long as the batch: a Kafka
+ * message's point into librdkafka's message, held by kafka_consumer.c
+ * until kafka_consumer_release_batch(); a dead letter's are its stored
+ * row's, in the caller's memory.  payload, event_type, event_id, effects
+ * and handlers live in the apply transaction's memory and are cleared when
+ * it ends; fate and error (copied out) remain.
  */
 typedef struct ConsumedMessage
 {
-	/*
-	 * Owned by the batch.  For a dead letter applied again, a plain struct
-	 * holding its stored bytes, which only the public fields are read from:
-	 * never handed to librdkafka.
-	 */
-	rd_kafka_message_t *raw;
+	const char *topic;			/* a topic's messages share its name's memory */
+	int32		partition;
+	int64		offset;
+	const void *key;			/* NULL: none */
+	size_t		key_len;
+	const void *value;			/* NULL: none */
+	size_t		value_len;
+	rd_kafka_headers_t *headers;	/* NULL: none */
+	int64		timestamp_ms;	/* -1: unknown (a dead letter does not keep it) */
 	int64		dead_letter_id; /* 0: from Kafka; else the dead letter retried */
-	rd_kafka_headers_t *stored_headers; /* a dead letter's headers (NULL: none) */
-	const char *topic;				/* set before interpreting a dead letter */
 	PayloadField *fields;		/* ConsumerRules.fields' values; NULL when not valid JSON */
 	Jsonb	   *payload;		/* the whole value, only when a handler is called with it */
 	char	   *event_type;		/* NULL: none */
@@ -197,7 +203,7 @@ extern bool kafka_consumer_ensure(const Subscription *subscription, char *errbuf
 								  size_t errbuf_size);
 extern void kafka_consumer_stop(bool leave_group);
 extern void kafka_consumer_set_broker_trouble(bool trouble);
-extern int	kafka_consumer_poll_batch(rd_kafka_message_t ***messages, int limit, int wait_ms);
+extern void kafka_consumer_poll_batch(ConsumerBatch *batch, int limit, int wait_ms);
 extern void kafka_consumer_release_batch(void);
 extern void kafka_consumer_commit(ConsumerBatch *batch);
 extern bool kafka_consumer_assignment_failed(void);

@@ -296,19 +296,18 @@ consumer_load_retries(const char *name, int limit, ConsumerBatch *batch)
 	for (i = 0; i < SPI_processed; i++)
 	{
 		ConsumedMessage *message = &batch->messages[i];
-		rd_kafka_message_t *raw = palloc0(sizeof(rd_kafka_message_t));
 		bool		isnull;
 		Datum		headers;
 
-		message->raw = raw;
 		message->dead_letter_id = DatumGetInt64(column(i, 1, &isnull));
 		message->topic = TextDatumGetCString(column(i, 2, &isnull));
-		raw->partition = DatumGetInt32(column(i, 3, &isnull));
-		raw->offset = DatumGetInt64(column(i, 4, &isnull));
-		raw->key = bytes_column(i, 5, &raw->key_len);
-		raw->payload = bytes_column(i, 6, &raw->len);
+		message->partition = DatumGetInt32(column(i, 3, &isnull));
+		message->offset = DatumGetInt64(column(i, 4, &isnull));
+		message->key = bytes_column(i, 5, &message->key_len);
+		message->value = bytes_column(i, 6, &message->value_len);
 		headers = column(i, 7, &isnull);
-		message->stored_headers = isnull ? NULL : headers_from_json(DatumGetJsonbP(headers));
+		message->headers = isnull ? NULL : headers_from_json(DatumGetJsonbP(headers));
+		message->timestamp_ms = -1; /* a dead letter does not keep it */
 	}
 	SPI_finish();
 	worker_end_transaction(caller_context);
@@ -359,9 +358,9 @@ consumer_release_retries(ConsumerBatch *batch)
 	int			i;
 
 	for (i = 0; i < batch->count; i++)
-		if (batch->messages[i].stored_headers != NULL)
+		if (batch->messages[i].headers != NULL)
 		{
-			rd_kafka_headers_destroy(batch->messages[i].stored_headers);
-			batch->messages[i].stored_headers = NULL;
+			rd_kafka_headers_destroy(batch->messages[i].headers);
+			batch->messages[i].headers = NULL;
 		}
 }

@@ -39,30 +39,16 @@ is_clean_text(const char *bytes, size_t len)
 		pg_verify_mbstr(PG_UTF8, bytes, (int) len, true);
 }
 
-/* The message's headers (a retried dead letter's stored ones); NULL for none. */
-static rd_kafka_headers_t *
-headers_of(const ConsumedMessage *message)
-{
-	rd_kafka_headers_t *headers;
-
-	if (message->dead_letter_id != 0)
-		return message->stored_headers;
-	if (rd_kafka_message_headers(message->raw, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR)
-		return NULL;
-	return headers;
-}
-
 /* The last header of that name as a string, or NULL (absent or not clean text). */
 static char *
 header_text(const ConsumedMessage *message, const char *name)
 {
-	rd_kafka_headers_t *headers = headers_of(message);
 	const void *value;
 	size_t		size;
 
-	if (headers == NULL)
+	if (message->headers == NULL)
 		return NULL;
-	if (rd_kafka_header_get_last(headers, name, &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+	if (rd_kafka_header_get_last(message->headers, name, &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR ||
 		value == NULL || size == 0 || !is_clean_text(value, size))
 		return NULL;
 	return pnstrdup(value, size);
@@ -92,9 +78,8 @@ read_number(PayloadField *field)
 static char *
 value_text(const ConsumedMessage *message)
 {
-	rd_kafka_message_t *raw = message->raw;
-
-	return pg_any_to_server(pnstrdup(raw->payload, raw->len), (int) raw->len, PG_UTF8);
+	return pg_any_to_server(pnstrdup(message->value, message->value_len),
+							(int) message->value_len, PG_UTF8);
 }
 
 /* Read the rules' fields of the value into message->fields. */
@@ -124,13 +109,11 @@ read_jsonb(ConsumedMessage *message, const ConsumerRules *rules)
 static char *
 unreadable_value(const ConsumedMessage *message)
 {
-	rd_kafka_message_t *raw = message->raw;
-
-	if (raw->payload == NULL || raw->len == 0)
+	if (message->value == NULL || message->value_len == 0)
 		return pstrdup("empty value");
-	if (memchr(raw->payload, '\0', raw->len) != NULL)
+	if (memchr(message->value, '\0', message->value_len) != NULL)
 		return pstrdup("value contains a NUL byte");
-	if (!pg_verify_mbstr(PG_UTF8, raw->payload, (int) raw->len, true))
+	if (!pg_verify_mbstr(PG_UTF8, message->value, (int) message->value_len, true))
 		return pstrdup("value is not valid UTF-8");
 	return NULL;
 }
@@ -222,14 +205,13 @@ consumer_message_fields(ConsumerRules *rules, const Subscription *subscription)
 static char *
 event_id_of(ConsumedMessage *message, const ConsumerRules *rules)
 {
-	rd_kafka_message_t *raw = message->raw;
 	char	   *id = header_text(message, "ce_id");
 
 	if (id == NULL)
 		id = field_text(message, rules->dedup_slot);
 	if (id == NULL || id[0] == '\0')
-		id = psprintf("%s/%d/%lld", message->topic, (int) raw->partition,
-					  (long long) raw->offset);
+		id = psprintf("%s/%d/%lld", message->topic, (int) message->partition,
+					  (long long) message->offset);
 	return id;
 }
 
@@ -330,8 +312,6 @@ consumer_message_interpret(ConsumedMessage *message, const ConsumerRules *rules)
 	if (scratch == NULL)
 		scratch = AllocSetContextCreate(TopMemoryContext, "eventpipe message interpretation",
 										ALLOCSET_DEFAULT_SIZES);
-	if (message->dead_letter_id == 0)	/* a retried dead letter has its own */
-		parsed.topic = rd_kafka_topic_name(message->raw->rkt);
 	parsed.fields = NULL;
 	parsed.payload = NULL;
 	parsed.effects = NIL;
@@ -417,13 +397,12 @@ jsonb_of(StringInfo buf)
 Jsonb *
 consumer_message_headers(const ConsumedMessage *message)
 {
-	rd_kafka_headers_t *headers = headers_of(message);
 	StringInfoData buf;
 
-	if (headers == NULL)
+	if (message->headers == NULL)
 		return NULL;
 	initStringInfo(&buf);
-	append_headers(&buf, headers);
+	append_headers(&buf, message->headers);
 	return jsonb_of(&buf);
 }
 
@@ -431,23 +410,21 @@ consumer_message_headers(const ConsumedMessage *message)
 Jsonb *
 consumer_message_metadata(const ConsumedMessage *message)
 {
-	rd_kafka_message_t *raw = message->raw;
 	StringInfoData buf;
-	/* a dead letter does not keep the message's timestamp */
-	int64		ms = message->dead_letter_id != 0 ? -1 : rd_kafka_message_timestamp(raw, NULL);
+	int64		ms = message->timestamp_ms;
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"topic\": ");
 	escape_json(&buf, message->topic);
 	appendStringInfo(&buf, ", \"partition\": %d, \"offset\": %lld, \"key\": ",
-					 (int) raw->partition, (long long) raw->offset);
-	append_json_bytes(&buf, raw->key, raw->key_len);
+					 (int) message->partition, (long long) message->offset);
+	append_json_bytes(&buf, message->key, message->key_len);
 	appendStringInfoString(&buf, ", \"id\": ");
 	escape_json(&buf, message->event_id);
 	appendStringInfoString(&buf, ", \"type\": ");
 	escape_json(&buf, message->event_type);
 	appendStringInfoString(&buf, ", \"headers\": ");
-	append_headers(&buf, headers_of(message));
+	append_headers(&buf, message->headers);
 	appendStringInfoString(&buf, ", \"timestamp\": ");
 	if (ms < 0)
 		appendStringInfoString(&buf, "null");

@@ -101,16 +101,15 @@ consumer_store_dead_letters(ConsumerBatch *batch, const char *name)
 	for (i = 0; i < batch->count; i++)
 	{
 		ConsumedMessage *message = &batch->messages[i];
-		rd_kafka_message_t *raw = message->raw;
 		Jsonb	   *headers;
 
 		if (message->fate != MESSAGE_DEAD)
 			continue;
 		columns[0][n] = CStringGetTextDatum(message->topic);
-		columns[1][n] = Int32GetDatum(raw->partition);
-		columns[2][n] = Int64GetDatum(raw->offset);
-		columns[3][n] = bytes_datum(raw->key, raw->key_len, &nulls[3][n]);
-		columns[4][n] = bytes_datum(raw->payload, raw->len, &nulls[4][n]);
+		columns[1][n] = Int32GetDatum(message->partition);
+		columns[2][n] = Int64GetDatum(message->offset);
+		columns[3][n] = bytes_datum(message->key, message->key_len, &nulls[3][n]);
+		columns[4][n] = bytes_datum(message->value, message->value_len, &nulls[4][n]);
 		headers = consumer_message_headers(message);
 		columns[5][n] = PointerGetDatum(headers);
 		nulls[5][n] = (headers == NULL);
@@ -150,8 +149,8 @@ consumer_store_offsets(ConsumerBatch *batch, const char *name)
 	for (i = 0; i < batch->count; i++)
 	{
 		const char *topic = batch->messages[i].topic;
-		int32		partition = batch->messages[i].raw->partition;
-		int64		next = batch->messages[i].raw->offset + 1;
+		int32		partition = batch->messages[i].partition;
+		int64		next = batch->messages[i].offset + 1;
 
 		/* a topic's messages share its name's memory: compare pointers first */
 		for (p = 0; p < n; p++)

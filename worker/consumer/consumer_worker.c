@@ -282,13 +282,13 @@ account_batch(ConsumerBatch *batch)
 		}
 		counts[fate]++;
 		for (p = 0; p < npartitions; p++)
-			if (partitions[p].partition == message->raw->partition &&
+			if (partitions[p].partition == message->partition &&
 				strcmp(partitions[p].topic, message->topic) == 0)
 				break;
 		if (p == npartitions)
 		{
 			partitions[npartitions].topic = message->topic;
-			partitions[npartitions++].partition = message->raw->partition;
+			partitions[npartitions++].partition = message->partition;
 		}
 		partitions[p].counts[fate]++;
 	}
@@ -428,11 +428,9 @@ consumer_step(void)
 	Subscription subscription;
 	ConsumerControl control;
 	ReadStep	read = {&subscription, &control, APPLY_DONE};
-	ConsumerBatch batch = {0};
-	rd_kafka_message_t **raw;
+	ConsumerBatch batch;
 	char		errbuf[512];
 	bool		applied;
-	int			i;
 	TimestampTz step_started_at;
 	TimestampTz polled_at;
 	bool		broker_trouble;
@@ -469,7 +467,7 @@ consumer_step(void)
 		return retry_dead_letters(&subscription);
 
 	step_started_at = GetCurrentTimestamp();
-	batch.count = kafka_consumer_poll_batch(&raw, subscription.batch_size, POLL_WAIT_MS);
+	kafka_consumer_poll_batch(&batch, subscription.batch_size, POLL_WAIT_MS);
 	note_kafka_errors();
 	kafka_consumer_publish_watermarks(&subscription, false);
 	broker_trouble = last_broker_error != 0 &&
@@ -487,9 +485,6 @@ consumer_step(void)
 
 	show_activity(CONSUMER_APPLYING, "applying");
 	last_broker_error = 0;
-	batch.messages = palloc0(sizeof(ConsumedMessage) * batch.count);
-	for (i = 0; i < batch.count; i++)
-		batch.messages[i].raw = raw[i];
 	polled_at = GetCurrentTimestamp();
 	applied = apply_batch(&batch);
 	elog(DEBUG1, "%s: batch of %d: poll %.1f ms, apply %.1f ms", who, batch.count,

@@ -4,6 +4,8 @@
  *		GUCs and the subscription, rebuilt when either changes, polled one
  *		message at a time (rd_kafka_consumer_poll, never the batch API), and
  *		told the offsets to commit once the database has committed a batch.
+ *		It owns librdkafka's messages: the rest of the consumer reads a
+ *		batch as ConsumedMessages pointing into them, until it releases them.
  *
  * Offsets live in the database (auto-commit and auto-store are off): the
  * rebalance callback, which runs inside rd_kafka_consumer_poll in this
@@ -262,16 +264,37 @@ kafka_consumer_release_batch(void)
 		rd_kafka_message_destroy(held[--held_count]);
 }
 
+/* What the consumer reads of a Kafka message: its fields, pointing into it. */
+static void
+fill_message(ConsumedMessage *message, rd_kafka_message_t *raw)
+{
+	rd_kafka_headers_t *headers;
+
+	message->topic = rd_kafka_topic_name(raw->rkt);
+	message->partition = raw->partition;
+	message->offset = raw->offset;
+	message->key = raw->key;
+	message->key_len = raw->key_len;
+	message->value = raw->payload;
+	message->value_len = raw->len;
+	if (rd_kafka_message_headers(raw, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		message->headers = headers;
+	message->timestamp_ms = rd_kafka_message_timestamp(raw, NULL);
+}
+
 /*
  * Poll up to limit messages: the first within wait_ms, the next ones while
  * they keep coming.  Messages of a failed poll are skipped (the error is
  * kept for kafka_consumer_take_error); messages polled before a rebalance
- * are dropped.  Sets *messages to the batch, held until
- * kafka_consumer_release_batch(), and returns its size.
+ * are dropped.  Fills batch (its messages in the current memory context
+ * when there are any), whose bytes and headers point into librdkafka's
+ * messages, held until kafka_consumer_release_batch().
  */
-int
-kafka_consumer_poll_batch(rd_kafka_message_t ***messages, int limit, int wait_ms)
+void
+kafka_consumer_poll_batch(ConsumerBatch *batch, int limit, int wait_ms)
 {
+	int			i;
+
 	kafka_consumer_release_batch();
 	if (held_capacity < limit)
 	{
@@ -302,8 +325,13 @@ kafka_consumer_poll_batch(rd_kafka_message_t ***messages, int limit, int wait_ms
 		held[held_count++] = message;
 	}
 	kafka_log_drain();
-	*messages = held;
-	return held_count;
+	memset(batch, 0, sizeof(*batch));
+	batch->count = held_count;
+	if (held_count == 0)
+		return;
+	batch->messages = palloc0(sizeof(ConsumedMessage) * held_count);
+	for (i = 0; i < held_count; i++)
+		fill_message(&batch->messages[i], held[i]);
 }
 
 /* Did the last assignment fail to read its offsets (the consumer must be rebuilt)? */
@@ -340,16 +368,15 @@ kafka_consumer_commit(ConsumerBatch *batch)
 	offsets = rd_kafka_topic_partition_list_new(4);
 	for (i = 0; i < batch->count; i++)
 	{
-		rd_kafka_message_t *raw = batch->messages[i].raw;
+		const ConsumedMessage *message = &batch->messages[i];
 		rd_kafka_topic_partition_t *entry;
 
-		entry = rd_kafka_topic_partition_list_find(offsets, batch->messages[i].topic,
-												   raw->partition);
+		entry = rd_kafka_topic_partition_list_find(offsets, message->topic, message->partition);
 		if (entry == NULL)
-			entry = rd_kafka_topic_partition_list_add(offsets, batch->messages[i].topic,
-													  raw->partition);
-		if (raw->offset + 1 > entry->offset)
-			entry->offset = raw->offset + 1;
+			entry = rd_kafka_topic_partition_list_add(offsets, message->topic,
+													  message->partition);
+		if (message->offset + 1 > entry->offset)
+			entry->offset = message->offset + 1;
 	}
 	rd_kafka_commit(consumer, offsets, 1);
 	rd_kafka_topic_partition_list_destroy(offsets);
