@@ -33,7 +33,7 @@ typedef struct Subscription
 	bool		start_latest;	/* start_from = 'latest' */
 	int			batch_size;		/* resolved: never 0 */
 	char	   *dedup_field;	/* NULL: none */
-	bool		paused;			/* eventpipe.pause(): stay out of the group */
+	bool		paused;			/* eventpipe.pause(): apply nothing, stay out of the group */
 	int32		id;				/* its number in the dedup ledger */
 } Subscription;
 
@@ -143,10 +143,12 @@ typedef struct ReplayRequest
 	TimestampTz requested_at;
 } ReplayRequest;
 
-/* What SQL asked the worker to do, read before every batch. */
+/*
+ * What SQL asked the worker to do, read before every batch (a pause is the
+ * subscription's paused).
+ */
 typedef struct ConsumerControl
 {
-	bool		paused;
 	bool		retries_pending;	/* dead letters marked by retry_consumer_dead() */
 	List	   *replays;		/* of ReplayRequest * */
 } ConsumerControl;

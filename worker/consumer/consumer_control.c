@@ -1,8 +1,8 @@
 /*
  * consumer_control.c
  *		The operations asked of a consumer worker from SQL, read before every
- *		batch: whether its subscription is paused (eventpipe.pause()), the
- *		replays asked for (eventpipe.replay(), rows of consumer_replays), and
+ *		batch (a pause, eventpipe.pause(), is read with the subscription's
+ *		row in consumer_catalog.c): the replays asked for (eventpipe.replay(), rows of consumer_replays), and
  *		the dead letters to apply again (eventpipe.retry_consumer_dead(),
  *		rows of consumer_dead_letters with retry_requested_at set).
  *
@@ -63,10 +63,9 @@ typedef enum ControlStatement
 static WorkerStatement statements[CONTROL_STATEMENTS] = {
 	[READ_CONTROL] = {
 		"read the controls",
-		"SELECT s.paused, EXISTS (SELECT FROM eventpipe.consumer_dead_letters AS d"
-		"   WHERE d.subscription OPERATOR(pg_catalog.=) s.name"
-		"     AND d.retry_requested_at IS NOT NULL)"
-		" FROM eventpipe.subscriptions AS s WHERE s.name OPERATOR(pg_catalog.=) $1",
+		"SELECT EXISTS (SELECT FROM eventpipe.consumer_dead_letters AS d"
+		"   WHERE d.subscription OPERATOR(pg_catalog.=) $1"
+		"     AND d.retry_requested_at IS NOT NULL)",
 		true, 1, {TEXTOID}
 	},
 	[READ_REPLAYS] = {
@@ -124,10 +123,10 @@ column(int row, int column, bool *isnull)
 }
 
 /*
- * Whether the subscription is paused, has dead letters to retry, and the
- * replays asked for (in the caller's memory), in a transaction of its own.
- * A subscription gone meanwhile reads as not paused, with nothing to do: the
- * next batch finds it gone.
+ * Whether the subscription has dead letters to retry, and the replays asked
+ * for (in the caller's memory), in a transaction of its own.  A
+ * subscription gone meanwhile has nothing to do: the next batch finds it
+ * gone.
  */
 void
 consumer_read_control(const char *name, ConsumerControl *control)
@@ -140,11 +139,7 @@ consumer_read_control(const char *name, ConsumerControl *control)
 	memset(control, 0, sizeof(*control));
 	worker_spi_connect();
 	worker_run_statement(&statements[READ_CONTROL], values, NULL, SPI_OK_SELECT);
-	if (SPI_processed > 0)
-	{
-		control->paused = DatumGetBool(column(0, 1, &isnull));
-		control->retries_pending = DatumGetBool(column(0, 2, &isnull));
-	}
+	control->retries_pending = DatumGetBool(column(0, 1, &isnull));
 
 	worker_run_statement(&statements[READ_REPLAYS], values, NULL, SPI_OK_SELECT);
 	for (i = 0; i < SPI_processed; i++)

@@ -140,10 +140,7 @@ read_step(void *arg)
 
 	step->result = consumer_read_subscription(subscription_name, step->subscription);
 	if (step->result == APPLY_DONE)
-	{
 		consumer_read_control(subscription_name, step->control);
-		step->subscription->paused = step->control->paused;
-	}
 }
 
 static void
@@ -461,7 +458,7 @@ consumer_step(void)
 	}
 	if (control.replays != NIL)
 		return carry_out_replays(control.replays);
-	if (control.paused)
+	if (subscription.paused)
 		return stay_paused(&subscription);
 	if (control.retries_pending)
 		return retry_dead_letters(&subscription);
