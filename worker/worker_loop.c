@@ -34,42 +34,29 @@ static char *database_name;
 static void (*worker_record_error) (const char *message);
 
 /*
- * Run step; on ERROR log it (prefixed with the worker's name), pass its
- * message to the worker's record_error (see worker_connect), abort the
- * transaction and return false.  Works with interrupts held, too.
+ * WORKER_GUARD's PG_CATCH: log the error (prefixed with the worker's name),
+ * pass its message to the worker's record_error (see worker_connect), and
+ * abort the transaction; back in the guarded step's memory context and
+ * interrupt holdoff count.
  */
-bool
-worker_guard(void (*step) (void *), void *arg)
+void
+worker_recover(MemoryContext context, uint32 holdoff)
 {
-	MemoryContext context = CurrentMemoryContext;
-	uint32		holdoff = InterruptHoldoffCount;
-	volatile bool ok = true;
+	ErrorData  *edata;
 
-	PG_TRY();
-	{
-		step(arg);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		/* errfinish() zeroed the holdoff count: put back the caller's */
-		InterruptHoldoffCount = holdoff;
-		MemoryContextSwitchTo(context);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(context);
-		ereport(LOG,
-				(errmsg("%s: %s", worker_name, edata->message),
-				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
-		if (worker_record_error != NULL)
-			worker_record_error(edata->message);
-		pgstat_report_activity(STATE_IDLE, NULL);
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok;
+	/* errfinish() zeroed the holdoff count: put back the caller's */
+	InterruptHoldoffCount = holdoff;
+	MemoryContextSwitchTo(context);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(context);
+	ereport(LOG,
+			(errmsg("%s: %s", worker_name, edata->message),
+			 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+	if (worker_record_error != NULL)
+		worker_record_error(edata->message);
+	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
@@ -164,7 +151,7 @@ worker_end_transaction(MemoryContext caller_context)
  * signals, the connection, and the search_path of a superuser's worker
  * (nothing a database user creates may stand in for built-ins).  who names
  * the worker in its log lines; record_error (unless NULL) keeps the message
- * of an error worker_guard() caught, for the stat views.
+ * of an error WORKER_GUARD caught, for the stat views.
  */
 void
 worker_connect(const char *who, void (*record_error) (const char *message))

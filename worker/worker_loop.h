@@ -8,12 +8,38 @@
 
 #include "postgres.h"
 
+#include "miscadmin.h"
 #include "access/htup.h"
 #include "access/tupdesc.h"
 #include "postmaster/bgworker.h"
 
 extern void worker_connect(const char *who, void (*record_error) (const char *message));
-extern bool worker_guard(void (*step) (void *), void *arg);
+
+/*
+ * Run statement, one step of a worker's loop, and set ok to whether it
+ * went through.  On an ERROR the step's transaction is aborted, the error
+ * logged and recorded (worker_recover), and ok is false: whatever the
+ * statement was to set is then not to be read.  Works with interrupts
+ * held, too.
+ */
+#define WORKER_GUARD(ok, statement) \
+	do { \
+		MemoryContext volatile worker_guard_context_ = CurrentMemoryContext; \
+		uint32 volatile worker_guard_holdoff_ = InterruptHoldoffCount; \
+		\
+		PG_TRY(); \
+		{ \
+			statement; \
+			(ok) = true; \
+		} \
+		PG_CATCH(); \
+		{ \
+			worker_recover(worker_guard_context_, worker_guard_holdoff_); \
+			(ok) = false; \
+		} \
+		PG_END_TRY(); \
+	} while (0)
+extern void worker_recover(MemoryContext context, uint32 holdoff);
 extern void worker_leave(const char *why) pg_attribute_noreturn();
 extern void worker_check_interrupts(void);
 extern void worker_main_loop(long (*step) (void)) pg_attribute_noreturn();

@@ -185,12 +185,6 @@ list_subscriptions(void)
 
 static List *subscriptions;
 
-static void
-list_step(void *arg)
-{
-	subscriptions = list_subscriptions();
-}
-
 static ConsumerWaiting *
 find_waiting(ConsumerWaiting *list, int count, const char *name)
 {
@@ -289,9 +283,11 @@ reconcile(void)
 	int			count = 0;
 	ListCell   *lc;
 	int			i;
+	bool		ok;
 
 	subscriptions = NIL;
-	if (!worker_guard(list_step, NULL))
+	WORKER_GUARD(ok, subscriptions = list_subscriptions());
+	if (!ok)
 		return MANAGER_POLL_MS;
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)

@@ -125,65 +125,20 @@ note_kafka_errors(void)
 	return found;
 }
 
-typedef struct ReadStep
+/*
+ * The subscription's row, then what SQL asked of the worker; false if that
+ * failed (already logged and recorded).
+ */
+static bool
+read_subscription_and_control(Subscription *subscription, ConsumerControl *control,
+							  ApplyResult *result)
 {
-	Subscription *subscription;
-	ConsumerControl *control;
-	ApplyResult result;
-} ReadStep;
+	bool		ok;
 
-/* The subscription's row, then what SQL asked of the worker. */
-static void
-read_step(void *arg)
-{
-	ReadStep   *step = (ReadStep *) arg;
-
-	step->result = consumer_read_subscription(subscription_name, step->subscription);
-	if (step->result == APPLY_DONE)
-		consumer_read_control(subscription_name, step->control);
-}
-
-static void
-replays_step(void *arg)
-{
-	consumer_carry_out_replays(subscription_name, (List *) arg);
-}
-
-typedef struct RetriesStep
-{
-	ConsumerBatch *batch;
-	int			limit;
-} RetriesStep;
-
-static void
-load_retries_step(void *arg)
-{
-	RetriesStep *step = (RetriesStep *) arg;
-
-	consumer_load_retries(subscription_name, step->limit, step->batch);
-}
-
-typedef struct ApplyStep
-{
-	ConsumerBatch *batch;
-	bool		isolate_failures;
-	ApplyResult result;
-} ApplyStep;
-
-static void
-apply_step(void *arg)
-{
-	ApplyStep  *step = (ApplyStep *) arg;
-
-	step->result = consumer_apply_batch(step->batch, subscription_name, step->isolate_failures);
-}
-
-static void
-prune_step(void *arg)
-{
-	int64	   *pruned = (int64 *) arg;
-
-	*pruned = consumer_prune_ledger(subscription_name, eventpipe_dedup_retention, PRUNE_ROWS);
+	WORKER_GUARD(ok, *result = consumer_read_subscription(subscription_name, subscription));
+	if (ok && *result == APPLY_DONE)
+		WORKER_GUARD(ok, consumer_read_control(subscription_name, control));
+	return ok;
 }
 
 /* Forget ledger rows past eventpipe.dedup_retention, a bounded batch at a time. */
@@ -193,13 +148,18 @@ prune_ledger_now_and_then(void)
 	TimestampTz now = GetCurrentTimestamp();
 	int64		pruned = PRUNE_ROWS;
 	int64		total = 0;
+	bool		ok = true;
 
 	if (!TimestampDifferenceExceeds(last_prune, now, PRUNE_INTERVAL_MS))
 		return;
 	last_prune = now;
 	set_ps_display("pruning the dedup ledger");
-	while (pruned == PRUNE_ROWS && worker_guard(prune_step, &pruned))
+	while (ok && pruned == PRUNE_ROWS)
 	{
+		WORKER_GUARD(ok, pruned = consumer_prune_ledger(subscription_name,
+														eventpipe_dedup_retention, PRUNE_ROWS));
+		if (!ok)
+			break;
 		total += pruned;
 		worker_check_interrupts();
 	}
@@ -321,20 +281,22 @@ account_batch(ConsumerBatch *batch)
 static bool
 apply_batch(ConsumerBatch *batch)
 {
-	ApplyStep	step = {batch, false, APPLY_DONE};
+	ApplyResult result = APPLY_DONE;
+	bool		ok;
 
-	if (!worker_guard(apply_step, &step))
+	WORKER_GUARD(ok, result = consumer_apply_batch(batch, subscription_name, false));
+	if (!ok)
 	{
-		step.isolate_failures = true;
-		if (!worker_guard(apply_step, &step))
+		WORKER_GUARD(ok, result = consumer_apply_batch(batch, subscription_name, true));
+		if (!ok)
 			return false;
 	}
-	if (step.result == APPLY_NO_SUBSCRIPTION)
+	if (result == APPLY_NO_SUBSCRIPTION)
 	{
 		subscription_gone = true;
 		worker_leave("its subscription is gone");
 	}
-	if (step.result == APPLY_NO_EXTENSION)
+	if (result == APPLY_NO_EXTENSION)
 		worker_leave("extension eventpipe is not installed or is being dropped");
 	return true;
 }
@@ -349,6 +311,7 @@ static long
 carry_out_replays(List *replays)
 {
 	ListCell   *lc;
+	bool		ok;
 
 	foreach(lc, replays)
 	{
@@ -368,7 +331,8 @@ carry_out_replays(List *replays)
 				(errmsg("%s: replaying partition %d of topic \"%s\" from offset " INT64_FORMAT " (asked: " INT64_FORMAT ")",
 						who, (int) replay->partition, replay->topic, replay->from_offset, asked)));
 	}
-	if (!worker_guard(replays_step, replays))
+	WORKER_GUARD(ok, consumer_carry_out_replays(subscription_name, replays));
+	if (!ok)
 		return fail_and_back_off();
 	/* rejoin: the new assignment starts at the offsets just stored */
 	kafka_consumer_stop(true);
@@ -400,10 +364,11 @@ static long
 retry_dead_letters(const Subscription *subscription)
 {
 	ConsumerBatch batch = {0};
-	RetriesStep step = {&batch, subscription->batch_size};
+	bool		ok;
 	bool		applied;
 
-	if (!worker_guard(load_retries_step, &step))
+	WORKER_GUARD(ok, consumer_load_retries(subscription_name, subscription->batch_size, &batch));
+	if (!ok)
 		return fail_and_back_off();
 	if (batch.count == 0)
 		return 0;
@@ -424,7 +389,7 @@ consumer_step(void)
 {
 	Subscription subscription;
 	ConsumerControl control;
-	ReadStep	read = {&subscription, &control, APPLY_DONE};
+	ApplyResult read = APPLY_DONE;
 	ConsumerBatch batch;
 	char		errbuf[512];
 	bool		applied;
@@ -438,14 +403,14 @@ consumer_step(void)
 		show_activity(CONSUMER_NOT_CONFIGURED, "waiting: eventpipe.bootstrap_servers is not set");
 		return 1000;
 	}
-	if (!worker_guard(read_step, &read))
+	if (!read_subscription_and_control(&subscription, &control, &read))
 		return fail_and_back_off();
-	if (read.result == APPLY_NO_SUBSCRIPTION)
+	if (read == APPLY_NO_SUBSCRIPTION)
 	{
 		subscription_gone = true;
 		worker_leave("its subscription is gone");
 	}
-	if (read.result == APPLY_NO_EXTENSION)
+	if (read == APPLY_NO_EXTENSION)
 		worker_leave("extension eventpipe is not installed or is being dropped");
 
 	if (kafka_consumer_assignment_failed())

@@ -58,20 +58,6 @@ static rd_kafka_message_t **held = NULL;
 static int	held_count = 0;
 static int	held_capacity = 0;
 
-typedef struct OffsetsStep
-{
-	rd_kafka_t *rk;
-	rd_kafka_topic_partition_list_t *partitions;
-} OffsetsStep;
-
-static void
-read_offsets_step(void *arg)
-{
-	OffsetsStep *step = (OffsetsStep *) arg;
-
-	kafka_consumer_read_offsets(step->rk, subscription_name, step->partitions, start_latest);
-}
-
 static bool
 cooperative(rd_kafka_t *rk)
 {
@@ -85,11 +71,11 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	rebalanced = true;
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 	{
-		OffsetsStep step = {rk, partitions};
 		bool		read;
 
 		in_rebalance = true;
-		read = worker_guard(read_offsets_step, &step);
+		WORKER_GUARD(read, kafka_consumer_read_offsets(rk, subscription_name, partitions,
+													   start_latest));
 		in_rebalance = false;
 		if (!read)
 		{

@@ -53,26 +53,6 @@ typedef struct ClaimedBatch
 	TimestampTz awaited;
 } ClaimedBatch;
 
-typedef struct ClaimStep
-{
-	ClaimedBatch *claimed;
-	int			shard;
-	int64		after_id;
-	ArrayType  *in_flight;
-	bool		nowait;
-	OutboxAvailability availability;
-} ClaimStep;
-
-static void
-claim_step(void *arg)
-{
-	ClaimStep  *step = (ClaimStep *) arg;
-
-	step->availability = outbox_claim_batch(&step->claimed->rows, eventpipe_relay_batch_size,
-											step->shard, eventpipe_relay_workers,
-											step->after_id, step->in_flight, step->nowait);
-}
-
 /*
  * Claim a batch of rows with ids above after_id (0: from the start), passing
  * over the ids in flight.  With batches in flight interrupts are held: then
@@ -88,13 +68,15 @@ claim(int shard, int64 after_id, ArrayType *in_flight, bool nowait,
 												  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext caller = MemoryContextSwitchTo(context);
 	ClaimedBatch *claimed = palloc0(sizeof(ClaimedBatch));
-	ClaimStep	step = {claimed, shard, after_id, in_flight, nowait, OUTBOX_READY};
+	OutboxAvailability found = OUTBOX_READY;
 	bool		ok;
 
 	claimed->context = context;
 	claimed->from_start = after_id == 0;
 	claimed->claim_started = GetCurrentTimestamp();
-	ok = worker_guard(claim_step, &step);
+	WORKER_GUARD(ok, found = outbox_claim_batch(&claimed->rows, eventpipe_relay_batch_size,
+												shard, eventpipe_relay_workers,
+												after_id, in_flight, nowait));
 	claimed->claimed = GetCurrentTimestamp();
 	MemoryContextSwitchTo(caller);
 	pfree(in_flight);
@@ -103,7 +85,7 @@ claim(int shard, int64 after_id, ArrayType *in_flight, bool nowait,
 		MemoryContextDelete(context);
 		return NULL;
 	}
-	*availability = step.availability;
+	*availability = found;
 	return claimed;
 }
 
@@ -144,20 +126,6 @@ every_event_delivered(OutboxBatch *batch)
 	return true;
 }
 
-typedef struct OutcomeStep
-{
-	OutboxBatch *batch;
-	BatchOutcome outcome;
-} OutcomeStep;
-
-static void
-outcome_step(void *arg)
-{
-	OutcomeStep *step = (OutcomeStep *) arg;
-
-	outbox_record_outcome(step->batch, eventpipe_relay_max_attempts, &step->outcome);
-}
-
 /*
  * Record what became of the batch and count it, in the batch's memory;
  * false if that failed.  *retried: events sent again after a failure got an
@@ -166,16 +134,18 @@ outcome_step(void *arg)
 static bool
 record(ClaimedBatch *claimed, int shard, bool *retried)
 {
-	OutcomeStep step = {&claimed->rows};
+	BatchOutcome outcome = {0};
 	TimestampTz started = GetCurrentTimestamp();
 	MemoryContext caller = MemoryContextSwitchTo(claimed->context);
-	bool		ok = worker_guard(outcome_step, &step);
+	bool		ok;
 
+	WORKER_GUARD(ok, outbox_record_outcome(&claimed->rows, eventpipe_relay_max_attempts,
+										   &outcome));
 	MemoryContextSwitchTo(caller);
 	if (!ok)
 		return false;
-	*retried = step.outcome.retried > 0;
-	relay_account_batch(&claimed->rows, &step.outcome);
+	*retried = outcome.retried > 0;
+	relay_account_batch(&claimed->rows, &outcome);
 	elog(DEBUG1, "eventpipe relay worker %d: batch of %d: claim %.1f ms (%s), produce %.1f ms, "
 		 "await %.1f ms, record %.1f ms",
 		 shard, claimed->rows.count,

@@ -135,20 +135,20 @@ relay_keep_waiting(void)
 
 /* Whether eventpipe.relay_pause holds a row (false if it does not exist). */
 static void
-read_relay_pause(void *found)
+read_relay_pause(bool *found)
 {
 	MemoryContext caller_context = worker_begin_transaction("reading eventpipe.relay_pause");
 	Oid			namespace = get_namespace_oid("eventpipe", true);
 	Oid			table = OidIsValid(namespace) ? get_relname_relid("relay_pause", namespace)
 		: InvalidOid;
 
-	*(bool *) found = false;
+	*found = false;
 	if (OidIsValid(table))
 	{
 		Relation	rel = table_open(table, AccessShareLock);
 		TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
 
-		*(bool *) found = heap_getnext(scan, ForwardScanDirection) != NULL;
+		*found = heap_getnext(scan, ForwardScanDirection) != NULL;
 		table_endscan(scan);
 		table_close(rel, AccessShareLock);
 	}
@@ -175,10 +175,12 @@ relay_paused(void)
 {
 	uint32		generation = pg_atomic_read_u32(&eventpipe_shared->relay_pause_generation);
 	bool		found;
+	bool		ok;
 
 	if (pause_known && !paused && generation == pause_generation_read)
 		return false;
-	if (!worker_guard(read_relay_pause, &found))
+	WORKER_GUARD(ok, read_relay_pause(&found));
+	if (!ok)
 		return paused || !pause_known;	/* unknown: do not risk sending */
 	paused = found;
 	pause_known = true;
@@ -316,7 +318,7 @@ relay_shown_state(void)
 	return slot->state;
 }
 
-/* The last error, for pg_stat_relay (and worker_guard()). */
+/* The last error, for pg_stat_relay (and WORKER_GUARD). */
 void
 relay_set_error(const char *message)
 {
