@@ -30,23 +30,14 @@
 #include "consumer_sql.h"
 #include "worker/worker_loop.h"
 
-typedef struct EffectsStep
-{
-	ConsumedMessage *messages;
-	int			count;
-	int32		ledger_id;		/* the subscription's id */
-	const ConsumerRules *rules;
-} EffectsStep;
-
 /* Ledger, handlers and metrics of some of the batch's messages. */
 static void
-apply_effects(void *arg)
+apply_effects(ConsumedMessage *messages, int count, int32 ledger_id,
+			  const ConsumerRules *rules)
 {
-	EffectsStep *step = (EffectsStep *) arg;
-
-	consumer_claim_event_ids(step->messages, step->count, step->ledger_id);
-	consumer_run_handlers(step->messages, step->count, step->ledger_id);
-	consumer_upsert_metrics(step->messages, step->count, step->rules);
+	consumer_claim_event_ids(messages, count, ledger_id);
+	consumer_run_handlers(messages, count, ledger_id);
+	consumer_upsert_metrics(messages, count, rules);
 }
 
 /*
@@ -60,7 +51,6 @@ static void
 apply_in_halves(ConsumedMessage *messages, int count, int32 ledger_id,
 				const ConsumerRules *rules)
 {
-	EffectsStep step = {messages, count, ledger_id, rules};
 	bool	   *to_apply = palloc(sizeof(bool) * count);
 	bool		any = false;
 	char	   *error;
@@ -73,7 +63,8 @@ apply_in_halves(ConsumedMessage *messages, int count, int32 ledger_id,
 	}
 	if (!any)
 		return;
-	error = consumer_run_in_subtransaction(apply_effects, &step, consumer_is_message_fault);
+	CONSUMER_IN_SUBTRANSACTION(error, consumer_is_message_fault,
+							   apply_effects(messages, count, ledger_id, rules));
 	if (error == NULL)
 		return;
 	/* all rolled back: the fates the attempt changed are void */
@@ -153,11 +144,7 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 		consumer_message_interpret(&batch->messages[i], &rules);
 
 	if (!isolate_failures)
-	{
-		EffectsStep step = {batch->messages, batch->count, subscription.id, &rules};
-
-		apply_effects(&step);
-	}
+		apply_effects(batch->messages, batch->count, subscription.id, &rules);
 	else
 		apply_in_halves(batch->messages, batch->count, subscription.id, &rules);
 

@@ -16,9 +16,8 @@
 
 /* Call the message's handlers, each as the role that declared it. */
 static void
-call_handlers(void *arg)
+call_handlers(const ConsumedMessage *message)
 {
-	const ConsumedMessage *message = (const ConsumedMessage *) arg;
 	Datum		metadata = JsonbPGetDatum(consumer_message_metadata(message));
 	ListCell   *lc;
 
@@ -58,8 +57,8 @@ consumer_run_handlers(ConsumedMessage *messages, int count, int32 ledger_id)
 
 		if (message->fate != MESSAGE_APPLIED || message->handlers == NIL)
 			continue;
-		message->error = consumer_run_in_subtransaction(call_handlers, message,
-														consumer_is_message_fault);
+		CONSUMER_IN_SUBTRANSACTION(message->error, consumer_is_message_fault,
+								   call_handlers(message));
 		if (message->error != NULL)
 		{
 			message->fate = MESSAGE_DEAD;

@@ -159,9 +159,9 @@ is_unique_violation(int sqlerrcode)
 
 /* Insert the ledger rows of values (see consumer_claim_event_ids), all new. */
 static void
-insert_new_ledger_rows(void *values)
+insert_new_ledger_rows(Datum *values)
 {
-	worker_run_statement(&statements[INSERT_NEW_IDS], (Datum *) values, NULL, SPI_OK_INSERT);
+	worker_run_statement(&statements[INSERT_NEW_IDS], values, NULL, SPI_OK_INSERT);
 }
 
 /*
@@ -244,6 +244,7 @@ consumer_claim_event_ids(ConsumedMessage *messages, int count, int32 ledger_id)
 	Datum		values[3];
 	int			n = 0;
 	int			distinct = 0;
+	bool		all_new = false;
 	int			i;
 
 	for (i = 0; i < count; i++)
@@ -270,8 +271,14 @@ consumer_claim_event_ids(ConsumedMessage *messages, int count, int32 ledger_id)
 	values[0] = Int32GetDatum(ledger_id);
 	values[1] = consumer_make_array(uuids, uuid_nulls, distinct, UUIDOID);
 	values[2] = consumer_make_array(texts, text_nulls, distinct, TEXTOID);
-	if (!ledger_met_duplicates &&
-		consumer_run_in_subtransaction(insert_new_ledger_rows, values, is_unique_violation) == NULL)
+	if (!ledger_met_duplicates)
+	{
+		char	   *error;
+
+		CONSUMER_IN_SUBTRANSACTION(error, is_unique_violation, insert_new_ledger_rows(values));
+		all_new = (error == NULL);
+	}
+	if (all_new)
 	{
 		for (i = 0; i < distinct; i++)
 			keys[i].is_new = true;

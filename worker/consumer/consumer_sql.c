@@ -58,40 +58,23 @@ consumer_is_message_fault(int sqlerrcode)
 }
 
 /*
- * Run fn in a subtransaction; returns the error text (in the caller's
- * memory context) of an error that is_caught accepts, or NULL.  Any other
- * error goes on up once the subtransaction is rolled back.
+ * CONSUMER_IN_SUBTRANSACTION's PG_CATCH: roll the subtransaction back, back
+ * in the caller's memory context and resource owner; returns the error's
+ * text (in context) if is_caught accepts it, else throws it on up.
  */
 char *
-consumer_run_in_subtransaction(void (*fn) (void *), void *arg, bool (*is_caught) (int sqlerrcode))
+consumer_subtransaction_failed(MemoryContext context, ResourceOwner owner,
+							   bool (*is_caught) (int sqlerrcode))
 {
-	MemoryContext context = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	char	   *volatile error = NULL;
+	ErrorData  *edata;
 
-	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(context);
-	PG_TRY();
-	{
-		fn(arg);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(context);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(context);
-		CurrentResourceOwner = owner;
-		if (!is_caught(edata->sqlerrcode))
-			ReThrowError(edata);
-		error = edata->message;
-	}
-	PG_END_TRY();
+	edata = CopyErrorData();
+	FlushErrorState();
+	RollbackAndReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(context);
 	CurrentResourceOwner = owner;
-	return error;
+	if (!is_caught(edata->sqlerrcode))
+		ReThrowError(edata);
+	return edata->message;
 }

@@ -10,10 +10,41 @@
 
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "utils/resowner.h"
+
 extern bool consumer_extension_ready(void);
 extern Datum consumer_make_array(Datum *elements, bool *nulls, int count, Oid element_type);
 extern bool consumer_is_message_fault(int sqlerrcode);
-extern char *consumer_run_in_subtransaction(void (*fn) (void *), void *arg,
+extern char *consumer_subtransaction_failed(MemoryContext context, ResourceOwner owner,
 											bool (*is_caught) (int sqlerrcode));
+
+/*
+ * Run statement in a subtransaction; set error to the text (in the caller's
+ * memory context) of an error that is_caught accepts, or to NULL.  Any
+ * other error goes on up once the subtransaction is rolled back.
+ */
+#define CONSUMER_IN_SUBTRANSACTION(error, is_caught, statement) \
+	do { \
+		MemoryContext volatile consumer_sub_context_ = CurrentMemoryContext; \
+		ResourceOwner volatile consumer_sub_owner_ = CurrentResourceOwner; \
+		\
+		BeginInternalSubTransaction(NULL); \
+		MemoryContextSwitchTo(consumer_sub_context_); \
+		PG_TRY(); \
+		{ \
+			statement; \
+			ReleaseCurrentSubTransaction(); \
+			(error) = NULL; \
+		} \
+		PG_CATCH(); \
+		{ \
+			(error) = consumer_subtransaction_failed(consumer_sub_context_, \
+													 consumer_sub_owner_, (is_caught)); \
+		} \
+		PG_END_TRY(); \
+		MemoryContextSwitchTo(consumer_sub_context_); \
+		CurrentResourceOwner = consumer_sub_owner_; \
+	} while (0)
 
 #endif							/* EVENTPIPE_CONSUMER_SQL_H */
