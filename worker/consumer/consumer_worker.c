@@ -383,28 +383,29 @@ retry_dead_letters(const Subscription *subscription)
 	return 0;
 }
 
-/* One turn of the loop; returns how long to sleep before the next (0: none). */
-static long
-consumer_step(void)
+/*
+ * Get ready for a batch: Kafka configured, the subscription and what SQL
+ * asked of the worker read, the Kafka consumer built for them.  false, with
+ * how long to wait, when not.
+ */
+static bool
+get_ready(Subscription *subscription, ConsumerControl *control, long *wait_ms)
 {
-	Subscription subscription;
-	ConsumerControl control;
 	ApplyResult read = APPLY_DONE;
-	ConsumerBatch batch;
 	char		errbuf[512];
-	bool		applied;
-	TimestampTz step_started_at;
-	TimestampTz polled_at;
-	bool		broker_trouble;
 
 	if (eventpipe_bootstrap_servers[0] == '\0')
 	{
 		kafka_consumer_stop(true);
 		show_activity(CONSUMER_NOT_CONFIGURED, "waiting: eventpipe.bootstrap_servers is not set");
-		return 1000;
+		*wait_ms = 1000;
+		return false;
 	}
-	if (!read_subscription_and_control(&subscription, &control, &read))
-		return fail_and_back_off();
+	if (!read_subscription_and_control(subscription, control, &read))
+	{
+		*wait_ms = fail_and_back_off();
+		return false;
+	}
 	if (read == APPLY_NO_SUBSCRIPTION)
 	{
 		subscription_gone = true;
@@ -414,13 +415,68 @@ consumer_step(void)
 		worker_leave("extension eventpipe is not installed or is being dropped");
 
 	if (kafka_consumer_assignment_failed())
-		return fail_and_back_off();
-	if (!kafka_consumer_ensure(&subscription, errbuf, sizeof(errbuf)))
+	{
+		*wait_ms = fail_and_back_off();
+		return false;
+	}
+	if (!kafka_consumer_ensure(subscription, errbuf, sizeof(errbuf)))
 	{
 		record_error(errbuf);
 		show_activity(CONSUMER_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
-		return BACKOFF_LAST_MS;
+		*wait_ms = BACKOFF_LAST_MS;
+		return false;
 	}
+	return true;
+}
+
+/*
+ * Poll a batch of the subscription's messages (held by kafka_consumer.c
+ * until kafka_consumer_release_batch()); false when none came.
+ */
+static bool
+poll_batch(const Subscription *subscription, ConsumerBatch *batch)
+{
+	bool		broker_trouble;
+
+	kafka_consumer_poll_batch(batch, subscription->batch_size, POLL_WAIT_MS);
+	note_kafka_errors();
+	kafka_consumer_publish_watermarks(subscription, false);
+	broker_trouble = last_broker_error != 0 &&
+		!TimestampDifferenceExceeds(last_broker_error, GetCurrentTimestamp(), BROKER_ERROR_SHOWN_MS);
+	kafka_consumer_set_broker_trouble(broker_trouble && batch->count == 0);
+	if (batch->count == 0)
+	{
+		if (broker_trouble)
+			show_activity(CONSUMER_WAITING_FOR_BROKER, "waiting for the broker");
+		else
+			show_activity(CONSUMER_IDLE, "idle");
+		return false;
+	}
+	show_activity(CONSUMER_APPLYING, "applying");
+	last_broker_error = 0;
+	return true;
+}
+
+/*
+ * One turn of the loop; returns how long to sleep before the next (0: none).
+ * A turn does what SQL asked first (replays, a pause, dead letters to
+ * retry), else: poll a batch; apply it in one transaction (interpret, dedup,
+ * apply, dead letters, offsets: consumer_apply_batch); commit its offsets to
+ * Kafka and count it.
+ */
+static long
+consumer_step(void)
+{
+	Subscription subscription;
+	ConsumerControl control;
+	ConsumerBatch batch;
+	long		wait_ms;
+	bool		applied;
+	TimestampTz step_started_at;
+	TimestampTz polled_at;
+
+	if (!get_ready(&subscription, &control, &wait_ms))
+		return wait_ms;
 	if (control.replays != NIL)
 		return carry_out_replays(control.replays);
 	if (subscription.paused)
@@ -429,24 +485,11 @@ consumer_step(void)
 		return retry_dead_letters(&subscription);
 
 	step_started_at = GetCurrentTimestamp();
-	kafka_consumer_poll_batch(&batch, subscription.batch_size, POLL_WAIT_MS);
-	note_kafka_errors();
-	kafka_consumer_publish_watermarks(&subscription, false);
-	broker_trouble = last_broker_error != 0 &&
-		!TimestampDifferenceExceeds(last_broker_error, GetCurrentTimestamp(), BROKER_ERROR_SHOWN_MS);
-	kafka_consumer_set_broker_trouble(broker_trouble && batch.count == 0);
-	if (batch.count == 0)
+	if (!poll_batch(&subscription, &batch))
 	{
-		if (broker_trouble)
-			show_activity(CONSUMER_WAITING_FOR_BROKER, "waiting for the broker");
-		else
-			show_activity(CONSUMER_IDLE, "idle");
 		prune_ledger_now_and_then();
 		return 0;				/* the poll waited already */
 	}
-
-	show_activity(CONSUMER_APPLYING, "applying");
-	last_broker_error = 0;
 	polled_at = GetCurrentTimestamp();
 	applied = apply_batch(&batch);
 	elog(DEBUG1, "%s: batch of %d: poll %.1f ms, apply %.1f ms", who, batch.count,
