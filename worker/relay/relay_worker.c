@@ -59,19 +59,22 @@ drop_producer_after_fatal_error(void)
 	return true;
 }
 
-/* One turn of the loop; returns how long to sleep before the next (0: none). */
-static long
-relay_step(void)
+/*
+ * Get ready to send: Kafka configured, the relay not paused, the producer
+ * built and served.  false, with how long to wait, when not.
+ */
+static bool
+get_ready(long *wait_ms)
 {
 	char		errbuf[512];
 	char		id[64];
-	RelayRun	run;
 
 	if (eventpipe_bootstrap_servers[0] == '\0')
 	{
 		kafka_producer_destroy();
 		relay_show_activity(RELAY_NOT_CONFIGURED, "waiting: eventpipe.bootstrap_servers is not set");
-		return eventpipe_relay_poll_interval;
+		*wait_ms = eventpipe_relay_poll_interval;
+		return false;
 	}
 	if (relay_paused())
 	{
@@ -82,7 +85,8 @@ relay_step(void)
 		 */
 		kafka_producer_destroy();
 		relay_show_activity(RELAY_PAUSED, "paused: eventpipe.resume_relay() resumes");
-		return relay_pause_known() ? eventpipe_relay_poll_interval : backoff_ms();
+		*wait_ms = relay_pause_known() ? eventpipe_relay_poll_interval : backoff_ms();
+		return false;
 	}
 
 	relay_client_id(id, sizeof(id));
@@ -91,7 +95,8 @@ relay_step(void)
 		/* looked at again each poll: a reload or a chmod of the file fixes it */
 		relay_set_error(errbuf);
 		relay_show_activity(RELAY_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
-		return eventpipe_relay_poll_interval;
+		*wait_ms = eventpipe_relay_poll_interval;
+		return false;
 	}
 	kafka_producer_poll();
 	if (kafka_log_take_broker_error(errbuf, sizeof(errbuf)))
@@ -104,10 +109,14 @@ relay_step(void)
 	 */
 	if (relay_shown_state() == RELAY_PAUSED || relay_shown_state() == RELAY_NOT_CONFIGURED)
 		relay_show_activity(RELAY_IDLE, "idle");
+	return true;
+}
 
-	relay_note_progress();
-	run = relay_pipeline_run(shard, ce_source);
-	switch (run.end)
+/* What a run's end means for the loop: how long to wait before the next turn. */
+static long
+after_run(const RelayRun *run)
+{
+	switch (run->end)
 	{
 		case RELAY_RUN_CLAIM_FAILED:
 			failures_in_a_row++;
@@ -122,7 +131,7 @@ relay_step(void)
 			break;
 	}
 
-	if (run.gave_up)
+	if (run->gave_up)
 	{
 		worker_check_interrupts();
 		if (!PostmasterIsAlive())
@@ -133,14 +142,14 @@ relay_step(void)
 							shard)));
 		kafka_producer_destroy();
 	}
-	if (run.record_failed)
+	if (run->record_failed)
 	{
 		failures_in_a_row++;
 		return backoff_ms();
 	}
 	drop_producer_after_fatal_error();
 	failures_in_a_row = 0;
-	if (run.more_due)
+	if (run->more_due)
 		return 0;
 
 	/*
@@ -153,6 +162,24 @@ relay_step(void)
 	 */
 	relay_show_activity(RELAY_IDLE, "idle");
 	return eventpipe_relay_poll_interval;
+}
+
+/*
+ * One turn of the loop; returns how long to sleep before the next (0: none):
+ * get ready, then a run of batches (relay_pipeline.c: claim, produce, await,
+ * record, the batches overlapping), then what its end calls for.
+ */
+static long
+relay_step(void)
+{
+	long		wait_ms;
+	RelayRun	run;
+
+	if (!get_ready(&wait_ms))
+		return wait_ms;
+	relay_note_progress();
+	run = relay_pipeline_run(shard, ce_source);
+	return after_run(&run);
 }
 
 static void
