@@ -1,9 +1,8 @@
 -- eventpipe 0.1 -> 0.2: table capture, the consumer worker, stat_reset().
 --
--- There is no separate install script for 0.2: CREATE EXTENSION eventpipe
--- runs eventpipe--0.1.sql and then this file, so a fresh install and an
--- upgraded one are the same by construction.  Every later version adds one
--- upgrade script the same way.
+-- For updates only: CREATE EXTENSION installs the current version with its
+-- own script (eventpipe--0.4.sql); sql/upgrade.sql checks that an
+-- installation updated from 0.1 ends identical to it.
 
 \echo Use "ALTER EXTENSION eventpipe UPDATE TO '0.2'" to load this file. \quit
 

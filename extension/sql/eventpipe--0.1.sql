@@ -1,5 +1,6 @@
 -- eventpipe 0.1: the outbox, publish(), and the relay's statistics view.
--- Installed by CREATE EXTENSION eventpipe into the schema eventpipe (see eventpipe.control).
+-- Installed by CREATE EXTENSION eventpipe VERSION '0.1' (the start of the
+-- update chain); a plain CREATE EXTENSION installs the current version.
 
 \echo Use "CREATE EXTENSION eventpipe" to load this file. \quit
 

@@ -2,8 +2,8 @@
 -- resume of subscriptions and of the relay, consumer dead letters retried),
 -- a smaller dedup ledger, and the Kafka clients' own statistics.
 --
--- Like 0.2, there is no separate install script: CREATE EXTENSION eventpipe
--- runs eventpipe--0.1.sql, then the 0.1--0.2 and 0.2--0.3 scripts.
+-- For updates only, as every upgrade script: CREATE EXTENSION installs the
+-- current version with its own script.
 
 \echo Use "ALTER EXTENSION eventpipe UPDATE TO '0.3'" to load this file. \quit
 
