@@ -208,7 +208,9 @@ CREATE TEMP TABLE fresh AS SELECT * FROM eventpipe_catalog;
 DROP EXTENSION eventpipe;
 DROP SCHEMA eventpipe;
 
+-- (updated with an event pending, as a database would be)
 CREATE EXTENSION eventpipe VERSION '0.1';
+SELECT eventpipe.publish('order-events', 'order-3', '{"n": 3}') IS NOT NULL AS published;
 ALTER EXTENSION eventpipe UPDATE;
 CREATE TEMP TABLE updated AS SELECT * FROM eventpipe_catalog;
 
