@@ -6,7 +6,10 @@
 # Functions (all print to stdout what they compute):
 #   ep_root                 absolute path of the repository root
 #   ep_cache                $REPO/.cache (git-ignored; kafka-libs/ holds the jars)
-#   ep_kafka_libs           $REPO/.cache/kafka-libs
+#   ep_kafka_versions       the Kafka versions the harness runs, the default first
+#   ep_kafka_version [V]    V, or the default when V is empty; dies, listing
+#                           the supported ones, if it is not one of them
+#   ep_kafka_libs V         $REPO/.cache/kafka-libs/V, the jars of Kafka V
 #   ep_test_user            user that runs clusters, tests and Kafka: "postgres"
 #                           when we are root (PostgreSQL refuses to run as root),
 #                           else the current user
@@ -33,8 +36,29 @@ ep_cache() {
 	printf '%s/.cache\n' "$(ep_root)"
 }
 
+# 3.9.1 first: Debian 12's librdkafka 2.0.2 was written against the 3.x
+# protocol versions. scripts/kafka-runtime.pom.xml has a logging profile per
+# major line (3: log4j 1.x, 4: log4j2), so a new 3.x or 4.x is added here.
+ep_kafka_versions() {
+	echo 3.9.1 4.1.1
+}
+
+ep_kafka_version() {
+	local want=${1:-} v
+	if [ -z "$want" ]; then
+		read -r want _ <<<"$(ep_kafka_versions)"
+	fi
+	for v in $(ep_kafka_versions); do
+		if [ "$v" = "$want" ]; then
+			echo "$v"
+			return 0
+		fi
+	done
+	ep_die "unsupported Kafka version '$want' (supported: $(ep_kafka_versions))"
+}
+
 ep_kafka_libs() {
-	printf '%s/kafka-libs\n' "$(ep_cache)"
+	printf '%s/kafka-libs/%s\n' "$(ep_cache)" "${1:?ep_kafka_libs needs a Kafka version}"
 }
 
 ep_log() {

@@ -120,9 +120,11 @@ sub _install_signal_handlers
 #             broker_properties => ['key=value', ...]):
 # a new cluster in its own directory under tmp_check, on free ports, with a
 # SASL_PLAINTEXT listener (PLAIN) for sasl_users if given, and the extra
-# broker settings if given (scripts/kafka start --broker-property).  Returns
-# a hash: dir, bootstrap, sasl_bootstrap (with sasl_users), port, nodes.
-# Killed at exit if the test does not stop it.
+# broker settings if given (scripts/kafka start --broker-property), of the
+# Kafka version scripts/kafka picks ($EP_KAFKA_VERSION, else its default).
+# Returns a hash: dir, bootstrap, sasl_bootstrap (with sasl_users), port,
+# nodes, version (the Kafka version, which names its jars' folder in
+# .cache/kafka-libs).  Killed at exit if the test does not stop it.
 sub start_kafka
 {
 	my (%opts) = @_;
@@ -147,7 +149,11 @@ sub start_kafka
 	my $bootstrap = $lines[-1];
 	BAIL_OUT("scripts/kafka start printed no bootstrap servers")
 	  unless defined $bootstrap && $bootstrap =~ /^127\.0\.0\.1:\d+/;
-	note "Kafka ($nodes node(s)) at $bootstrap in $dir"
+	my ($version) =
+	  PostgreSQL::Test::Utils::slurp_file("$dir/cluster.env") =~
+	  /^EP_KAFKA_VERSION=(\S+)$/m;
+	BAIL_OUT("no EP_KAFKA_VERSION in $dir/cluster.env") unless defined $version;
+	note "Kafka $version ($nodes node(s)) at $bootstrap in $dir"
 	  . (@props ? ', with ' . join(' ', @props) : '');
 	my $sasl_bootstrap;
 	if (@sasl_users)
@@ -163,7 +169,8 @@ sub start_kafka
 		bootstrap      => $bootstrap,
 		sasl_bootstrap => $sasl_bootstrap,
 		port           => $port,
-		nodes          => $nodes
+		nodes          => $nodes,
+		version        => $version
 	};
 }
 

@@ -446,7 +446,9 @@ sub topic_admin
 		[
 			'java', '-Xshare:auto', '-XX:TieredStopAtLevel=1', '-Xmx128m',
 			"-Dlog4j.configuration=file:$java_dir/log4j.properties",
-			'-cp', "$repo_root/.cache/kafka-libs/*", "$java_dir/KafkaAdmin.java",
+			"-Dlog4j2.configurationFile=$java_dir/log4j2.properties",
+			'-cp', "$repo_root/.cache/kafka-libs/$kafka->{version}/*",
+			"$java_dir/KafkaAdmin.java",
 			$kafka->{bootstrap}
 		],
 		'<', \$in, '>', \$out, '2>>', $log);

@@ -1,10 +1,11 @@
 // t/java/KafkaAdmin.java: creates topics and deletes records for the TAP
 // tests (t/FaultTest.pm's topic_admin), with Kafka's own Java AdminClient
-// from the broker's jar set (.cache/kafka-libs): that set has no
+// from the broker's jar set (.cache/kafka-libs/VERSION): that set has no
 // kafka-topics tool (kafka.admin.TopicCommand moved to the kafka-tools
-// artifact in Kafka 3.x).
+// artifact in Kafka 3.x). It uses only Admin calls that Kafka 3.9 and 4.x
+// both have, so it runs with either version's jars.
 //
-// Run from source, no build step: java -cp '.cache/kafka-libs/*'
+// Run from source, no build step: java -cp '.cache/kafka-libs/VERSION/*'
 // t/java/KafkaAdmin.java BOOTSTRAP.  It prints "ready", then reads commands
 // on stdin, one a line, and answers each with one line, "ok" or
 // "error: ...":
