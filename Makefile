@@ -7,6 +7,7 @@ EXTENSION = eventpipe
 MODULE_big = eventpipe
 OBJS = \
 	extension/eventpipe.o \
+	extension/compat.o \
 	extension/guc.o \
 	extension/kafka_options.o \
 	extension/shmem.o \
@@ -65,7 +66,7 @@ DATA = $(addprefix extension/sql/$(EXTENSION)--,0.4.sql \
 #                                     instance that does not
 # Results, diffs, logs and the instances go to REGRESS_OUTDIR (default: here)
 # and NOT_PRELOADED_OUTDIR.  scripts/test runs both targets.
-REGRESS = publish relay_stats dead_letters upgrade capture consumer_api operations
+REGRESS = publish reserved_prefix relay_stats dead_letters upgrade capture consumer_api operations
 REGRESS_NOT_PRELOADED = not_preloaded
 REGRESS_OUTDIR = .
 NOT_PRELOADED_OUTDIR = $(REGRESS_OUTDIR)/not_preloaded

@@ -21,6 +21,7 @@
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/dependency.h"
 #include "catalog/pg_class.h"
@@ -41,6 +42,7 @@
 
 #include "capture.h"
 #include "eventpipe.h"
+#include "compat.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_capture);
 PG_FUNCTION_INFO_V1(eventpipe_uncapture);
@@ -70,7 +72,7 @@ open_owned_table(Oid relid)
 {
 	Relation	rel;
 
-	if (!pg_class_ownercheck(relid, GetUserId()))
+	if (!object_ownercheck(RelationRelationId, relid, GetUserId()))
 		aclcheck_error(ACLCHECK_NOT_OWNER,
 					   get_relkind_objtype(get_rel_relkind(relid)),
 					   get_rel_name(relid));
@@ -119,7 +121,7 @@ check_capturable(Relation rel)
 static List *
 primary_key_columns(Relation rel)
 {
-	Oid			index_oid = RelationGetPrimaryKeyIndex(rel);
+	Oid			index_oid = RelationGetPrimaryKeyIndex(rel, false);
 	HeapTuple	tuple;
 	Form_pg_index index;
 	List	   *columns = NIL;

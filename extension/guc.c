@@ -18,6 +18,7 @@
 #include "guc.h"
 #include "shmem.h"
 #include "kafka_options.h"
+#include "compat.h"
 
 char	   *eventpipe_database = NULL;
 char	   *eventpipe_bootstrap_servers = NULL;

@@ -35,6 +35,7 @@
 #include "utils/uuid.h"
 
 #include "eventpipe.h"
+#include "compat.h"
 
 /* The identity sequence of outbox.id, for the outbox it was looked up for */
 static Oid	sequence_outbox = InvalidOid;
@@ -108,7 +109,7 @@ next_outbox_id(Relation outbox, AttrNumber id_attnum)
 {
 	if (sequence_outbox != RelationGetRelid(outbox))
 	{
-		id_sequence = getIdentitySequence(RelationGetRelid(outbox), id_attnum, false);
+		id_sequence = getIdentitySequence(outbox, id_attnum, false);
 		sequence_outbox = RelationGetRelid(outbox);
 	}
 	return nextval_internal(id_sequence, false);
@@ -193,7 +194,7 @@ eventpipe_enqueue_event(text *topic, text *key, Jsonb *payload, Jsonb *headers,
 	rte->relid = RelationGetRelid(outbox);
 	rte->relkind = RELKIND_RELATION;
 	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(estate, list_make1(rte));
+	compat_init_range_table_of_one(estate, rte);
 	InitResultRelInfo(result_rel, outbox, 1, NULL, 0);
 	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(outbox), &TTSOpsVirtual);
 	id = fill_outbox_row(outbox, slot, event_id, topic, key, payload, headers, event_type);

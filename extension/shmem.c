@@ -23,6 +23,7 @@
 #include "utils/timestamp.h"
 
 #include "shmem.h"
+#include "compat.h"
 
 EventpipeShared *eventpipe_shared = NULL;
 
@@ -107,8 +108,7 @@ eventpipe_shmem_startup(void)
 void
 eventpipe_install_shmem_hooks(void)
 {
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = eventpipe_shmem_request;
+	prev_shmem_request_hook = compat_install_shmem_request_hook(eventpipe_shmem_request);
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = eventpipe_shmem_startup;
 }
@@ -302,7 +302,7 @@ eventpipe_claim_consumer_slot(const char *subscription, pid_t *holder)
 	if (found != NULL)
 	{
 		found->pid = MyProcPid;
-		found->procno = MyProc->pgprocno;
+		found->procno = GetNumberFromPGProc(MyProc);
 		found->database = MyDatabaseId;
 		found->state = CONSUMER_STARTING;
 	}

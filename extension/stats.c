@@ -27,6 +27,7 @@
 #include "eventpipe.h"
 #include "guc.h"
 #include "shmem.h"
+#include "compat.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_relay_stats);
 PG_FUNCTION_INFO_V1(eventpipe_consumer_stats);

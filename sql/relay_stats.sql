@@ -40,7 +40,10 @@ SHOW eventpipe.kafka_options;
 SELECT current_setting('eventpipe.kafka_options');
 SELECT count(*) AS rows_in_pg_settings FROM pg_settings WHERE name = 'eventpipe.kafka_options';
 SET ROLE ep_plain;
+-- (SQLSTATE only: the wording of this refusal changed in PostgreSQL 16)
+\set VERBOSITY sqlstate
 SHOW eventpipe.kafka_options;
+\set VERBOSITY default
 RESET ROLE;
 SHOW eventpipe.kafka_options;
 

@@ -42,6 +42,7 @@
 #include "worker/kafka/kafka_statistics.h"
 #include "worker/relay/relay.h"
 #include "worker/worker_loop.h"
+#include "extension/compat.h"
 
 PGDLLEXPORT void eventpipe_launcher_main(Datum main_arg);
 
@@ -308,7 +309,7 @@ eventpipe_launcher_main(Datum main_arg)
 
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	eventpipe_shared->launcher_pid = MyProcPid;
-	eventpipe_shared->launcher_procno = MyProc->pgprocno;
+	eventpipe_shared->launcher_procno = GetNumberFromPGProc(MyProc);
 	LWLockRelease(eventpipe_shared->lock);
 	before_shmem_exit(launcher_exit, (Datum) 0);
 

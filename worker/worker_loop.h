@@ -13,6 +13,8 @@
 #include "access/tupdesc.h"
 #include "postmaster/bgworker.h"
 
+#include "extension/compat.h"
+
 extern void worker_connect(const char *who, void (*record_error) (const char *message));
 
 /*
@@ -40,9 +42,9 @@ extern void worker_connect(const char *who, void (*record_error) (const char *me
 		PG_END_TRY(); \
 	} while (0)
 extern void worker_recover(MemoryContext context, uint32 holdoff);
-extern void worker_leave(const char *why) pg_attribute_noreturn();
+pg_noreturn extern void worker_leave(const char *why);
 extern void worker_check_interrupts(void);
-extern void worker_main_loop(long (*step) (void)) pg_attribute_noreturn();
+pg_noreturn extern void worker_main_loop(long (*step) (void));
 extern long worker_backoff_ms(int failures_in_a_row, long first_ms, long last_ms);
 extern bool worker_handle_is_running(BackgroundWorkerHandle **handle);
 extern MemoryContext worker_begin_transaction(const char *activity);

@@ -49,6 +49,7 @@
 #include "consumer.h"
 #include "consumer_sql.h"
 #include "worker/worker_loop.h"
+#include "extension/compat.h"
 
 /* Subscriptions are reread, and dead workers restarted, at least this often. */
 #define MANAGER_POLL_MS 1000
@@ -357,7 +358,7 @@ attach(void)
 	else
 	{
 		eventpipe_shared->consumer_manager_pid = MyProcPid;
-		eventpipe_shared->consumer_manager_procno = MyProc->pgprocno;
+		eventpipe_shared->consumer_manager_procno = GetNumberFromPGProc(MyProc);
 		eventpipe_shared->consumer_manager_database = MyDatabaseId;
 	}
 	LWLockRelease(eventpipe_shared->lock);

@@ -27,6 +27,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/jsonfuncs.h"
 
+#include "extension/compat.h"
 #include "payload_fields.h"
 
 /* One enclosing object or array of the value being read. */
@@ -65,7 +66,7 @@ path_is_prefix(const FieldReader *reader, const PayloadFieldName *name, const ch
 	return strcmp(member, name->parts[reader->depth - 1]) == 0;
 }
 
-static void
+static JSON_ACTION_RESULT
 member_start(void *state, char *member, bool isnull)
 {
 	FieldReader *reader = (FieldReader *) state;
@@ -73,7 +74,7 @@ member_start(void *state, char *member, bool isnull)
 
 	reader->frames[reader->depth - 1].member = member;
 	if (reader->arrays > 0)
-		return;
+		JSON_ACTION_DONE;
 	for (i = 0; i < reader->nnames; i++)
 	{
 		const PayloadFieldName *name = &reader->names[i];
@@ -93,6 +94,7 @@ member_start(void *state, char *member, bool isnull)
 				reader->pending_path[reader->npending_path++] = i;
 		}
 	}
+	JSON_ACTION_DONE;
 }
 
 /* The value of the member just started is here: record it where wanted. */
@@ -131,19 +133,21 @@ push_frame(FieldReader *reader, bool is_object)
 		reader->arrays++;
 }
 
-static void
+static JSON_ACTION_RESULT
 object_start(void *state)
 {
 	push_frame((FieldReader *) state, true);
+	JSON_ACTION_DONE;
 }
 
-static void
+static JSON_ACTION_RESULT
 array_start(void *state)
 {
 	push_frame((FieldReader *) state, false);
+	JSON_ACTION_DONE;
 }
 
-static void
+static JSON_ACTION_RESULT
 frame_end(void *state)
 {
 	FieldReader *reader = (FieldReader *) state;
@@ -151,9 +155,10 @@ frame_end(void *state)
 	reader->depth--;
 	if (!reader->frames[reader->depth].is_object)
 		reader->arrays--;
+	JSON_ACTION_DONE;
 }
 
-static void
+static JSON_ACTION_RESULT
 scalar(void *state, char *token, JsonTokenType type)
 {
 	FieldReader *reader = (FieldReader *) state;
@@ -164,6 +169,7 @@ scalar(void *state, char *token, JsonTokenType type)
 		record_value(reader, PAYLOAD_FIELD_NUMBER, token);
 	else
 		record_value(reader, PAYLOAD_FIELD_OTHER, NULL);
+	JSON_ACTION_DONE;
 }
 
 void
@@ -416,7 +422,7 @@ reader_init(FieldReader *reader, int nnames, const PayloadFieldName *names)
 static void
 parse_with_postgres(char *json, int len, FieldReader *reader)
 {
-	JsonLexContext *lex = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), true);
+	JsonLexContext *lex = compat_json_lexer(json, len, GetDatabaseEncoding(), true);
 	JsonSemAction actions;
 	JsonParseErrorType result;
 
@@ -431,7 +437,7 @@ parse_with_postgres(char *json, int len, FieldReader *reader)
 
 	result = pg_parse_json(lex, &actions);
 	if (result != JSON_SUCCESS)
-		json_ereport_error(result, lex);
+		json_errsave_error(result, lex, NULL);
 }
 
 void

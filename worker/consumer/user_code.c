@@ -21,6 +21,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_proc.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/guc.h"
@@ -29,6 +30,7 @@
 #include "utils/syscache.h"
 
 #include "user_code.h"
+#include "extension/compat.h"
 
 void
 user_code_enter(Oid role, UserCodeContext *context)
@@ -98,7 +100,7 @@ user_code_handler_fault(int64 handler_id, Oid owner, bool owner_tracked, bool co
 
 	if (fault == NULL && !SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(handler)))
 		fault = psprintf("its function (OID %u) was dropped", handler);
-	else if (fault == NULL && pg_proc_aclcheck(handler, owner, ACL_EXECUTE) != ACLCHECK_OK)
+	else if (fault == NULL && object_aclcheck(ProcedureRelationId, handler, owner, ACL_EXECUTE) != ACLCHECK_OK)
 		fault = psprintf("its owner %s may no longer execute %s",
 						 GetUserNameFromId(owner, false), format_procedure(handler));
 	return fault ? psprintf("handler " INT64_FORMAT " cannot be called: %s", handler_id, fault) : NULL;

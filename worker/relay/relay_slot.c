@@ -33,6 +33,7 @@
 #include "extension/shmem.h"
 #include "relay.h"
 #include "worker/worker_loop.h"
+#include "extension/compat.h"
 
 /* No batch recorded for this long shows as "waiting for broker". */
 #define BROKER_PATIENCE_MS 1000
@@ -298,7 +299,7 @@ relay_attach_slot(int shard_number)
 		proc_exit(0);
 	}
 	slot->pid = MyProcPid;
-	slot->procno = MyProc->pgprocno;
+	slot->procno = GetNumberFromPGProc(MyProc);
 	slot->database = MyDatabaseId;
 	LWLockRelease(eventpipe_shared->lock);
 	before_shmem_exit(relay_exit, (Datum) 0);
