@@ -88,6 +88,17 @@ include $(PGXS)
 # included by their path from the top folder (PGXS puts -I$(srcdir) first).
 $(OBJS): $(wildcard extension/*.h worker/*.h worker/*/*.h)
 
+# Objects compiled against one PostgreSQL must not be linked into a library
+# for another (scripts/test --pg N switches between them): the stamp names the
+# PGXS of the last build, is rewritten only when that changes, and every
+# object depends on it.
+BUILD_STAMP = .build/pgxs.stamp
+$(OBJS) $(OBJS:.o=.bc): $(BUILD_STAMP)
+$(BUILD_STAMP): FORCE
+	@mkdir -p $(@D)
+	@echo '$(PGXS)' | cmp -s - $@ || echo '$(PGXS)' >$@
+.PHONY: FORCE
+
 .PHONY: installcheck-not-preloaded
 installcheck-not-preloaded:
 	$(pg_regress_installcheck) --temp-instance=$(NOT_PRELOADED_OUTDIR)/tmp_check \

@@ -2,10 +2,12 @@
 # from bash after scripts/lib.sh is not needed: this file sources it.
 #
 #   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-#   bench_init NAME          EP_PROG=bench/NAME, REPO, cd $REPO, PG_CONFIG,
-#                            BINDIR; fetches dependencies and installs the
-#                            extension into PG_CONFIG's PostgreSQL (skipped
-#                            when EP_BENCH_PREPARED=1: bench/run did it)
+#   bench_init NAME [PG [KAFKA]]
+#                            EP_PROG=bench/NAME, REPO, cd $REPO, then
+#                            ep_prepare PG KAFKA (scripts/lib.sh): PG_CONFIG,
+#                            BINDIR, dependencies, the extension installed into
+#                            that PostgreSQL (skipped when EP_BENCH_PREPARED=1:
+#                            bench/run did it), the versions logged
 #   bench_workdir NAME       a fresh $REPO/.build/bench-NAME, printed
 #   bench_kafka DIR          sets bootstrap and kafka_dir: the broker in
 #                            EP_BENCH_KAFKA_DIR when set (bench/run shares one
@@ -37,14 +39,10 @@
 bench_init() {
 	EP_PROG=bench/$1
 	REPO=$(ep_root)
-	cd "$REPO"
-	PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-	BINDIR=$("$PG_CONFIG" --bindir)
-	if [ "${EP_BENCH_PREPARED:-0}" != 1 ]; then
-		"$REPO/scripts/deps"
-		make -s PG_CONFIG="$PG_CONFIG"
-		make -s PG_CONFIG="$PG_CONFIG" install
-	fi
+	cd "$REPO" || return
+	local build=1
+	[ "${EP_BENCH_PREPARED:-0}" != 1 ] || build=0
+	ep_prepare "${2:-}" "${3:-}" "$build"
 }
 
 bench_workdir() {

