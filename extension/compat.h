@@ -17,21 +17,22 @@
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "nodes/parsenodes.h"
+#include "storage/proc.h"
 #include "utils/acl.h"
 
 /* 18: a noreturn marker that goes before the declaration */
-#if PG_VERSION_NUM < 180000
+#ifndef pg_noreturn
 #define pg_noreturn pg_attribute_noreturn()
 #endif
 
 /* 18: whether a deferrable primary key counts (before 18 it never did) */
 #if PG_VERSION_NUM < 180000
 #define RelationGetPrimaryKeyIndex(relation, deferrable_ok) \
-	RelationGetPrimaryKeyIndex(relation)
+	(AssertMacro(!(deferrable_ok)), RelationGetPrimaryKeyIndex(relation))
 #endif
 
 /* 17: a PGPROC's number is computed, no longer a field */
-#if PG_VERSION_NUM < 170000
+#ifndef GetNumberFromPGProc
 #define GetNumberFromPGProc(proc) ((proc)->pgprocno)
 #endif
 

@@ -7,14 +7,16 @@
  * A bounded table of EVENTPIPE_MAX_CONSUMER_PARTITIONS slots, each found by
  * (subscription, topic, partition): a worker that restarts finds its
  * counters again, as pg_stat_statements' entries outlive the sessions that
- * made them.  A subscription's slots are freed with its consumer slot (see
- * shmem.c).  When the table is full a partition has no slot: its counts
- * still reach the subscription's totals (consumer_stats()).
+ * made them, and so does the worker that takes a partition over from
+ * another worker of the subscription.  Each slot names the worker assigned
+ * the partition now (its holder).  A subscription's slots are freed with its
+ * last consumer slot (see shmem.c).  When the table is full a partition has
+ * no slot: its counts still reach the workers' totals (consumer_stats()).
  *
- * Locking: the names and database of a slot are written under
- * EventpipeShared->lock (exclusive to take or free a slot, shared to look
- * one up); the counters and the watermark are atomics written by the
- * subscription's worker only and read without a lock.
+ * Locking: the names, database and holder of a slot are written under
+ * EventpipeShared->lock (exclusive to take or free a slot or change its
+ * holder, shared to look one up); the counters and the watermark are
+ * atomics written by the subscription's workers and read without a lock.
  */
 #include "postgres.h"
 
@@ -42,6 +44,7 @@ eventpipe_init_consumer_partitions(void)
 		ConsumerPartitionSlot *slot = &eventpipe_shared->consumer_partition[i];
 
 		slot->subscription[0] = '\0';
+		slot->holder = -1;
 		pg_atomic_init_u64(&slot->events_applied, 0);
 		pg_atomic_init_u64(&slot->duplicates, 0);
 		pg_atomic_init_u64(&slot->unmatched, 0);
@@ -96,12 +99,50 @@ eventpipe_consumer_partition_slot(const char *subscription, const char *topic, i
 		strlcpy(slot->subscription, subscription, sizeof(slot->subscription));
 		strlcpy(slot->topic, topic, sizeof(slot->topic));
 		slot->partition = partition;
+		slot->holder = -1;
 		slot->database = MyDatabaseId;
 		clear_counters(slot);
 		pg_atomic_write_u64(&slot->high_watermark, EVENTPIPE_UNKNOWN_WATERMARK);
 	}
 	LWLockRelease(eventpipe_shared->lock);
 	return slot;
+}
+
+/*
+ * Worker of the subscription was assigned the partition (held) or gave it
+ * up.  Giving up a partition another worker took meanwhile changes nothing.
+ */
+void
+eventpipe_set_consumer_partition_holder(const char *subscription, const char *topic,
+										int32 partition, int worker, bool held)
+{
+	ConsumerPartitionSlot *slot = eventpipe_consumer_partition_slot(subscription, topic, partition);
+
+	if (slot == NULL)
+		return;
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	if (held)
+		slot->holder = worker;
+	else if (slot->holder == worker)
+		slot->holder = -1;
+	LWLockRelease(eventpipe_shared->lock);
+}
+
+/* Worker of the subscription holds no partition any more (it left, or lost them all). */
+void
+eventpipe_release_consumer_partitions(const char *subscription, int worker)
+{
+	int			i;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMER_PARTITIONS; i++)
+	{
+		ConsumerPartitionSlot *slot = &eventpipe_shared->consumer_partition[i];
+
+		if (slot->holder == worker && strcmp(slot->subscription, subscription) == 0)
+			slot->holder = -1;
+	}
+	LWLockRelease(eventpipe_shared->lock);
 }
 
 /* Free the slots of a subscription that is gone.  Caller holds the lock exclusively. */

@@ -1,8 +1,8 @@
 /*
  * consumer_shmem.h
  *		The consumers' part of the shared state (shmem.h includes it): one
- *		slot per subscription, the subscriptions waiting for a worker, and
- *		the per-partition counters.
+ *		slot per worker of a subscription, the workers waiting to be started,
+ *		and the per-partition counters.
  */
 #ifndef EVENTPIPE_CONSUMER_SHMEM_H
 #define EVENTPIPE_CONSUMER_SHMEM_H
@@ -11,15 +11,21 @@
 #error "include extension/shmem.h, which includes this file"
 #endif
 
-/* Most consumer workers (subscriptions) with a statistics slot at a time. */
+/* Most consumer workers (of all subscriptions) with a statistics slot at a time. */
 #define EVENTPIPE_MAX_CONSUMERS 64
+
+/*
+ * Most workers of one subscription (subscriptions.workers' CHECK says the
+ * same): beyond a topic's partition count more workers only sit idle.
+ */
+#define EVENTPIPE_MAX_SUBSCRIPTION_WORKERS 32
 
 /* Longest subscription name, terminator included (names have 1..63 chars). */
 #define EVENTPIPE_SUBSCRIPTION_LEN 64
 
 /*
- * Most subscriptions waiting for a worker that consumer_stats() names; more
- * are only counted (ConsumerWaiting).
+ * Most workers waiting to be started that consumer_stats() names; more are
+ * only counted (ConsumerWaiting).
  */
 #define EVENTPIPE_MAX_WAITING_CONSUMERS 256
 
@@ -46,14 +52,16 @@ typedef enum ConsumerState
 } ConsumerState;
 
 /*
- * One subscription's slot, found by name, so its counters survive worker
- * restarts.  subscription, database, pid, procno, state and the error fields
- * are written under EventpipeShared->lock; the counters are atomics that
- * only the slot's worker increments.
+ * One worker's slot, found by (subscription, worker number), so its
+ * counters survive worker restarts.  subscription, worker, database, pid,
+ * procno, state and the error fields are written under
+ * EventpipeShared->lock; the counters are atomics that only the slot's
+ * worker increments.
  */
 typedef struct ConsumerSlot
 {
 	char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];	/* "" = free */
+	int			worker;			/* 0 to subscriptions.workers - 1 */
 	Oid			database;
 	pid_t		pid;
 	int			procno;
@@ -67,7 +75,7 @@ typedef struct ConsumerSlot
 	TimestampTz last_error_time;
 } ConsumerSlot;
 
-/* Why a subscription has no consumer worker (ConsumerWaiting.cause). */
+/* Why a worker of a subscription is not running (ConsumerWaiting.cause). */
 typedef enum ConsumerWaitCause
 {
 	CONSUMER_WAIT_EVENTPIPE_SLOT,	/* all EVENTPIPE_MAX_CONSUMERS slots taken */
@@ -75,24 +83,26 @@ typedef enum ConsumerWaitCause
 } ConsumerWaitCause;
 
 /*
- * A subscription the consumer manager could not start a worker for, and
+ * A worker of a subscription the consumer manager could not start, and
  * since when (it tries again every second).  The manager alone writes the
  * list, under EventpipeShared->lock; consumer_stats() shows it.
  */
 typedef struct ConsumerWaiting
 {
 	char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];
+	int			worker;
 	ConsumerWaitCause cause;
 	TimestampTz since;
 } ConsumerWaiting;
 
 /*
  * One partition of a subscription, found by (subscription, topic,
- * partition), so its counters survive worker restarts; freed with its
- * subscription's slot.  The names and database are written under
- * EventpipeShared->lock; the counters and high_watermark (the last one
- * librdkafka reported, EVENTPIPE_UNKNOWN_WATERMARK if none) are atomics that
- * only the subscription's worker writes.
+ * partition), so its counters survive worker restarts and moves between the
+ * subscription's workers; freed with the subscription's last slot.  The
+ * names, database and holder are written under EventpipeShared->lock; the
+ * counters and high_watermark (the last one librdkafka reported,
+ * EVENTPIPE_UNKNOWN_WATERMARK if none) are atomics that the subscription's
+ * workers write.
  */
 typedef struct ConsumerPartitionSlot
 {
@@ -100,6 +110,7 @@ typedef struct ConsumerPartitionSlot
 	Oid			database;
 	char		topic[EVENTPIPE_TOPIC_LEN];
 	int32		partition;
+	int			holder;			/* the worker assigned it now; -1: none */
 	pg_atomic_uint64 events_applied;
 	pg_atomic_uint64 duplicates;
 	pg_atomic_uint64 unmatched;
@@ -108,10 +119,11 @@ typedef struct ConsumerPartitionSlot
 } ConsumerPartitionSlot;
 
 /* shmem.c */
-extern ConsumerSlot *eventpipe_claim_consumer_slot(const char *subscription, pid_t *holder);
+extern ConsumerSlot *eventpipe_claim_consumer_slot(const char *subscription, int worker,
+												   pid_t *holder);
 extern void eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget);
-extern pid_t eventpipe_consumer_slot_holder(const char *subscription);
-extern bool eventpipe_consumer_slot_available(const char *subscription);
+extern pid_t eventpipe_consumer_slot_holder(const char *subscription, int worker);
+extern bool eventpipe_consumer_slot_available(void);
 extern void eventpipe_set_waiting_consumers(const ConsumerWaiting *waiting, int count);
 extern void eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state);
 extern void eventpipe_set_consumer_error(ConsumerSlot *slot, const char *message);
@@ -122,6 +134,9 @@ extern void eventpipe_init_consumer_partitions(void);
 extern ConsumerPartitionSlot *eventpipe_consumer_partition_slot(const char *subscription,
 																const char *topic,
 																int32 partition);
+extern void eventpipe_set_consumer_partition_holder(const char *subscription, const char *topic,
+												   int32 partition, int worker, bool held);
+extern void eventpipe_release_consumer_partitions(const char *subscription, int worker);
 extern void eventpipe_forget_consumer_partitions(const char *subscription);
 extern void eventpipe_reset_consumer_partition_counters(void);
 

@@ -4,10 +4,10 @@
  *		consumer workers' slots with their statistics.
  *
  * Locking: EventpipeShared->lock protects pid, procno, database, state and
- * the last-error fields of every slot, a consumer slot's subscription name,
- * the launcher, consumer manager and drop-database fields, and the list of
- * subscriptions waiting for a worker (and the names of the consumer
- * partition slots, see consumer_partitions.c).
+ * the last-error fields of every slot, a consumer slot's subscription name
+ * and worker number, the launcher, consumer manager and drop-database
+ * fields, and the list of workers waiting to be started (and the names and
+ * holders of the consumer partition slots, see consumer_partitions.c).
  * Counters are pg_atomic_uint64 written only by the slot's own
  * worker; readers take no lock for them.  Nothing here points into
  * process-local memory.
@@ -39,16 +39,32 @@ eventpipe_shmem_request(void)
 	RequestNamedLWLockTranche("eventpipe", 1);
 }
 
+/* Does another slot than this one belong to the subscription?  Caller holds the lock. */
+static bool
+other_slot_of(const ConsumerSlot *slot, const char *subscription)
+{
+	int			i;
+
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+		if (&eventpipe_shared->consumer[i] != slot &&
+			strcmp(eventpipe_shared->consumer[i].subscription, subscription) == 0)
+			return true;
+	return false;
+}
+
 /*
- * Empty a consumer slot and give it to subscription, counters at zero (the
- * partitions of the subscription that held it too).  Caller holds the lock.
+ * Empty a consumer slot and give it to worker of subscription, counters at
+ * zero (the partitions of the subscription that held it too, when this was
+ * its last slot).  Caller holds the lock.
  */
 static void
-reset_consumer_slot(ConsumerSlot *slot, const char *subscription)
+reset_consumer_slot(ConsumerSlot *slot, const char *subscription, int worker)
 {
-	if (slot->subscription[0] != '\0' && strcmp(slot->subscription, subscription) != 0)
+	if (slot->subscription[0] != '\0' && strcmp(slot->subscription, subscription) != 0 &&
+		!other_slot_of(slot, slot->subscription))
 		eventpipe_forget_consumer_partitions(slot->subscription);
 	strlcpy(slot->subscription, subscription, sizeof(slot->subscription));
+	slot->worker = worker;
 	slot->database = InvalidOid;
 	slot->pid = 0;
 	slot->procno = -1;
@@ -99,7 +115,7 @@ eventpipe_shmem_startup(void)
 		}
 		eventpipe_shared->consumer_manager_procno = -1;
 		for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
-			reset_consumer_slot(&eventpipe_shared->consumer[i], "");
+			reset_consumer_slot(&eventpipe_shared->consumer[i], "", 0);
 		eventpipe_init_consumer_partitions();
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -205,13 +221,19 @@ consumer_holder(ConsumerSlot *slot)
 	return 0;
 }
 
+static bool
+is_slot_of(const ConsumerSlot *slot, const char *subscription, int worker)
+{
+	return slot->worker == worker && strcmp(slot->subscription, subscription) == 0;
+}
+
 /*
- * The live process that consumes for this subscription, or 0.  The consumer
- * manager asks before starting a worker: one started by an earlier manager
- * may still run.
+ * The live process that is this worker of this subscription, or 0.  The
+ * consumer manager asks before starting a worker: one started by an earlier
+ * manager may still run.
  */
 pid_t
-eventpipe_consumer_slot_holder(const char *subscription)
+eventpipe_consumer_slot_holder(const char *subscription, int worker)
 {
 	pid_t		holder = 0;
 	int			i;
@@ -221,7 +243,7 @@ eventpipe_consumer_slot_holder(const char *subscription)
 	{
 		ConsumerSlot *slot = &eventpipe_shared->consumer[i];
 
-		if (strcmp(slot->subscription, subscription) == 0)
+		if (is_slot_of(slot, subscription, worker))
 			holder = consumer_holder(slot);
 	}
 	LWLockRelease(eventpipe_shared->lock);
@@ -229,13 +251,13 @@ eventpipe_consumer_slot_holder(const char *subscription)
 }
 
 /*
- * Would eventpipe_claim_consumer_slot() find a slot for this subscription
- * (one no live process holds)?  The consumer manager asks before starting a
- * worker: a worker that finds none could only leave, and be started again a
- * second later.
+ * Would eventpipe_claim_consumer_slot() find a slot for a worker (one no
+ * live process holds)?  The consumer manager asks
+ * before starting a worker: a worker that finds none could only leave, and
+ * be started again a second later.
  */
 bool
-eventpipe_consumer_slot_available(const char *subscription)
+eventpipe_consumer_slot_available(void)
 {
 	bool		available = false;
 	int			i;
@@ -252,8 +274,9 @@ eventpipe_consumer_slot_available(const char *subscription)
 }
 
 /*
- * Publish the subscriptions that wait for a worker (count of them, the first
- * EVENTPIPE_MAX_WAITING_CONSUMERS by name), replacing the previous list.
+ * Publish the workers waiting to be started (count of them, the first
+ * EVENTPIPE_MAX_WAITING_CONSUMERS by subscription and worker), replacing the
+ * previous list.
  */
 void
 eventpipe_set_waiting_consumers(const ConsumerWaiting *waiting, int count)
@@ -269,13 +292,13 @@ eventpipe_set_waiting_consumers(const ConsumerWaiting *waiting, int count)
 }
 
 /*
- * Take the slot of this subscription for the calling process: the one with
- * its name (counters kept), else a free one, else one no process holds.
- * Returns NULL when none is left, or when a live process holds the
- * subscription's slot (its pid then in *holder).
+ * Take the slot of this worker of the subscription for the calling process:
+ * the one with its name and number (counters kept), else a free one, else
+ * one no process holds.  Returns NULL when none is left, or when a live
+ * process holds the worker's slot (its pid then in *holder).
  */
 ConsumerSlot *
-eventpipe_claim_consumer_slot(const char *subscription, pid_t *holder)
+eventpipe_claim_consumer_slot(const char *subscription, int worker, pid_t *holder)
 {
 	ConsumerSlot *found = NULL;
 	ConsumerSlot *free_slot = NULL;
@@ -288,7 +311,7 @@ eventpipe_claim_consumer_slot(const char *subscription, pid_t *holder)
 	{
 		ConsumerSlot *slot = &eventpipe_shared->consumer[i];
 
-		if (strcmp(slot->subscription, subscription) == 0)
+		if (is_slot_of(slot, subscription, worker))
 			found = slot;
 		else if (slot->subscription[0] == '\0' && free_slot == NULL)
 			free_slot = slot;
@@ -298,7 +321,7 @@ eventpipe_claim_consumer_slot(const char *subscription, pid_t *holder)
 	if (found != NULL && (*holder = consumer_holder(found)) != 0)
 		found = NULL;
 	else if (found == NULL && (found = free_slot ? free_slot : idle_slot) != NULL)
-		reset_consumer_slot(found, subscription);
+		reset_consumer_slot(found, subscription, worker);
 	if (found != NULL)
 	{
 		found->pid = MyProcPid;
@@ -311,17 +334,32 @@ eventpipe_claim_consumer_slot(const char *subscription, pid_t *holder)
 }
 
 /*
- * The calling process leaves its slot; with forget (its subscription is
- * gone), the slot and its counters are freed for another subscription.
+ * The calling process leaves its slot and the partitions it held; with
+ * forget (its subscription is gone), its slot and those of the
+ * subscription's other workers that no process holds (workers it no longer
+ * asked for) are freed for other subscriptions, counters and all.
  */
 void
 eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget)
 {
+	int			i;
+
+	eventpipe_release_consumer_partitions(slot->subscription, slot->worker);
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	if (slot->pid == MyProcPid)
 	{
 		if (forget)
-			reset_consumer_slot(slot, "");
+		{
+			for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+			{
+				ConsumerSlot *other = &eventpipe_shared->consumer[i];
+
+				if (other != slot && strcmp(other->subscription, slot->subscription) == 0 &&
+					consumer_holder(other) == 0)
+					reset_consumer_slot(other, "", 0);
+			}
+			reset_consumer_slot(slot, "", 0);
+		}
 		slot->pid = 0;
 		slot->procno = -1;
 		slot->database = InvalidOid;

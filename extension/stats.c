@@ -111,20 +111,18 @@ eventpipe_relay_stats(PG_FUNCTION_ARGS)
 
 /*
  * eventpipe.consumer_stats(): one row per consumer worker slot in
- * shared memory (a subscription that has had a worker since the server
- * started), with its state and counters, and one per subscription
- * that waits for a worker (no pid, state "waiting for a worker slot",
- * the reason and its remedy in last_error, since when in
- * last_error_time).
+ * shared memory (a worker of a subscription that has run since the server
+ * started), with its state, the partitions it holds and its counters, and
+ * one per worker that waits to be started (no pid, state "waiting for a
+ * worker slot", the reason and its remedy in last_error, since when in
+ * last_error_time).  A subscription's totals are the sums of its rows.
  *
- * A waiting subscription that had a worker before keeps its one row: the
- * waiting shows in its state and last_error (its worker's last error is
- * back once a worker runs again), so pg_stat_consumer, which joins on the
- * subscription, still has one row per subscription and partition.
+ * A waiting worker that ran before keeps its one row: the waiting shows in
+ * its state and last_error (its last error is back once it runs again).
  */
 
 
-#define CONSUMER_STATS_COLS 11
+#define CONSUMER_STATS_COLS 13
 
 /* The state of a subscription without a worker because none could start. */
 #define WAITING_STATE "waiting for a worker slot"
@@ -142,21 +140,22 @@ static char *
 waiting_reason(const WaitingList *list, ConsumerWaitCause cause)
 {
 	if (cause == CONSUMER_WAIT_EVENTPIPE_SLOT)
-		return psprintf("all %d consumer slots of eventpipe are taken (%d subscriptions wait): "
-						"unsubscribe another subscription, or build eventpipe with a larger EVENTPIPE_MAX_CONSUMERS",
+		return psprintf("all %d consumer slots of eventpipe are taken (%d workers wait): "
+						"unsubscribe another subscription, lower the workers of one, or build eventpipe with a larger EVENTPIPE_MAX_CONSUMERS",
 						EVENTPIPE_MAX_CONSUMERS, list->count);
-	return psprintf("max_worker_processes (%d) is exhausted (%d subscriptions wait): "
-					"raise it; eventpipe needs 2 + eventpipe.relay_workers + one per subscription",
+	return psprintf("max_worker_processes (%d) is exhausted (%d workers wait): "
+					"raise it; eventpipe needs 2 + eventpipe.relay_workers + the workers of every subscription",
 					max_worker_processes, list->count);
 }
 
 static ConsumerWaiting *
-waiting_entry(WaitingList *list, const char *subscription)
+waiting_entry(WaitingList *list, const char *subscription, int worker)
 {
 	int			i;
 
 	for (i = 0; i < list->listed; i++)
-		if (strcmp(list->entries[i].subscription, subscription) == 0)
+		if (list->entries[i].worker == worker &&
+			strcmp(list->entries[i].subscription, subscription) == 0)
 		{
 			list->shown[i] = true;
 			return &list->entries[i];
@@ -174,14 +173,33 @@ put_waiting_row(ReturnSetInfo *rsinfo, const WaitingList *list, const ConsumerWa
 
 	memset(nulls, 0, sizeof(nulls));
 	values[0] = CStringGetTextDatum(entry->subscription);
-	nulls[1] = true;
-	values[2] = CStringGetTextDatum(WAITING_STATE);
-	for (i = 3; i <= 7; i++)
+	values[1] = Int32GetDatum(entry->worker);
+	nulls[2] = true;
+	values[3] = CStringGetTextDatum(WAITING_STATE);
+	values[4] = Int32GetDatum(0);
+	for (i = 5; i <= 9; i++)
 		values[i] = Int64GetDatum(0);
-	values[8] = CStringGetTextDatum(waiting_reason(list, entry->cause));
-	values[9] = TimestampTzGetDatum(entry->since);
-	values[10] = TimestampTzGetDatum(stats_reset);
+	values[10] = CStringGetTextDatum(waiting_reason(list, entry->cause));
+	values[11] = TimestampTzGetDatum(entry->since);
+	values[12] = TimestampTzGetDatum(stats_reset);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/* How many partitions worker of subscription is assigned now.  Caller holds the lock. */
+static int
+partitions_held(const char *subscription, int worker)
+{
+	int			held = 0;
+	int			i;
+
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMER_PARTITIONS; i++)
+	{
+		ConsumerPartitionSlot *slot = &eventpipe_shared->consumer_partition[i];
+
+		if (slot->holder == worker && strcmp(slot->subscription, subscription) == 0)
+			held++;
+	}
+	return held;
 }
 
 Datum
@@ -207,6 +225,8 @@ eventpipe_consumer_stats(PG_FUNCTION_ARGS)
 		Datum		values[CONSUMER_STATS_COLS];
 		bool		nulls[CONSUMER_STATS_COLS];
 		char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];
+		int			worker;
+		int			held;
 		pid_t		pid;
 		ConsumerState state;
 		char		last_error[EVENTPIPE_ERROR_LEN];
@@ -215,6 +235,8 @@ eventpipe_consumer_stats(PG_FUNCTION_ARGS)
 
 		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
 		strlcpy(subscription, slot->subscription, sizeof(subscription));
+		worker = slot->worker;
+		held = subscription[0] != '\0' && slot->pid != 0 ? partitions_held(subscription, worker) : 0;
 		pid = slot->pid;
 		state = slot->state;
 		strlcpy(last_error, slot->last_error, sizeof(last_error));
@@ -225,32 +247,34 @@ eventpipe_consumer_stats(PG_FUNCTION_ARGS)
 		if (subscription[0] == '\0')
 			continue;
 		/* a live worker wins over a list up to a second old */
-		waits = waiting_entry(waiting, subscription);
+		waits = waiting_entry(waiting, subscription, worker);
 
 		memset(nulls, 0, sizeof(nulls));
 		values[0] = CStringGetTextDatum(subscription);
-		values[1] = Int32GetDatum(pid);
-		nulls[1] = (pid == 0);
-		values[2] = CStringGetTextDatum(waits != NULL && pid == 0 ? WAITING_STATE :
+		values[1] = Int32GetDatum(worker);
+		values[2] = Int32GetDatum(pid);
+		nulls[2] = (pid == 0);
+		values[3] = CStringGetTextDatum(waits != NULL && pid == 0 ? WAITING_STATE :
 										eventpipe_consumer_state_name(state));
-		values[3] = Int64GetDatum(pg_atomic_read_u64(&slot->events_applied));
-		values[4] = Int64GetDatum(pg_atomic_read_u64(&slot->duplicates));
-		values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->unmatched));
-		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->events_dead));
-		values[7] = Int64GetDatum(pg_atomic_read_u64(&slot->batches));
+		values[4] = Int32GetDatum(held);
+		values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->events_applied));
+		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->duplicates));
+		values[7] = Int64GetDatum(pg_atomic_read_u64(&slot->unmatched));
+		values[8] = Int64GetDatum(pg_atomic_read_u64(&slot->events_dead));
+		values[9] = Int64GetDatum(pg_atomic_read_u64(&slot->batches));
 		if (waits != NULL && pid == 0)
 		{
-			values[8] = CStringGetTextDatum(waiting_reason(waiting, waits->cause));
-			values[9] = TimestampTzGetDatum(waits->since);
+			values[10] = CStringGetTextDatum(waiting_reason(waiting, waits->cause));
+			values[11] = TimestampTzGetDatum(waits->since);
 		}
 		else
 		{
-			values[8] = CStringGetTextDatum(last_error);
-			nulls[8] = (last_error[0] == '\0');
-			values[9] = TimestampTzGetDatum(last_error_time);
-			nulls[9] = (last_error_time == 0);
+			values[10] = CStringGetTextDatum(last_error);
+			nulls[10] = (last_error[0] == '\0');
+			values[11] = TimestampTzGetDatum(last_error_time);
+			nulls[11] = (last_error_time == 0);
 		}
-		values[10] = TimestampTzGetDatum(stats_reset);
+		values[12] = TimestampTzGetDatum(stats_reset);
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
@@ -267,13 +291,14 @@ eventpipe_consumer_stats(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-#define PARTITION_STATS_COLS 8
+#define PARTITION_STATS_COLS 9
 
 /*
  * eventpipe.consumer_partition_stats(), behind pg_stat_consumer: the
  * partitions of this database's subscriptions: subscription, topic,
  * partition, events_applied, duplicates, unmatched, events_dead,
- * high_watermark (NULL when unknown).
+ * high_watermark (NULL when unknown), worker (the one assigned the
+ * partition now; NULL: none).
  */
 Datum
 eventpipe_consumer_partition_stats(PG_FUNCTION_ARGS)
@@ -291,6 +316,7 @@ eventpipe_consumer_partition_stats(PG_FUNCTION_ARGS)
 		char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];
 		char		topic[EVENTPIPE_TOPIC_LEN];
 		int32		partition;
+		int			holder;
 		Oid			database;
 		uint64		watermark;
 
@@ -298,6 +324,7 @@ eventpipe_consumer_partition_stats(PG_FUNCTION_ARGS)
 		strlcpy(subscription, slot->subscription, sizeof(subscription));
 		strlcpy(topic, slot->topic, sizeof(topic));
 		partition = slot->partition;
+		holder = slot->holder;
 		database = slot->database;
 		LWLockRelease(eventpipe_shared->lock);
 
@@ -315,6 +342,8 @@ eventpipe_consumer_partition_stats(PG_FUNCTION_ARGS)
 		watermark = pg_atomic_read_u64(&slot->high_watermark);
 		values[7] = Int64GetDatum((int64) watermark);
 		nulls[7] = (watermark == EVENTPIPE_UNKNOWN_WATERMARK);
+		values[8] = Int32GetDatum(holder);
+		nulls[8] = (holder < 0);
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

@@ -175,15 +175,20 @@ ep_workdir() {
 ep_prepare() {
 	local pg=$1 kafka=$2 build=$3
 	if [ -n "$pg" ]; then
-		PG_CONFIG=$(ep_pg_config "$pg")
+		PG_CONFIG=$(ep_pg_config "$pg") || exit 1
 	else
 		PG_CONFIG=${PG_CONFIG:-$(ep_pg_config 15)}
 	fi
 	export PG_CONFIG
-	EP_KAFKA_VERSION=$(ep_kafka_version "${kafka:-${EP_KAFKA_VERSION:-}}")
+	EP_KAFKA_VERSION=$(ep_kafka_version "${kafka:-${EP_KAFKA_VERSION:-}}") || exit 1
 	export EP_KAFKA_VERSION
-	# First, before what scripts/deps prints: what this run is against.
-	ep_log "PostgreSQL ${pg:-from $PG_CONFIG}, Kafka $EP_KAFKA_VERSION"
+	# First, before what scripts/deps prints: what this run is against (the
+	# exact release when it is installed already, else the major asked for).
+	if [ -x "$PG_CONFIG" ]; then
+		ep_log "$("$PG_CONFIG" --version), Kafka $EP_KAFKA_VERSION"
+	else
+		ep_log "PostgreSQL ${pg:-from $PG_CONFIG} (to be installed), Kafka $EP_KAFKA_VERSION"
+	fi
 	if [ "$build" = 1 ]; then
 		"$(ep_root)/scripts/deps" ${pg:+--pg "$pg"} --kafka "$EP_KAFKA_VERSION"
 	fi

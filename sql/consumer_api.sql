@@ -9,7 +9,7 @@ SET client_min_messages = warning;
 SELECT eventpipe.subscribe('shop-metrics', ARRAY['order-events', 'catalog-events']);
 SELECT eventpipe.subscribe('late', ARRAY['order-events'], group_id => 'bo', start_from => 'latest',
                            batch_size => 500, dedup_field => 'event_id');
-SELECT name, topics, group_id, start_from, batch_size, dedup_field, created_at <= now() AS created
+SELECT name, topics, group_id, start_from, batch_size, dedup_field, workers, created_at <= now() AS created
   FROM eventpipe.subscriptions ORDER BY name;
 
 -- subscribe: what it refuses
@@ -23,9 +23,19 @@ SELECT eventpipe.subscribe('s', ARRAY['..']);
 SELECT eventpipe.subscribe('s', ARRAY['t'], start_from => 'middle');
 SELECT eventpipe.subscribe('s', ARRAY['t'], batch_size => 0);
 SELECT eventpipe.subscribe('s', ARRAY['t'], group_id => '');
+SELECT eventpipe.subscribe('s', ARRAY['t'], workers => 0);
+SELECT eventpipe.subscribe('s', ARRAY['t'], workers => 33);
+SELECT eventpipe.subscribe('s', ARRAY['t'], workers => NULL);
 -- the table itself checks topic names too (a superuser may still UPDATE it)
 UPDATE eventpipe.subscriptions SET topics = ARRAY['bad topic'] WHERE name = 'late';
 UPDATE eventpipe.subscriptions SET topics = ARRAY['order-events', 'payment-events'] WHERE name = 'late';
+-- and the workers: a superuser's UPDATE changes them without a restart
+UPDATE eventpipe.subscriptions SET workers = 0 WHERE name = 'late';
+UPDATE eventpipe.subscriptions SET workers = 33 WHERE name = 'late';
+UPDATE eventpipe.subscriptions SET workers = 3 WHERE name = 'late';
+SELECT eventpipe.subscribe('many', ARRAY['order-events'], workers => 32);
+SELECT name, workers FROM eventpipe.subscriptions WHERE name IN ('late', 'many') ORDER BY name;
+SELECT eventpipe.unsubscribe('many');
 
 -- metric targets
 CREATE TABLE product_stats (product_id bigint PRIMARY KEY, views bigint, likes integer NOT NULL DEFAULT 0,
@@ -93,7 +103,7 @@ RESET ROLE;
 -- target; no right on eventpipe's tables is needed (nor given by them)
 CREATE ROLE ep_backoffice;
 GRANT USAGE ON SCHEMA eventpipe TO ep_backoffice;
-GRANT EXECUTE ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text),
+GRANT EXECUTE ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text, integer),
                           eventpipe.add_metric(text, text, regclass, text, text, text),
                           eventpipe.add_handler(text, text, regprocedure),
                           eventpipe.remove_metric(bigint), eventpipe.unsubscribe(text) TO ep_backoffice;

@@ -212,6 +212,7 @@ DROP SCHEMA eventpipe;
 CREATE EXTENSION eventpipe VERSION '0.1';
 SELECT eventpipe.publish('order-events', 'order-3', '{"n": 3}') IS NOT NULL AS published;
 ALTER EXTENSION eventpipe UPDATE;
+SELECT topic, key, payload FROM eventpipe.outbox WHERE key = 'order-3';
 CREATE TEMP TABLE updated AS SELECT * FROM eventpipe_catalog;
 
 -- what each describes (so that an empty difference is not an empty

@@ -147,7 +147,7 @@ sub check_dead
 # ---- roles, schemas, tables, functions ------------------------------------------
 
 my $declaring = join(",\n    ",
-	'eventpipe.subscribe(text, text[], text, text, integer, text)',
+	'eventpipe.subscribe(text, text[], text, text, integer, text, integer)',
 	'eventpipe.unsubscribe(text)',
 	'eventpipe.add_metric(text, text, regclass, text, text, text)',
 	'eventpipe.add_handler(text, text, regprocedure)',

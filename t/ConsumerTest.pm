@@ -5,7 +5,8 @@
 # afterwards: the tables must hold exactly the sums computed here, in Perl,
 # from the events produced.
 #
-#   ensure_topic($bootstrap, $topic)      the topic exists (auto-created)
+#   ensure_topic($bootstrap, $topic)      the topic exists (auto-created, or
+#                                         made with partitions => N)
 #   make_events(prefix => .., count => ..)
 #                                         deterministic LikeChanged /
 #                                         ProductViewed / PaymentCompleted
@@ -24,6 +25,8 @@
 #   check_product_metrics / check_customer_metrics
 #                                         exact comparison (amounts in cents)
 #   consumer_stats / consumer_stat / consumer_pid
+#                                         worker 0 of each subscription
+#   consumer_workers($node, $db, $sub)    every worker's row
 #   db_offsets / wait_caught_up           the offsets stored in the database
 #                                         reach the topics' end offsets
 #   crash_lines($node, $offset)           crashes in the server log since
@@ -52,7 +55,7 @@ our @EXPORT = qw(
   topic_positions topic_event_ids total_end_offset
   metrics_sql product_rules_sql subscribe_sql start_subscription
   expected_metrics check_product_metrics check_customer_metrics
-  consumer_stats consumer_stat consumer_pid wait_consumer_pid
+  consumer_stats consumer_stat consumer_pid wait_consumer_pid consumer_workers
   db_offsets caught_up wait_caught_up
   crash_lines stop_node PRODUCT_TYPES
 );
@@ -61,21 +64,30 @@ use constant PRODUCT_TYPES => qw(ProductViewed LikeChanged PaymentCompleted);
 
 my $json = JSON::PP->new->utf8;
 
-# Partitions of every topic: the brokers of scripts/kafka auto-create
-# topics with num.partitions=3.
+# Partitions of a topic: the brokers of scripts/kafka auto-create topics
+# with num.partitions=3; ensure_topic() notes the topics made with more.
 my $partitions = 3;
+my %topic_partitions;
+
+sub _partitions_of
+{
+	my ($topic) = @_;
+	return $topic_partitions{$topic} // $partitions;
+}
 
 # -------------------------------------------------------------- topics ----
 
 # Make $topic exist (a metadata request auto-creates it) and wait until its
-# partitions have leaders, so that a consumer subscribing to it finds it.
+# partitions (partitions => N: that many, default 3) have leaders, so that a
+# consumer subscribing to it finds it.
 sub ensure_topic
 {
-	my ($bootstrap, $topic) = @_;
+	my ($bootstrap, $topic, %o) = @_;
+	$topic_partitions{$topic} = $o{partitions} if $o{partitions};
 	my $ok = wait_until(
 		sub {
 			my $leaders = partition_leaders($bootstrap, $topic);
-			return keys %$leaders == $partitions && !grep { $_ == -1 } values %$leaders;
+			return keys %$leaders == _partitions_of($topic) && !grep { $_ == -1 } values %$leaders;
 		},
 		60);
 	croak "topic $topic was not created" unless $ok;
@@ -86,8 +98,8 @@ sub ensure_topic
 sub total_end_offset
 {
 	my ($bootstrap, $topic) = @_;
-	my $end = end_offsets($bootstrap, $topic, $partitions);
-	croak "kcat -Q gave no end offsets for $topic" unless keys %$end == $partitions;
+	my $end = end_offsets($bootstrap, $topic, _partitions_of($topic));
+	croak "kcat -Q gave no end offsets for $topic" unless keys %$end == _partitions_of($topic);
 	my $sum = 0;
 	$sum += $_ for values %$end;
 	return $sum;
@@ -563,13 +575,23 @@ sub check_customer_metrics
 
 # ------------------------------------------------------------ consumer ----
 
-# eventpipe.consumer_stats() as {subscription => row}.
+# eventpipe.consumer_stats() as {subscription => the row of its worker 0}.
 sub consumer_stats
 {
 	my ($node, $db) = @_;
 	my $out = $node->safe_psql($db // 'postgres',
-		q{SELECT coalesce(json_agg(s), '[]') FROM eventpipe.consumer_stats() AS s});
+		q{SELECT coalesce(json_agg(s), '[]') FROM eventpipe.consumer_stats() AS s WHERE s.worker = 0});
 	return { map { $_->{subscription} => $_ } @{ $json->decode($out) } };
+}
+
+# The rows of consumer_stats() of $sub's workers, by worker number.
+sub consumer_workers
+{
+	my ($node, $db, $sub) = @_;
+	my $out = $node->safe_psql($db,
+		q{SELECT coalesce(json_agg(s ORDER BY s.worker), '[]') FROM eventpipe.consumer_stats() AS s
+		   WHERE s.subscription = } . sql_quote($sub));
+	return $json->decode($out);
 }
 
 sub consumer_stat
@@ -579,13 +601,13 @@ sub consumer_stat
 	return $row ? $row->{$column} : undef;
 }
 
-# The pid of $sub's worker, 0 when none runs (or the query fails: during a
-# crash-restart).
+# The pid of $sub's worker (0), 0 when none runs (or the query fails:
+# during a crash-restart).
 sub consumer_pid
 {
 	my ($node, $db, $sub) = @_;
 	my ($ret, $out) = $node->psql($db,
-		'SELECT coalesce(pid, 0) FROM eventpipe.consumer_stats() WHERE subscription = '
+		'SELECT coalesce(pid, 0) FROM eventpipe.consumer_stats() WHERE worker = 0 AND subscription = '
 		  . sql_quote($sub));
 	return $ret == 0 && $out =~ /^(\d+)$/ ? $1 : 0;
 }
@@ -623,8 +645,8 @@ sub caught_up
 	for my $topic (@$topics)
 	{
 		my $stored = db_offsets($node, $db, $sub, $topic) or return 0;
-		my $end = end_offsets($bootstrap, $topic, $partitions);
-		return 0 unless keys %$end == $partitions;
+		my $end = end_offsets($bootstrap, $topic, _partitions_of($topic));
+		return 0 unless keys %$end == _partitions_of($topic);
 		for my $p (keys %$end)
 		{
 			return 0 unless ($stored->{$p} // 0) == $end->{$p};
@@ -644,7 +666,7 @@ sub wait_caught_up
 		for my $topic (@$topics)
 		{
 			my $stored = db_offsets($node, $db, $sub, $topic) // {};
-			my $end = end_offsets($bootstrap, $topic, $partitions);
+			my $end = end_offsets($bootstrap, $topic, _partitions_of($topic));
 			diag "$sub on $topic: stored offsets "
 			  . join(' ', map { "$_:" . ($stored->{$_} // '-') } sort keys %$end)
 			  . ', end offsets ' . join(' ', map { "$_:$end->{$_}" } sort keys %$end);

@@ -366,9 +366,9 @@ GRANT SELECT ON eventpipe.captures TO PUBLIC;
 -- only: no right but SELECT is granted on them (a TRIGGER right would let a
 -- role attach code that the workers run as superuser).
 
--- A subscription: topics read by one consumer worker with one consumer
--- group.  The worker rereads its row before every batch, so an UPDATE takes
--- effect without a restart; a trigger validates the row and wakes the
+-- A subscription: topics read by its consumer workers with one consumer
+-- group.  The workers reread their row before every batch, so an UPDATE
+-- takes effect without a restart; a trigger validates the row and wakes the
 -- consumer manager at commit.
 --
 -- paused: a paused subscription's worker applies nothing and leaves its
@@ -384,6 +384,10 @@ GRANT SELECT ON eventpipe.captures TO PUBLIC;
 -- again (a dropped role's OID reused), and rows from before 0.4 in an
 -- updated installation, are not: they run no more until confirm_owner().
 -- Both come from the declaring functions, never from a default.
+--
+-- workers: how many consumer workers share the subscription's partitions
+-- (members of its consumer group, with one ledger and one set of offsets);
+-- the manager starts or stops workers when it changes.
 CREATE TABLE eventpipe.subscriptions (
     name        text        PRIMARY KEY
                 CHECK (name ~ '^[A-Za-z0-9._-]{1,63}$'),
@@ -398,10 +402,11 @@ CREATE TABLE eventpipe.subscriptions (
     paused      boolean     NOT NULL DEFAULT false,
     id          integer     GENERATED ALWAYS AS IDENTITY UNIQUE,
     owner       regrole     NOT NULL,
-    confirmed   boolean     NOT NULL
+    confirmed   boolean     NOT NULL,
+    workers     integer     NOT NULL DEFAULT 1 CHECK (workers BETWEEN 1 AND 32)
 );
 COMMENT ON TABLE eventpipe.subscriptions IS
-    'Kafka topics consumed into this database, one consumer worker each';
+    'Kafka topics consumed into this database, by workers consumer workers each';
 COMMENT ON COLUMN eventpipe.subscriptions.start_from IS
     'Where a partition starts when the database holds no offset for it: earliest or latest';
 COMMENT ON COLUMN eventpipe.subscriptions.batch_size IS
@@ -416,6 +421,8 @@ COMMENT ON COLUMN eventpipe.subscriptions.owner IS
     'The role that declared the subscription: it, a superuser or an eventpipe_admin member may change it';
 COMMENT ON COLUMN eventpipe.subscriptions.confirmed IS
     'false: its owner''s OID was reused by another role; only a superuser or an eventpipe_admin member may change it';
+COMMENT ON COLUMN eventpipe.subscriptions.workers IS
+    'How many consumer workers share the partitions (1 to 32), with one ledger and one set of offsets';
 
 -- Declarative counters: for every new event of event_type, add the payload's
 -- value_field (or 1) to target.column_name of the row keyed by key_field.
@@ -829,7 +836,8 @@ CREATE FUNCTION eventpipe.subscribe_as(
     group_id    text,
     start_from  text,
     batch_size  integer,
-    dedup_field text)
+    dedup_field text,
+    workers     integer)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -860,6 +868,11 @@ BEGIN
         RAISE EXCEPTION 'group_id and dedup_field may be NULL but not empty'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF workers IS NULL OR workers OPERATOR(pg_catalog.<) 1 OR workers OPERATOR(pg_catalog.>) 32 THEN
+        RAISE EXCEPTION 'workers must be between 1 and 32'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'More workers than the topics'' partitions only sit idle; each takes one of max_worker_processes.';
+    END IF;
     PERFORM eventpipe.check_field_name('dedup_field', dedup_field);
     IF EXISTS (SELECT FROM eventpipe.subscriptions AS s WHERE s.name OPERATOR(pg_catalog.=) subscribe_as.name) THEN
         RAISE EXCEPTION 'subscription "%" already exists', name
@@ -884,11 +897,12 @@ BEGIN
     END IF;
     PERFORM eventpipe.track_owner(caller);
     INSERT INTO eventpipe.subscriptions (name, topics, group_id, start_from, batch_size, dedup_field, owner,
-                                         confirmed)
-    VALUES (name, topics, coalesce(group_id, name), start_from, batch_size, dedup_field, caller, true);
+                                         confirmed, workers)
+    VALUES (name, topics, coalesce(group_id, name), start_from, batch_size, dedup_field, caller, true,
+            workers);
 END;
 $$;
-REVOKE ALL ON FUNCTION eventpipe.subscribe_as(regrole, text, text[], text, text, integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION eventpipe.subscribe_as(regrole, text, text[], text, text, integer, text, integer) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.subscribe(
     name        text,
@@ -896,13 +910,14 @@ CREATE FUNCTION eventpipe.subscribe(
     group_id    text    DEFAULT NULL,
     start_from  text    DEFAULT 'earliest',
     batch_size  integer DEFAULT NULL,
-    dedup_field text    DEFAULT NULL)
+    dedup_field text    DEFAULT NULL,
+    workers     integer DEFAULT 1)
 RETURNS void
 AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
 LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text) IS
-    'Consume topics with a consumer worker of its own, started within seconds';
-REVOKE ALL ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text) FROM PUBLIC;
+COMMENT ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text, integer) IS
+    'Consume topics with consumer workers of its own (workers of them, sharing the partitions), started within seconds';
+REVOKE ALL ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text, integer) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.unsubscribe_as(caller regrole, name text)
 RETURNS void
@@ -1317,13 +1332,16 @@ REVOKE ALL ON FUNCTION eventpipe.retry_consumer_dead(bigint[], text, text) FROM 
 -- Statistics: consumer_stats(), pg_stat_consumer, stat_reset(), kafka_statistics()
 ------------------------------------------------------------------------------
 
--- consumer_stats() lists every subscription that has had a worker since the
--- server started, and those the manager could not give a worker (no slot
--- left), with the reason in last_error.
+-- consumer_stats() lists every worker of a subscription that has run since
+-- the server started, and those the manager could not start (no slot
+-- left), with the reason in last_error.  A subscription's totals are the
+-- sums of its workers' rows.
 CREATE FUNCTION eventpipe.consumer_stats(
     OUT subscription    text,
+    OUT worker          integer,
     OUT pid             integer,
     OUT state           text,
+    OUT partitions      integer,
     OUT events_applied  bigint,
     OUT duplicates      bigint,
     OUT unmatched       bigint,
@@ -1336,11 +1354,12 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'eventpipe_consumer_stats'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION eventpipe.consumer_stats() IS
-    'Per consumer worker: state and counters from shared memory (they survive worker restarts)';
+    'Per consumer worker: state, partitions held and counters from shared memory (they survive worker restarts)';
 REVOKE ALL ON FUNCTION eventpipe.consumer_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eventpipe.consumer_stats() TO pg_monitor;
 
--- The per-partition counters and high watermarks in shared memory.
+-- The per-partition counters and high watermarks in shared memory, and the
+-- worker assigned each partition now.
 CREATE FUNCTION eventpipe.consumer_partition_stats(
     OUT subscription   text,
     OUT topic          text,
@@ -1349,27 +1368,34 @@ CREATE FUNCTION eventpipe.consumer_partition_stats(
     OUT duplicates     bigint,
     OUT unmatched      bigint,
     OUT events_dead    bigint,
-    OUT high_watermark bigint)
+    OUT high_watermark bigint,
+    OUT worker         integer)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'eventpipe_consumer_partition_stats'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION eventpipe.consumer_partition_stats() IS
-    'Per subscription, topic and partition of this database: counters and the high watermark from shared memory';
+    'Per subscription, topic and partition of this database: counters, the high watermark and the worker assigned it, from shared memory';
 REVOKE ALL ON FUNCTION eventpipe.consumer_partition_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eventpipe.consumer_partition_stats() TO pg_monitor;
 
 -- One row per subscription, topic and partition (the partitions the
 -- database stores an offset for, and those a worker was assigned since the
 -- server started); one row with NULL topic and partition for a subscription
--- that has none yet.
+-- that has none yet.  worker: the one assigned the partition now; pid,
+-- state and last error are that worker's, or, when none is assigned it
+-- (between assignments, paused, waiting for a worker), those of the
+-- subscription's first worker.
 CREATE VIEW eventpipe.pg_stat_consumer AS
 WITH partitions AS (
     SELECT subscription, topic, partition, o.next_offset, m.events_applied, m.duplicates,
-           m.unmatched, m.events_dead, m.high_watermark
+           m.unmatched, m.events_dead, m.high_watermark, m.worker
       FROM eventpipe.consumer_offsets AS o
       FULL JOIN eventpipe.consumer_partition_stats() AS m USING (subscription, topic, partition)
+), workers AS (
+    SELECT * FROM eventpipe.consumer_stats()
 )
 SELECT s.name AS subscription,
+       p.worker,
        w.pid,
        CASE WHEN w.pid IS NOT NULL OR w.state = 'waiting for a worker slot' THEN w.state
             WHEN s.paused THEN 'paused'
@@ -1387,10 +1413,13 @@ SELECT s.name AS subscription,
        w.last_error_time,
        w.stats_reset
   FROM eventpipe.subscriptions AS s
-  LEFT JOIN eventpipe.consumer_stats() AS w ON w.subscription = s.name
-  LEFT JOIN partitions AS p ON p.subscription = s.name;
+  LEFT JOIN partitions AS p ON p.subscription = s.name
+  LEFT JOIN LATERAL (SELECT * FROM workers
+                      WHERE workers.subscription = s.name
+                      ORDER BY workers.worker IS NOT DISTINCT FROM p.worker DESC, workers.worker
+                      LIMIT 1) AS w ON true;
 COMMENT ON VIEW eventpipe.pg_stat_consumer IS
-    'Per subscription, topic and partition: worker, committed offset, high watermark, lag and counters (per partition; they survive worker restarts, reset at server restart or stat_reset())';
+    'Per subscription, topic and partition: the worker assigned it, committed offset, high watermark, lag and counters (per partition; they survive worker restarts, reset at server restart or stat_reset())';
 REVOKE ALL ON eventpipe.pg_stat_consumer FROM PUBLIC;
 GRANT SELECT ON eventpipe.pg_stat_consumer TO pg_monitor;
 

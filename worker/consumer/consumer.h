@@ -35,6 +35,7 @@ typedef struct Subscription
 	char	   *dedup_field;	/* NULL: none */
 	bool		paused;			/* eventpipe.pause(): apply nothing, stay out of the group */
 	int32		id;				/* its number in the dedup ledger */
+	int			workers;		/* how many workers share its partitions */
 } Subscription;
 
 /* A metric rule, with the target's names quoted, ready for SQL. */
@@ -201,7 +202,7 @@ extern void kafka_consumer_read_offsets(rd_kafka_t *rk, const char *name,
 										bool start_latest);
 
 /* kafka_consumer.c */
-extern bool kafka_consumer_ensure(const Subscription *subscription, char *errbuf,
+extern bool kafka_consumer_ensure(const Subscription *subscription, int worker, char *errbuf,
 								  size_t errbuf_size);
 extern void kafka_consumer_stop(bool leave_group);
 extern void kafka_consumer_set_broker_trouble(bool trouble);

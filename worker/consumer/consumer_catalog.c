@@ -31,7 +31,7 @@ typedef enum CatalogStatement
 static WorkerStatement statements[CATALOG_STATEMENTS] = {
 	[READ_SUBSCRIPTION] = {
 		"read the subscription",
-		"SELECT topics, group_id, start_from, batch_size, dedup_field, id, paused"
+		"SELECT topics, group_id, start_from, batch_size, dedup_field, id, paused, workers"
 		" FROM eventpipe.subscriptions WHERE name OPERATOR(pg_catalog.=) $1",
 		false, 1, {TEXTOID}
 	},
@@ -102,6 +102,7 @@ consumer_load_subscription(const char *name, Subscription *subscription)
 	subscription->dedup_field = worker_text_column(tuple, desc, 5);
 	subscription->id = DatumGetInt32(SPI_getbinval(tuple, desc, 6, &isnull));
 	subscription->paused = DatumGetBool(SPI_getbinval(tuple, desc, 7, &isnull));
+	subscription->workers = DatumGetInt32(SPI_getbinval(tuple, desc, 8, &isnull));
 	return true;
 }
 

@@ -1,28 +1,29 @@
 /*
  * consumer_manager.c
  *		The consumer manager: a dynamic background worker, started and
- *		supervised by the launcher in eventpipe.database, that keeps one
- *		consumer worker running per row of eventpipe.subscriptions.
+ *		supervised by the launcher in eventpipe.database, that keeps
+ *		subscriptions.workers consumer workers running per row of
+ *		eventpipe.subscriptions, numbered 0 to workers - 1.
  *
  * The launcher connects to no database and cannot read tables; this worker
  * can.  It reads the subscriptions when woken (a commit that changed them
  * sets its latch, see commit_wakeup.c; so does a consumer worker's death,
- * as bgw_notify_pid) and every MANAGER_POLL_MS otherwise, starts a worker
- * for each subscription without one (at most once a second per
- * subscription).  A worker started by an earlier manager is adopted, not
- * doubled.  Workers stop by themselves (exit code 0, no signal): when their
- * subscription or the extension is gone (they reread their row before
- * every batch), when their database is being dropped or is no longer
- * eventpipe.database.  The manager leaves in the last two cases too, and on
- * SIGTERM.
+ * as bgw_notify_pid) and every MANAGER_POLL_MS otherwise, and starts each
+ * worker that does not run (at most once a second per worker).  A worker
+ * started by an earlier manager is adopted, not doubled.  Workers stop by
+ * themselves (exit code 0, no signal): when their subscription or the
+ * extension is gone, or the subscription asks for fewer workers than their
+ * number (they reread their row before every batch), when their database is
+ * being dropped or is no longer eventpipe.database.  The manager leaves in
+ * the last two cases too, and on SIGTERM.
  *
- * A subscription it cannot start a worker for (all eventpipe consumer slots
- * taken, or max_worker_processes exhausted) waits and is tried again every
- * second.  It is reported once when it starts waiting (WARNING) and once
- * when it gets its worker (LOG), not at every try: a shortage lasts until
- * someone acts, and one line a second per subscription buries the rest of
- * the log.  Meanwhile consumer_stats() shows it, from the list of waiting
- * subscriptions the manager keeps in shared memory.
+ * A worker it cannot start (all eventpipe consumer slots taken, or
+ * max_worker_processes exhausted) waits and is tried again every second.
+ * It is reported once when it starts waiting (WARNING) and once when it
+ * starts (LOG), not at every try: a shortage lasts until someone acts, and
+ * one line a second per worker buries the rest of the log.  Meanwhile
+ * consumer_stats() shows it, from the list of waiting workers the manager
+ * keeps in shared memory.
  */
 #include "postgres.h"
 
@@ -58,13 +59,21 @@
 typedef struct ConsumerHandle
 {
 	char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];	/* "" = unused */
+	int			worker;
 	BackgroundWorkerHandle *handle;
 	TimestampTz started_at;
 } ConsumerHandle;
 
 static ConsumerHandle consumers[EVENTPIPE_MAX_CONSUMERS];
 
-/* The subscriptions that waited for a worker after the last reconcile. */
+/* A subscription and how many workers it asks for. */
+typedef struct WantedWorkers
+{
+	char	   *name;
+	int			workers;
+} WantedWorkers;
+
+/* The workers that waited to be started after the last reconcile. */
 static ConsumerWaiting *waiting = NULL;
 static int	n_waiting = 0;
 
@@ -91,14 +100,14 @@ is_running(ConsumerHandle *consumer)
 }
 
 static ConsumerHandle *
-handle_of(const char *subscription)
+handle_of(const char *subscription, int worker)
 {
 	ConsumerHandle *unused = NULL;
 	int			i;
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
 	{
-		if (strcmp(consumers[i].subscription, subscription) == 0)
+		if (consumers[i].worker == worker && strcmp(consumers[i].subscription, subscription) == 0)
 			return &consumers[i];
 		if (unused == NULL && consumers[i].subscription[0] == '\0')
 			unused = &consumers[i];
@@ -106,12 +115,13 @@ handle_of(const char *subscription)
 	if (unused != NULL)
 	{
 		strlcpy(unused->subscription, subscription, sizeof(unused->subscription));
+		unused->worker = worker;
 		unused->started_at = 0;
 	}
 	return unused;
 }
 
-/* Register the subscription's worker; false when no background worker slot is free. */
+/* Register a worker of the subscription; false when no background worker slot is free. */
 static bool
 start_consumer(ConsumerHandle *consumer)
 {
@@ -124,10 +134,18 @@ start_consumer(ConsumerHandle *consumer)
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(worker.bgw_library_name, "eventpipe", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "eventpipe_consumer_main", BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "eventpipe consumer %s", consumer->subscription);
+	if (consumer->worker == 0)
+		snprintf(worker.bgw_name, BGW_MAXLEN, "eventpipe consumer %s", consumer->subscription);
+	else
+		snprintf(worker.bgw_name, BGW_MAXLEN, "eventpipe consumer %s #%d", consumer->subscription,
+				 consumer->worker);
 	strlcpy(worker.bgw_type, "eventpipe consumer", BGW_MAXLEN);
+	StaticAssertStmt(sizeof(Oid) + EVENTPIPE_SUBSCRIPTION_LEN + sizeof(int) <= BGW_EXTRALEN,
+					 "bgw_extra holds the database, the subscription and the worker number");
 	memcpy(worker.bgw_extra, &MyDatabaseId, sizeof(Oid));
 	strlcpy(worker.bgw_extra + sizeof(Oid), consumer->subscription, EVENTPIPE_SUBSCRIPTION_LEN);
+	memcpy(worker.bgw_extra + sizeof(Oid) + EVENTPIPE_SUBSCRIPTION_LEN, &consumer->worker,
+		   sizeof(int));
 	worker.bgw_notify_pid = MyProcPid;
 
 	consumer->started_at = GetCurrentTimestamp();
@@ -137,33 +155,38 @@ start_consumer(ConsumerHandle *consumer)
 	return consumer->handle != NULL;
 }
 
+/* Does a subscription of the list ask for this worker? */
 static bool
-name_in(List *names, const char *name)
+is_wanted(List *wanted, const char *name, int worker)
 {
 	ListCell   *lc;
 
-	foreach(lc, names)
-		if (strcmp((char *) lfirst(lc), name) == 0)
-			return true;
+	foreach(lc, wanted)
+	{
+		WantedWorkers *subscription = (WantedWorkers *) lfirst(lc);
+
+		if (strcmp(subscription->name, name) == 0)
+			return worker < subscription->workers;
+	}
 	return false;
 }
 
 /* The manager's one statement. */
 static WorkerStatement list_statement = {
 	"list the subscriptions",
-	"SELECT name FROM eventpipe.subscriptions ORDER BY name",
+	"SELECT name, workers FROM eventpipe.subscriptions ORDER BY name",
 	true, 0, {InvalidOid}
 };
 
 /*
- * The names of all subscriptions, in a transaction of its own; NIL when the
- * extension is not installed (or being dropped).
+ * Every subscription and its workers, in a transaction of its own; NIL when
+ * the extension is not installed (or being dropped).
  */
 static List *
 list_subscriptions(void)
 {
 	MemoryContext caller_context = worker_begin_transaction("eventpipe: reading the subscriptions");
-	List	   *names = NIL;
+	List	   *wanted = NIL;
 	uint64		i;
 
 	if (consumer_extension_ready())
@@ -172,76 +195,97 @@ list_subscriptions(void)
 		worker_run_statement(&list_statement, NULL, NULL, SPI_OK_SELECT);
 		for (i = 0; i < SPI_processed; i++)
 		{
-			char	   *name = worker_text_column(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			HeapTuple	tuple = SPI_tuptable->vals[i];
+			char	   *name = worker_text_column(tuple, SPI_tuptable->tupdesc, 1);
+			bool		isnull;
+			int			workers = DatumGetInt32(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 2, &isnull));
 			MemoryContext spi_context = MemoryContextSwitchTo(caller_context);
+			WantedWorkers *subscription = palloc(sizeof(WantedWorkers));
 
-			names = lappend(names, pstrdup(name));
+			subscription->name = pstrdup(name);
+			subscription->workers = workers;
+			wanted = lappend(wanted, subscription);
 			MemoryContextSwitchTo(spi_context);
 		}
 		SPI_finish();
 	}
 	worker_end_transaction(caller_context);
-	return names;
+	return wanted;
 }
 
 static List *subscriptions;
 
 static ConsumerWaiting *
-find_waiting(ConsumerWaiting *list, int count, const char *name)
+find_waiting(ConsumerWaiting *list, int count, const char *name, int worker)
 {
 	int			i;
 
 	for (i = 0; i < count; i++)
-		if (strcmp(list[i].subscription, name) == 0)
+		if (list[i].worker == worker && strcmp(list[i].subscription, name) == 0)
 			return &list[i];
 	return NULL;
 }
 
-/* The WARNING of a subscription that starts waiting for a worker. */
+/* The background workers eventpipe needs: see docs/consumer.md. */
+static int
+workers_needed(void)
+{
+	int			needed = 2 + eventpipe_relay_workers;
+	ListCell   *lc;
+
+	foreach(lc, subscriptions)
+		needed += ((WantedWorkers *) lfirst(lc))->workers;
+	return needed;
+}
+
+/* The WARNING of a worker that starts waiting to be started. */
 static void
-report_waiting(const char *name, ConsumerWaitCause cause)
+report_waiting(const char *name, int worker, ConsumerWaitCause cause)
 {
 	if (cause == CONSUMER_WAIT_EVENTPIPE_SLOT)
 		ereport(WARNING,
-				(errmsg("eventpipe consumer manager: subscription \"%s\" waits for a worker slot", name),
+				(errmsg("eventpipe consumer manager: subscription \"%s\" waits for a worker slot (worker %d)",
+						name, worker),
 				 errdetail("All %d consumer slots of eventpipe are taken.", EVENTPIPE_MAX_CONSUMERS),
-				 errhint("Unsubscribe another subscription, or build eventpipe with a larger EVENTPIPE_MAX_CONSUMERS. "
+				 errhint("Unsubscribe another subscription, lower the workers of one, or build eventpipe with a larger EVENTPIPE_MAX_CONSUMERS. "
 						 "The worker starts once a slot is free; eventpipe.consumer_stats() shows who waits.")));
 	else
 		ereport(WARNING,
-				(errmsg("eventpipe consumer manager: subscription \"%s\" waits for a worker slot", name),
+				(errmsg("eventpipe consumer manager: subscription \"%s\" waits for a worker slot (worker %d)",
+						name, worker),
 				 errdetail("No background worker slot is free (max_worker_processes = %d).", max_worker_processes),
-				 errhint("Raise max_worker_processes (a restart is needed): eventpipe needs 2 + eventpipe.relay_workers + one per subscription, here %d. "
+				 errhint("Raise max_worker_processes (a restart is needed): eventpipe needs 2 + eventpipe.relay_workers + the workers of every subscription, here %d. "
 						 "The worker starts once a slot is free; eventpipe.consumer_stats() shows who waits.",
-						 2 + eventpipe_relay_workers + list_length(subscriptions))));
+						 workers_needed())));
 }
 
 /*
- * Note that subscription name waits for a worker, for cause: reported when
- * it starts waiting or waits for another reason now.
+ * Note that worker of subscription name waits to be started, for cause:
+ * reported when it starts waiting or waits for another reason now.
  */
 static void
-note_waiting(ConsumerWaiting *now_waiting, int *count, const char *name,
+note_waiting(ConsumerWaiting *now_waiting, int *count, const char *name, int worker,
 			 ConsumerWaitCause cause, TimestampTz now)
 {
 	ConsumerWaiting *entry = &now_waiting[(*count)++];
-	ConsumerWaiting *before = find_waiting(waiting, n_waiting, name);
+	ConsumerWaiting *before = find_waiting(waiting, n_waiting, name, worker);
 
 	strlcpy(entry->subscription, name, sizeof(entry->subscription));
+	entry->worker = worker;
 	entry->cause = cause;
 	if (before != NULL && before->cause == cause)
 		entry->since = before->since;
 	else
 	{
 		entry->since = now;
-		report_waiting(name, cause);
+		report_waiting(name, worker, cause);
 	}
 }
 
 /*
- * The subscriptions that waited and do not any more get their LOG line
- * (those unsubscribed meanwhile none); the new list replaces the old, here
- * and in shared memory.
+ * The workers that waited and do not any more get their LOG line (those no
+ * longer asked for none); the new list replaces the old, here and in shared
+ * memory.
  */
 static void
 update_waiting(ConsumerWaiting *now_waiting, int count, TimestampTz now)
@@ -251,15 +295,17 @@ update_waiting(ConsumerWaiting *now_waiting, int count, TimestampTz now)
 	for (i = 0; i < n_waiting; i++)
 	{
 		const char *name = waiting[i].subscription;
+		int			worker = waiting[i].worker;
 		long		secs;
 		int			usecs;
 
-		if (find_waiting(now_waiting, count, name) != NULL || !name_in(subscriptions, name))
+		if (find_waiting(now_waiting, count, name, worker) != NULL ||
+			!is_wanted(subscriptions, name, worker))
 			continue;
 		TimestampDifference(waiting[i].since, now, &secs, &usecs);
 		ereport(LOG,
-				(errmsg("eventpipe consumer manager: subscription \"%s\" got its worker after waiting %ld s for a slot",
-						name, secs)));
+				(errmsg("eventpipe consumer manager: subscription \"%s\" got its worker after waiting %ld s for a slot (worker %d)",
+						name, secs, worker)));
 	}
 	if (count == 0 && n_waiting == 0)
 		return;
@@ -273,6 +319,40 @@ update_waiting(ConsumerWaiting *now_waiting, int count, TimestampTz now)
 	}
 	n_waiting = count;
 	eventpipe_set_waiting_consumers(waiting, n_waiting);
+}
+
+/*
+ * Start worker of subscription name unless it runs, noting in now_waiting
+ * (count entries) when it cannot be.
+ */
+static void
+ensure_worker(const char *name, int worker, ConsumerWaiting *now_waiting, int *count,
+			  TimestampTz now)
+{
+	ConsumerHandle *consumer = handle_of(name, worker);
+	ConsumerWaiting *before;
+
+	if (consumer == NULL)
+	{
+		note_waiting(now_waiting, count, name, worker, CONSUMER_WAIT_EVENTPIPE_SLOT, now);
+		return;
+	}
+	if (is_running(consumer) || eventpipe_consumer_slot_holder(name, worker) != 0)
+		return;
+	if (!TimestampDifferenceExceeds(consumer->started_at, now, RESTART_DELAY_MS))
+	{
+		/* not tried this time: it waits as it did */
+		if ((before = find_waiting(waiting, n_waiting, name, worker)) != NULL)
+			now_waiting[(*count)++] = *before;
+		return;
+	}
+	if (!eventpipe_consumer_slot_available())
+	{
+		consumer->started_at = now;
+		note_waiting(now_waiting, count, name, worker, CONSUMER_WAIT_EVENTPIPE_SLOT, now);
+	}
+	else if (!start_consumer(consumer))
+		note_waiting(now_waiting, count, name, worker, CONSUMER_WAIT_WORKER_PROCESS, now);
 }
 
 /* Bring the running consumer workers in line with eventpipe.subscriptions. */
@@ -295,40 +375,19 @@ reconcile(void)
 	{
 		ConsumerHandle *consumer = &consumers[i];
 
-		/* a worker whose subscription is gone leaves by itself */
+		/* a worker no longer asked for leaves by itself */
 		if (consumer->subscription[0] != '\0' && !is_running(consumer) &&
-			!name_in(subscriptions, consumer->subscription))
+			!is_wanted(subscriptions, consumer->subscription, consumer->worker))
 			consumer->subscription[0] = '\0';
 	}
 
-	now_waiting = palloc(sizeof(ConsumerWaiting) * Max(list_length(subscriptions), 1));
+	now_waiting = palloc(sizeof(ConsumerWaiting) * Max(workers_needed(), 1));
 	foreach(lc, subscriptions)
 	{
-		const char *name = (const char *) lfirst(lc);
-		ConsumerHandle *consumer = handle_of(name);
-		ConsumerWaiting *before;
+		WantedWorkers *subscription = (WantedWorkers *) lfirst(lc);
 
-		if (consumer == NULL)
-		{
-			note_waiting(now_waiting, &count, name, CONSUMER_WAIT_EVENTPIPE_SLOT, now);
-			continue;
-		}
-		if (is_running(consumer) || eventpipe_consumer_slot_holder(name) != 0)
-			continue;
-		if (!TimestampDifferenceExceeds(consumer->started_at, now, RESTART_DELAY_MS))
-		{
-			/* not tried this time: it waits as it did */
-			if ((before = find_waiting(waiting, n_waiting, name)) != NULL)
-				now_waiting[count++] = *before;
-			continue;
-		}
-		if (!eventpipe_consumer_slot_available(name))
-		{
-			consumer->started_at = now;
-			note_waiting(now_waiting, &count, name, CONSUMER_WAIT_EVENTPIPE_SLOT, now);
-		}
-		else if (!start_consumer(consumer))
-			note_waiting(now_waiting, &count, name, CONSUMER_WAIT_WORKER_PROCESS, now);
+		for (i = 0; i < subscription->workers; i++)
+			ensure_worker(subscription->name, i, now_waiting, &count, now);
 	}
 	update_waiting(now_waiting, count, now);
 
@@ -338,7 +397,7 @@ reconcile(void)
 	{
 		char		activity[64];
 
-		snprintf(activity, sizeof(activity), "serving, %d waiting for a worker slot", count);
+		snprintf(activity, sizeof(activity), "serving, %d workers waiting for a slot", count);
 		set_ps_display(activity);
 	}
 	else

@@ -50,11 +50,18 @@ consumer_make_array(Datum *elements, bool *nulls, int count, Oid element_type)
 											  typlen, typbyval, typalign));
 }
 
-/* Is an error a message's fault?  Cancel and termination are not. */
+/*
+ * Is an error a message's fault?  Cancel and termination are not, nor a
+ * deadlock or serialization failure met with another transaction (another
+ * worker's, say): the batch is tried again as a whole, never dead-lettered
+ * for it.
+ */
 bool
 consumer_is_message_fault(int sqlerrcode)
 {
-	return sqlerrcode != ERRCODE_QUERY_CANCELED && sqlerrcode != ERRCODE_ADMIN_SHUTDOWN;
+	return sqlerrcode != ERRCODE_QUERY_CANCELED && sqlerrcode != ERRCODE_ADMIN_SHUTDOWN &&
+		sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED &&
+		sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE;
 }
 
 /*

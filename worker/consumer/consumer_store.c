@@ -3,6 +3,13 @@
  *		What a batch of Kafka messages leaves in its transaction besides its
  *		effects: its dead letters (eventpipe.consumer_dead_letters) and the
  *		next offset of each of its partitions (eventpipe.consumer_offsets).
+ *
+ * Two workers of a subscription may store rows for the same partition at
+ * once (one lost it to the other in a rebalance, mid-batch): both
+ * statements write their rows in (topic, partition, offset) order, so they
+ * wait for each other without a deadlock, and an offset only ever moves
+ * forward (GREATEST): each batch's offset stands for the messages below it,
+ * applied by this batch or before its worker was assigned the partition.
  */
 #include "postgres.h"
 
@@ -31,7 +38,9 @@ static WorkerStatement statements[STORE_STATEMENTS] = {
 		" SELECT $1, u.* FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]),"
 		"   pg_catalog.unnest($3::pg_catalog.int4[]), pg_catalog.unnest($4::pg_catalog.int8[]),"
 		"   pg_catalog.unnest($5::pg_catalog.bytea[]), pg_catalog.unnest($6::pg_catalog.bytea[]),"
-		"   pg_catalog.unnest($7::pg_catalog.jsonb[]), pg_catalog.unnest($8::pg_catalog.text[])) AS u"
+		"   pg_catalog.unnest($7::pg_catalog.jsonb[]), pg_catalog.unnest($8::pg_catalog.text[]))"
+		"   AS u(t, p, o, k, v, h, e)"
+		" ORDER BY u.t, u.p, u.o"
 		" ON CONFLICT DO NOTHING",
 		false, 8, {TEXTOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
 		BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TEXTARRAYOID}

@@ -8,11 +8,18 @@
  *		every batch it carries out what SQL asked of it (consumer_control.c):
  *		replays, a pause, dead letters to apply again.
  *
- * Started by the consumer manager, one per subscription, connected to
- * eventpipe.database; the subscription's name comes in bgw_extra.  It
- * leaves when its subscription is gone, the extension is dropped, its
- * database is being dropped or is no longer eventpipe.database, or on
- * SIGTERM.  A batch that fails even when isolating failures is not lost: the
+ * Started by the consumer manager, subscriptions.workers of them per
+ * subscription, connected to eventpipe.database; the subscription's name
+ * and the worker's number (0 to workers - 1) come in bgw_extra.  The workers
+ * of a subscription are members of its consumer group and share its
+ * partitions, its dedup ledger and its stored offsets: a batch is applied
+ * the same whichever worker polled it (see docs/design.md, "Several workers
+ * of one subscription").  Worker 0 alone prunes the ledger, applies the dead
+ * letters marked for a retry and, while paused, asks for the high
+ * watermarks: one of each is enough, and two would only meet in the ledger.  A worker
+ * leaves when its subscription is gone or asks for fewer workers than its
+ * number, the extension is dropped, its database is being dropped or is no
+ * longer eventpipe.database, or on SIGTERM.  A batch that fails even when isolating failures is not lost: the
  * consumer is rebuilt and, on its next assignment, resumes from the offsets
  * in the database after a back-off.  A broker outage only makes polls come
  * back empty.
@@ -57,6 +64,7 @@
 #define PRUNE_ROWS 10000
 
 static char subscription_name[EVENTPIPE_SUBSCRIPTION_LEN];
+static int	worker_number;
 static char who[EVENTPIPE_SUBSCRIPTION_LEN + 64];
 static ConsumerSlot *slot;
 static bool subscription_gone = false;
@@ -150,7 +158,7 @@ prune_ledger_now_and_then(void)
 	int64		total = 0;
 	bool		ok = true;
 
-	if (!TimestampDifferenceExceeds(last_prune, now, PRUNE_INTERVAL_MS))
+	if (worker_number != 0 || !TimestampDifferenceExceeds(last_prune, now, PRUNE_INTERVAL_MS))
 		return;
 	last_prune = now;
 	set_ps_display("pruning the dedup ledger");
@@ -349,7 +357,8 @@ stay_paused(const Subscription *subscription)
 	TimestampTz now = GetCurrentTimestamp();
 
 	show_activity(CONSUMER_PAUSED, "paused");
-	if (TimestampDifferenceExceeds(last_paused_watermarks, now, PAUSED_WATERMARKS_MS))
+	if (worker_number == 0 &&
+		TimestampDifferenceExceeds(last_paused_watermarks, now, PAUSED_WATERMARKS_MS))
 	{
 		last_paused_watermarks = now;
 		kafka_consumer_publish_watermarks(subscription, true);
@@ -413,13 +422,15 @@ get_ready(Subscription *subscription, ConsumerControl *control, long *wait_ms)
 	}
 	if (read == APPLY_NO_EXTENSION)
 		worker_leave("extension eventpipe is not installed or is being dropped");
+	if (worker_number >= subscription->workers)
+		worker_leave("its subscription asks for fewer workers");
 
 	if (kafka_consumer_assignment_failed())
 	{
 		*wait_ms = fail_and_back_off();
 		return false;
 	}
-	if (!kafka_consumer_ensure(subscription, errbuf, sizeof(errbuf)))
+	if (!kafka_consumer_ensure(subscription, worker_number, errbuf, sizeof(errbuf)))
 	{
 		record_error(errbuf);
 		show_activity(CONSUMER_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
@@ -481,7 +492,7 @@ consumer_step(void)
 		return carry_out_replays(control.replays);
 	if (subscription.paused)
 		return stay_paused(&subscription);
-	if (control.retries_pending)
+	if (control.retries_pending && worker_number == 0)
 		return retry_dead_letters(&subscription);
 
 	step_started_at = GetCurrentTimestamp();
@@ -513,12 +524,12 @@ attach_to_slot(void)
 {
 	pid_t		holder;
 
-	slot = eventpipe_claim_consumer_slot(subscription_name, &holder);
+	slot = eventpipe_claim_consumer_slot(subscription_name, worker_number, &holder);
 	if (slot == NULL)
 	{
 		if (holder != 0)
 			ereport(LOG,
-					(errmsg("%s not started: process %d already consumes for this subscription",
+					(errmsg("%s not started: process %d already is this worker of the subscription",
 							who, (int) holder)));
 		else
 			ereport(WARNING,
@@ -533,7 +544,12 @@ void
 eventpipe_consumer_main(Datum main_arg)
 {
 	strlcpy(subscription_name, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(subscription_name));
-	snprintf(who, sizeof(who), "eventpipe consumer \"%s\"", subscription_name);
+	memcpy(&worker_number, MyBgworkerEntry->bgw_extra + sizeof(Oid) + EVENTPIPE_SUBSCRIPTION_LEN,
+		   sizeof(int));
+	if (worker_number == 0)
+		snprintf(who, sizeof(who), "eventpipe consumer \"%s\"", subscription_name);
+	else
+		snprintf(who, sizeof(who), "eventpipe consumer \"%s\" #%d", subscription_name, worker_number);
 	worker_connect(who, record_error);
 	attach_to_slot();
 

@@ -17,7 +17,12 @@
  *
  * The high watermarks of the assigned partitions are those librdkafka
  * learns from its fetches (rd_kafka_get_watermark_offsets, no request);
- * they go to the partition slots in shared memory after every poll.
+ * they go to the partition slots in shared memory after every poll, and so
+ * does which worker of the subscription each partition is assigned to.
+ *
+ * The workers of one subscription are members of one consumer group; each
+ * is its own client (client.id eventpipe-consumer-NAME, then #N for worker
+ * N > 0, a character no subscription name has).
  */
 #include "postgres.h"
 
@@ -42,6 +47,7 @@
 static rd_kafka_t *consumer = NULL;
 static char *consumer_settings = NULL;	/* what it was built from */
 static char *subscription_name = NULL;
+static int	worker_number = 0;
 static bool start_latest = false;
 static bool rebalanced = false;
 static bool in_rebalance = false;
@@ -64,11 +70,24 @@ cooperative(rd_kafka_t *rk)
 	return strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
 }
 
+/* Show the partitions as held by this worker, or as given up. */
+static void
+show_held(const rd_kafka_topic_partition_list_t *partitions, bool held)
+{
+	int			i;
+
+	for (i = 0; i < partitions->cnt; i++)
+		eventpipe_set_consumer_partition_holder(subscription_name, partitions->elems[i].topic,
+												partitions->elems[i].partition, worker_number,
+												held);
+}
+
 static void
 rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		  rd_kafka_topic_partition_list_t *partitions, void *opaque)
 {
 	rebalanced = true;
+	show_held(partitions, err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS);
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 	{
 		bool		read;
@@ -80,6 +99,7 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		if (!read)
 		{
 			/* not assigned: the worker rebuilds the consumer after a pause */
+			show_held(partitions, false);
 			assignment_failed = true;
 			return;
 		}
@@ -97,7 +117,9 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 static rd_kafka_t *
 create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_size)
 {
-	char	   *client_id = psprintf("eventpipe-consumer-%s", subscription->name);
+	char	   *client_id = worker_number == 0
+		? psprintf("eventpipe-consumer-%s", subscription->name)
+		: psprintf("eventpipe-consumer-%s#%d", subscription->name, worker_number);
 	const char *const properties[][2] = {
 		{"group.id", subscription->group_id},
 		/*
@@ -166,11 +188,12 @@ subscribe_topics(const Subscription *subscription, char *errbuf, size_t errbuf_s
 
 /*
  * Make sure a consumer built from the current settings and this
- * subscription runs.  Returns false, with the reason in errbuf, if
- * librdkafka refuses the configuration.
+ * subscription runs, as its worker number worker.  Returns false, with the
+ * reason in errbuf, if librdkafka refuses the configuration.
  */
 bool
-kafka_consumer_ensure(const Subscription *subscription, char *errbuf, size_t errbuf_size)
+kafka_consumer_ensure(const Subscription *subscription, int worker, char *errbuf,
+					  size_t errbuf_size)
 {
 	char	   *settings = settings_of(subscription);
 
@@ -183,6 +206,7 @@ kafka_consumer_ensure(const Subscription *subscription, char *errbuf, size_t err
 	if (subscription_name)
 		pfree(subscription_name);
 	subscription_name = MemoryContextStrdup(TopMemoryContext, subscription->name);
+	worker_number = worker;
 	start_latest = subscription->start_latest;
 	assignment_failed = false;
 	consumer = create_consumer(subscription, errbuf, errbuf_size);
@@ -235,6 +259,7 @@ kafka_consumer_stop(bool leave_group)
 		rd_kafka_consumer_close(consumer);
 	rd_kafka_destroy_flags(consumer, leave_group ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	consumer = NULL;
+	eventpipe_release_consumer_partitions(subscription_name, worker_number);
 	kafka_statistics_forget();
 	if (consumer_settings)
 		pfree(consumer_settings);
