@@ -1040,7 +1040,11 @@ DROP INDEX eventpipe.event_handled_age, eventpipe.event_handled_uuid, eventpipe.
 -- "C" makes every comparison in its index a memcmp.  Its columns are in the
 -- order an installation created before 0.3 has them.
 --
--- A unique index cannot span the partitions, so the worker makes one
+-- The indexes are the partitions' own, made with them: an index on a
+-- parent that is a member of the extension would be made again on each
+-- partition that pg_dump's output attaches, and the partition's own index
+-- in that output would then collide with it.  A unique index could not
+-- span the partitions anyway, so the worker makes one
 -- subscription's lookups and inserts exclusive with a transaction-level
 -- advisory lock, pg_advisory_xact_lock(subscription_id, -1), held until
 -- its batch commits.
@@ -1051,10 +1055,6 @@ CREATE TABLE eventpipe.event_handled (
     event_uuid      uuid,
     CONSTRAINT event_handled_one_id CHECK ((event_uuid IS NULL) <> (event_text IS NULL))
 ) PARTITION BY RANGE (handled_at);
-CREATE INDEX event_handled_uuid
-    ON eventpipe.event_handled (subscription_id, event_uuid) WHERE event_uuid IS NOT NULL;
-CREATE INDEX event_handled_text
-    ON eventpipe.event_handled (subscription_id, event_text) WHERE event_text IS NOT NULL;
 COMMENT ON TABLE eventpipe.event_handled IS
     'Dedup ledger: ids of the events applied that are not version 7 UUIDs (a canonical UUID in event_uuid, any other id in event_text); a partition per day';
 COMMENT ON COLUMN eventpipe.event_handled.subscription_id IS
@@ -1066,8 +1066,6 @@ CREATE TABLE eventpipe.event_handled_runs (
     handled_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     ids             bytea       NOT NULL
 ) PARTITION BY RANGE (handled_at);
-CREATE INDEX event_handled_runs_bucket
-    ON eventpipe.event_handled_runs (subscription_id, bucket);
 COMMENT ON TABLE eventpipe.event_handled_runs IS
     'Dedup ledger: the version 7 UUIDs of the events applied, up to 120 of one 100-ms bucket per row; a partition per day';
 COMMENT ON COLUMN eventpipe.event_handled_runs.subscription_id IS
@@ -1078,9 +1076,12 @@ COMMENT ON COLUMN eventpipe.event_handled_runs.ids IS
     'The ids, 16 bytes each, in ascending order';
 
 -- Make the ledger's partitions of the days from first_day to last_day
--- (UTC) that are missing: each made as a table of its own, then attached,
--- which takes SHARE UPDATE EXCLUSIVE on the parent where CREATE TABLE ...
--- PARTITION OF would take ACCESS EXCLUSIVE and stop every batch.
+-- (UTC) that are missing: each made as a table of its own with its
+-- indexes, then attached, which takes SHARE UPDATE EXCLUSIVE on the parent
+-- where CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE and stop
+-- every batch.  event_handled's partitions have an index for each form of
+-- id (subscription_id, event_uuid) and (subscription_id, event_text);
+-- event_handled_runs' one on (subscription_id, bucket).
 CREATE FUNCTION eventpipe.ledger_make_partitions(first_day date, last_day date)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -1098,6 +1099,17 @@ BEGIN
             EXECUTE pg_catalog.format(
                 'CREATE TABLE eventpipe.%I (LIKE eventpipe.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
                 child, parent);
+            IF parent OPERATOR(pg_catalog.=) 'event_handled' THEN
+                EXECUTE pg_catalog.format(
+                    'CREATE INDEX %I ON eventpipe.%I (subscription_id, event_uuid) WHERE event_uuid IS NOT NULL',
+                    child OPERATOR(pg_catalog.||) '_uuid', child);
+                EXECUTE pg_catalog.format(
+                    'CREATE INDEX %I ON eventpipe.%I (subscription_id, event_text) WHERE event_text IS NOT NULL',
+                    child OPERATOR(pg_catalog.||) '_text', child);
+            ELSE
+                EXECUTE pg_catalog.format('CREATE INDEX %I ON eventpipe.%I (subscription_id, bucket)',
+                                          child OPERATOR(pg_catalog.||) '_bucket', child);
+            END IF;
             EXECUTE pg_catalog.format(
                 'ALTER TABLE eventpipe.%I ATTACH PARTITION eventpipe.%I FOR VALUES FROM (%L) TO (%L)',
                 parent, child,
