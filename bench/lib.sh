@@ -32,6 +32,10 @@
 #                            process touched; anon_mb: RssAnon, its own memory)
 #   BENCH_PAYLOAD_SQL        SQL expression of a ~200-byte JSON event; uses
 #                            the integer g (e.g. from generate_series)
+#   BENCH_LEDGER_MB_SQL / BENCH_LEDGER_IDS_SQL
+#                            SQL expressions: the dedup ledger's size (every
+#                            partition of its two tables, indexes and TOAST
+#                            included) in MB, and the event ids it holds
 # shellcheck shell=bash
 
 . "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -107,6 +111,12 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 BENCH_PAYLOAD_SQL="jsonb_build_object('type', 'PaymentCompleted', 'order', 'order-' || g, 'payment', g,
     'amount', (g % 997) * 1.25, 'currency', 'EUR', 'customer', 'customer-' || (g % 5003),
     'at', '2026-11-27T08:00:00Z', 'method', 'card', 'note', repeat('x', 40))"
+
+BENCH_LEDGER_MB_SQL="(SELECT round(coalesce(sum(pg_total_relation_size(t.relid)), 0) / 1048576.0, 1)
+    FROM (SELECT relid FROM pg_partition_tree('eventpipe.event_handled')
+          UNION ALL SELECT relid FROM pg_partition_tree('eventpipe.event_handled_runs')) AS t)"
+BENCH_LEDGER_IDS_SQL="((SELECT count(*) FROM eventpipe.event_handled)
+    + (SELECT coalesce(sum(length(ids) / 16), 0) FROM eventpipe.event_handled_runs))"
 
 bench_check_topic() {
 	local topic=$1 field=$2 want=$3 got

@@ -162,6 +162,8 @@ SELECT count(*) >= 0 AS readable FROM eventpipe.consumer_stats();
 RESET ROLE;
 
 -- unsubscribe takes rules, handlers, ledger and offsets along; dead letters stay
+-- (the ledger's partitions are the workers' to make; none run here)
+SELECT eventpipe.ledger_upkeep(7 * 86400) > now() AS ledger_ready;
 INSERT INTO eventpipe.event_handled (subscription_id, event_text)
 SELECT id, 'e1' FROM eventpipe.subscriptions WHERE name = 'shop-metrics';
 SELECT id AS shop_metrics_id FROM eventpipe.subscriptions WHERE name = 'shop-metrics' \gset

@@ -28,7 +28,12 @@ VALUES ('upgrade-sub', '5f0c2a9e-8b1d-4c3e-a7f6-0d9e8c7b6a51', now()),
        ('upgrade-sub', '5f0c2a9e8b1d4c3ea7f60d9e8c7b6a51', now()),
        ('upgrade-sub', 'order-7', now()),
        ('upgrade-sub', 'catalog-events/0/41', now() - interval '8 days'),
-       ('gone-sub', 'order-7', now());
+       ('gone-sub', 'order-7', now()),
+       -- version 7 UUIDs: two of one 100-ms bucket, one of the next, one old
+       ('upgrade-sub', '0193a5f2-6c01-7a00-8000-000000000002', now()),
+       ('upgrade-sub', '0193a5f2-6c01-7a00-8000-000000000001', now() - interval '1 hour'),
+       ('upgrade-sub', '0193a5f2-6c65-7a00-b000-000000000003', now()),
+       ('upgrade-sub', '0193a5f2-7000-7a00-9000-000000000004', now() - interval '8 days');
 ALTER EXTENSION eventpipe UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'eventpipe';
 SELECT name, topics FROM eventpipe.subscriptions;
@@ -40,33 +45,52 @@ SELECT owner, confirmed, eventpipe.owner_is_tracked(owner) AS tracked FROM event
 SELECT eventpipe.confirm_owner('postgres') AS confirmed_rows;
 SELECT owner, confirmed FROM eventpipe.metric_rules;
 SELECT subscription, topic, partition, next_offset FROM eventpipe.consumer_offsets;
--- the ledger rows keep their meaning: the canonical UUID as a uuid, every
--- other id as text, the ages kept; the gone subscription's row dropped
+-- the ledger rows keep their meaning: the canonical UUIDs that are not
+-- version 7 as uuids, every other id but version 7 UUIDs as text, the ages
+-- kept; the gone subscription's row dropped
 SELECT s.name, h.event_uuid, h.event_text, h.handled_at < now() - interval '7 days' AS old
   FROM eventpipe.event_handled AS h JOIN eventpipe.subscriptions AS s ON s.id = h.subscription_id
  ORDER BY h.event_uuid, h.event_text COLLATE "C";
 SELECT count(*) AS ledger_rows FROM eventpipe.event_handled;
--- and they still deduplicate: the consumer's ledger insert of those ids
--- again inserts nothing, a new id is inserted
+-- version 7 UUIDs are packed in runs, sorted, one per (subscription,
+-- 100-ms bucket), each run as old as its newest id
+SELECT s.name, r.bucket, r.handled_at < now() - interval '7 days' AS old,
+       ARRAY(SELECT pg_catalog.encode(pg_catalog.substr(r.ids, 16 * i + 1, 16), 'hex')::uuid
+               FROM generate_series(0, length(r.ids) / 16 - 1) AS i ORDER BY i) AS ids
+  FROM eventpipe.event_handled_runs AS r JOIN eventpipe.subscriptions AS s ON s.id = r.subscription_id
+ ORDER BY r.bucket;
+-- the partitions of the days the rows hold are made, none a member of the
+-- extension, so that pg_dump carries them as tables
+SELECT count(*) > 0 AS partitioned,
+       count(*) FILTER (WHERE d.objid IS NOT NULL) AS members
+  FROM pg_inherits AS i
+  LEFT JOIN pg_depend AS d ON d.classid = 'pg_class'::regclass AND d.objid = i.inhrelid AND d.deptype = 'e'
+ WHERE i.inhparent IN ('eventpipe.event_handled'::regclass, 'eventpipe.event_handled_runs'::regclass);
+-- and they still deduplicate: the worker's lookup of the other ids finds
+-- them all, but not a new one
 SELECT id AS upgrade_sub_id FROM eventpipe.subscriptions WHERE name = 'upgrade-sub' \gset
-INSERT INTO eventpipe.event_handled AS h (subscription_id, event_uuid, event_text)
-SELECT :upgrade_sub_id, u.id, u.text
-  FROM unnest(ARRAY['5f0c2a9e-8b1d-4c3e-a7f6-0d9e8c7b6a51', NULL, NULL, NULL, NULL]::uuid[],
-              ARRAY[NULL, '5F0C2A9E-8B1D-4C3E-A7F6-0D9E8C7B6A51', '5f0c2a9e8b1d4c3ea7f60d9e8c7b6a51',
-                    'order-7', 'order-8']::text[]) AS u(id, text)
-ON CONFLICT DO NOTHING RETURNING h.event_uuid, h.event_text;
--- pruning by age goes by the new columns (the worker's statement)
-DELETE FROM eventpipe.event_handled WHERE ctid = ANY (ARRAY(
-  SELECT h.ctid FROM eventpipe.event_handled AS h
-   WHERE h.subscription_id = (SELECT s.id FROM eventpipe.subscriptions AS s WHERE s.name = 'upgrade-sub')
-     AND h.handled_at < now() - make_interval(secs => 7 * 86400)
-   LIMIT 100))
-RETURNING event_text;
+SELECT u.id, u.text
+  FROM ROWS FROM (unnest(ARRAY['5f0c2a9e-8b1d-4c3e-a7f6-0d9e8c7b6a51', NULL, NULL, NULL, NULL]::uuid[]),
+                  unnest(ARRAY[NULL, '5F0C2A9E-8B1D-4C3E-A7F6-0D9E8C7B6A51', '5f0c2a9e8b1d4c3ea7f60d9e8c7b6a51',
+                               'order-7', 'order-8']::text[])) AS u(id, text)
+ WHERE EXISTS (SELECT FROM eventpipe.event_handled AS h
+                WHERE h.subscription_id = :upgrade_sub_id AND h.event_uuid = u.id)
+    OR EXISTS (SELECT FROM eventpipe.event_handled AS h
+                WHERE h.subscription_id = :upgrade_sub_id AND h.event_text = (u.text COLLATE "C"));
+-- the upkeep makes today's and the next two days' partitions and drops the
+-- days past the retention, with their rows: no DELETE
+SELECT eventpipe.ledger_upkeep(7 * 86400) >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '3 days'
+       AS three_days_ahead;
+SELECT h.event_text FROM eventpipe.event_handled AS h WHERE h.handled_at < now() - interval '7 days';
+SELECT r.bucket FROM eventpipe.event_handled_runs AS r WHERE r.handled_at < now() - interval '7 days';
+SELECT count(*) AS ledger_rows FROM eventpipe.event_handled;
+SELECT count(*) AS ledger_runs FROM eventpipe.event_handled_runs;
 -- a subscription gets a ledger number, and unsubscribe() takes its rows along
 SELECT eventpipe.subscribe('upgrade-sub-2', ARRAY['catalog-events']);
 SELECT id > :upgrade_sub_id AS numbered FROM eventpipe.subscriptions WHERE name = 'upgrade-sub-2';
 SELECT eventpipe.unsubscribe('upgrade-sub');
 SELECT count(*) AS ledger_rows FROM eventpipe.event_handled;
+SELECT count(*) AS ledger_runs FROM eventpipe.event_handled_runs;
 DROP EXTENSION eventpipe;
 DROP TABLE upgrade_metrics;
 

@@ -14,6 +14,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 use EventpipeTest;
+use ConsumerTest qw(ledger_ids_sql);
 
 my $kafka = start_kafka();
 my $node  = new_node('consumer', bootstrap => $kafka->{bootstrap});
@@ -187,9 +188,7 @@ sub check_metrics
 
 ok(wait_for_offsets($produced), 'the consumer stored the offset past every message');
 check_metrics('first delivery');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM eventpipe.event_handled
-	 WHERE subscription_id = (SELECT id FROM eventpipe.subscriptions WHERE name = 'shop')}),
-	$matched, 'the ledger holds one row per applied event');
+is($node->safe_psql('postgres', ledger_ids_sql('shop')), $matched, 'the ledger holds each applied event once');
 is($node->safe_psql('postgres', q{SELECT event_uuid FROM eventpipe.event_handled WHERE event_uuid IS NOT NULL}),
 	'0e3a7b1c-5d2f-4a6b-9c8d-1f2e3a4b5c6d', 'only the canonical UUID id is kept as a uuid');
 is($node->safe_psql('postgres',
@@ -213,21 +212,26 @@ is_deeply(stats(), { applied => $matched, duplicates => 2 * $matched, unmatched 
 
 # ---- past dedup_retention, a copy counts again ------------------------------------
 
-# The ledger rows of the views look 8 days old (retention: 7 days): the
-# worker prunes them, and the views, produced once more, are applied again;
-# everything else is still a duplicate.
+# The ledger rows of the views move to a partition of 8 days ago (retention:
+# 7 days): the worker's upkeep drops it, and the views, produced once more,
+# are applied again; everything else is still a duplicate.
 my $views_total = 0;
 $views_total += $_ for values %views;
-$node->safe_psql('postgres',
-	q{UPDATE eventpipe.event_handled SET handled_at = now() - interval '8 days' WHERE event_text LIKE 'v-%'});
+$node->safe_psql('postgres', q{
+	SELECT eventpipe.ledger_make_partitions(day, day) FROM (SELECT (now() AT TIME ZONE 'UTC')::date - 8) AS d(day);
+	UPDATE eventpipe.event_handled SET handled_at = now() - interval '8 days' WHERE event_text LIKE 'v-%'});
 ok( wait_until(
 		sub {
 			$node->safe_psql('postgres', q{SELECT count(*) FROM eventpipe.event_handled WHERE event_text LIKE 'v-%'}) == 0;
 		},
 		60),
-	'the worker pruned the ledger rows older than eventpipe.dedup_retention');
-is($node->safe_psql('postgres', 'SELECT count(*) FROM eventpipe.event_handled'),
-	$matched - $views_total, 'and only those');
+	'the worker dropped the ledger partition older than eventpipe.dedup_retention');
+is($node->safe_psql('postgres', ledger_ids_sql()), $matched - $views_total, 'and only those ids went');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_inherits
+	 WHERE inhparent IN ('eventpipe.event_handled'::regclass, 'eventpipe.event_handled_runs'::regclass)
+	   AND inhrelid::regclass::text ~ ('_' || to_char((now() AT TIME ZONE 'UTC')::date - 8, 'YYYYMMDD') || '$')}), 0,
+	'both tables\' partitions of that day are gone');
 produce_all();
 ok(wait_for_offsets(4 * $produced), 'the consumer read the fourth copy');
 $views{$_} *= 2 for keys %views;
@@ -247,8 +251,7 @@ ok( wait_until(
 		},
 		30),
 	'unsubscribe stops the worker');
-is($node->safe_psql('postgres', 'SELECT count(*) FROM eventpipe.event_handled'), 0,
-	'its ledger went with it');
+is($node->safe_psql('postgres', ledger_ids_sql()), 0, 'its ledger went with it');
 
 $node->stop;
 done_testing();

@@ -90,7 +90,9 @@ SELECT (SELECT count(*) FROM eventpipe.subscriptions WHERE name = 'life')
      + (SELECT count(*) FROM eventpipe.metric_rules WHERE subscription = 'life')
      + (SELECT count(*) FROM eventpipe.consumer_offsets WHERE subscription = 'life')
      + (SELECT count(*) FROM eventpipe.event_handled AS h
-         WHERE NOT EXISTS (SELECT FROM eventpipe.subscriptions AS s WHERE s.id = h.subscription_id))}),
+         WHERE NOT EXISTS (SELECT FROM eventpipe.subscriptions AS s WHERE s.id = h.subscription_id))
+     + (SELECT count(*) FROM eventpipe.event_handled_runs AS r
+         WHERE NOT EXISTS (SELECT FROM eventpipe.subscriptions AS s WHERE s.id = r.subscription_id))}),
 	0, '(a) its subscription row, rules, offsets and ledger rows are gone');
 
 # The witness consumes the same topic into another table, from the

@@ -57,7 +57,7 @@ our @EXPORT = qw(
   expected_metrics check_product_metrics check_customer_metrics
   consumer_stats consumer_stat consumer_pid wait_consumer_pid consumer_workers
   db_offsets caught_up wait_caught_up
-  crash_lines stop_node PRODUCT_TYPES
+  crash_lines stop_node PRODUCT_TYPES ledger_ids_sql
 );
 
 use constant PRODUCT_TYPES => qw(ProductViewed LikeChanged PaymentCompleted);
@@ -107,6 +107,29 @@ sub total_end_offset
 
 # ------------------------------------------------------------- events ----
 
+# A version 7 UUID, as eventpipe's own ce_id: seven events per millisecond
+# of a fixed time, so that hundreds share a 100-ms bucket of the ledger's
+# runs; the seed keeps the ids of two calls apart.
+sub uuid7
+{
+	my ($seed, $i) = @_;
+	my $ms = 1733655948000 + int($i / 7);
+	return sprintf('%08x-%04x-7%03x-%x%03x-%012x',
+		$ms >> 16, $ms & 0xffff, $i & 0xfff, 8 + $i % 4, ($i >> 12) & 0xfff, $seed * 1_000_000 + $i);
+}
+
+# SQL: how many event ids the dedup ledger holds, in rows and in runs; of
+# one subscription when named.
+sub ledger_ids_sql
+{
+	my ($sub) = @_;
+	my $where = defined $sub
+	  ? "WHERE subscription_id = (SELECT id FROM eventpipe.subscriptions WHERE name = '$sub')"
+	  : '';
+	return "SELECT (SELECT count(*) FROM eventpipe.event_handled $where)"
+	  . " + (SELECT coalesce(sum(length(ids) / 16), 0) FROM eventpipe.event_handled_runs $where)";
+}
+
 # make_events(prefix => 'a', count => 3000, headered => 600, products => 12,
 #             customers => 10, unmatched => 0, seed => 1):
 # $count events, deterministic for a given seed: 40 % ProductViewed, 30 %
@@ -116,7 +139,8 @@ sub total_end_offset
 # nor id in the payload (one in four carries a misleading payload "type",
 # which the header must override); the others carry "type" and "event_id" in
 # the payload and no headers.  Then $unmatched events of type CartAbandoned
-# (no rule matches them), without headers.
+# (no rule matches them), without headers.  ids => 'uuid7' gives the events
+# without headers version 7 UUIDs (uuid7()) instead of "<prefix>-<n>".
 # Each event: {id, type, product, key, headered, amount_cents, customer,
 # delta, decoy}.
 sub make_events
@@ -127,6 +151,7 @@ sub make_events
 	my $headered  = $o{headered}  // 0;
 	my $products  = $o{products}  // 12;
 	my $customers = $o{customers} // 10;
+	my $ids       = $o{ids}       // 'text';
 	srand($o{seed} // 1);
 	my @events;
 	my $every = $headered ? $count / $headered : 0;
@@ -140,7 +165,7 @@ sub make_events
 		  :            'PaymentCompleted';
 		my $product = 'p' . int(rand($products));
 		my $ev = {
-			id      => "$prefix-$i",
+			id      => $ids eq 'uuid7' ? uuid7($o{seed} // 1, $i) : "$prefix-$i",
 			type    => $type,
 			product => $product,
 			key     => $product,

@@ -325,6 +325,7 @@ BEGIN
     DELETE FROM eventpipe.subscriptions AS s WHERE s.name OPERATOR(pg_catalog.=) delete_subscription.name
     RETURNING s.id INTO gone;
     DELETE FROM eventpipe.event_handled AS h WHERE h.subscription_id OPERATOR(pg_catalog.=) gone;
+    DELETE FROM eventpipe.event_handled_runs AS r WHERE r.subscription_id OPERATOR(pg_catalog.=) gone;
     FOREACH role IN ARRAY owners LOOP
         PERFORM eventpipe.untrack_owner_if_unused(role);
     END LOOP;
@@ -1006,3 +1007,229 @@ COMMENT ON FUNCTION eventpipe.relay_stats() IS
     'Per relay worker: state and counters from shared memory (they survive worker restarts); pg_stat_relay adds the backlog';
 COMMENT ON VIEW eventpipe.pg_stat_relay IS
     'Per relay worker: state, counters, and the backlog of the outbox rows it sends in this database with the age of the oldest';
+
+------------------------------------------------------------------------------
+-- The dedup ledger, partitioned by day, version 7 UUIDs packed in runs
+------------------------------------------------------------------------------
+
+-- 0.3's table makes way for the new ones; its rows move over below.  It
+-- leaves the extension first, which also takes it off pg_dump's list of
+-- configuration tables.
+ALTER EXTENSION eventpipe DROP TABLE eventpipe.event_handled;
+ALTER TABLE eventpipe.event_handled RENAME TO event_handled_0_3;
+DROP INDEX eventpipe.event_handled_age, eventpipe.event_handled_uuid, eventpipe.event_handled_text;
+
+-- The dedup ledger of 0.4 (as eventpipe--0.4.sql makes it; see there).
+-- Two tables, both partitioned by handled_at, a partition per UTC day
+-- named <table>_YYYYMMDD.  The consumer workers make the partitions ahead
+-- and drop those whose day ended eventpipe.dedup_retention ago
+-- (eventpipe.ledger_upkeep()): forgetting is a DROP TABLE, never a DELETE
+-- per row and its vacuum.  The partitions are not members of the
+-- extension, so pg_dump carries them and their rows as tables of their own.
+--
+-- event_handled_runs holds version 7 UUIDs (eventpipe's own ce_id): up to
+-- 120 ids of one 100-ms bucket (the UUID's millisecond time / 100), sorted,
+-- 16 bytes each, in one bytea; the worker reads a batch's buckets and
+-- searches them.  120 ids keep a row under the TOAST threshold.
+--
+-- event_handled holds every other id, a row each: an id in the canonical
+-- text form of a UUID (lower-case hex, 8-4-4-4-12) as a uuid, any other id
+-- as text.  Only a text that is exactly a uuid's output goes to event_uuid,
+-- so two distinct ids are always two distinct keys (no hash, no false
+-- duplicate).  The text ids are only ever compared for equality: collation
+-- "C" makes every comparison in its index a memcmp.  Its columns are in the
+-- order an installation created before 0.3 has them.
+--
+-- The indexes are the partitions' own, made with them: an index on a
+-- parent that is a member of the extension would be made again on each
+-- partition that pg_dump's output attaches, and the partition's own index
+-- in that output would then collide with it.  A unique index could not
+-- span the partitions anyway, so the worker makes one
+-- subscription's lookups and inserts exclusive with a transaction-level
+-- advisory lock, pg_advisory_xact_lock(subscription_id, -1), held until
+-- its batch commits.
+CREATE TABLE eventpipe.event_handled (
+    event_text      text        COLLATE "C",
+    handled_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    subscription_id integer     NOT NULL,
+    event_uuid      uuid,
+    CONSTRAINT event_handled_one_id CHECK ((event_uuid IS NULL) <> (event_text IS NULL))
+) PARTITION BY RANGE (handled_at);
+COMMENT ON TABLE eventpipe.event_handled IS
+    'Dedup ledger: ids of the events applied that are not version 7 UUIDs (a canonical UUID in event_uuid, any other id in event_text); a partition per day';
+COMMENT ON COLUMN eventpipe.event_handled.subscription_id IS
+    'eventpipe.subscriptions.id';
+
+CREATE TABLE eventpipe.event_handled_runs (
+    subscription_id integer     NOT NULL,
+    bucket          bigint      NOT NULL,
+    handled_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    ids             bytea       NOT NULL
+) PARTITION BY RANGE (handled_at);
+COMMENT ON TABLE eventpipe.event_handled_runs IS
+    'Dedup ledger: the version 7 UUIDs of the events applied, up to 120 of one 100-ms bucket per row; a partition per day';
+COMMENT ON COLUMN eventpipe.event_handled_runs.subscription_id IS
+    'eventpipe.subscriptions.id';
+COMMENT ON COLUMN eventpipe.event_handled_runs.bucket IS
+    'The ids'' millisecond time (their first 48 bits) divided by 100';
+COMMENT ON COLUMN eventpipe.event_handled_runs.ids IS
+    'The ids, 16 bytes each, in ascending order';
+
+-- Make the ledger's partitions of the days from first_day to last_day
+-- (UTC) that are missing: each made as a table of its own with its
+-- indexes, then attached, which takes SHARE UPDATE EXCLUSIVE on the parent
+-- where CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE and stop
+-- every batch.  event_handled's partitions have an index for each form of
+-- id (subscription_id, event_uuid) and (subscription_id, event_text);
+-- event_handled_runs' one on (subscription_id, bucket).
+CREATE FUNCTION eventpipe.ledger_make_partitions(first_day date, last_day date)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    day    date;
+    parent text;
+    child  text;
+BEGIN
+    FOR day IN SELECT d::date FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') AS d LOOP
+        FOREACH parent IN ARRAY ARRAY['event_handled', 'event_handled_runs'] LOOP
+            child := parent OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) pg_catalog.to_char(day, 'YYYYMMDD');
+            CONTINUE WHEN pg_catalog.to_regclass(pg_catalog.format('eventpipe.%I', child)) IS NOT NULL;
+            EXECUTE pg_catalog.format(
+                'CREATE TABLE eventpipe.%I (LIKE eventpipe.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                child, parent);
+            IF parent OPERATOR(pg_catalog.=) 'event_handled' THEN
+                EXECUTE pg_catalog.format(
+                    'CREATE INDEX %I ON eventpipe.%I (subscription_id, event_uuid) WHERE event_uuid IS NOT NULL',
+                    child OPERATOR(pg_catalog.||) '_uuid', child);
+                EXECUTE pg_catalog.format(
+                    'CREATE INDEX %I ON eventpipe.%I (subscription_id, event_text) WHERE event_text IS NOT NULL',
+                    child OPERATOR(pg_catalog.||) '_text', child);
+            ELSE
+                EXECUTE pg_catalog.format('CREATE INDEX %I ON eventpipe.%I (subscription_id, bucket)',
+                                          child OPERATOR(pg_catalog.||) '_bucket', child);
+            END IF;
+            EXECUTE pg_catalog.format(
+                'ALTER TABLE eventpipe.%I ATTACH PARTITION eventpipe.%I FOR VALUES FROM (%L) TO (%L)',
+                parent, child,
+                day::timestamp AT TIME ZONE 'UTC',
+                (day OPERATOR(pg_catalog.+) 1)::timestamp AT TIME ZONE 'UTC');
+        END LOOP;
+    END LOOP;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.ledger_make_partitions(date, date) FROM PUBLIC;
+
+-- The ledger's upkeep, run by the consumer workers every few seconds: make
+-- the partitions of today and the next two days (UTC), drop those whose day
+-- ended retention seconds ago.  Returns the end of the days the ledger has
+-- partitions for, from today on without a gap: a worker applies no batch
+-- unless that is more than a day ahead.  One upkeep at a time (an advisory
+-- lock; one that waits longer than lock_timeout for it only reads how far
+-- the partitions go); a DROP that waits for a lock longer than lock_timeout
+-- is left for the next upkeep, so that batches never queue behind it for
+-- long.
+CREATE FUNCTION eventpipe.ledger_upkeep(retention integer)
+RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '1s'
+AS $$
+DECLARE
+    today   date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+    day     date;
+    expired record;
+    alone   boolean;
+BEGIN
+    BEGIN
+        PERFORM pg_catalog.pg_advisory_xact_lock(7306041658170553393);
+        alone := true;
+    EXCEPTION WHEN lock_not_available THEN
+        alone := false;
+    END;
+    IF alone THEN
+        PERFORM eventpipe.ledger_make_partitions(today, today OPERATOR(pg_catalog.+) 2);
+        FOR expired IN
+            SELECT c.relname
+              FROM pg_catalog.pg_inherits AS i
+              JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
+             WHERE i.inhparent OPERATOR(pg_catalog.=) ANY (ARRAY['eventpipe.event_handled'::pg_catalog.regclass,
+                                                                 'eventpipe.event_handled_runs'::pg_catalog.regclass])
+               AND c.relname OPERATOR(pg_catalog.~) '_[0-9]{8}$'
+               AND ((pg_catalog.to_date(pg_catalog.right(c.relname, 8), 'YYYYMMDD') OPERATOR(pg_catalog.+) 1)::timestamp
+                    AT TIME ZONE 'UTC')
+                   OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => retention))
+        LOOP
+            BEGIN
+                EXECUTE pg_catalog.format('DROP TABLE eventpipe.%I', expired.relname);
+            EXCEPTION WHEN lock_not_available THEN
+                NULL;
+            END;
+        END LOOP;
+    END IF;
+    day := today;
+    WHILE pg_catalog.to_regclass(pg_catalog.format('eventpipe.event_handled_%s', pg_catalog.to_char(day, 'YYYYMMDD'))) IS NOT NULL
+      AND pg_catalog.to_regclass(pg_catalog.format('eventpipe.event_handled_runs_%s', pg_catalog.to_char(day, 'YYYYMMDD'))) IS NOT NULL
+    LOOP
+        day := day OPERATOR(pg_catalog.+) 1;
+    END LOOP;
+    RETURN day::timestamp AT TIME ZONE 'UTC';
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.ledger_upkeep(integer) FROM PUBLIC;
+
+-- 0.3's rows move over, none forgotten earlier than it would have: the
+-- partitions of every day they hold are made; version 7 UUIDs are packed
+-- into runs of up to 120 per (subscription, bucket), each run taking the
+-- latest handled_at of its ids; every other row is copied as it is.  The
+-- partitions made here leave the extension, as those the workers make
+-- are never in it, so that pg_dump carries them the same way.
+DO $$
+DECLARE
+    first_day date;
+    last_day  date;
+    child     record;
+BEGIN
+    SELECT (pg_catalog.min(h.handled_at) AT TIME ZONE 'UTC')::date,
+           (pg_catalog.max(h.handled_at) AT TIME ZONE 'UTC')::date
+      INTO first_day, last_day
+      FROM eventpipe.event_handled_0_3 AS h;
+    IF first_day IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM eventpipe.ledger_make_partitions(first_day, last_day);
+    FOR child IN
+        SELECT i.inhrelid::pg_catalog.regclass AS rel
+          FROM pg_catalog.pg_inherits AS i
+         WHERE i.inhparent OPERATOR(pg_catalog.=) ANY (ARRAY['eventpipe.event_handled'::pg_catalog.regclass,
+                                                             'eventpipe.event_handled_runs'::pg_catalog.regclass])
+    LOOP
+        EXECUTE pg_catalog.format('ALTER EXTENSION eventpipe DROP TABLE %s', child.rel);
+    END LOOP;
+END;
+$$;
+WITH version_7 AS (
+    SELECT h.subscription_id, h.handled_at, h.event_uuid,
+           ('x' OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.encode(pg_catalog.uuid_send(h.event_uuid), 'hex'), 1, 12))::bit(48)::bigint
+               OPERATOR(pg_catalog./) 100 AS bucket
+      FROM eventpipe.event_handled_0_3 AS h
+     WHERE pg_catalog.substr(h.event_uuid::text, 15, 1) OPERATOR(pg_catalog.=) '7'
+       AND pg_catalog.substr(h.event_uuid::text, 20, 1) OPERATOR(pg_catalog.=) ANY (ARRAY['8', '9', 'a', 'b'])
+), numbered AS (
+    SELECT v.*, (pg_catalog.row_number() OVER (PARTITION BY v.subscription_id, v.bucket ORDER BY v.event_uuid)
+                 OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 120 AS run
+      FROM version_7 AS v
+)
+INSERT INTO eventpipe.event_handled_runs (subscription_id, bucket, handled_at, ids)
+SELECT n.subscription_id, n.bucket, pg_catalog.max(n.handled_at),
+       pg_catalog.string_agg(pg_catalog.uuid_send(n.event_uuid), ''::bytea ORDER BY n.event_uuid)
+  FROM numbered AS n
+ GROUP BY n.subscription_id, n.bucket, n.run;
+INSERT INTO eventpipe.event_handled (event_text, handled_at, subscription_id, event_uuid)
+SELECT h.event_text, h.handled_at, h.subscription_id, h.event_uuid
+  FROM eventpipe.event_handled_0_3 AS h
+ WHERE h.event_uuid IS NULL
+    OR pg_catalog.substr(h.event_uuid::text, 15, 1) OPERATOR(pg_catalog.<>) '7'
+    OR pg_catalog.substr(h.event_uuid::text, 20, 1) OPERATOR(pg_catalog.<>) ALL (ARRAY['8', '9', 'a', 'b']);
+DROP TABLE eventpipe.event_handled_0_3;

@@ -177,13 +177,13 @@ extern ApplyResult consumer_read_subscription(const char *name, Subscription *su
 extern bool consumer_load_subscription(const char *name, Subscription *subscription);
 extern void consumer_load_rules(const char *name, ConsumerRules *rules);
 
-/* consumer_ledger.c: prune_ledger runs its own transaction, the others run in the batch's */
-extern void consumer_claim_event_ids(ConsumedMessage *messages, int count, int32 ledger_id);
-extern void consumer_forget_event_id(const ConsumedMessage *message, int32 ledger_id);
-extern int64 consumer_prune_ledger(const char *name, int retention_s, int limit);
+/* consumer_ledger.c: keep_ledger runs its own transaction, the others run in the batch's */
+extern void consumer_find_duplicates(ConsumedMessage *messages, int count, int32 ledger_id);
+extern void consumer_record_event_ids(ConsumedMessage *messages, int count, int32 ledger_id);
+extern TimestampTz consumer_keep_ledger(int retention_s);
 
 /* consumer_handlers.c, consumer_metrics.c, consumer_store.c: in the batch's transaction */
-extern void consumer_run_handlers(ConsumedMessage *messages, int count, int32 ledger_id);
+extern void consumer_run_handlers(ConsumedMessage *messages, int count);
 extern void consumer_upsert_metrics(ConsumedMessage *messages, int count,
 									const ConsumerRules *rules);
 extern void consumer_store_dead_letters(ConsumerBatch *batch, const char *name);

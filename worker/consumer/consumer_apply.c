@@ -30,14 +30,18 @@
 #include "consumer_sql.h"
 #include "worker/worker_loop.h"
 
-/* Ledger, handlers and metrics of some of the batch's messages. */
+/*
+ * Ledger, handlers and metrics of some of the batch's messages: the
+ * duplicates found first, the ids of the messages applied recorded last.
+ */
 static void
 apply_effects(ConsumedMessage *messages, int count, int32 ledger_id,
 			  const ConsumerRules *rules)
 {
-	consumer_claim_event_ids(messages, count, ledger_id);
-	consumer_run_handlers(messages, count, ledger_id);
+	consumer_find_duplicates(messages, count, ledger_id);
+	consumer_run_handlers(messages, count);
 	consumer_upsert_metrics(messages, count, rules);
+	consumer_record_event_ids(messages, count, ledger_id);
 }
 
 /*

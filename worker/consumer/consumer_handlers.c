@@ -44,10 +44,10 @@ call_handlers(const ConsumedMessage *message)
 
 /*
  * Call the handlers of the messages to apply; a message whose handler fails
- * is dead, and its id leaves the ledger.
+ * is dead, and its id stays out of the ledger.
  */
 void
-consumer_run_handlers(ConsumedMessage *messages, int count, int32 ledger_id)
+consumer_run_handlers(ConsumedMessage *messages, int count)
 {
 	int			i;
 
@@ -60,9 +60,6 @@ consumer_run_handlers(ConsumedMessage *messages, int count, int32 ledger_id)
 		CONSUMER_IN_SUBTRANSACTION(message->error, consumer_is_message_fault,
 								   call_handlers(message));
 		if (message->error != NULL)
-		{
 			message->fate = MESSAGE_DEAD;
-			consumer_forget_event_id(message, ledger_id);
-		}
 	}
 }

@@ -1,86 +1,124 @@
 /*
  * consumer_ledger.c
- *		The dedup ledger (eventpipe.event_handled): claiming the ids of a
- *		batch's messages in the batch's transaction, so that a message seen
- *		again becomes a duplicate; forgetting the id of a message that was
- *		dead-lettered; pruning rows past their retention.
+ *		The dedup ledger (eventpipe.event_handled_runs and event_handled):
+ *		in a batch's transaction, finding the messages whose ids were applied
+ *		before (they become duplicates), then recording the ids of those it
+ *		applies; in a transaction of its own, the ledger's upkeep (its daily
+ *		partitions made ahead, the expired ones dropped).
+ *
+ * Version 7 UUIDs, eventpipe's own ids, are kept packed: up to
+ * RUN_MAX_IDS of one 100-ms bucket per row of event_handled_runs, sorted,
+ * so that a batch's lookup reads the rows of the few buckets its ids fall
+ * in and searches them here.  Every other id has a row of event_handled.
+ * No unique index spans the partitions of either table: a transaction-level
+ * advisory lock on the subscription's ledger, held from the lookup to the
+ * batch's commit, is what makes exactly one of two workers apply an id
+ * that reaches both at once (docs/design.md, "The dedup ledger").
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "consumer.h"
 #include "consumer_sql.h"
 #include "worker/worker_loop.h"
 
+/* Ids per row of event_handled_runs: 16 bytes each keep a row under TOAST's threshold. */
+#define RUN_MAX_IDS 120
+/* A run holds the ids of one bucket of this many milliseconds. */
+#define RUN_BUCKET_MS 100
+/* pg_advisory_xact_lock(subscription_id, LEDGER_LOCK): metric locks' second key is never negative */
+#define LEDGER_LOCK (-1)
+
 typedef enum LedgerStatement
 {
-	INSERT_NEW_IDS,
-	INSERT_IDS_NOT_THERE,
-	FORGET_ID,
-	PRUNE_LEDGER,
+	FIND_RUNS,
+	FIND_ROWS,
+	INSERT_RUNS,
+	INSERT_ROWS,
+	UPKEEP,
 	LEDGER_STATEMENTS
 } LedgerStatement;
 
 static WorkerStatement statements[LEDGER_STATEMENTS] = {
-	[INSERT_NEW_IDS] = {
-		"insert new ledger rows",
+	[FIND_RUNS] = {
+		"read the ledger runs of a batch's buckets",
+		"SELECT r.ids FROM eventpipe.event_handled_runs AS r"
+		" WHERE r.subscription_id OPERATOR(pg_catalog.=) $1"
+		"   AND r.bucket OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.int8[])",
+		false, 2, {INT4OID, INT8ARRAYOID}
+	},
+	[FIND_ROWS] = {
+		"find a batch's ids in the ledger rows",
+		"SELECT u.id, u.text"
+		" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.uuid[]),"
+		"                 pg_catalog.unnest($3::pg_catalog.text[])) AS u(id, text)"
+		" WHERE EXISTS (SELECT FROM eventpipe.event_handled AS h"
+		"                WHERE h.subscription_id OPERATOR(pg_catalog.=) $1"
+		"                  AND h.event_uuid OPERATOR(pg_catalog.=) u.id)"
+		"    OR EXISTS (SELECT FROM eventpipe.event_handled AS h"
+		"                WHERE h.subscription_id OPERATOR(pg_catalog.=) $1"
+		"                  AND h.event_text OPERATOR(pg_catalog.=) (u.text COLLATE \"C\"))",
+		false, 3, {INT4OID, UUIDARRAYOID, TEXTARRAYOID}
+	},
+	[INSERT_RUNS] = {
+		"insert ledger runs",
+		"INSERT INTO eventpipe.event_handled_runs (subscription_id, bucket, ids)"
+		" SELECT $1, u.bucket, u.ids"
+		" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.int8[]),"
+		"                 pg_catalog.unnest($3::pg_catalog.bytea[])) AS u(bucket, ids)",
+		false, 3, {INT4OID, INT8ARRAYOID, BYTEAARRAYOID}
+	},
+	[INSERT_ROWS] = {
+		"insert ledger rows",
 		"INSERT INTO eventpipe.event_handled (subscription_id, event_uuid, event_text)"
 		" SELECT $1, u.id, u.text"
 		" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.uuid[]),"
 		"                 pg_catalog.unnest($3::pg_catalog.text[])) AS u(id, text)",
 		false, 3, {INT4OID, UUIDARRAYOID, TEXTARRAYOID}
 	},
-	[INSERT_IDS_NOT_THERE] = {
-		"insert the ledger rows not there",
-		"INSERT INTO eventpipe.event_handled AS h"
-		" (subscription_id, event_uuid, event_text)"
-		" SELECT $1, u.id, u.text"
-		" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.uuid[]),"
-		"                 pg_catalog.unnest($3::pg_catalog.text[])) AS u(id, text)"
-		" ON CONFLICT DO NOTHING RETURNING h.event_uuid, h.event_text",
-		false, 3, {INT4OID, UUIDARRAYOID, TEXTARRAYOID}
-	},
-	[FORGET_ID] = {
-		"remove a dead letter's ledger row",
-		"DELETE FROM eventpipe.event_handled"
-		" WHERE subscription_id OPERATOR(pg_catalog.=) $1"
-		" AND (event_uuid OPERATOR(pg_catalog.=) $2"
-		"      OR event_text OPERATOR(pg_catalog.=) $3)",
-		false, 3, {INT4OID, UUIDOID, TEXTOID}
-	},
-	[PRUNE_LEDGER] = {
-		"prune the dedup ledger",
-		"DELETE FROM eventpipe.event_handled"
-		" WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-		"  SELECT h.ctid FROM eventpipe.event_handled AS h"
-		"  WHERE h.subscription_id OPERATOR(pg_catalog.=)"
-		"      (SELECT s.id FROM eventpipe.subscriptions AS s"
-		"        WHERE s.name OPERATOR(pg_catalog.=) $1)"
-		"    AND h.handled_at OPERATOR(pg_catalog.<)"
-		"        (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $2))"
-		"  LIMIT $3))",
-		false, 3, {TEXTOID, INT4OID, INT4OID}
+	[UPKEEP] = {
+		"keep the dedup ledger's partitions",
+		"SELECT eventpipe.ledger_upkeep($1)",
+		false, 1, {INT4OID}
 	},
 };
 
 /*
- * A message's key in the dedup ledger: its id as a uuid when the id is
- * exactly the canonical text of one (lower-case hex, 8-4-4-4-12: what
- * uuid_out prints, so the text and the uuid stand for each other one to
- * one), else as text.  Two distinct ids are always two distinct keys.
+ * Where a message's id is kept.  An id that is exactly the canonical text
+ * of a UUID (lower-case hex, 8-4-4-4-12: what uuid_out prints, so the text
+ * and the uuid stand for each other one to one) is kept as a uuid: packed
+ * in a run when it is a version 7 UUID, in a row of its own otherwise.
+ * Any other id is kept as text.  Two distinct ids are always two distinct
+ * keys.  The kinds' order is the order keys sort in.
  */
+typedef enum LedgerKind
+{
+	IN_RUN,
+	UUID_ROW,
+	TEXT_ROW
+} LedgerKind;
+
 typedef struct LedgerKey
 {
-	bool		is_uuid;
-	pg_uuid_t	uuid;
-	const char *text;			/* when !is_uuid */
+	LedgerKind	kind;
+	pg_uuid_t	uuid;			/* unless TEXT_ROW */
+	const char *text;			/* when TEXT_ROW */
 	int			first;			/* the batch's first message with this id */
-	bool		is_new;			/* its ledger row was inserted */
+	bool		known;			/* the ledger holds it already */
 } LedgerKey;
+
+/* The keys of a batch's messages to apply, sorted, without repeats. */
+typedef struct LedgerKeys
+{
+	LedgerKey  *keys;
+	int			count;
+	int			runs;			/* keys[0 .. runs - 1] are IN_RUN */
+} LedgerKeys;
 
 static int
 hex_digit(char c)
@@ -92,15 +130,33 @@ hex_digit(char c)
 	return -1;
 }
 
+static bool
+is_version_7(const pg_uuid_t *uuid)
+{
+	return (uuid->data[6] >> 4) == 7 && (uuid->data[8] & 0xC0) == 0x80;
+}
+
+/* A version 7 UUID's bucket: its first 48 bits, Unix time in ms, over RUN_BUCKET_MS. */
+static int64
+run_bucket(const pg_uuid_t *uuid)
+{
+	uint64		ms = 0;
+	int			i;
+
+	for (i = 0; i < 6; i++)
+		ms = ms << 8 | uuid->data[i];
+	return (int64) (ms / RUN_BUCKET_MS);
+}
+
 static void
 ledger_key_of(const char *id, LedgerKey *key)
 {
 	int			byte = 0;
 	int			i;
 
-	key->is_uuid = false;
+	key->kind = TEXT_ROW;
 	key->text = id;
-	key->is_new = false;
+	key->known = false;
 	if (strlen(id) != 2 * UUID_LEN + 4)
 		return;
 	for (i = 0; id[i] != '\0'; i++)
@@ -120,19 +176,21 @@ ledger_key_of(const char *id, LedgerKey *key)
 			return;
 		key->uuid.data[byte++] = (unsigned char) (high << 4 | low);
 	}
-	key->is_uuid = true;
+	key->kind = is_version_7(&key->uuid) ? IN_RUN : UUID_ROW;
 }
 
-/* uuids first, then texts; each in byte order (the indexes' order too) */
+/* By kind, then uuids in byte order (a run's order) and texts by strcmp. */
 static int
 compare_ledger_keys(const void *a, const void *b)
 {
 	const LedgerKey *x = (const LedgerKey *) a;
 	const LedgerKey *y = (const LedgerKey *) b;
 
-	if (x->is_uuid != y->is_uuid)
-		return x->is_uuid ? -1 : 1;
-	return x->is_uuid ? memcmp(x->uuid.data, y->uuid.data, UUID_LEN) : strcmp(x->text, y->text);
+	if (x->kind != y->kind)
+		return x->kind < y->kind ? -1 : 1;
+	if (x->kind == TEXT_ROW)
+		return strcmp(x->text, y->text);
+	return memcmp(x->uuid.data, y->uuid.data, UUID_LEN);
 }
 
 static int
@@ -145,65 +203,158 @@ compare_ledger_keys_then_first(const void *a, const void *b)
 	return ((const LedgerKey *) a)->first - ((const LedgerKey *) b)->first;
 }
 
-/*
- * Did the last batch's ledger rows meet ids already there?  Then the next
- * batch's go straight to INSERT ... ON CONFLICT DO NOTHING.
- */
-static bool ledger_met_duplicates = false;
-
-static bool
-is_unique_violation(int sqlerrcode)
+/* The keys of the messages to apply, each id once with its first message. */
+static LedgerKeys
+collect_keys(ConsumedMessage *messages, int count)
 {
-	return sqlerrcode == ERRCODE_UNIQUE_VIOLATION;
+	LedgerKeys	set = {palloc(sizeof(LedgerKey) * (count + 1)), 0, 0};
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < count; i++)
+		if (messages[i].fate == MESSAGE_APPLIED)
+		{
+			ledger_key_of(messages[i].event_id, &set.keys[n]);
+			set.keys[n++].first = i;
+		}
+	qsort(set.keys, n, sizeof(LedgerKey), compare_ledger_keys_then_first);
+	for (i = 0; i < n; i++)
+	{
+		if (set.count > 0 && compare_ledger_keys(&set.keys[set.count - 1], &set.keys[i]) == 0)
+			continue;
+		set.keys[set.count++] = set.keys[i];
+		if (set.keys[i].kind == IN_RUN)
+			set.runs++;
+	}
+	return set;
 }
 
-/* Insert the ledger rows of values (see consumer_claim_event_ids), all new. */
-static void
-insert_new_ledger_rows(Datum *values)
+static LedgerKey *
+find_key(const LedgerKeys *set, const LedgerKey *key)
 {
-	worker_run_statement(&statements[INSERT_NEW_IDS], values, NULL, SPI_OK_INSERT);
+	return bsearch(key, set->keys, set->count, sizeof(LedgerKey), compare_ledger_keys);
 }
 
-/*
- * Insert the ledger rows of values, those not there yet; the keys of the
- * ones inserted turn is_new.
- */
-static void
-insert_ledger_rows_not_there(Datum *values, LedgerKey *keys, int distinct)
+/* The distinct buckets of the keys kept in runs, as an int8[]. */
+static Datum
+run_buckets(const LedgerKeys *set)
 {
+	Datum	   *buckets = palloc(sizeof(Datum) * (set->runs + 1));
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < set->runs; i++)
+	{
+		int64		bucket = run_bucket(&set->keys[i].uuid);
+
+		if (n == 0 || DatumGetInt64(buckets[n - 1]) != bucket)
+			buckets[n++] = Int64GetDatum(bucket);
+	}
+	return consumer_make_array(buckets, NULL, n, INT8OID);
+}
+
+/* Mark known the keys kept in runs that the ledger's runs of their buckets hold. */
+static void
+find_in_runs(LedgerKeys *set, int32 ledger_id)
+{
+	Datum		values[2] = {Int32GetDatum(ledger_id), run_buckets(set)};
+	LedgerKeys	runs = {set->keys, set->runs, set->runs};
 	uint64		row;
 
-	worker_run_statement(&statements[INSERT_IDS_NOT_THERE], values, NULL, SPI_OK_INSERT_RETURNING);
+	worker_run_statement(&statements[FIND_RUNS], values, NULL, SPI_OK_SELECT);
+	for (row = 0; row < SPI_processed; row++)
+	{
+		bool		isnull;
+		bytea	   *ids = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[row],
+														SPI_tuptable->tupdesc, 1, &isnull));
+		const char *id = VARDATA_ANY(ids);
+		const char *end = id + VARSIZE_ANY_EXHDR(ids);
+
+		for (; id + UUID_LEN <= end; id += UUID_LEN)
+		{
+			LedgerKey	held = {.kind = IN_RUN};
+			LedgerKey  *found;
+
+			memcpy(held.uuid.data, id, UUID_LEN);
+			found = find_key(&runs, &held);
+			if (found != NULL)
+				found->known = true;
+		}
+	}
+}
+
+/* The keys kept in rows, as a uuid[] and a text[] side by side (NULL where the other). */
+static void
+row_arrays(const LedgerKeys *set, Datum *uuids, Datum *texts)
+{
+	int			n = set->count - set->runs;
+	Datum	   *uuid_values = palloc(sizeof(Datum) * (n + 1));
+	bool	   *uuid_nulls = palloc(sizeof(bool) * (n + 1));
+	Datum	   *text_values = palloc(sizeof(Datum) * (n + 1));
+	bool	   *text_nulls = palloc(sizeof(bool) * (n + 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		LedgerKey  *key = &set->keys[set->runs + i];
+
+		uuid_nulls[i] = key->kind != UUID_ROW;
+		uuid_values[i] = uuid_nulls[i] ? (Datum) 0 : UUIDPGetDatum(&key->uuid);
+		text_nulls[i] = key->kind != TEXT_ROW;
+		text_values[i] = text_nulls[i] ? (Datum) 0 : CStringGetTextDatum(key->text);
+	}
+	*uuids = consumer_make_array(uuid_values, uuid_nulls, n, UUIDOID);
+	*texts = consumer_make_array(text_values, text_nulls, n, TEXTOID);
+}
+
+/* Mark known the keys kept in rows that the ledger's rows hold. */
+static void
+find_in_rows(LedgerKeys *set, int32 ledger_id)
+{
+	Datum		values[3] = {Int32GetDatum(ledger_id)};
+	uint64		row;
+
+	row_arrays(set, &values[1], &values[2]);
+	worker_run_statement(&statements[FIND_ROWS], values, NULL, SPI_OK_SELECT);
 	for (row = 0; row < SPI_processed; row++)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[row];
 		bool		isnull;
 		Datum		uuid = SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull);
-		LedgerKey	inserted;
+		LedgerKey	held = {.kind = isnull ? TEXT_ROW : UUID_ROW};
 		LedgerKey  *found;
 
-		inserted.is_uuid = !isnull;
-		if (inserted.is_uuid)
-			inserted.uuid = *DatumGetUUIDP(uuid);
+		if (held.kind == UUID_ROW)
+			held.uuid = *DatumGetUUIDP(uuid);
 		else
-			inserted.text = worker_text_column(tuple, SPI_tuptable->tupdesc, 2);
-		found = bsearch(&inserted, keys, distinct, sizeof(LedgerKey), compare_ledger_keys);
+			held.text = worker_text_column(tuple, SPI_tuptable->tupdesc, 2);
+		found = find_key(set, &held);
 		if (found == NULL)
 			elog(ERROR, "eventpipe consumer: the ledger returned an id the batch does not hold");
-		found->is_new = true;
+		found->known = true;
 	}
-	ledger_met_duplicates = SPI_processed < (uint64) distinct;
 }
 
 /*
- * A message to apply becomes a duplicate unless its ledger row is new and
- * it is the first message of the batch with that id.
+ * Lock the subscription's ledger until the transaction ends, then mark
+ * duplicate every message to apply whose id the ledger holds, or that an
+ * earlier message of the batch carries.  Called before the handlers and
+ * the metrics, and consumer_record_event_ids() after them.
  */
-static void
-mark_duplicates(ConsumedMessage *messages, int count, LedgerKey *keys, int distinct)
+void
+consumer_find_duplicates(ConsumedMessage *messages, int count, int32 ledger_id)
 {
+	LedgerKeys	set = collect_keys(messages, count);
 	int			i;
 
+	if (set.count == 0)
+		return;
+	DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(ledger_id),
+						Int32GetDatum(LEDGER_LOCK));
+	if (set.runs > 0)
+		find_in_runs(&set, ledger_id);
+	if (set.count > set.runs)
+		find_in_rows(&set, ledger_id);
 	for (i = 0; i < count; i++)
 	{
 		LedgerKey	key;
@@ -212,117 +363,95 @@ mark_duplicates(ConsumedMessage *messages, int count, LedgerKey *keys, int disti
 		if (messages[i].fate != MESSAGE_APPLIED)
 			continue;
 		ledger_key_of(messages[i].event_id, &key);
-		found = bsearch(&key, keys, distinct, sizeof(LedgerKey), compare_ledger_keys);
+		found = find_key(&set, &key);
 		Assert(found != NULL);
-		if (!found->is_new || found->first != i)
+		if (found->known || found->first != i)
 			messages[i].fate = MESSAGE_DUPLICATE;
 	}
 }
 
 /*
- * Record the ledger rows of the messages to apply; those already there
- * become duplicates.  Within the batch, the first of several messages with
- * one id is the one applied.  The keys go to the server sorted and without
- * repeats, in one statement.
- *
- * Most batches hold only new ids: their rows go in with a plain INSERT in
- * a subtransaction, without the speculative insertion of INSERT ... ON
- * CONFLICT, which costs per row.  An id already there stops it
- * with a unique violation, one per batch, never one per duplicate; the
- * subtransaction is rolled back and the rows go in with INSERT ... ON
- * CONFLICT DO NOTHING.  So do the batches after one that met a duplicate,
- * until one meets none.
+ * Insert the runs of the keys kept in runs: the sorted keys cut where the
+ * bucket changes and every RUN_MAX_IDS ids.
  */
-void
-consumer_claim_event_ids(ConsumedMessage *messages, int count, int32 ledger_id)
+static void
+insert_runs(const LedgerKeys *set, int32 ledger_id)
 {
-	LedgerKey  *keys = palloc(sizeof(LedgerKey) * (count + 1));
-	Datum	   *uuids = palloc(sizeof(Datum) * (count + 1));
-	bool	   *uuid_nulls = palloc(sizeof(bool) * (count + 1));
-	Datum	   *texts = palloc(sizeof(Datum) * (count + 1));
-	bool	   *text_nulls = palloc(sizeof(bool) * (count + 1));
+	Datum	   *buckets = palloc(sizeof(Datum) * (set->runs + 1));
+	Datum	   *runs = palloc(sizeof(Datum) * (set->runs + 1));
 	Datum		values[3];
 	int			n = 0;
-	int			distinct = 0;
-	bool		all_new = false;
-	int			i;
+	int			start = 0;
 
-	for (i = 0; i < count; i++)
-		if (messages[i].fate == MESSAGE_APPLIED)
-		{
-			ledger_key_of(messages[i].event_id, &keys[n]);
-			keys[n++].first = i;
-		}
-	if (n == 0)
-		return;
-	qsort(keys, n, sizeof(LedgerKey), compare_ledger_keys_then_first);
-	for (i = 0; i < n; i++)
+	while (start < set->runs)
 	{
-		if (distinct > 0 && compare_ledger_keys(&keys[distinct - 1], &keys[i]) == 0)
-			continue;
-		keys[distinct] = keys[i];
-		uuid_nulls[distinct] = !keys[i].is_uuid;
-		uuids[distinct] = keys[i].is_uuid ? UUIDPGetDatum(&keys[distinct].uuid) : (Datum) 0;
-		text_nulls[distinct] = keys[i].is_uuid;
-		texts[distinct] = keys[i].is_uuid ? (Datum) 0 : CStringGetTextDatum(keys[i].text);
-		distinct++;
-	}
+		int64		bucket = run_bucket(&set->keys[start].uuid);
+		int			end = start + 1;
+		bytea	   *ids;
+		int			i;
 
+		while (end < set->runs && end - start < RUN_MAX_IDS &&
+			   run_bucket(&set->keys[end].uuid) == bucket)
+			end++;
+		ids = palloc(VARHDRSZ + (end - start) * UUID_LEN);
+		SET_VARSIZE(ids, VARHDRSZ + (end - start) * UUID_LEN);
+		for (i = start; i < end; i++)
+			memcpy(VARDATA(ids) + (i - start) * UUID_LEN, set->keys[i].uuid.data, UUID_LEN);
+		buckets[n] = Int64GetDatum(bucket);
+		runs[n++] = PointerGetDatum(ids);
+		start = end;
+	}
 	values[0] = Int32GetDatum(ledger_id);
-	values[1] = consumer_make_array(uuids, uuid_nulls, distinct, UUIDOID);
-	values[2] = consumer_make_array(texts, text_nulls, distinct, TEXTOID);
-	if (!ledger_met_duplicates)
-	{
-		char	   *error;
-
-		CONSUMER_IN_SUBTRANSACTION(error, is_unique_violation, insert_new_ledger_rows(values));
-		all_new = (error == NULL);
-	}
-	if (all_new)
-	{
-		for (i = 0; i < distinct; i++)
-			keys[i].is_new = true;
-	}
-	else
-		insert_ledger_rows_not_there(values, keys, distinct);
-	mark_duplicates(messages, count, keys, distinct);
-}
-
-/* A dead-lettered message's id leaves the ledger: it was not applied. */
-void
-consumer_forget_event_id(const ConsumedMessage *message, int32 ledger_id)
-{
-	LedgerKey	key;
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
-
-	ledger_key_of(message->event_id, &key);
-	values[0] = Int32GetDatum(ledger_id);
-	values[1] = key.is_uuid ? UUIDPGetDatum(&key.uuid) : (Datum) 0;
-	values[2] = key.is_uuid ? (Datum) 0 : CStringGetTextDatum(key.text);
-	nulls[key.is_uuid ? 2 : 1] = 'n';
-	worker_run_statement(&statements[FORGET_ID], values, nulls, SPI_OK_DELETE);
+	values[1] = consumer_make_array(buckets, NULL, n, INT8OID);
+	values[2] = consumer_make_array(runs, NULL, n, BYTEAOID);
+	worker_run_statement(&statements[INSERT_RUNS], values, NULL, SPI_OK_INSERT);
 }
 
 /*
- * Delete up to limit ledger rows of the subscription older than retention
- * seconds; returns how many.  In a transaction of its own.
+ * Record the ids of the messages applied, in the transaction that applies
+ * them (consumer_find_duplicates() took the ledger's lock and left one
+ * message to apply per id).  A dead-lettered message's id is not recorded:
+ * it was not applied.
  */
-int64
-consumer_prune_ledger(const char *name, int retention_s, int limit)
+void
+consumer_record_event_ids(ConsumedMessage *messages, int count, int32 ledger_id)
 {
-	MemoryContext caller_context = worker_begin_transaction("eventpipe: pruning the dedup ledger");
-	Datum		values[3] = {CStringGetTextDatum(name), Int32GetDatum(retention_s),
-	Int32GetDatum(limit)};
-	int64		pruned = 0;
+	LedgerKeys	set = collect_keys(messages, count);
+
+	if (set.runs > 0)
+		insert_runs(&set, ledger_id);
+	if (set.count > set.runs)
+	{
+		Datum		values[3] = {Int32GetDatum(ledger_id)};
+
+		row_arrays(&set, &values[1], &values[2]);
+		worker_run_statement(&statements[INSERT_ROWS], values, NULL, SPI_OK_INSERT);
+	}
+}
+
+/*
+ * The ledger's upkeep, in a transaction of its own (eventpipe.ledger_upkeep:
+ * partitions made ahead, those past retention_s dropped).  Returns the end
+ * of the days the ledger has partitions for; 0 when the extension is not
+ * there.
+ */
+TimestampTz
+consumer_keep_ledger(int retention_s)
+{
+	MemoryContext caller_context = worker_begin_transaction("eventpipe: keeping the dedup ledger");
+	Datum		values[1] = {Int32GetDatum(retention_s)};
+	TimestampTz until = 0;
 
 	if (consumer_extension_ready())
 	{
+		bool		isnull;
+
 		worker_spi_connect();
-		worker_run_statement(&statements[PRUNE_LEDGER], values, NULL, SPI_OK_DELETE);
-		pruned = (int64) SPI_processed;
+		worker_run_statement(&statements[UPKEEP], values, NULL, SPI_OK_SELECT);
+		until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+												  1, &isnull));
 		SPI_finish();
 	}
 	worker_end_transaction(caller_context);
-	return pruned;
+	return until;
 }

@@ -2,7 +2,7 @@
  * consumer_worker.c
  *		A consumer worker's main loop: poll a batch of its subscription's
  *		Kafka messages, apply it in one transaction (consumer_apply.c), then
- *		commit its offsets to Kafka; prune the dedup ledger now and then; say
+ *		commit its offsets to Kafka; keep the dedup ledger's partitions; say
  *		what it is doing in consumer_stats() and its process title, and count
  *		what became of the messages per partition (pg_stat_consumer).  Before
  *		every batch it carries out what SQL asked of it (consumer_control.c):
@@ -14,9 +14,11 @@
  * of a subscription are members of its consumer group and share its
  * partitions, its dedup ledger and its stored offsets: a batch is applied
  * the same whichever worker polled it (see docs/design.md, "Several workers
- * of one subscription").  Worker 0 alone prunes the ledger, applies the dead
- * letters marked for a retry and, while paused, asks for the high
- * watermarks: one of each is enough, and two would only meet in the ledger.  A worker
+ * of one subscription").  Worker 0 alone applies the dead letters marked for
+ * a retry and, while paused, asks for the high watermarks: one of each is
+ * enough.  Every worker keeps the ledger's partitions (one at a time does
+ * the work, the others learn how far ahead they go), so that none applies
+ * a batch whose ledger rows would have no partition to go to.  A worker
  * leaves when its subscription is gone or asks for fewer workers than its
  * number, the extension is dropped, its database is being dropped or is no
  * longer eventpipe.database, or on SIGTERM.  A batch that fails even when isolating failures is not lost: the
@@ -59,9 +61,8 @@
 /* A paused worker looks at its subscription, and asks for the watermarks, this often. */
 #define PAUSED_WAIT_MS 1000
 #define PAUSED_WATERMARKS_MS 2000
-/* The dedup ledger is pruned this often, this many rows per transaction. */
-#define PRUNE_INTERVAL_MS 10000
-#define PRUNE_ROWS 10000
+/* The dedup ledger's partitions are made and dropped this often. */
+#define LEDGER_UPKEEP_MS 10000
 
 static char subscription_name[EVENTPIPE_SUBSCRIPTION_LEN];
 static int	worker_number;
@@ -70,7 +71,8 @@ static ConsumerSlot *slot;
 static bool subscription_gone = false;
 static int	failures_in_a_row = 0;
 static TimestampTz last_broker_error = 0;
-static TimestampTz last_prune = 0;
+static TimestampTz last_ledger_upkeep = 0;
+static TimestampTz ledger_partitions_until = 0;
 static TimestampTz last_paused_watermarks = 0;
 static bool partition_table_full_reported = false;
 
@@ -149,30 +151,34 @@ read_subscription_and_control(Subscription *subscription, ConsumerControl *contr
 	return ok;
 }
 
-/* Forget ledger rows past eventpipe.dedup_retention, a bounded batch at a time. */
-static void
-prune_ledger_now_and_then(void)
+/*
+ * The ledger's partitions made ahead and those past
+ * eventpipe.dedup_retention dropped, every LEDGER_UPKEEP_MS, and at every
+ * step while they do not reach far enough; true while the ledger has
+ * partitions for the rest of today and all of tomorrow, so that a batch's
+ * ledger rows have a place whenever it commits.
+ */
+static bool
+keep_ledger(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	int64		pruned = PRUNE_ROWS;
-	int64		total = 0;
-	bool		ok = true;
+	bool		ready = now < ledger_partitions_until - USECS_PER_DAY;
+	TimestampTz until = 0;
+	bool		ok;
 
-	if (worker_number != 0 || !TimestampDifferenceExceeds(last_prune, now, PRUNE_INTERVAL_MS))
-		return;
-	last_prune = now;
-	set_ps_display("pruning the dedup ledger");
-	while (ok && pruned == PRUNE_ROWS)
-	{
-		WORKER_GUARD(ok, pruned = consumer_prune_ledger(subscription_name,
-														eventpipe_dedup_retention, PRUNE_ROWS));
-		if (!ok)
-			break;
-		total += pruned;
-		worker_check_interrupts();
-	}
-	if (total > 0)
-		elog(DEBUG1, "%s: pruned %lld dedup ledger rows", who, (long long) total);
+	if (ready && !TimestampDifferenceExceeds(last_ledger_upkeep, now, LEDGER_UPKEEP_MS))
+		return true;
+	set_ps_display("keeping the dedup ledger");
+	WORKER_GUARD(ok, until = consumer_keep_ledger(eventpipe_dedup_retention));
+	if (!ok)
+		return ready;
+	last_ledger_upkeep = now;
+	ledger_partitions_until = until;
+	ready = now < ledger_partitions_until - USECS_PER_DAY;
+	if (!ready)
+		record_error("the dedup ledger has no partition for tomorrow, "
+					 "and eventpipe.ledger_upkeep() did not make one");
+	return ready;
 }
 
 /* What became of a batch's messages of one partition. */
@@ -349,7 +355,7 @@ carry_out_replays(List *replays)
 
 /*
  * Paused: apply nothing; keep the high watermarks up to date now and then,
- * and the dedup ledger pruned.
+ * and the dedup ledger's partitions.
  */
 static long
 stay_paused(const Subscription *subscription)
@@ -364,7 +370,7 @@ stay_paused(const Subscription *subscription)
 		kafka_consumer_publish_watermarks(subscription, true);
 	}
 	note_kafka_errors();
-	prune_ledger_now_and_then();
+	keep_ledger();
 	return PAUSED_WAIT_MS;
 }
 
@@ -492,15 +498,14 @@ consumer_step(void)
 		return carry_out_replays(control.replays);
 	if (subscription.paused)
 		return stay_paused(&subscription);
+	if (!keep_ledger())
+		return fail_and_back_off();
 	if (control.retries_pending && worker_number == 0)
 		return retry_dead_letters(&subscription);
 
 	step_started_at = GetCurrentTimestamp();
 	if (!poll_batch(&subscription, &batch))
-	{
-		prune_ledger_now_and_then();
 		return 0;				/* the poll waited already */
-	}
 	polled_at = GetCurrentTimestamp();
 	applied = apply_batch(&batch);
 	elog(DEBUG1, "%s: batch of %d: poll %.1f ms, apply %.1f ms", who, batch.count,
@@ -514,8 +519,6 @@ consumer_step(void)
 	if (!applied)
 		return fail_and_back_off();
 	failures_in_a_row = 0;
-	/* under sustained load the worker is never idle: prune between batches too */
-	prune_ledger_now_and_then();
 	return 0;
 }
 
