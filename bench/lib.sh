@@ -14,6 +14,11 @@
 #                            across scenarios), else a new one in DIR
 #   bench_kafka_stop         stops the broker bench_kafka started (not a shared one)
 #   bench_broker_pid         pid of the (first) broker
+#   bench_create_topic TOPIC PARTITIONS LOG
+#                            creates TOPIC with that many partitions (one
+#                            replica) on the broker of bench_kafka, with
+#                            t/java/KafkaAdmin.java (its stderr appended to
+#                            LOG); dies unless the broker created it
 #   bench_initdb PGDATA PORT SOCKDIR
 #                            a new cluster with trust auth, listening on the
 #                            socket (and on 127.0.0.1, for Java clients), its
@@ -72,6 +77,22 @@ bench_kafka_stop() {
 }
 
 bench_broker_pid() { cat "$kafka_dir/node-1/pid"; }
+
+# The broker auto-creates a topic with its num.partitions (3) only, and
+# bench/run shares one broker between scenarios, so a topic of another size
+# is made explicitly, by Kafka's own Admin client (kcat cannot create topics).
+bench_create_topic() {
+	local topic=$1 partitions=$2 log=$3 java_dir answer
+	java_dir="$(ep_root)/t/java"
+	answer=$(printf 'create %s %s 1\n' "$topic" "$partitions" |
+		ep_as_test_user java -Xshare:auto -XX:TieredStopAtLevel=1 -Xmx128m \
+			"-Dlog4j.configuration=file:$java_dir/log4j.properties" \
+			"-Dlog4j2.configurationFile=$java_dir/log4j2.properties" \
+			-cp "$(ep_kafka_libs "$EP_KAFKA_VERSION")/*" "$java_dir/KafkaAdmin.java" "$bootstrap" 2>>"$log") ||
+		true
+	[ "$answer" = $'ready\nok' ] ||
+		ep_die "could not create topic $topic with $partitions partitions: ${answer:-no answer} (see $log)"
+}
 
 bench_initdb() {
 	local pgdata=$1 port=$2 sockdir=$3
