@@ -82,6 +82,19 @@ for rate in env["BENCH_RATES"].split():
 row(f"3. consumer throughput from subscribe(), events/s ({big} events)", "consumer.p3.w1.events_per_s",
     "consumer.p3.w1.kcat.events_per_s", "kcat reading the same topic")
 row("3. consumer from its first batch, events/s", "consumer.p3.w1.steady.events_per_s", "consumer.p3.w1.kcat.events_per_s", "kcat")
+cores = env["BENCH_CORES"]
+partitions = env["BENCH_SCALE_PARTITIONS"]
+for w in env["BENCH_SCALE_WORKERS"].split():
+    key = f"consumer.p{partitions}.w{w}"
+    workers = f"{w} worker{'' if w == '1' else 's'}"
+    row(f"3. consumer, {workers} on {partitions} partitions, from subscribe(), events/s "
+        f"({env['BENCH_SCALE_EVENTS']} events)", f"{key}.events_per_s", f"{key}.kcat.events_per_s",
+        f"kcat reading the same topic in the same run; {cores} cores (nproc)")
+    row(f"3. consumer, {workers} on {partitions} partitions, from its first batch, events/s",
+        f"{key}.steady.events_per_s", f"{key}.kcat.events_per_s", "kcat")
+    row(f"3. consumer, {workers} on {partitions} partitions, CPU µs/event (summed over its workers)",
+        f"{key}.cpu_us_per_event", None if w == "1" else f"consumer.p{partitions}.w1.cpu_us_per_event",
+        "" if w == "1" else "1 worker's")
 row("4. write path: UPDATE + publish() of a ~200 B event, tps", "capture.on.publish.tps",
     "capture.on.pgbench_accounts.tps",
     f"the UPDATE alone; pgbench, 2 clients, {env['BENCH_CAPTURE_SECONDS']} s per run, synchronous_commit=on")
