@@ -32,7 +32,7 @@
 #                            JSON messages hold exactly N distinct values of
 #                            FIELD (every event arrived; duplicates are counted
 #                            and printed, not fatal: delivery is at least once)
-#   now / calc EXPR / median N... / memory PID / rss_mb PID / anon_mb PID /
+#   now / calc EXPR / median N... / rss_mb PID / anon_mb PID /
 #   cpu_ticks PID            (rss_mb: VmRSS, counting the shared buffers the
 #                            process touched; anon_mb: RssAnon, its own memory)
 #   BENCH_PAYLOAD_SQL        SQL expression of a ~200-byte JSON event; uses
@@ -113,11 +113,6 @@ bench_result() {
 now() { date +%s.%N; }
 calc() { python3 -c "print($1)"; }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# VmRSS and RssAnon of a process, e.g. "41.0 MB / 12.0 MB"
-memory() {
-	awk '/^VmRSS/ {rss = $2} /^RssAnon/ {anon = $2}
-	     END {printf "%.1f MB / %.1f MB", rss / 1024, anon / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"
-}
 rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 anon_mb() { awk '/^RssAnon/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 # CPU time (user + system) of a process and its threads, in clock ticks.
