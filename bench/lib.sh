@@ -14,6 +14,11 @@
 #                            across scenarios), else a new one in DIR
 #   bench_kafka_stop         stops the broker bench_kafka started (not a shared one)
 #   bench_broker_pid         pid of the (first) broker
+#   bench_create_topic TOPIC PARTITIONS LOG
+#                            creates TOPIC with that many partitions (one
+#                            replica) on the broker of bench_kafka, with
+#                            t/java/KafkaAdmin.java (its stderr appended to
+#                            LOG); dies unless the broker created it
 #   bench_initdb PGDATA PORT SOCKDIR
 #                            a new cluster with trust auth, listening on the
 #                            socket (and on 127.0.0.1, for Java clients), its
@@ -27,7 +32,7 @@
 #                            JSON messages hold exactly N distinct values of
 #                            FIELD (every event arrived; duplicates are counted
 #                            and printed, not fatal: delivery is at least once)
-#   now / calc EXPR / median N... / memory PID / rss_mb PID / anon_mb PID /
+#   now / calc EXPR / median N... / rss_mb PID / anon_mb PID /
 #   cpu_ticks PID            (rss_mb: VmRSS, counting the shared buffers the
 #                            process touched; anon_mb: RssAnon, its own memory)
 #   BENCH_PAYLOAD_SQL        SQL expression of a ~200-byte JSON event; uses
@@ -77,6 +82,22 @@ bench_kafka_stop() {
 
 bench_broker_pid() { cat "$kafka_dir/node-1/pid"; }
 
+# The broker auto-creates a topic with its num.partitions (3) only, and
+# bench/run shares one broker between scenarios, so a topic of another size
+# is made explicitly, by Kafka's own Admin client (kcat cannot create topics).
+bench_create_topic() {
+	local topic=$1 partitions=$2 log=$3 java_dir answer
+	java_dir="$(ep_root)/t/java"
+	answer=$(printf 'create %s %s 1\n' "$topic" "$partitions" |
+		ep_as_test_user java -Xshare:auto -XX:TieredStopAtLevel=1 -Xmx128m \
+			"-Dlog4j.configuration=file:$java_dir/log4j.properties" \
+			"-Dlog4j2.configurationFile=$java_dir/log4j2.properties" \
+			-cp "$(ep_kafka_libs "$EP_KAFKA_VERSION")/*" "$java_dir/KafkaAdmin.java" "$bootstrap" 2>>"$log") ||
+		true
+	[ "$answer" = $'ready\nok' ] ||
+		ep_die "could not create topic $topic with $partitions partitions: ${answer:-no answer} (see $log)"
+}
+
 bench_initdb() {
 	local pgdata=$1 port=$2 sockdir=$3
 	ep_as_test_user "$BINDIR/initdb" -D "$pgdata" -A trust -U postgres >/dev/null
@@ -96,11 +117,6 @@ bench_result() {
 now() { date +%s.%N; }
 calc() { python3 -c "print($1)"; }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# VmRSS and RssAnon of a process, e.g. "41.0 MB / 12.0 MB"
-memory() {
-	awk '/^VmRSS/ {rss = $2} /^RssAnon/ {anon = $2}
-	     END {printf "%.1f MB / %.1f MB", rss / 1024, anon / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"
-}
 rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 anon_mb() { awk '/^RssAnon/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 # CPU time (user + system) of a process and its threads, in clock ticks.

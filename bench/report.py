@@ -79,9 +79,22 @@ for rate in env["BENCH_RATES"].split():
     for q in ("p50", "p99", "max"):
         row(f"2. latency at {rate}/s, {q} ms, vs Debezium tuned", f"peer.eventpipe.r{rate}.{q}_ms",
             f"peer.debezium_poll10.r{rate}.{q}_ms", "Debezium with poll.interval.ms=10 (default 500)")
-row(f"3. consumer throughput from subscribe(), events/s ({big} events)", "consumer.events_per_s",
-    "consumer.kcat.events_per_s", "kcat reading the same topic")
-row("3. consumer from its first batch, events/s", "consumer.steady.events_per_s", "consumer.kcat.events_per_s", "kcat")
+row(f"3. consumer throughput from subscribe(), events/s ({big} events)", "consumer.p3.w1.events_per_s",
+    "consumer.p3.w1.kcat.events_per_s", "kcat reading the same topic")
+row("3. consumer from its first batch, events/s", "consumer.p3.w1.steady.events_per_s", "consumer.p3.w1.kcat.events_per_s", "kcat")
+cores = env["BENCH_CORES"]
+partitions = env["BENCH_SCALE_PARTITIONS"]
+for w in env["BENCH_SCALE_WORKERS"].split():
+    key = f"consumer.p{partitions}.w{w}"
+    workers = f"{w} worker{'' if w == '1' else 's'}"
+    row(f"3. consumer, {workers} on {partitions} partitions, from subscribe(), events/s "
+        f"({env['BENCH_SCALE_EVENTS']} events)", f"{key}.events_per_s", f"{key}.kcat.events_per_s",
+        f"kcat reading the same topic in the same run; {cores} cores (nproc)")
+    row(f"3. consumer, {workers} on {partitions} partitions, from its first batch, events/s",
+        f"{key}.steady.events_per_s", f"{key}.kcat.events_per_s", "kcat")
+    row(f"3. consumer, {workers} on {partitions} partitions, CPU µs/event (summed over its workers)",
+        f"{key}.cpu_us_per_event", None if w == "1" else f"consumer.p{partitions}.w1.cpu_us_per_event",
+        "" if w == "1" else "1 worker's")
 row("4. write path: UPDATE + publish() of a ~200 B event, tps", "capture.on.publish.tps",
     "capture.on.pgbench_accounts.tps",
     f"the UPDATE alone; pgbench, 2 clients, {env['BENCH_CAPTURE_SECONDS']} s per run, synchronous_commit=on")
@@ -101,12 +114,12 @@ row("6. relay worker VmRSS after the warm-up, MB", "relay.w1.rss_before_mb", Non
 row(f"6. relay worker VmRSS after {big} events, MB", "relay.w1.rss_after_mb", "relay.w1.rss_before_mb", "its figure after the warm-up")
 row("6. relay worker RssAnon (its own memory) after the warm-up, MB", "relay.w1.anon_before_mb")
 row(f"6. relay worker RssAnon after {big} events, MB", "relay.w1.anon_after_mb", "relay.w1.anon_before_mb", "its figure after the warm-up")
-row("6. consumer worker VmRSS at its start, MB", "consumer.rss_start_mb")
-row(f"6. consumer worker VmRSS after {big} events, MB", "consumer.rss_end_mb", "consumer.rss_start_mb", "its figure at start")
-row("6. consumer worker RssAnon at its start, MB", "consumer.anon_start_mb")
-row(f"6. consumer worker RssAnon after {big} events, MB", "consumer.anon_end_mb", "consumer.anon_start_mb",
+row("6. consumer worker VmRSS at its start, MB", "consumer.p3.w1.rss_start_mb")
+row(f"6. consumer worker VmRSS after {big} events, MB", "consumer.p3.w1.rss_end_mb", "consumer.p3.w1.rss_start_mb", "its figure at start")
+row("6. consumer worker RssAnon at its start, MB", "consumer.p3.w1.anon_start_mb")
+row(f"6. consumer worker RssAnon after {big} events, MB", "consumer.p3.w1.anon_end_mb", "consumer.p3.w1.anon_start_mb",
     "its figure at start (librdkafka's prefetch queue is up to 64 MB by default)")
-row(f"6. event_handled after {big} events, MB", "consumer.event_handled_mb")
+row(f"6. event_handled after {big} events, MB", "consumer.p3.w1.event_handled_mb")
 row("6. outbox after the sustained peer runs, MB", "peer.eventpipe.outbox_mb", "peer.debezium.outbox_mb",
     "Debezium's outbox table (Debezium never deletes its rows)")
 row("6. event_handled after the sustained peer runs, MB", "peer.eventpipe.event_handled_mb", None,

@@ -1,6 +1,8 @@
 // t/java/KafkaAdmin.java: creates topics and deletes records for the TAP
-// tests (t/FaultTest.pm's topic_admin), with Kafka's own Java AdminClient
-// from the broker's jar set (.cache/kafka-libs/VERSION): that set has no
+// tests (t/FaultTest.pm's topic_admin), and creates bench/consumer's topic
+// with the partitions it asks for (bench/lib.sh's bench_create_topic),
+// with Kafka's own Java AdminClient from the broker's jar set
+// (.cache/kafka-libs/VERSION): that set has no
 // kafka-topics tool (kafka.admin.TopicCommand moved to the kafka-tools
 // artifact in Kafka 3.x). It uses only Admin calls that Kafka 3.9 and 4.x
 // both have, so it runs with either version's jars.
