@@ -37,7 +37,8 @@
 typedef enum LedgerStatement
 {
 	FIND_RUNS,
-	FIND_ROWS,
+	FIND_UUID_ROWS,
+	FIND_TEXT_ROWS,
 	INSERT_RUNS,
 	INSERT_ROWS,
 	UPKEEP,
@@ -52,18 +53,25 @@ static WorkerStatement statements[LEDGER_STATEMENTS] = {
 		"   AND r.bucket OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.int8[])",
 		false, 2, {INT4OID, INT8ARRAYOID}
 	},
-	[FIND_ROWS] = {
-		"find a batch's ids in the ledger rows",
-		"SELECT u.id, u.text"
-		" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.uuid[]),"
-		"                 pg_catalog.unnest($3::pg_catalog.text[])) AS u(id, text)"
-		" WHERE EXISTS (SELECT FROM eventpipe.event_handled AS h"
-		"                WHERE h.subscription_id OPERATOR(pg_catalog.=) $1"
-		"                  AND h.event_uuid OPERATOR(pg_catalog.=) u.id)"
-		"    OR EXISTS (SELECT FROM eventpipe.event_handled AS h"
-		"                WHERE h.subscription_id OPERATOR(pg_catalog.=) $1"
-		"                  AND h.event_text OPERATOR(pg_catalog.=) (u.text COLLATE \"C\"))",
-		false, 3, {INT4OID, UUIDARRAYOID, TEXTARRAYOID}
+	/*
+	 * One index scan per partition for the whole array; IS NOT NULL lets
+	 * the planner use the partial index of the id's form.
+	 */
+	[FIND_UUID_ROWS] = {
+		"find a batch's uuids in the ledger rows",
+		"SELECT h.event_uuid FROM eventpipe.event_handled AS h"
+		" WHERE h.subscription_id OPERATOR(pg_catalog.=) $1"
+		"   AND h.event_uuid IS NOT NULL"
+		"   AND h.event_uuid OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.uuid[])",
+		false, 2, {INT4OID, UUIDARRAYOID}
+	},
+	[FIND_TEXT_ROWS] = {
+		"find a batch's text ids in the ledger rows",
+		"SELECT h.event_text FROM eventpipe.event_handled AS h"
+		" WHERE h.subscription_id OPERATOR(pg_catalog.=) $1"
+		"   AND h.event_text IS NOT NULL"
+		"   AND h.event_text OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.text[] COLLATE \"C\")",
+		false, 2, {INT4OID, TEXTARRAYOID}
 	},
 	[INSERT_RUNS] = {
 		"insert ledger runs",
@@ -307,27 +315,45 @@ row_arrays(const LedgerKeys *set, Datum *uuids, Datum *texts)
 	*texts = consumer_make_array(text_values, text_nulls, n, TEXTOID);
 }
 
-/* Mark known the keys kept in rows that the ledger's rows hold. */
-static void
-find_in_rows(LedgerKeys *set, int32 ledger_id)
+/* The keys of one kind kept in rows, as a uuid[] or a text[]; NULL when none. */
+static Datum
+keys_of_kind(const LedgerKeys *set, LedgerKind kind)
 {
-	Datum		values[3] = {Int32GetDatum(ledger_id)};
+	Datum	   *ids = palloc(sizeof(Datum) * (set->count + 1));
+	int			n = 0;
+	int			i;
+
+	for (i = set->runs; i < set->count; i++)
+		if (set->keys[i].kind == kind)
+			ids[n++] = kind == UUID_ROW ? UUIDPGetDatum(&set->keys[i].uuid)
+				: CStringGetTextDatum(set->keys[i].text);
+	if (n == 0)
+		return (Datum) 0;
+	return consumer_make_array(ids, NULL, n, kind == UUID_ROW ? UUIDOID : TEXTOID);
+}
+
+/* Mark known the keys of one kind kept in rows that the ledger's rows hold. */
+static void
+find_in_rows(LedgerKeys *set, int32 ledger_id, LedgerKind kind)
+{
+	Datum		values[2] = {Int32GetDatum(ledger_id), keys_of_kind(set, kind)};
 	uint64		row;
 
-	row_arrays(set, &values[1], &values[2]);
-	worker_run_statement(&statements[FIND_ROWS], values, NULL, SPI_OK_SELECT);
+	if (values[1] == (Datum) 0)
+		return;
+	worker_run_statement(&statements[kind == UUID_ROW ? FIND_UUID_ROWS : FIND_TEXT_ROWS],
+						 values, NULL, SPI_OK_SELECT);
 	for (row = 0; row < SPI_processed; row++)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[row];
 		bool		isnull;
-		Datum		uuid = SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull);
-		LedgerKey	held = {.kind = isnull ? TEXT_ROW : UUID_ROW};
+		LedgerKey	held = {.kind = kind};
 		LedgerKey  *found;
 
-		if (held.kind == UUID_ROW)
-			held.uuid = *DatumGetUUIDP(uuid);
+		if (kind == UUID_ROW)
+			held.uuid = *DatumGetUUIDP(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull));
 		else
-			held.text = worker_text_column(tuple, SPI_tuptable->tupdesc, 2);
+			held.text = worker_text_column(tuple, SPI_tuptable->tupdesc, 1);
 		found = find_key(set, &held);
 		if (found == NULL)
 			elog(ERROR, "eventpipe consumer: the ledger returned an id the batch does not hold");
@@ -353,8 +379,8 @@ consumer_find_duplicates(ConsumedMessage *messages, int count, int32 ledger_id)
 						Int32GetDatum(LEDGER_LOCK));
 	if (set.runs > 0)
 		find_in_runs(&set, ledger_id);
-	if (set.count > set.runs)
-		find_in_rows(&set, ledger_id);
+	find_in_rows(&set, ledger_id, UUID_ROW);
+	find_in_rows(&set, ledger_id, TEXT_ROW);
 	for (i = 0; i < count; i++)
 	{
 		LedgerKey	key;
