@@ -180,7 +180,7 @@ extern void consumer_load_rules(const char *name, ConsumerRules *rules);
 /* consumer_ledger.c: keep_ledger runs its own transaction, the others run in the batch's */
 extern void consumer_find_duplicates(ConsumedMessage *messages, int count, int32 ledger_id);
 extern void consumer_record_event_ids(ConsumedMessage *messages, int count, int32 ledger_id);
-extern TimestampTz consumer_keep_ledger(int retention_s);
+extern TimestampTz consumer_keep_ledger(int retention_s, bool drop_expired);
 
 /* consumer_handlers.c, consumer_metrics.c, consumer_store.c: in the batch's transaction */
 extern void consumer_run_handlers(ConsumedMessage *messages, int count);

@@ -15,6 +15,8 @@
 
 extern bool consumer_extension_ready(void);
 extern Datum consumer_make_array(Datum *elements, bool *nulls, int count, Oid element_type);
+extern void consumer_blame_batch(void);
+extern void consumer_clear_blame(void);
 extern bool consumer_is_message_fault(int sqlerrcode);
 extern char *consumer_subtransaction_failed(MemoryContext context, ResourceOwner owner,
 											bool (*is_caught) (int sqlerrcode));
