@@ -51,7 +51,10 @@ OBJS = \
 	worker/consumer/consumer_metrics.o \
 	worker/consumer/consumer_store.o \
 	worker/consumer/consumer_sql.o \
-	worker/consumer/user_code.o
+	worker/consumer/user_code.o \
+	worker/snapshot/snapshot_starter.o \
+	worker/snapshot/snapshot_worker.o \
+	worker/snapshot/snapshot_chunk.o
 
 # The extension's SQL scripts live in extension/sql/, apart from the
 # pg_regress suites.  CREATE EXTENSION runs the install script of

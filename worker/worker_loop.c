@@ -9,6 +9,10 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "commands/extension.h"
+#include "storage/lmgr.h"
+#include "utils/lsyscache.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -124,6 +128,25 @@ worker_run_statement_limited(WorkerStatement *statement, Datum *values, const ch
 	if (rc != expected)
 		elog(ERROR, "eventpipe: statement \"%s\" failed: %s", statement->name,
 			 SPI_result_code_string(rc));
+}
+
+/*
+ * Is the extension there, with its table eventpipe.<table>, and not being
+ * dropped?  DROP EXTENSION holds an exclusive lock on its tables until it
+ * commits: the worker backs off instead of queueing behind it.  Call in a
+ * transaction; the lock is kept until its end.
+ */
+bool
+worker_extension_table_ready(const char *table)
+{
+	Oid			schema;
+	Oid			relid;
+
+	if (!OidIsValid(get_extension_oid("eventpipe", true)))
+		return false;
+	schema = get_namespace_oid("eventpipe", true);
+	relid = OidIsValid(schema) ? get_relname_relid(table, schema) : InvalidOid;
+	return OidIsValid(relid) && ConditionalLockRelationOid(relid, AccessShareLock);
 }
 
 /* A text column of an SPI result row as a C string; NULL stays NULL. */

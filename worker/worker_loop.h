@@ -73,6 +73,7 @@ extern void worker_run_statement(WorkerStatement *statement, Datum *values, cons
 								 int expected);
 extern void worker_run_statement_limited(WorkerStatement *statement, Datum *values,
 										 const char *nulls, long count, int expected);
+extern bool worker_extension_table_ready(const char *table);
 extern char *worker_text_column(HeapTuple tuple, TupleDesc desc, int column);
 
 #endif							/* EVENTPIPE_WORKER_LOOP_H */

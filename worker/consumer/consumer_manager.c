@@ -3,7 +3,8 @@
  *		The consumer manager: a dynamic background worker, started and
  *		supervised by the launcher in eventpipe.database, that keeps
  *		subscriptions.workers consumer workers running per row of
- *		eventpipe.subscriptions, numbered 0 to workers - 1.
+ *		eventpipe.subscriptions, numbered 0 to workers - 1, and the
+ *		snapshot worker while a snapshot runs (snapshot_starter.c).
  *
  * The launcher connects to no database and cannot read tables; this worker
  * can.  It reads the subscriptions when woken (a commit that changed them
@@ -49,6 +50,7 @@
 #include "extension/shmem.h"
 #include "consumer.h"
 #include "consumer_sql.h"
+#include "worker/snapshot/snapshot_worker.h"
 #include "worker/worker_loop.h"
 #include "extension/compat.h"
 
@@ -390,6 +392,7 @@ reconcile(void)
 			ensure_worker(subscription->name, i, now_waiting, &count, now);
 	}
 	update_waiting(now_waiting, count, now);
+	snapshot_starter_reconcile();
 
 	if (subscriptions == NIL)
 		set_ps_display("idle: no subscription");
