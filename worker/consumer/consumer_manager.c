@@ -127,34 +127,23 @@ handle_of(const char *subscription, int worker)
 static bool
 start_consumer(ConsumerHandle *consumer)
 {
-	BackgroundWorker worker;
-	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	char		name[BGW_MAXLEN];
+	char		extra[EVENTPIPE_SUBSCRIPTION_LEN + sizeof(int)];
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "eventpipe", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "eventpipe_consumer_main", BGW_MAXLEN);
 	if (consumer->worker == 0)
-		snprintf(worker.bgw_name, BGW_MAXLEN, "eventpipe consumer %s", consumer->subscription);
+		snprintf(name, BGW_MAXLEN, "eventpipe consumer %s", consumer->subscription);
 	else
-		snprintf(worker.bgw_name, BGW_MAXLEN, "eventpipe consumer %s #%d", consumer->subscription,
+		snprintf(name, BGW_MAXLEN, "eventpipe consumer %s #%d", consumer->subscription,
 				 consumer->worker);
-	strlcpy(worker.bgw_type, "eventpipe consumer", BGW_MAXLEN);
 	StaticAssertStmt(sizeof(Oid) + EVENTPIPE_SUBSCRIPTION_LEN + sizeof(int) <= BGW_EXTRALEN,
 					 "bgw_extra holds the database, the subscription and the worker number");
-	memcpy(worker.bgw_extra, &MyDatabaseId, sizeof(Oid));
-	strlcpy(worker.bgw_extra + sizeof(Oid), consumer->subscription, EVENTPIPE_SUBSCRIPTION_LEN);
-	memcpy(worker.bgw_extra + sizeof(Oid) + EVENTPIPE_SUBSCRIPTION_LEN, &consumer->worker,
-		   sizeof(int));
-	worker.bgw_notify_pid = MyProcPid;
+	memset(extra, 0, sizeof(extra));
+	strlcpy(extra, consumer->subscription, EVENTPIPE_SUBSCRIPTION_LEN);
+	memcpy(extra + EVENTPIPE_SUBSCRIPTION_LEN, &consumer->worker, sizeof(int));
 
 	consumer->started_at = GetCurrentTimestamp();
-	if (!RegisterDynamicBackgroundWorker(&worker, &consumer->handle))
-		consumer->handle = NULL;
-	MemoryContextSwitchTo(old);
-	return consumer->handle != NULL;
+	return worker_start_dynamic("eventpipe_consumer_main", name, "eventpipe consumer",
+								extra, sizeof(extra), &consumer->handle);
 }
 
 /* Does a subscription of the list ask for this worker? */

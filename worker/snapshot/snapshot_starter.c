@@ -74,24 +74,10 @@ worker_runs(void)
 static void
 start_worker(void)
 {
-	BackgroundWorker worker;
-	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "eventpipe", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "eventpipe_snapshot_main", BGW_MAXLEN);
-	strlcpy(worker.bgw_name, "eventpipe snapshot worker", BGW_MAXLEN);
-	strlcpy(worker.bgw_type, "eventpipe snapshot worker", BGW_MAXLEN);
-	memcpy(worker.bgw_extra, &MyDatabaseId, sizeof(Oid));
-	worker.bgw_notify_pid = MyProcPid;
-
 	started_at = GetCurrentTimestamp();
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	if (!worker_start_dynamic("eventpipe_snapshot_main", "eventpipe snapshot worker",
+							  "eventpipe snapshot worker", NULL, 0, &handle))
 	{
-		handle = NULL;
 		if (!start_failed)
 			ereport(WARNING,
 					(errmsg("eventpipe consumer manager: the snapshot worker waits for a background worker slot"),
@@ -100,7 +86,6 @@ start_worker(void)
 	}
 	else
 		start_failed = false;
-	MemoryContextSwitchTo(old);
 }
 
 void
