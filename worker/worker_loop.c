@@ -233,15 +233,16 @@ worker_backoff_ms(int failures_in_a_row, long first_ms, long last_ms)
 }
 
 /*
- * Register a dynamic background worker of eventpipe in this database that
- * notifies this process when it ends: bgw_extra holds the database's OID,
- * then extra_len bytes of extra.  Sets *handle (allocated for the process's
- * life), NULL when no background worker slot is free; returns whether one
- * was.
+ * Register a dynamic background worker of eventpipe in database that
+ * notifies this process when it ends: bgw_extra holds the database's OID
+ * (what worker_connect() reads), then extra_len bytes of extra.  Sets
+ * *handle (allocated for the process's life), NULL when no background
+ * worker slot is free; returns whether one was.
  */
 bool
-worker_start_dynamic(const char *function, const char *name, const char *type,
-					 const void *extra, size_t extra_len, BackgroundWorkerHandle **handle)
+worker_start_dynamic(Oid database, const char *function, const char *name, const char *type,
+					 Datum main_arg, const void *extra, size_t extra_len,
+					 BackgroundWorkerHandle **handle)
 {
 	BackgroundWorker worker;
 	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
@@ -255,7 +256,8 @@ worker_start_dynamic(const char *function, const char *name, const char *type,
 	strlcpy(worker.bgw_function_name, function, BGW_MAXLEN);
 	strlcpy(worker.bgw_name, name, BGW_MAXLEN);
 	strlcpy(worker.bgw_type, type, BGW_MAXLEN);
-	memcpy(worker.bgw_extra, &MyDatabaseId, sizeof(Oid));
+	worker.bgw_main_arg = main_arg;
+	memcpy(worker.bgw_extra, &database, sizeof(Oid));
 	if (extra_len > 0)
 		memcpy(worker.bgw_extra + sizeof(Oid), extra, extra_len);
 	worker.bgw_notify_pid = MyProcPid;

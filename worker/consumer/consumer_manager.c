@@ -142,8 +142,9 @@ start_consumer(ConsumerHandle *consumer)
 	memcpy(extra + EVENTPIPE_SUBSCRIPTION_LEN, &consumer->worker, sizeof(int));
 
 	consumer->started_at = GetCurrentTimestamp();
-	return worker_start_dynamic("eventpipe_consumer_main", name, "eventpipe consumer",
-								extra, sizeof(extra), &consumer->handle);
+	return worker_start_dynamic(MyDatabaseId, "eventpipe_consumer_main", name,
+								"eventpipe consumer", (Datum) 0, extra, sizeof(extra),
+								&consumer->handle);
 }
 
 /* Does a subscription of the list ask for this worker? */

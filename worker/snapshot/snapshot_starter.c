@@ -75,8 +75,9 @@ static void
 start_worker(void)
 {
 	started_at = GetCurrentTimestamp();
-	if (!worker_start_dynamic("eventpipe_snapshot_main", "eventpipe snapshot worker",
-							  "eventpipe snapshot worker", NULL, 0, &handle))
+	if (!worker_start_dynamic(MyDatabaseId, "eventpipe_snapshot_main",
+							  "eventpipe snapshot worker", "eventpipe snapshot worker",
+							  (Datum) 0, NULL, 0, &handle))
 	{
 		if (!start_failed)
 			ereport(WARNING,
