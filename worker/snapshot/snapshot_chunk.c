@@ -425,10 +425,10 @@ snapshot_emit_chunk(int64 *snapshot_id)
 	else
 	{
 		worker_spi_connect();
-		if (backlog_is_full())
-			result = SNAPSHOT_BACKLOG_FULL;
-		else if (!pick_snapshot(&snapshot))
+		if (!pick_snapshot(&snapshot))
 			result = SNAPSHOT_NONE_RUNNING;
+		else if (backlog_is_full())
+			result = SNAPSHOT_BACKLOG_FULL;
 		else
 		{
 			Relation	rel = try_relation_open(snapshot.relid, AccessShareLock);
