@@ -284,7 +284,10 @@ emit_row_event(const RowChange *change, Trigger *trigger)
 
 /*
  * The row trigger of a captured table, whose arguments are the capture's
- * settings; NULL when the table is not captured.
+ * settings, copied into the current memory context; NULL when the table is
+ * not captured.  A copy, because the relcache's TriggerDesc is rebuilt, and
+ * the old one freed, at any invalidation of the table (an ANALYZE's new
+ * statistics will do), which a caller that runs statements may process.
  */
 Trigger *
 capture_row_trigger(Relation rel)
@@ -295,12 +298,23 @@ capture_row_trigger(Relation rel)
 	for (i = 0; triggers != NULL && i < triggers->numtriggers; i++)
 	{
 		Trigger    *trigger = &triggers->triggers[i];
+		Trigger    *copy;
+		int			arg;
 
-		if (strcmp(trigger->tgname, CAPTURE_ROW_TRIGGER) == 0 &&
-			trigger->tgnargs > CAPTURE_ARG_FIRST_KEY &&
-			strcmp(get_namespace_name(get_func_namespace(trigger->tgfoid)), "eventpipe") == 0 &&
-			strcmp(get_func_name(trigger->tgfoid), "capture_trigger") == 0)
-			return trigger;
+		if (strcmp(trigger->tgname, CAPTURE_ROW_TRIGGER) != 0 ||
+			trigger->tgnargs <= CAPTURE_ARG_FIRST_KEY ||
+			strcmp(get_namespace_name(get_func_namespace(trigger->tgfoid)), "eventpipe") != 0 ||
+			strcmp(get_func_name(trigger->tgfoid), "capture_trigger") != 0)
+			continue;
+		copy = palloc0(sizeof(Trigger));
+		copy->tgoid = trigger->tgoid;
+		copy->tgname = pstrdup(trigger->tgname);
+		copy->tgfoid = trigger->tgfoid;
+		copy->tgnargs = trigger->tgnargs;
+		copy->tgargs = palloc(sizeof(char *) * trigger->tgnargs);
+		for (arg = 0; arg < trigger->tgnargs; arg++)
+			copy->tgargs[arg] = pstrdup(trigger->tgargs[arg]);
+		return copy;
 	}
 	return NULL;
 }
