@@ -21,6 +21,8 @@ OBJS = \
 	extension/publish.o \
 	extension/capture.o \
 	extension/capture_trigger.o \
+	extension/snapshot_condition.o \
+	extension/snapshot_request.o \
 	extension/subscriptions_trigger.o \
 	extension/relay_pause_trigger.o \
 	extension/consumer_partitions.o \
@@ -49,7 +51,10 @@ OBJS = \
 	worker/consumer/consumer_metrics.o \
 	worker/consumer/consumer_store.o \
 	worker/consumer/consumer_sql.o \
-	worker/consumer/user_code.o
+	worker/consumer/user_code.o \
+	worker/snapshot/snapshot_starter.o \
+	worker/snapshot/snapshot_worker.o \
+	worker/snapshot/snapshot_chunk.o
 
 # The extension's SQL scripts live in extension/sql/, apart from the
 # pg_regress suites.  CREATE EXTENSION runs the install script of
@@ -66,7 +71,7 @@ DATA = $(addprefix extension/sql/$(EXTENSION)--,0.4.sql \
 #                                     instance that does not
 # Results, diffs, logs and the instances go to REGRESS_OUTDIR (default: here)
 # and NOT_PRELOADED_OUTDIR.  scripts/test runs both targets.
-REGRESS = publish reserved_prefix relay_stats dead_letters upgrade capture consumer_api operations
+REGRESS = publish reserved_prefix relay_stats dead_letters upgrade capture snapshot consumer_api operations
 REGRESS_NOT_PRELOADED = not_preloaded
 REGRESS_OUTDIR = .
 NOT_PRELOADED_OUTDIR = $(REGRESS_OUTDIR)/not_preloaded

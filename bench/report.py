@@ -125,3 +125,7 @@ row("6. outbox after the sustained peer runs, MB", "peer.eventpipe.outbox_mb", "
 row("6. event_handled after the sustained peer runs, MB", "peer.eventpipe.event_handled_mb", None,
     "every event of the peer runs consumed with dedup")
 row("6. event_handled rows then", "peer.eventpipe.event_handled_rows", "peer.eventpipe.events_total", "events on the topic")
+row(f"7. snapshot of a captured table ({big} rows) with writers meanwhile, rows/s", "snapshot.during.rows_per_s",
+    "snapshot.alone.rows_per_s", "the same snapshot with nobody writing")
+row("7. writers' tps during that snapshot (one-row UPDATEs of the table, 2 clients)", "snapshot.during.tps",
+    "snapshot.alone.tps", f"the same writers without a snapshot; {env['BENCH_CAPTURE_SECONDS']} s per run")

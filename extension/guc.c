@@ -30,6 +30,8 @@ int			eventpipe_relay_max_attempts = 10;
 int			eventpipe_relay_workers = 1;
 int			eventpipe_consumer_batch_size = 3000;
 int			eventpipe_dedup_retention = 7 * 24 * 3600;
+int			eventpipe_snapshot_chunk_rows = 1000;
+int			eventpipe_snapshot_max_backlog = 50000;
 
 /*
  * SHOW and current_setting(): the property names, never the values, unless
@@ -157,6 +159,22 @@ eventpipe_define_gucs(void)
 							&eventpipe_dedup_retention,
 							7 * 24 * 3600, 60, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.snapshot_chunk_rows",
+							"Rows a snapshot reads, locks and emits in one transaction.",
+							"Writers of those rows wait for the chunk's commit at most.",
+							&eventpipe_snapshot_chunk_rows,
+							1000, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.snapshot_max_backlog",
+							"Outbox backlog above which a snapshot waits for the relay.",
+							"Measured as the span of outbox ids still in the outbox.",
+							&eventpipe_snapshot_max_backlog,
+							50000, 1, INT_MAX,
+							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("eventpipe");

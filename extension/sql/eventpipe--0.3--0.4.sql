@@ -1267,3 +1267,91 @@ SELECT h.event_text, h.handled_at, h.subscription_id, h.event_uuid
     OR pg_catalog.substr(h.event_uuid::text, 15, 1) OPERATOR(pg_catalog.<>) '7'
     OR pg_catalog.substr(h.event_uuid::text, 20, 1) OPERATOR(pg_catalog.<>) ALL (ARRAY['8', '9', 'a', 'b']);
 DROP TABLE eventpipe.event_handled_0_3;
+
+------------------------------------------------------------------------------
+-- capture() takes snapshot, last: a new function (EXECUTE granted on the
+-- old one must be granted again)
+------------------------------------------------------------------------------
+
+DROP FUNCTION eventpipe.capture(regclass, text, text[], text, boolean);
+CREATE FUNCTION eventpipe.capture(
+    rel            regclass,
+    topic          text,
+    key_columns    text[]  DEFAULT NULL,
+    event_type     text    DEFAULT NULL,
+    skip_unchanged boolean DEFAULT false,
+    snapshot       boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'eventpipe_capture'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eventpipe.capture(regclass, text, text[], text, boolean, boolean) IS
+    'Emit an event to topic for every row inserted, updated or deleted in rel (its owner only), and with snapshot every row already there; capturing again replaces the settings';
+
+-- Capturing publishes the table's rows to Kafka: a right to grant, on top
+-- of owning the table.
+REVOKE ALL ON FUNCTION eventpipe.capture(regclass, text, text[], text, boolean, boolean) FROM PUBLIC;
+
+
+------------------------------------------------------------------------------
+-- Snapshots of captured tables: snapshot(), cancel_snapshot(),
+-- eventpipe.snapshots
+------------------------------------------------------------------------------
+
+-- One row per snapshot: written by snapshot() and cancel_snapshot() (as the
+-- extension's owner) and by the snapshot worker, which stores its progress
+-- in the transaction of each chunk it emits.  condition_expr is the checked
+-- condition as PostgreSQL's node tree (the worker evaluates it as is, never
+-- parses it again): closed to everyone, since a changed tree would run
+-- anything as requested_by.
+CREATE TABLE eventpipe.table_snapshots (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    rel            regclass    NOT NULL,
+    condition      text,
+    condition_expr text,
+    requested_by   regrole     NOT NULL,
+    state          text        NOT NULL DEFAULT 'running'
+                   CHECK (state IN ('running', 'done', 'cancelled', 'failed')),
+    error          text,
+    last_key       text[],
+    rows_emitted   bigint      NOT NULL DEFAULT 0,
+    rows_estimated bigint,
+    started_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    finished_at    timestamptz
+);
+COMMENT ON TABLE eventpipe.table_snapshots IS
+    'Snapshots of captured tables and their progress (see the eventpipe.snapshots view)';
+COMMENT ON COLUMN eventpipe.table_snapshots.condition_expr IS
+    'The checked condition as a node tree, evaluated by the snapshot worker on each row';
+COMMENT ON COLUMN eventpipe.table_snapshots.requested_by IS
+    'The role that asked for the snapshot: the worker reads the table, and evaluates the condition, as that role';
+COMMENT ON COLUMN eventpipe.table_snapshots.last_key IS
+    'The primary key of the last row of the last emitted chunk (its columns'' texts): the snapshot resumes after it';
+CREATE INDEX table_snapshots_running ON eventpipe.table_snapshots (id)
+    WHERE state OPERATOR(pg_catalog.=) 'running';
+REVOKE ALL ON eventpipe.table_snapshots FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.snapshot(rel regclass, condition text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'eventpipe_snapshot'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eventpipe.snapshot(regclass, text) IS
+    'Emit every row of the captured table rel, or those matching condition, as read events (its owner only); returns the snapshot''s id';
+REVOKE ALL ON FUNCTION eventpipe.snapshot(regclass, text) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.cancel_snapshot(id bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'eventpipe_cancel_snapshot'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eventpipe.cancel_snapshot(bigint) IS
+    'Stop a running snapshot after its current chunk (the table''s owner only); returns whether it was running';
+REVOKE ALL ON FUNCTION eventpipe.cancel_snapshot(bigint) FROM PUBLIC;
+
+-- What each snapshot does and did (as public as eventpipe.captures: the
+-- tables and conditions, not the rows).
+CREATE VIEW eventpipe.snapshots AS
+SELECT s.id, s.rel, s.condition, s.state, s.error, s.rows_emitted, s.rows_estimated,
+       s.started_at, s.finished_at, s.requested_by
+  FROM eventpipe.table_snapshots AS s;
+COMMENT ON VIEW eventpipe.snapshots IS
+    'Snapshots of captured tables: table, condition, state (running, done, cancelled, failed with its error), rows emitted and estimated, times';
+GRANT SELECT ON eventpipe.snapshots TO PUBLIC;

@@ -16,24 +16,13 @@
 #include "utils/resowner.h"
 
 #include "consumer_sql.h"
+#include "worker/worker_loop.h"
 
-/*
- * Is the extension there, and not being dropped?  DROP EXTENSION holds an
- * exclusive lock on its tables until it commits: the worker backs off
- * instead of queueing behind it.
- */
+/* Is the extension there, and not being dropped?  See worker_extension_table_ready(). */
 bool
 consumer_extension_ready(void)
 {
-	Oid			schema;
-	Oid			subscriptions;
-
-	if (!OidIsValid(get_extension_oid("eventpipe", true)))
-		return false;
-	schema = get_namespace_oid("eventpipe", true);
-	subscriptions = OidIsValid(schema) ? get_relname_relid("subscriptions", schema) : InvalidOid;
-	return OidIsValid(subscriptions) &&
-		ConditionalLockRelationOid(subscriptions, AccessShareLock);
+	return worker_extension_table_ready("subscriptions");
 }
 
 Datum
