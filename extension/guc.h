@@ -16,6 +16,7 @@ extern int	eventpipe_relay_max_attempts;
 extern int	eventpipe_relay_workers;
 extern int	eventpipe_consumer_batch_size;
 extern int	eventpipe_dedup_retention;
+extern bool eventpipe_relay_exactly_once;
 
 extern void eventpipe_define_gucs(void);
 
