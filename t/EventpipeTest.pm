@@ -429,6 +429,9 @@ sub run_kcat
 # payload are exact (read by their lengths) but left as bytes and the payload
 # is not decoded (value is undef); headers are parsed from kcat's
 # "name=value,..." list, so a header value must hold no ',' nor newline.
+# kcat_options => [...] adds kcat arguments, e.g. ['-X',
+# 'isolation.level=read_uncommitted'] to see the messages of aborted
+# transactions too (librdkafka's default, so kcat's, is read_committed).
 sub read_topic
 {
 	my ($bootstrap, $topic, %o) = @_;
@@ -437,7 +440,8 @@ sub read_topic
 	  ? ('-f', "%p %o %K %S\n%k%s%h\n")
 	  : ('-J');
 	my ($ok, $out, $err) = run_kcat(
-		[ '-C', '-b', $bootstrap, '-t', $topic, @format, '-e', '-o', 'beginning', '-q', '-m', '10' ],
+		[ '-C', '-b', $bootstrap, '-t', $topic, @format, '-e', '-o', 'beginning', '-q', '-m', '10',
+			@{ $o{kcat_options} // [] } ],
 		timeout => $o{timeout} // 60);
 	unless ($ok)
 	{
