@@ -215,20 +215,9 @@ new_reader(const char *bootstrap_servers, const char *client_id, char *errbuf, s
 	};
 	rd_kafka_conf_t *conf = kafka_client_conf(bootstrap_servers, client_id, properties,
 											  lengthof(properties), errbuf, errbuf_size);
-	rd_kafka_t *rk;
 
-	if (conf == NULL)
-		return NULL;
-	rd_kafka_conf_set_log_cb(conf, kafka_log_callback);
-	rd_kafka_conf_set_error_cb(conf, kafka_error_callback);
-	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errbuf, errbuf_size);
-	if (rk == NULL)
-	{
-		rd_kafka_conf_destroy(conf);
-		return NULL;
-	}
-	rd_kafka_set_log_queue(rk, NULL);
-	return rk;
+	/* no statistics file: the worker's is its producer's */
+	return conf == NULL ? NULL : kafka_client_new(RD_KAFKA_CONSUMER, conf, NULL, errbuf, errbuf_size);
 }
 
 /* The topic's partition count, or -1 with the reason. */
