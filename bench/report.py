@@ -125,3 +125,16 @@ row("6. outbox after the sustained peer runs, MB", "peer.eventpipe.outbox_mb", "
 row("6. event_handled after the sustained peer runs, MB", "peer.eventpipe.event_handled_mb", None,
     "every event of the peer runs consumed with dedup")
 row("6. event_handled rows then", "peer.eventpipe.event_handled_rows", "peer.eventpipe.events_total", "events on the topic")
+row(f"7. exactly once: relay throughput, events/s ({big} events, one commit)",
+    "relay.eos.w1.events_per_s", "relay.w1.events_per_s",
+    "the relay with eventpipe.relay_exactly_once off, in the same runs")
+row("7. exactly once: relay CPU µs/event", "relay.eos.w1.cpu_us_per_event", "relay.w1.cpu_us_per_event",
+    "off's")
+row(f"7. exactly once: peer throughput, events/s ({peer_events} events, one commit, to a read_committed consumer)",
+    "peer.eventpipe_eos.events_per_s", "peer.eventpipe.events_per_s", "off's (section 5)")
+for rate in env["BENCH_RATES"].split():
+    for q in ("p50", "p99", "max"):
+        row(f"7. exactly once: latency at {rate}/s, {q} ms", f"peer.eventpipe_eos.r{rate}.{q}_ms",
+            f"peer.eventpipe.r{rate}.{q}_ms", "off's (section 2); commit timestamp to a read_committed kcat consumer")
+    row(f"7. exactly once: rate pgbench reached when asked for {rate}/s, tps",
+        f"peer.eventpipe_eos.r{rate}.tps", f"peer.eventpipe.r{rate}.tps", "off's")
