@@ -139,19 +139,23 @@ recover(void)
 	List	   *records;
 	uint64		forgotten = 0;
 	bool		ok;
+	char		create_error[512] = "";
 
+	/*
+	 * A principal without the right to create topics may still read one the
+	 * DBA created: a refused creation only matters if the read fails too.
+	 */
 	if (!topic_created)
-	{
-		if (!relay_progress_create_topic(kafka_producer_handle(), errbuf, sizeof(errbuf)))
-		{
-			report_progress_error(errbuf);
-			return false;
-		}
-		topic_created = true;
-	}
+		topic_created = relay_progress_create_topic(kafka_producer_handle(), create_error,
+													sizeof(create_error));
 	if (!relay_progress_read(eventpipe_bootstrap_servers, reader_client_id, progress_prefix,
 							 &records, relay_keep_waiting, errbuf, sizeof(errbuf)))
 	{
+		if (create_error[0] != '\0')
+		{
+			strlcat(errbuf, "; creating it: ", sizeof(errbuf));
+			strlcat(errbuf, create_error, sizeof(errbuf));
+		}
 		report_progress_error(errbuf);
 		return false;
 	}
