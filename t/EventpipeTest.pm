@@ -243,6 +243,9 @@ END
 # new_node($name, bootstrap => B, conf => "more lines", start => 1,
 #          poll_interval => '200ms'): a node that preloads eventpipe, UTF8,
 # restart_after_crash on, relay pointed at B (left unset when B is undef).
+# With EP_TEST_RELAY_EXACTLY_ONCE=on in the environment its relay is
+# transactional (eventpipe.relay_exactly_once), unless conf says otherwise:
+# the relay tests then run against that mode too.
 sub new_node
 {
 	my ($name, %opts) = @_;
@@ -255,6 +258,8 @@ sub new_node
 	  . ($opts{poll_interval} // '200ms') . "'\n";
 	$conf .= "eventpipe.bootstrap_servers = '$opts{bootstrap}'\n"
 	  if defined $opts{bootstrap};
+	$conf .= "eventpipe.relay_exactly_once = on\n"
+	  if ($ENV{EP_TEST_RELAY_EXACTLY_ONCE} // '') eq 'on';
 	$conf .= "$opts{conf}\n" if defined $opts{conf};
 	$node->append_conf('postgresql.conf', $conf);
 	$node->start unless defined $opts{start} && !$opts{start};
