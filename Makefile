@@ -33,10 +33,13 @@ OBJS = \
 	worker/relay/relay_pipeline.o \
 	worker/relay/relay_slot.o \
 	worker/relay/outbox.o \
+	worker/relay/relay_transaction.o \
+	worker/relay/relay_progress.o \
 	worker/kafka/kafka_client.o \
 	worker/kafka/kafka_log.o \
 	worker/kafka/kafka_statistics.o \
 	worker/kafka/kafka_producer.o \
+	worker/kafka/kafka_transaction.o \
 	worker/kafka/kafka_consumer.o \
 	worker/kafka/kafka_consumer_offsets.o \
 	worker/consumer/consumer_manager.o \

@@ -129,3 +129,16 @@ row(f"7. snapshot of a captured table ({big} rows) with writers meanwhile, rows/
     "snapshot.alone.rows_per_s", "the same snapshot with nobody writing")
 row("7. writers' tps during that snapshot (one-row UPDATEs of the table, 2 clients)", "snapshot.during.tps",
     "snapshot.alone.tps", f"the same writers without a snapshot; {env['BENCH_CAPTURE_SECONDS']} s per run")
+row(f"8. exactly once: relay throughput, events/s ({big} events, one commit)",
+    "relay.eos.w1.events_per_s", "relay.w1.events_per_s",
+    "the relay with eventpipe.relay_exactly_once off, in the same runs")
+row("8. exactly once: relay CPU µs/event", "relay.eos.w1.cpu_us_per_event", "relay.w1.cpu_us_per_event",
+    "off's")
+row(f"8. exactly once: peer throughput, events/s ({peer_events} events, one commit, to a read_committed consumer)",
+    "peer.eventpipe_eos.events_per_s", "peer.eventpipe.events_per_s", "off's (section 5)")
+for rate in env["BENCH_RATES"].split():
+    for q in ("p50", "p99", "max"):
+        row(f"8. exactly once: latency at {rate}/s, {q} ms", f"peer.eventpipe_eos.r{rate}.{q}_ms",
+            f"peer.eventpipe.r{rate}.{q}_ms", "off's (section 2); commit timestamp to a read_committed kcat consumer")
+    row(f"8. exactly once: rate pgbench reached when asked for {rate}/s, tps",
+        f"peer.eventpipe_eos.r{rate}.tps", f"peer.eventpipe.r{rate}.tps", "off's")
