@@ -52,8 +52,8 @@ typedef enum ConsumerState
 } ConsumerState;
 
 /*
- * One worker's slot, found by (subscription, worker number), so its
- * counters survive worker restarts.  subscription, worker, database, pid,
+ * One worker's slot, found by (database, subscription, worker number), so
+ * its counters survive worker restarts.  subscription, worker, database, pid,
  * procno, state and the error fields are written under
  * EventpipeShared->lock; the counters are atomics that only the slot's
  * worker increments.
@@ -62,7 +62,7 @@ typedef struct ConsumerSlot
 {
 	char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];	/* "" = free */
 	int			worker;			/* 0 to subscriptions.workers - 1 */
-	Oid			database;
+	Oid			database;		/* the subscription's */
 	pid_t		pid;
 	int			procno;
 	ConsumerState state;
@@ -85,7 +85,8 @@ typedef enum ConsumerWaitCause
 /*
  * A worker of a subscription the consumer manager could not start, and
  * since when (it tries again every second).  The manager alone writes the
- * list, under EventpipeShared->lock; consumer_stats() shows it.
+ * list of its database (DatabaseSlot), under EventpipeShared->lock;
+ * consumer_stats() shows it.
  */
 typedef struct ConsumerWaiting
 {
@@ -96,7 +97,7 @@ typedef struct ConsumerWaiting
 } ConsumerWaiting;
 
 /*
- * One partition of a subscription, found by (subscription, topic,
+ * One partition of a subscription, found by (database, subscription, topic,
  * partition), so its counters survive worker restarts and moves between the
  * subscription's workers; freed with the subscription's last slot.  The
  * names, database and holder are written under EventpipeShared->lock; the
@@ -124,7 +125,6 @@ extern ConsumerSlot *eventpipe_claim_consumer_slot(const char *subscription, int
 extern void eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget);
 extern pid_t eventpipe_consumer_slot_holder(const char *subscription, int worker);
 extern bool eventpipe_consumer_slot_available(void);
-extern void eventpipe_set_waiting_consumers(const ConsumerWaiting *waiting, int count);
 extern void eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state);
 extern void eventpipe_set_consumer_error(ConsumerSlot *slot, const char *message);
 extern const char *eventpipe_consumer_state_name(ConsumerState state);
@@ -137,7 +137,7 @@ extern ConsumerPartitionSlot *eventpipe_consumer_partition_slot(const char *subs
 extern void eventpipe_set_consumer_partition_holder(const char *subscription, const char *topic,
 												   int32 partition, int worker, bool held);
 extern void eventpipe_release_consumer_partitions(const char *subscription, int worker);
-extern void eventpipe_forget_consumer_partitions(const char *subscription);
+extern void eventpipe_forget_consumer_partitions(Oid database, const char *subscription);
 extern void eventpipe_reset_consumer_partition_counters(void);
 
 #endif							/* EVENTPIPE_CONSUMER_SHMEM_H */

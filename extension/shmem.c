@@ -1,13 +1,15 @@
 /*
  * shmem.c
  *		eventpipe's shared memory: the launcher's, relay workers' and
- *		consumer workers' slots with their statistics.
+ *		consumer workers' slots with their statistics (the databases' slots
+ *		are database_slots.c's).
  *
  * Locking: EventpipeShared->lock protects pid, procno, database, state and
  * the last-error fields of every slot, a consumer slot's subscription name
- * and worker number, the launcher, consumer manager and drop-database
- * fields, and the list of workers waiting to be started (and the names and
- * holders of the consumer partition slots, see consumer_partitions.c).
+ * and worker number, the launcher's fields, the database slots (see
+ * database_shmem.h) and the lists of workers waiting to be started (and
+ * the names and holders of the consumer partition slots, see
+ * consumer_partitions.c).
  * Counters are pg_atomic_uint64 written only by the slot's own
  * worker; readers take no lock for them.  Nothing here points into
  * process-local memory.
@@ -22,6 +24,7 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
+#include "guc.h"
 #include "shmem.h"
 #include "compat.h"
 
@@ -30,42 +33,57 @@ EventpipeShared *eventpipe_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
+/* The shared state with eventpipe.max_databases database slots. */
+static Size
+shared_size(void)
+{
+	return add_size(offsetof(EventpipeShared, database),
+					mul_size(eventpipe_max_databases, sizeof(DatabaseSlot)));
+}
+
 static void
 eventpipe_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(EventpipeShared)));
+	RequestAddinShmemSpace(MAXALIGN(shared_size()));
 	RequestNamedLWLockTranche("eventpipe", 1);
 }
 
-/* Does another slot than this one belong to the subscription?  Caller holds the lock. */
+/* Does the slot belong to the subscription of database? */
 static bool
-other_slot_of(const ConsumerSlot *slot, const char *subscription)
+belongs_to(const ConsumerSlot *slot, Oid database, const char *subscription)
+{
+	return slot->database == database && strcmp(slot->subscription, subscription) == 0;
+}
+
+/* Does another slot than this one belong to its subscription?  Caller holds the lock. */
+static bool
+other_slot_of(const ConsumerSlot *slot)
 {
 	int			i;
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
 		if (&eventpipe_shared->consumer[i] != slot &&
-			strcmp(eventpipe_shared->consumer[i].subscription, subscription) == 0)
+			belongs_to(&eventpipe_shared->consumer[i], slot->database, slot->subscription))
 			return true;
 	return false;
 }
 
 /*
- * Empty a consumer slot and give it to worker of subscription, counters at
- * zero (the partitions of the subscription that held it too, when this was
- * its last slot).  Caller holds the lock.
+ * Empty a consumer slot and give it to worker of subscription of database,
+ * counters at zero (the partitions of the subscription that held it too,
+ * when this was its last slot).  Caller holds the lock.
  */
 static void
-reset_consumer_slot(ConsumerSlot *slot, const char *subscription, int worker)
+reset_consumer_slot(ConsumerSlot *slot, Oid database, const char *subscription, int worker)
 {
-	if (slot->subscription[0] != '\0' && strcmp(slot->subscription, subscription) != 0 &&
-		!other_slot_of(slot, slot->subscription))
-		eventpipe_forget_consumer_partitions(slot->subscription);
+	if (slot->subscription[0] != '\0' && !belongs_to(slot, database, subscription) &&
+		!other_slot_of(slot))
+		eventpipe_forget_consumer_partitions(slot->database, slot->subscription);
 	strlcpy(slot->subscription, subscription, sizeof(slot->subscription));
 	slot->worker = worker;
-	slot->database = InvalidOid;
+	slot->database = database;
 	slot->pid = 0;
 	slot->procno = -1;
 	slot->state = CONSUMER_STOPPED;
@@ -87,35 +105,23 @@ eventpipe_shmem_startup(void)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	eventpipe_shared = ShmemInitStruct("eventpipe", sizeof(EventpipeShared), &found);
+	eventpipe_shared = ShmemInitStruct("eventpipe", shared_size(), &found);
 	if (!found)
 	{
 		int			i;
 
-		memset(eventpipe_shared, 0, sizeof(EventpipeShared));
+		memset(eventpipe_shared, 0, shared_size());
 		eventpipe_shared->lock = &(GetNamedLWLockTranche("eventpipe"))->lock;
 		eventpipe_shared->launcher_procno = -1;
 		eventpipe_shared->stats_reset = GetCurrentTimestamp();
 		pg_atomic_init_u32(&eventpipe_shared->publishers_committing, 0);
 		pg_atomic_init_u32(&eventpipe_shared->relay_pause_generation, 0);
-		for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
-		{
-			RelaySlot  *slot = &eventpipe_shared->relay[i];
-
-			slot->procno = -1;
-			slot->state = RELAY_STOPPED;
-			pg_atomic_init_u64(&slot->events_sent, 0);
-			pg_atomic_init_u64(&slot->events_failed, 0);
-			pg_atomic_init_u64(&slot->events_retried, 0);
-			pg_atomic_init_u64(&slot->events_dead, 0);
-			pg_atomic_init_u64(&slot->batches, 0);
-			pg_atomic_init_u64(&slot->bytes_sent, 0);
-			pg_atomic_init_u64(&slot->last_latency_us, 0);
-			pg_atomic_init_u64(&slot->lowest_committed_id, EVENTPIPE_NO_COMMITTED_ID);
-		}
-		eventpipe_shared->consumer_manager_procno = -1;
+		pg_atomic_init_u32(&eventpipe_shared->extension_generation, 0);
+		eventpipe_shared->max_databases = eventpipe_max_databases;
+		for (i = 0; i < eventpipe_max_databases; i++)
+			eventpipe_init_database_slot(&eventpipe_shared->database[i]);
 		for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
-			reset_consumer_slot(&eventpipe_shared->consumer[i], "", 0);
+			reset_consumer_slot(&eventpipe_shared->consumer[i], InvalidOid, "", 0);
 		eventpipe_init_consumer_partitions();
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -127,6 +133,25 @@ eventpipe_install_shmem_hooks(void)
 	prev_shmem_request_hook = compat_install_shmem_request_hook(eventpipe_shmem_request);
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = eventpipe_shmem_startup;
+}
+
+/* A relay slot with no process, counters at zero. */
+void
+eventpipe_init_relay_slot(RelaySlot *slot)
+{
+	slot->pid = 0;
+	slot->procno = -1;
+	slot->state = RELAY_STOPPED;
+	pg_atomic_init_u64(&slot->events_sent, 0);
+	pg_atomic_init_u64(&slot->events_failed, 0);
+	pg_atomic_init_u64(&slot->events_retried, 0);
+	pg_atomic_init_u64(&slot->events_dead, 0);
+	pg_atomic_init_u64(&slot->batches, 0);
+	pg_atomic_init_u64(&slot->bytes_sent, 0);
+	pg_atomic_init_u64(&slot->last_latency_us, 0);
+	pg_atomic_init_u64(&slot->lowest_committed_id, EVENTPIPE_NO_COMMITTED_ID);
+	slot->last_error[0] = '\0';
+	slot->last_error_time = 0;
 }
 
 void
@@ -164,8 +189,12 @@ eventpipe_relay_state_name(RelayState state)
 			return "stopped";
 		case RELAY_NOT_CONFIGURED:
 			return "not configured";
-		case RELAY_NO_DATABASE:
-			return "database missing";
+		case RELAY_NOT_SERVED:
+			return "not served";
+		case RELAY_WAITING_FOR_DATABASE_SLOT:
+			return "waiting for a database slot";
+		case RELAY_WAITING_FOR_WORKER_SLOT:
+			return "waiting for a worker slot";
 		case RELAY_NO_EXTENSION:
 			return "extension missing";
 		case RELAY_IDLE:
@@ -209,18 +238,6 @@ eventpipe_set_latch_of(int procno)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 }
 
-/* Is DROP DATABASE of this database under way (a worker in it must leave)? */
-bool
-eventpipe_database_is_being_dropped(Oid database)
-{
-	bool		dropping;
-
-	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-	dropping = eventpipe_shared->dropping_database == database;
-	LWLockRelease(eventpipe_shared->lock);
-	return dropping;
-}
-
 static pid_t
 consumer_holder(ConsumerSlot *slot)
 {
@@ -229,14 +246,16 @@ consumer_holder(ConsumerSlot *slot)
 	return 0;
 }
 
+/* Is slot that of worker of subscription, of the caller's database? */
 static bool
 is_slot_of(const ConsumerSlot *slot, const char *subscription, int worker)
 {
-	return slot->worker == worker && strcmp(slot->subscription, subscription) == 0;
+	return slot->worker == worker && belongs_to(slot, MyDatabaseId, subscription);
 }
 
 /*
- * The live process that is this worker of this subscription, or 0.  The
+ * The live process that is this worker of this subscription (of the
+ * caller's database), or 0.  The
  * consumer manager asks before starting a worker: one started by an earlier
  * manager may still run.
  */
@@ -282,20 +301,20 @@ eventpipe_consumer_slot_available(void)
 }
 
 /*
- * Publish the workers waiting to be started (count of them, the first
- * EVENTPIPE_MAX_WAITING_CONSUMERS by subscription and worker), replacing the
- * previous list.
+ * Publish the workers of the database's slot waiting to be started (count
+ * of them, the first EVENTPIPE_MAX_WAITING_CONSUMERS by subscription and
+ * worker), replacing the previous list.
  */
 void
-eventpipe_set_waiting_consumers(const ConsumerWaiting *waiting, int count)
+eventpipe_set_waiting_consumers(DatabaseSlot *database, const ConsumerWaiting *waiting, int count)
 {
 	int			listed = Min(count, EVENTPIPE_MAX_WAITING_CONSUMERS);
 
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	if (listed > 0)
-		memcpy(eventpipe_shared->consumer_waiting, waiting, sizeof(ConsumerWaiting) * listed);
-	eventpipe_shared->consumer_waiting_listed = listed;
-	eventpipe_shared->consumer_waiting_count = count;
+		memcpy(database->consumer_waiting, waiting, sizeof(ConsumerWaiting) * listed);
+	database->consumer_waiting_listed = listed;
+	database->consumer_waiting_count = count;
 	LWLockRelease(eventpipe_shared->lock);
 }
 
@@ -329,12 +348,11 @@ eventpipe_claim_consumer_slot(const char *subscription, int worker, pid_t *holde
 	if (found != NULL && (*holder = consumer_holder(found)) != 0)
 		found = NULL;
 	else if (found == NULL && (found = free_slot ? free_slot : idle_slot) != NULL)
-		reset_consumer_slot(found, subscription, worker);
+		reset_consumer_slot(found, MyDatabaseId, subscription, worker);
 	if (found != NULL)
 	{
 		found->pid = MyProcPid;
 		found->procno = GetNumberFromPGProc(MyProc);
-		found->database = MyDatabaseId;
 		found->state = CONSUMER_STARTING;
 	}
 	LWLockRelease(eventpipe_shared->lock);
@@ -362,15 +380,14 @@ eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget)
 			{
 				ConsumerSlot *other = &eventpipe_shared->consumer[i];
 
-				if (other != slot && strcmp(other->subscription, slot->subscription) == 0 &&
+				if (other != slot && belongs_to(other, slot->database, slot->subscription) &&
 					consumer_holder(other) == 0)
-					reset_consumer_slot(other, "", 0);
+					reset_consumer_slot(other, InvalidOid, "", 0);
 			}
-			reset_consumer_slot(slot, "", 0);
+			reset_consumer_slot(slot, InvalidOid, "", 0);
 		}
 		slot->pid = 0;
 		slot->procno = -1;
-		slot->database = InvalidOid;
 		slot->state = CONSUMER_STOPPED;
 	}
 	LWLockRelease(eventpipe_shared->lock);

@@ -22,6 +22,8 @@
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
+#include "extension/shmem.h"
+
 #include "payload_fields.h"
 
 /* A subscription's row of eventpipe.subscriptions. */
@@ -216,7 +218,7 @@ extern bool kafka_consumer_query_watermarks(const char *topic, int32 partition, 
 											int64 *high);
 
 /* consumer_manager.c, consumer_worker.c */
-extern PGDLLEXPORT void eventpipe_consumer_manager_main(Datum main_arg);
+extern void consumer_manager_reconcile(DatabaseSlot *database);
 extern PGDLLEXPORT void eventpipe_consumer_main(Datum main_arg);
 
 #endif							/* EVENTPIPE_CONSUMER_H */

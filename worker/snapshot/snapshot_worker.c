@@ -103,26 +103,38 @@ emit_next_chunk(void)
 	return 0;
 }
 
+static DatabaseSlot *database_slot;
+
 static void
 detach(int code, Datum arg)
 {
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	if (eventpipe_shared->snapshot_worker_pid == MyProcPid)
-		eventpipe_shared->snapshot_worker_pid = 0;
+	if (database_slot->snapshot_worker_pid == MyProcPid)
+	{
+		database_slot->snapshot_worker_pid = 0;
+		database_slot->snapshot_worker_procno = -1;
+	}
 	LWLockRelease(eventpipe_shared->lock);
 }
 
+/* Take the snapshot worker's place in its database's slot, or leave. */
 static void
 attach(void)
 {
 	pid_t		holder = 0;
 
+	database_slot = eventpipe_database_slot(MyDatabaseId);
+	if (database_slot == NULL)
+		worker_leave("eventpipe does not serve its database");
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	if (eventpipe_shared->snapshot_worker_pid != 0 &&
-		BackendPidGetProc(eventpipe_shared->snapshot_worker_pid) != NULL)
-		holder = eventpipe_shared->snapshot_worker_pid;
+	if (database_slot->snapshot_worker_pid != 0 &&
+		BackendPidGetProc(database_slot->snapshot_worker_pid) != NULL)
+		holder = database_slot->snapshot_worker_pid;
 	else
-		eventpipe_shared->snapshot_worker_pid = MyProcPid;
+	{
+		database_slot->snapshot_worker_pid = MyProcPid;
+		database_slot->snapshot_worker_procno = GetNumberFromPGProc(MyProc);
+	}
 	LWLockRelease(eventpipe_shared->lock);
 	if (holder != 0)
 		worker_leave(psprintf("process %d already runs the snapshots", (int) holder));
