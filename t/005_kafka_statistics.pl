@@ -49,7 +49,7 @@ sub stat_of
 }
 
 # ---- (a) the relay's producer ---------------------------------------------
-my $relay = 'eventpipe-relay-0';
+my $relay = 'eventpipe-relay-postgres-0';
 my $sent_sql = qq{
 	SELECT coalesce(sum((p.value ->> 'txmsgs')::bigint), 0)
 	  FROM eventpipe.kafka_statistics() s,
