@@ -137,7 +137,7 @@ note '(b) the event dropped with its outbox '
   . ' left before the DROP';
 ok(wait_until(sub { outbox_count($node) == 0 }, 30), '(b) outbox is empty');
 ok(wait_for_relay_state($node, 'idle'), '(b) relay is idle');
-is(relay_pid(), $pid_b, '(b) the same relay process served throughout');
+isnt(relay_pid(), $pid_b, '(b) a new relay process serves the new extension');
 unlike(log_since($node, $log_b), $crash_re, '(b) no process crashed');
 
 # ---- (c) pg_terminate_backend() of the relay ----------------------------
