@@ -57,6 +57,8 @@ extern DatabaseSlot *eventpipe_claim_database_slot(Oid database);
 extern bool eventpipe_database_slot_in_use(DatabaseSlot *slot);
 extern void eventpipe_free_database_slot(DatabaseSlot *slot);
 extern void eventpipe_wake_database(DatabaseSlot *slot);
+extern pid_t eventpipe_take_database_place(pid_t *pid, int *procno);
+extern void eventpipe_leave_database_place(pid_t *pid, int *procno);
 extern bool eventpipe_tell_database_to_leave(Oid database, bool dropping);
 extern bool eventpipe_database_must_leave(Oid database);
 extern bool eventpipe_database_is_being_dropped(Oid database);

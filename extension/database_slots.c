@@ -19,6 +19,7 @@
 #include "storage/procarray.h"
 
 #include "shmem.h"
+#include "compat.h"
 
 /* A free slot (at server start, and when the launcher frees one). */
 void
@@ -133,6 +134,41 @@ eventpipe_free_database_slot(DatabaseSlot *slot)
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	if (!slot_in_use(slot))
 		eventpipe_init_database_slot(slot);
+	LWLockRelease(eventpipe_shared->lock);
+}
+
+/*
+ * Take a place a database has one process for (its manager's, its snapshot
+ * worker's: pid and procno are fields of its slot) unless a live process
+ * holds it; returns that process's pid, or 0 when the caller took it.
+ */
+pid_t
+eventpipe_take_database_place(pid_t *pid, int *procno)
+{
+	pid_t		holder = 0;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	if (is_alive(*pid))
+		holder = *pid;
+	else
+	{
+		*pid = MyProcPid;
+		*procno = GetNumberFromPGProc(MyProc);
+	}
+	LWLockRelease(eventpipe_shared->lock);
+	return holder;
+}
+
+/* Give such a place back, if the calling process holds it. */
+void
+eventpipe_leave_database_place(pid_t *pid, int *procno)
+{
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	if (*pid == MyProcPid)
+	{
+		*pid = 0;
+		*procno = -1;
+	}
 	LWLockRelease(eventpipe_shared->lock);
 }
 

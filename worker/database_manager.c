@@ -41,39 +41,27 @@ static DatabaseSlot *database_slot;
 static void
 manager_exit(int code, Datum arg)
 {
-	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	if (database_slot->manager_pid == MyProcPid)
-	{
-		database_slot->manager_pid = 0;
-		database_slot->manager_procno = -1;
-		/* the next manager finds out again who waits */
-		database_slot->consumer_waiting_count = 0;
-		database_slot->consumer_waiting_listed = 0;
-	}
-	LWLockRelease(eventpipe_shared->lock);
+	/* the next manager finds out again who waits */
+	eventpipe_set_waiting_consumers(database_slot, NULL, 0);
+	eventpipe_leave_database_place(&database_slot->manager_pid, &database_slot->manager_procno);
 }
 
 static void
 attach(void)
 {
-	pid_t		holder = 0;
+	pid_t		holder;
 
 	database_slot = eventpipe_database_slot(MyDatabaseId);
 	if (database_slot == NULL)
 		worker_leave("eventpipe does not serve its database");
-	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	if (database_slot->manager_pid != 0 && BackendPidGetProc(database_slot->manager_pid) != NULL)
-		holder = database_slot->manager_pid;
-	else
-	{
-		database_slot->manager_pid = MyProcPid;
-		database_slot->manager_procno = GetNumberFromPGProc(MyProc);
-		database_slot->manager_waiting = false;
-	}
-	LWLockRelease(eventpipe_shared->lock);
+	holder = eventpipe_take_database_place(&database_slot->manager_pid,
+										   &database_slot->manager_procno);
 	if (holder != 0)
 		worker_leave(psprintf("process %d already manages its database", (int) holder));
 	before_shmem_exit(manager_exit, (Datum) 0);
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	database_slot->manager_waiting = false;
+	LWLockRelease(eventpipe_shared->lock);
 }
 
 /* Is the extension installed in this database (committed, as seen now)? */
