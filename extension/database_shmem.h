@@ -61,6 +61,7 @@ extern pid_t eventpipe_take_database_place(pid_t *pid, int *procno);
 extern void eventpipe_leave_database_place(pid_t *pid, int *procno);
 extern bool eventpipe_tell_database_to_leave(Oid database, bool dropping);
 extern bool eventpipe_database_must_leave(Oid database);
+extern bool eventpipe_database_processes_gone(Oid database);
 extern bool eventpipe_database_is_being_dropped(Oid database);
 extern bool eventpipe_database_is_waiting(Oid database);
 extern void eventpipe_set_waiting_databases(const Oid *databases, int count);

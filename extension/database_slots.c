@@ -211,6 +211,20 @@ eventpipe_tell_database_to_leave(Oid database, bool dropping)
 	return slot != NULL;
 }
 
+/* Has every process of database left (or has it no slot)? */
+bool
+eventpipe_database_processes_gone(Oid database)
+{
+	DatabaseSlot *slot;
+	bool		gone;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	slot = eventpipe_find_database_slot(database);
+	gone = slot == NULL || !slot_in_use(slot);
+	LWLockRelease(eventpipe_shared->lock);
+	return gone;
+}
+
 /*
  * Must a process of database leave: its slot is gone, or says so (the
  * database is being dropped, accepts no connections, or is no longer

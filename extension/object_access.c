@@ -10,7 +10,9 @@
  * workers and the launcher: every worker connected to it exits at once,
  * and the launcher starts none there while the drop is pending (as long as
  * the DROP holds the database's lock: a DROP that fails lets them back at
- * once).
+ * once).  The hook then waits for them to be gone (as long as DROP itself
+ * would): WITH (FORCE) run by a database owner who is no superuser could
+ * not signal them, since they run as the bootstrap superuser.
  *
  * CREATE EXTENSION (of any extension: at post-create the new row cannot be
  * read back yet) wakes the launcher when it commits, which then looks
@@ -21,17 +23,31 @@
 #include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
+#include "miscadmin.h"
 
 #include "eventpipe.h"
 #include "shmem.h"
 
 static object_access_hook_type prev_object_access_hook = NULL;
 
+/* How long the hook waits for the workers, as DROP DATABASE waits for sessions. */
+#define DROP_PATIENCE_MS 5000
+#define DROP_POLL_MS 10
+
 static void
 announce_database_drop(Oid database)
 {
-	if (eventpipe_tell_database_to_leave(database, true))
-		eventpipe_set_latch_of(eventpipe_shared->launcher_procno);
+	int			waited;
+
+	if (!eventpipe_tell_database_to_leave(database, true))
+		return;
+	eventpipe_set_latch_of(eventpipe_shared->launcher_procno);
+	for (waited = 0; waited < DROP_PATIENCE_MS && !eventpipe_database_processes_gone(database);
+		 waited += DROP_POLL_MS)
+	{
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(DROP_POLL_MS * 1000L);
+	}
 }
 
 static void

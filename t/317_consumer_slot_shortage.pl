@@ -73,7 +73,9 @@ sub running_and_waiting
 }
 
 # The background workers that are not consumer workers (their slots are
-# taken from max_worker_processes too).
+# taken from max_worker_processes too), once the database manager has
+# started the relay.
+wait_until(sub { relay_stat($node, 'pid', db => $db) ne '' }, 30);
 my $others = $node->safe_psql($db, q{
 SELECT count(*) FROM pg_stat_activity
  WHERE (backend_type LIKE 'eventpipe%' AND backend_type <> 'eventpipe consumer')
