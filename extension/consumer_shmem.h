@@ -123,6 +123,7 @@ typedef struct ConsumerPartitionSlot
 extern ConsumerSlot *eventpipe_claim_consumer_slot(const char *subscription, int worker,
 												   pid_t *holder);
 extern void eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget);
+extern void eventpipe_forget_database_consumers(Oid database);
 extern pid_t eventpipe_consumer_slot_holder(const char *subscription, int worker);
 extern bool eventpipe_consumer_slot_available(void);
 extern void eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state);

@@ -125,15 +125,18 @@ eventpipe_database_slot_in_use(DatabaseSlot *slot)
 }
 
 /*
- * For the launcher: free the slot unless a process still holds a part of it
- * (it is told to leave first).
+ * For the launcher: free the slot, and the consumer slots of its database,
+ * unless a process still holds a part of it (it is told to leave first).
  */
 void
 eventpipe_free_database_slot(DatabaseSlot *slot)
 {
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	if (!slot_in_use(slot))
+	{
+		eventpipe_forget_database_consumers(slot->database);
 		eventpipe_init_database_slot(slot);
+	}
 	LWLockRelease(eventpipe_shared->lock);
 }
 

@@ -393,6 +393,27 @@ eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget)
 	LWLockRelease(eventpipe_shared->lock);
 }
 
+/*
+ * A database is no longer served (its slot is being freed): its consumer
+ * slots that no process holds are freed, with their partitions' counters,
+ * so that they neither linger in consumer_stats_all() nor take slots from
+ * other databases.  Caller holds the lock exclusively.
+ */
+void
+eventpipe_forget_database_consumers(Oid database)
+{
+	int			i;
+
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+	{
+		ConsumerSlot *slot = &eventpipe_shared->consumer[i];
+
+		if (slot->subscription[0] != '\0' && slot->database == database &&
+			consumer_holder(slot) == 0)
+			reset_consumer_slot(slot, InvalidOid, "", 0);
+	}
+}
+
 void
 eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state)
 {

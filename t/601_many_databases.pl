@@ -187,7 +187,7 @@ is( $node->safe_psql('shop',
 	'billing,crm,shop',
 	'relay_stats_all() lists the relays of every served database');
 is( $node->safe_psql('shop',
-		"SELECT string_agg(database || ':' || subscription, ',' ORDER BY database) FROM eventpipe.consumer_stats_all()"),
+		"SELECT string_agg(coalesce(database, '?') || ':' || subscription, ',' ORDER BY database) FROM eventpipe.consumer_stats_all()"),
 	'billing:metrics,crm:metrics,shop:metrics',
 	'consumer_stats_all() lists the consumers of every database, not those of accounts');
 is($node->safe_psql('shop', 'SELECT count(*) FROM eventpipe.pg_stat_relay WHERE database <> current_database()'),
