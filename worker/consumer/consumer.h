@@ -73,8 +73,10 @@ typedef struct MirrorColumn
 	char	   *quoted;
 	Oid			type;			/* its base type: what an image's value is read as */
 	int32		typmod;
-	Oid			array_type;		/* of type: the statements take a column's values as one array */
+	Oid			array_type;		/* the statements take a column's values as one array of this */
 	char	   *array_cast;		/* that array type, schema-qualified */
+	char	   *text_cast;		/* a type without an array type of its own (an array type):
+								 * its values go as text, cast back with this; NULL for others */
 	Oid			input;
 	Oid			ioparam;
 	Oid			output;

@@ -15,7 +15,9 @@
 #include "postgres.h"
 
 #include "executor/spi.h"
+#include "catalog/pg_type.h"
 #include "lib/stringinfo.h"
+#include "utils/builtins.h"
 
 #include "consumer.h"
 #include "consumer_sql.h"
@@ -132,10 +134,14 @@ fold_changes(ConsumedMessage *messages, int count, const ConsumerRules *rules, i
 	return nrows;
 }
 
-/* The array of column c's values in rows' images (or their delete's key). */
+/*
+ * The array of column c's values in rows' images (or their delete's key),
+ * as text for a column whose type has no array type (see mirror_target.c).
+ */
 static Datum
 column_array(const MirrorRule *mirror, int c, MirrorChange **rows, int nrows)
 {
+	const MirrorColumn *column = &mirror->columns[c];
 	Datum	   *values = palloc(sizeof(Datum) * (nrows + 1));
 	bool	   *nulls = palloc(sizeof(bool) * (nrows + 1));
 	int			i;
@@ -144,8 +150,29 @@ column_array(const MirrorRule *mirror, int c, MirrorChange **rows, int nrows)
 	{
 		values[i] = rows[i]->values[c];
 		nulls[i] = rows[i]->nulls[c];
+		if (column->text_cast != NULL && !nulls[i])
+			values[i] = CStringGetTextDatum(OutputFunctionCall((FmgrInfo *) &column->output_function,
+															   values[i]));
 	}
-	return consumer_make_array(values, nulls, nrows, mirror->columns[c].type);
+	return consumer_make_array(values, nulls, nrows,
+							   column->text_cast != NULL ? TEXTOID : column->type);
+}
+
+/*
+ * Parameter $param, column c's array: its unnest() into arrays, and the
+ * value of its alias vN into values (cast back from text if it goes as
+ * text).
+ */
+static void
+append_column(const MirrorColumn *column, int param, StringInfo arrays, StringInfo aliases,
+			  StringInfo values)
+{
+	const char *comma = param > 1 ? ", " : "";
+
+	appendStringInfo(arrays, "%spg_catalog.unnest($%d::%s)", comma, param, column->array_cast);
+	appendStringInfo(aliases, "%sv%d", comma, param);
+	appendStringInfo(values, "%su.v%d%s%s", comma, param, column->text_cast ? "::" : "",
+					 column->text_cast ? column->text_cast : "");
 }
 
 /* Run sql, planned and executed as the mirror's owner, with one array per column. */
@@ -169,11 +196,13 @@ delete_rows(const MirrorRule *mirror, MirrorChange **rows, int nrows)
 	Oid		   *types = palloc(sizeof(Oid) * mirror->nkeys);
 	StringInfoData arrays,
 				aliases,
+				keys,
 				matches;
 	int			k;
 
 	initStringInfo(&arrays);
 	initStringInfo(&aliases);
+	initStringInfo(&keys);
 	initStringInfo(&matches);
 	for (k = 0; k < mirror->nkeys; k++)
 	{
@@ -181,13 +210,14 @@ delete_rows(const MirrorRule *mirror, MirrorChange **rows, int nrows)
 
 		values[k] = column_array(mirror, mirror->keys[k], rows, nrows);
 		types[k] = column->array_type;
-		appendStringInfo(&arrays, "%s$%d::%s", k > 0 ? ", " : "", k + 1, column->array_cast);
-		appendStringInfo(&aliases, "%sk%d", k > 0 ? ", " : "", k + 1);
-		appendStringInfo(&matches, "%st.%s %s k.k%d", k > 0 ? " AND " : "", column->quoted,
+		append_column(column, k + 1, &arrays, &aliases, &keys);
+		appendStringInfo(&matches, "%st.%s %s k.v%d", k > 0 ? " AND " : "", column->quoted,
 						 column->equals, k + 1);
 	}
-	run_as_owner(mirror, psprintf("DELETE FROM %s AS t USING pg_catalog.unnest(%s) AS k(%s) WHERE %s",
-								  mirror->target_name, arrays.data, aliases.data, matches.data),
+	run_as_owner(mirror, psprintf("DELETE FROM %s AS t USING (SELECT %s FROM ROWS FROM (%s) AS u(%s))"
+								  " AS k(%s) WHERE %s",
+								  mirror->target_name, keys.data, arrays.data, aliases.data,
+								  aliases.data, matches.data),
 				 mirror->nkeys, values, types, SPI_OK_DELETE);
 }
 
@@ -206,6 +236,8 @@ upsert_rows(const MirrorRule *mirror, MirrorChange **rows, int nrows)
 	Oid		   *types = palloc(sizeof(Oid) * (mirror->ncolumns + 1));
 	StringInfoData names,
 				arrays,
+				aliases,
+				selected,
 				keys,
 				sets;
 	int			nargs = 0;
@@ -214,6 +246,8 @@ upsert_rows(const MirrorRule *mirror, MirrorChange **rows, int nrows)
 
 	initStringInfo(&names);
 	initStringInfo(&arrays);
+	initStringInfo(&aliases);
+	initStringInfo(&selected);
 	initStringInfo(&keys);
 	initStringInfo(&sets);
 	for (c = 0; c < mirror->ncolumns; c++)
@@ -225,7 +259,7 @@ upsert_rows(const MirrorRule *mirror, MirrorChange **rows, int nrows)
 		values[nargs] = column_array(mirror, c, rows, nrows);
 		types[nargs++] = column->array_type;
 		appendStringInfo(&names, "%s%s", nargs > 1 ? ", " : "", column->quoted);
-		appendStringInfo(&arrays, "%s$%d::%s", nargs > 1 ? ", " : "", nargs, column->array_cast);
+		append_column(column, nargs, &arrays, &aliases, &selected);
 		if (column->equals == NULL)
 			appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len > 0 ? ", " : "",
 							 column->quoted, column->quoted);
@@ -233,9 +267,10 @@ upsert_rows(const MirrorRule *mirror, MirrorChange **rows, int nrows)
 	for (k = 0; k < mirror->nkeys; k++)
 		appendStringInfo(&keys, "%s%s", k > 0 ? ", " : "", mirror->columns[mirror->keys[k]].quoted);
 	run_as_owner(mirror, psprintf("INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE"
-								  " SELECT * FROM pg_catalog.unnest(%s)"
+								  " SELECT %s FROM ROWS FROM (%s) AS u(%s)"
 								  " ON CONFLICT (%s) DO %s%s",
-								  mirror->target_name, names.data, arrays.data, keys.data,
+								  mirror->target_name, names.data, selected.data, arrays.data,
+								  aliases.data, keys.data,
 								  sets.len > 0 ? "UPDATE SET " : "NOTHING", sets.data),
 				 nargs, values, types, SPI_OK_INSERT);
 }

@@ -3,8 +3,8 @@
  *		A mirror's target table as the worker writes it, read from the
  *		catalogs before every batch: its name, the columns an image may set
  *		(all but dropped and generated ones), each with the base type its
- *		values are read as, that type's input and output functions and array
- *		type, and its primary key, each key column with its type's equality
+ *		values are read as, that type's input and output functions and how
+ *		the statements take its values, and its primary key, each key column with its type's equality
  *		operator; or why it cannot be written to any more.
  */
 #include "postgres.h"
@@ -13,6 +13,7 @@
 #include "access/relation.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -44,8 +45,12 @@ equality_operator(Oid type)
 	return name;
 }
 
-/* The column of attribute att; false when its type has no array type. */
-static bool
+/*
+ * The column of attribute att.  The statements take a column's values as
+ * one array; a type that has no array type (an array type itself: there
+ * are no arrays of arrays) goes as text[] and is cast back.
+ */
+static void
 describe_column(MirrorColumn *column, Form_pg_attribute att)
 {
 	bool		varlena;
@@ -55,8 +60,12 @@ describe_column(MirrorColumn *column, Form_pg_attribute att)
 	column->typmod = att->atttypmod;
 	column->type = getBaseTypeAndTypmod(att->atttypid, &column->typmod);
 	column->array_type = get_array_type(column->type);
+	column->text_cast = NULL;
 	if (!OidIsValid(column->array_type))
-		return false;
+	{
+		column->array_type = TEXTARRAYOID;
+		column->text_cast = format_type_extended(column->type, -1, FORMAT_TYPE_FORCE_QUALIFY);
+	}
 	column->array_cast = format_type_extended(column->array_type, -1, FORMAT_TYPE_FORCE_QUALIFY);
 	getTypeInputInfo(column->type, &column->input, &column->ioparam);
 	getTypeOutputInfo(column->type, &column->output, &varlena);
@@ -64,7 +73,6 @@ describe_column(MirrorColumn *column, Form_pg_attribute att)
 	fmgr_info(column->output, &column->output_function);
 	get_typlenbyvalalign(column->type, &column->typlen, &column->typbyval, &column->typalign);
 	column->equals = NULL;
-	return true;
 }
 
 /* The primary key's columns into mirror->keys; an error text, or NULL. */
@@ -134,16 +142,10 @@ mirror_target_describe(MirrorRule *mirror)
 		column_of[i + 1] = -1;
 		if (att->attisdropped || att->attgenerated != '\0')
 			continue;
-		if (!describe_column(&mirror->columns[mirror->ncolumns], att))
-		{
-			fault = psprintf("%s has a column whose type has no array type, \"%s\"",
-							 mirror->target_name, NameStr(att->attname));
-			break;
-		}
+		describe_column(&mirror->columns[mirror->ncolumns], att);
 		column_of[i + 1] = mirror->ncolumns++;
 	}
-	if (fault == NULL)
-		fault = describe_key(mirror, rel, column_of);
+	fault = describe_key(mirror, rel, column_of);
 	relation_close(rel, NoLock);
 	return fault;
 }
