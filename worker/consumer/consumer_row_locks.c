@@ -12,9 +12,10 @@
  * lock covers (target, a bucket of keys by hash), so a batch takes at most
  * LOCK_BUCKETS locks per target whatever its number of keys, and never
  * fills the server's lock table.  The lock is
- * pg_advisory_xact_lock(target, bucket), with bucket the key text's
- * hash_any() modulo LOCK_BUCKETS; the key text is a metric's key as the
- * event gives it, a mirror row's key as mirror_events.c spells it.
+ * pg_advisory_xact_lock(target, bucket), with bucket the key text's hash
+ * (hashtext() in SQL) modulo LOCK_BUCKETS, so a DBA can see and take the
+ * same locks from SQL; the key text is a metric's key as the event gives
+ * it, a mirror row's key as mirror_events.c spells it.
  */
 #include "postgres.h"
 
