@@ -46,20 +46,16 @@ ensure_topic($bootstrap, $topic, partitions => 1);
 
 # ---- the source: a captured table under random changes --------------------
 
+# The columns both sides have; the source has one more (internal_cost), the
+# mirror one of its own (mirrored_note).
+my $product_columns = q{id bigint PRIMARY KEY, sku text NOT NULL, name text, price numeric(10,2),
+    stock integer, tags text[], attrs jsonb, updated_at timestamptz};
+
 my $source = new_node('source', bootstrap => $bootstrap, conf => "eventpipe.database = 'shop'");
 $source->safe_psql('postgres', 'CREATE DATABASE shop');
 $source->safe_psql('shop', qq{
 CREATE EXTENSION eventpipe;
-CREATE TABLE products (
-    id            bigint PRIMARY KEY,
-    sku           text NOT NULL,
-    name          text,
-    price         numeric(10,2),
-    stock         integer,
-    tags          text[],
-    attrs         jsonb,
-    updated_at    timestamptz,
-    internal_cost numeric);
+CREATE TABLE products ($product_columns, internal_cost numeric);
 SELECT eventpipe.capture('products', '$topic');
 CREATE SEQUENCE new_ids START 1000001;
 
@@ -123,34 +119,25 @@ cmp_ok($originals, '>', 115000, "$originals change events on the topic");
 
 my $target = new_node('target', bootstrap => $bootstrap, conf => "eventpipe.database = 'copy'");
 $target->safe_psql('postgres', 'CREATE DATABASE copy');
-$target->safe_psql('copy', q{
+$target->safe_psql('copy', qq{
 CREATE EXTENSION eventpipe;
 CREATE ROLE replicator;
 GRANT USAGE ON SCHEMA eventpipe TO replicator;
 GRANT EXECUTE ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text, integer),
                           eventpipe.add_mirror(text, text, regclass, text),
                           eventpipe.add_metric(text, text, regclass, text, text, text) TO replicator;
-CREATE TABLE products (
-    id            bigint PRIMARY KEY,
-    sku           text NOT NULL,
-    name          text,
-    price         numeric(10,2),
-    stock         integer,
-    tags          text[],
-    attrs         jsonb,
-    updated_at    timestamptz,
-    mirrored_note text NOT NULL DEFAULT 'mirrored');
+CREATE TABLE products ($product_columns, mirrored_note text NOT NULL DEFAULT 'mirrored');
 CREATE TABLE op_counts (op text PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
 GRANT SELECT, INSERT, UPDATE, DELETE ON products TO replicator;
 GRANT SELECT, INSERT, UPDATE ON op_counts TO replicator;
 -- Each statement on the mirror waits a little, so that the worker is surely
 -- in the middle of the backlog when it is killed; dropped afterwards.
-CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS \$\$
 BEGIN
     PERFORM pg_sleep(0.02);
     RETURN NULL;
 END
-$$;
+\$\$;
 CREATE TRIGGER slow_down AFTER INSERT OR DELETE ON products
     FOR EACH STATEMENT EXECUTE FUNCTION slow_down();
 });

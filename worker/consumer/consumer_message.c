@@ -131,13 +131,8 @@ read_value(ConsumedMessage *message, const ConsumerRules *rules,
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = consumer_caught_data_error(context);
 
-		MemoryContextSwitchTo(context);
-		edata = CopyErrorData();
-		if (!consumer_is_data_error(edata->sqlerrcode))
-			PG_RE_THROW();
-		FlushErrorState();
 		error = edata->detail
 			? psprintf("value is not valid JSON: %s: %s", edata->message, edata->detail)
 			: psprintf("value is not valid JSON: %s", edata->message);

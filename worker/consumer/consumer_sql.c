@@ -76,6 +76,26 @@ consumer_is_data_error(int sqlerrcode)
 }
 
 /*
+ * In a PG_CATCH block: the error, copied into context and flushed, when it
+ * is the data's fault (consumer_is_data_error); any other error goes on up.
+ * For code that catches without a subtransaction: only what allocates
+ * memory and takes no lock (parsers, types' input functions) may run in
+ * its PG_TRY.
+ */
+ErrorData *
+consumer_caught_data_error(MemoryContext context)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(context);
+	edata = CopyErrorData();
+	if (!consumer_is_data_error(edata->sqlerrcode))
+		PG_RE_THROW();
+	FlushErrorState();
+	return edata;
+}
+
+/*
  * Is an error a message's fault?  Cancel and termination are not, nor a
  * deadlock or serialization failure met with another transaction (another
  * worker's, say): the batch is tried again as a whole, never dead-lettered

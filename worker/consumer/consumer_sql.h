@@ -20,6 +20,7 @@ extern Datum consumer_make_array(Datum *elements, bool *nulls, int count, Oid el
 extern SPIPlanPtr consumer_kept_plan(const char *sql, int nargs, Oid *types);
 extern int	consumer_compare_texts(Datum a, Datum b);
 extern bool consumer_is_data_error(int sqlerrcode);
+extern ErrorData *consumer_caught_data_error(MemoryContext context);
 extern bool consumer_is_message_fault(int sqlerrcode);
 extern char *consumer_subtransaction_failed(MemoryContext context, ResourceOwner owner,
 											bool (*is_caught) (int sqlerrcode));

@@ -233,13 +233,8 @@ read_column(const MirrorRule *mirror, const MirrorColumn *column, char *text, Da
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = consumer_caught_data_error(context);
 
-		MemoryContextSwitchTo(context);
-		edata = CopyErrorData();
-		if (!consumer_is_data_error(edata->sqlerrcode))
-			PG_RE_THROW();
-		FlushErrorState();
 		error = psprintf("column \"%s\" of %s: %s", column->name, mirror->target_name, edata->message);
 		FreeErrorData(edata);
 	}
@@ -361,13 +356,8 @@ parse_json(const char *bytes, size_t len, Jsonb **result)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = consumer_caught_data_error(context);
 
-		MemoryContextSwitchTo(context);
-		edata = CopyErrorData();
-		if (!consumer_is_data_error(edata->sqlerrcode))
-			PG_RE_THROW();
-		FlushErrorState();
 		error = psprintf("the message key is not valid JSON: %s", edata->message);
 		FreeErrorData(edata);
 	}
@@ -453,25 +443,46 @@ check_message_key(const ConsumedMessage *message, const ConsumerRules *rules,
 	return NULL;
 }
 
-/* A tombstone: delete the row its key names from each of the mirrors. */
-char *
-mirror_events_tombstone(ConsumedMessage *message, const ConsumerRules *rules, List *mirrors)
+/* A tombstone's change to mirror m: the delete of the row its key names. */
+static char *
+tombstone_changes(ConsumedMessage *message, const ConsumerRules *rules, int m)
+{
+	MirrorChange *change;
+	char	   *error = key_change(message, rules, m, &change);
+
+	if (error == NULL)
+		message->mirror_changes = lappend(message->mirror_changes, change);
+	return error;
+}
+
+/*
+ * The changes of the message to each of the mirrors, by changes_of, unless
+ * a mirror is in fault; the first error text, or NULL.
+ */
+static char *
+changes_to_mirrors(ConsumedMessage *message, const ConsumerRules *rules, List *mirrors,
+				   char *(*changes_of) (ConsumedMessage *, const ConsumerRules *, int))
 {
 	ListCell   *lc;
 
 	foreach(lc, mirrors)
 	{
 		int			m = lfirst_int(lc);
-		MirrorChange *change;
 		char	   *error = rules->mirrors[m].fault;
 
 		if (error == NULL)
-			error = key_change(message, rules, m, &change);
+			error = changes_of(message, rules, m);
 		if (error != NULL)
 			return error;
-		message->mirror_changes = lappend(message->mirror_changes, change);
 	}
 	return NULL;
+}
+
+/* A tombstone: delete the row its key names from each of the mirrors. */
+char *
+mirror_events_tombstone(ConsumedMessage *message, const ConsumerRules *rules, List *mirrors)
+{
+	return changes_to_mirrors(message, rules, mirrors, tombstone_changes);
 }
 
 /* What the envelope's op asks of a mirror; false for an op it does not apply. */
@@ -551,19 +562,7 @@ envelope_changes(ConsumedMessage *message, const ConsumerRules *rules, int m)
 char *
 mirror_events_changes(ConsumedMessage *message, const ConsumerRules *rules, List *mirrors)
 {
-	ListCell   *lc;
-
-	foreach(lc, mirrors)
-	{
-		int			m = lfirst_int(lc);
-		char	   *error = rules->mirrors[m].fault;
-
-		if (error == NULL)
-			error = envelope_changes(message, rules, m);
-		if (error != NULL)
-			return error;
-	}
-	return NULL;
+	return changes_to_mirrors(message, rules, mirrors, envelope_changes);
 }
 
 /* A copy of the change in the current memory context. */
