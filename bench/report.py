@@ -109,6 +109,9 @@ row("4. write path: UPDATE under capture(), the relay relaying to Kafka meanwhil
 row(f"5. peer throughput, events/s ({peer_events} events, one commit, to the consumer)",
     "peer.eventpipe.events_per_s", "peer.debezium.events_per_s",
     "Debezium 3.6.1 (pgoutput) in Kafka Connect 4.3 with the Outbox Event Router")
+row(f"7. mirror apply rate, events/s ({env['BENCH_MIRROR_EVENTS']} Debezium change events, one partition)",
+    "mirror.eventpipe.events_per_s", "mirror.jdbc.events_per_s",
+    "Debezium JDBC sink 3.6.0 in Kafka Connect 4.3 (upsert, delete.enabled), the same topic into the same table")
 row("6. relay worker VmRSS after the warm-up, MB", "relay.w1.rss_before_mb", None,
     "VmRSS counts the shared buffers the worker touched (shared_buffers = 1GB)")
 row(f"6. relay worker VmRSS after {big} events, MB", "relay.w1.rss_after_mb", "relay.w1.rss_before_mb", "its figure after the warm-up")
