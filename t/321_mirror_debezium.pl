@@ -10,7 +10,9 @@
 # members without a column ignored; three messages that cannot be applied
 # are dead-lettered with the reason (a value that does not convert, its
 # column named; an op a mirror does not apply; a key that names another
-# row), the others applied all the same.
+# row), the others applied all the same.  Last, a role's mirror: its rows
+# are written as that role, and while a right on the target is revoked its
+# messages are dead-lettered, then applied once retried.
 use strict;
 use warnings;
 
@@ -220,6 +222,64 @@ like($dead, qr/op "t" is not a row change a mirror applies/, 'an op a mirror doe
 my $other = $victim + 1;
 like($dead, qr/the message key \["$other"\] names another row of public\.items_copy than its image's primary key \["$victim"\]/,
 	'a key that names another row than its image');
+
+# ---- a mirror runs as the role that declared it, while it may -------------
+
+# A role's own subscription and mirror: the row is written as that role
+# (a trigger records current_user); once a right on the target is revoked,
+# the mirror's messages are dead-lettered with the reason, and applied when
+# the right is back and they are retried.
+my $notes = 'dbz.public.notes';
+ensure_topic($bootstrap, $notes);
+$node->safe_psql($db, q{
+CREATE ROLE copier;
+GRANT USAGE ON SCHEMA eventpipe TO copier;
+GRANT EXECUTE ON FUNCTION eventpipe.subscribe(text, text[], text, text, integer, text, integer),
+                          eventpipe.add_mirror(text, text, regclass, text),
+                          eventpipe.retry_consumer_dead(bigint[], text, text) TO copier;
+CREATE TABLE notes_copy (id int PRIMARY KEY, body text, written_by name);
+GRANT SELECT, INSERT, UPDATE, DELETE ON notes_copy TO copier;
+CREATE FUNCTION record_writer() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.written_by := current_user;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER record_writer BEFORE INSERT OR UPDATE ON notes_copy
+    FOR EACH ROW EXECUTE FUNCTION record_writer();
+});
+my $mirror_id = $node->safe_psql($db, qq{
+SET ROLE copier;
+SELECT eventpipe.subscribe('notes-copy', ARRAY['$notes']);
+SELECT eventpipe.add_mirror('notes-copy', 'public.notes', 'notes_copy', 'debezium');
+});
+$mirror_id = (split /\n/, $mirror_id)[-1];
+
+sub note_message
+{
+	my ($id, $body) = @_;
+	return { key => $json->encode({ id => $id }),
+		value => $json->encode(envelope('notes', 'c', undef, { id => $id, body => $body })) };
+}
+produce_messages($bootstrap, $notes, [ note_message(1, 'first') ]);
+ok(wait_caught_up($node, $db, 'notes-copy', $bootstrap, [$notes], 120), "the role's mirror caught up");
+is($node->safe_psql($db, 'SELECT id, body, written_by FROM notes_copy'), '1|first|copier',
+	'the row was written as the role that declared the mirror');
+
+$node->safe_psql($db, 'REVOKE DELETE ON notes_copy FROM copier');
+produce_messages($bootstrap, $notes, [ note_message(2, 'second') ]);
+ok(wait_caught_up($node, $db, 'notes-copy', $bootstrap, [$notes], 120), 'caught up with the right revoked');
+is($node->safe_psql($db, "SELECT error FROM eventpipe.consumer_dead_letters WHERE subscription = 'notes-copy'"),
+	"mirror $mirror_id cannot be applied: its owner copier may no longer select, insert into, update and delete from public.notes_copy",
+	'without DELETE on its target, the mirror dead-letters its messages, with the reason');
+is($node->safe_psql($db, 'SELECT count(*) FROM notes_copy'), 1, 'and writes nothing');
+
+$node->safe_psql($db, 'GRANT DELETE ON notes_copy TO copier');
+$node->safe_psql($db, "SET ROLE copier; SELECT eventpipe.retry_consumer_dead(subscription => 'notes-copy')");
+ok(wait_until(sub { $node->safe_psql($db, 'SELECT count(*) FROM notes_copy') == 2 }, 120),
+	'the right back, the dead letter retried is applied');
+is($node->safe_psql($db, 'SELECT id, body, written_by FROM notes_copy ORDER BY id'), "1|first|copier\n2|second|copier",
+	'as the role, again');
 
 ok(stop_kafka($kafka), 'Kafka stopped');
 done_testing();
