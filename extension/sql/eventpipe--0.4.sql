@@ -1105,6 +1105,31 @@ COMMENT ON FUNCTION eventpipe.unsubscribe(text) IS
     'Stop a subscription''s worker and forget its rules, handlers, ledger and offsets (dead letters stay)';
 REVOKE ALL ON FUNCTION eventpipe.unsubscribe(text) FROM PUBLIC;
 
+-- A rule's or mirror's target: an existing ordinary or partitioned table,
+-- not temporary; kind names the declaration in the error's detail.
+CREATE FUNCTION eventpipe.check_target_table(target regclass, kind text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel pg_catalog.pg_class;
+BEGIN
+    SELECT * INTO rel FROM pg_catalog.pg_class AS c WHERE c.oid OPERATOR(pg_catalog.=) target::pg_catalog.oid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table with OID % does not exist', target::pg_catalog.oid
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    IF rel.relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[])
+       OR rel.relpersistence OPERATOR(pg_catalog.=) 't' THEN
+        RAISE EXCEPTION '"%" is not a table', target::pg_catalog.text
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = pg_catalog.format('A %s target must be an ordinary or partitioned table, not temporary.', kind);
+    END IF;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.check_target_table(regclass, text) FROM PUBLIC;
+
 CREATE FUNCTION eventpipe.add_metric_as(
     caller       regrole,
     subscription text,
@@ -1118,7 +1143,6 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    rel        pg_catalog.pg_class;
     key_column name;
     col        pg_catalog.pg_attribute;
     missing    text;
@@ -1133,17 +1157,7 @@ BEGIN
     END IF;
     PERFORM eventpipe.check_field_name('key_field', key_field);
     PERFORM eventpipe.check_field_name('value_field', value_field);
-    SELECT * INTO rel FROM pg_catalog.pg_class AS c WHERE c.oid OPERATOR(pg_catalog.=) target::pg_catalog.oid;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'table with OID % does not exist', target::pg_catalog.oid
-            USING ERRCODE = 'undefined_table';
-    END IF;
-    IF rel.relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[])
-       OR rel.relpersistence OPERATOR(pg_catalog.=) 't' THEN
-        RAISE EXCEPTION '"%" is not a table', target::pg_catalog.text
-            USING ERRCODE = 'wrong_object_type',
-                  DETAIL = 'A metric target must be an ordinary or partitioned table, not temporary.';
-    END IF;
+    PERFORM eventpipe.check_target_table(target, 'metric');
     SELECT a.attname INTO key_column
       FROM pg_catalog.pg_index AS i
       JOIN pg_catalog.pg_attribute AS a
@@ -1342,7 +1356,6 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    rel       pg_catalog.pg_class;
     mirror_id bigint;
 BEGIN
     PERFORM eventpipe.check_may_change(caller, subscription);
@@ -1355,17 +1368,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'The format is ''eventpipe'' (capture()''s events) or ''debezium'' (Debezium''s change events).';
     END IF;
-    SELECT * INTO rel FROM pg_catalog.pg_class AS c WHERE c.oid OPERATOR(pg_catalog.=) target::pg_catalog.oid;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'table with OID % does not exist', target::pg_catalog.oid
-            USING ERRCODE = 'undefined_table';
-    END IF;
-    IF rel.relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[])
-       OR rel.relpersistence OPERATOR(pg_catalog.=) 't' THEN
-        RAISE EXCEPTION '"%" is not a table', target::pg_catalog.text
-            USING ERRCODE = 'wrong_object_type',
-                  DETAIL = 'A mirror target must be an ordinary or partitioned table, not temporary.';
-    END IF;
+    PERFORM eventpipe.check_target_table(target, 'mirror');
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_index AS i
                     WHERE i.indrelid OPERATOR(pg_catalog.=) target::pg_catalog.oid AND i.indisprimary) THEN
         RAISE EXCEPTION 'table "%" has no primary key', target::pg_catalog.text
