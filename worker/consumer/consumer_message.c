@@ -251,7 +251,7 @@ metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
 	return NULL;
 }
 
-/* A message, or a tombstone applied to mirrors, dead if error is set. */
+/* The fate interpreting found: dead with an error, unmatched with nothing to do, else applied. */
 static void
 settle_fate(ConsumedMessage *message)
 {
