@@ -21,6 +21,8 @@ OBJS = \
 	extension/publish.o \
 	extension/capture.o \
 	extension/capture_trigger.o \
+	extension/snapshot_condition.o \
+	extension/snapshot_request.o \
 	extension/subscriptions_trigger.o \
 	extension/relay_pause_trigger.o \
 	extension/consumer_partitions.o \
@@ -31,10 +33,13 @@ OBJS = \
 	worker/relay/relay_pipeline.o \
 	worker/relay/relay_slot.o \
 	worker/relay/outbox.o \
+	worker/relay/relay_transaction.o \
+	worker/relay/relay_progress.o \
 	worker/kafka/kafka_client.o \
 	worker/kafka/kafka_log.o \
 	worker/kafka/kafka_statistics.o \
 	worker/kafka/kafka_producer.o \
+	worker/kafka/kafka_transaction.o \
 	worker/kafka/kafka_consumer.o \
 	worker/kafka/kafka_consumer_offsets.o \
 	worker/consumer/consumer_manager.o \
@@ -53,7 +58,10 @@ OBJS = \
 	worker/consumer/consumer_mirrors.o \
 	worker/consumer/consumer_store.o \
 	worker/consumer/consumer_sql.o \
-	worker/consumer/user_code.o
+	worker/consumer/user_code.o \
+	worker/snapshot/snapshot_starter.o \
+	worker/snapshot/snapshot_worker.o \
+	worker/snapshot/snapshot_chunk.o
 
 # The extension's SQL scripts live in extension/sql/, apart from the
 # pg_regress suites.  CREATE EXTENSION runs the install script of
@@ -70,7 +78,7 @@ DATA = $(addprefix extension/sql/$(EXTENSION)--,0.4.sql \
 #                                     instance that does not
 # Results, diffs, logs and the instances go to REGRESS_OUTDIR (default: here)
 # and NOT_PRELOADED_OUTDIR.  scripts/test runs both targets.
-REGRESS = publish reserved_prefix relay_stats dead_letters upgrade capture consumer_api mirror_api operations
+REGRESS = publish reserved_prefix relay_stats dead_letters upgrade capture snapshot consumer_api mirror_api operations
 REGRESS_NOT_PRELOADED = not_preloaded
 REGRESS_OUTDIR = .
 NOT_PRELOADED_OUTDIR = $(REGRESS_OUTDIR)/not_preloaded

@@ -109,9 +109,6 @@ row("4. write path: UPDATE under capture(), the relay relaying to Kafka meanwhil
 row(f"5. peer throughput, events/s ({peer_events} events, one commit, to the consumer)",
     "peer.eventpipe.events_per_s", "peer.debezium.events_per_s",
     "Debezium 3.6.1 (pgoutput) in Kafka Connect 4.3 with the Outbox Event Router")
-row(f"7. mirror apply rate, events/s ({env['BENCH_MIRROR_EVENTS']} Debezium change events, one partition)",
-    "mirror.eventpipe.events_per_s", "mirror.jdbc.events_per_s",
-    "Debezium JDBC sink 3.6.0 in Kafka Connect 4.3 (upsert, delete.enabled), the same topic into the same table")
 row("6. relay worker VmRSS after the warm-up, MB", "relay.w1.rss_before_mb", None,
     "VmRSS counts the shared buffers the worker touched (shared_buffers = 1GB)")
 row(f"6. relay worker VmRSS after {big} events, MB", "relay.w1.rss_after_mb", "relay.w1.rss_before_mb", "its figure after the warm-up")
@@ -128,3 +125,23 @@ row("6. outbox after the sustained peer runs, MB", "peer.eventpipe.outbox_mb", "
 row("6. event_handled after the sustained peer runs, MB", "peer.eventpipe.event_handled_mb", None,
     "every event of the peer runs consumed with dedup")
 row("6. event_handled rows then", "peer.eventpipe.event_handled_rows", "peer.eventpipe.events_total", "events on the topic")
+row(f"7. snapshot of a captured table ({big} rows) with writers meanwhile, rows/s", "snapshot.during.rows_per_s",
+    "snapshot.alone.rows_per_s", "the same snapshot with nobody writing")
+row("7. writers' tps during that snapshot (one-row UPDATEs of the table, 2 clients)", "snapshot.during.tps",
+    "snapshot.alone.tps", f"the same writers without a snapshot; {env['BENCH_CAPTURE_SECONDS']} s per run")
+row(f"8. exactly once: relay throughput, events/s ({big} events, one commit)",
+    "relay.eos.w1.events_per_s", "relay.w1.events_per_s",
+    "the relay with eventpipe.relay_exactly_once off, in the same runs")
+row("8. exactly once: relay CPU µs/event", "relay.eos.w1.cpu_us_per_event", "relay.w1.cpu_us_per_event",
+    "off's")
+row(f"8. exactly once: peer throughput, events/s ({peer_events} events, one commit, to a read_committed consumer)",
+    "peer.eventpipe_eos.events_per_s", "peer.eventpipe.events_per_s", "off's (section 5)")
+for rate in env["BENCH_RATES"].split():
+    for q in ("p50", "p99", "max"):
+        row(f"8. exactly once: latency at {rate}/s, {q} ms", f"peer.eventpipe_eos.r{rate}.{q}_ms",
+            f"peer.eventpipe.r{rate}.{q}_ms", "off's (section 2); commit timestamp to a read_committed kcat consumer")
+    row(f"8. exactly once: rate pgbench reached when asked for {rate}/s, tps",
+        f"peer.eventpipe_eos.r{rate}.tps", f"peer.eventpipe.r{rate}.tps", "off's")
+row(f"9. mirror apply rate, events/s ({env['BENCH_MIRROR_EVENTS']} Debezium change events, one partition)",
+    "mirror.eventpipe.events_per_s", "mirror.jdbc.events_per_s",
+    "Debezium JDBC sink 3.6.0 in Kafka Connect 4.3 (upsert, delete.enabled), the same topic into the same table")

@@ -1,8 +1,9 @@
 /*
  * capture.c
  *		Managing table capture: eventpipe.capture(rel, topic, key_columns,
- *		event_type, skip_unchanged) checks its input and installs the
- *		triggers of capture_trigger.c on the table, eventpipe.uncapture(rel)
+ *		event_type, skip_unchanged, snapshot) checks its input, installs the
+ *		triggers of capture_trigger.c on the table and, with snapshot, asks
+ *		for a snapshot of its rows (snapshot_request.c); eventpipe.uncapture(rel)
  *		removes them, and eventpipe.trigger_arguments() decodes a trigger's
  *		arguments for the eventpipe.captures view.
  *
@@ -42,6 +43,7 @@
 
 #include "capture.h"
 #include "eventpipe.h"
+#include "snapshot.h"
 #include "compat.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_capture);
@@ -346,6 +348,7 @@ eventpipe_capture(PG_FUNCTION_ARGS)
 	require_argument(fcinfo, 0, "rel");
 	require_argument(fcinfo, 1, "topic");
 	require_argument(fcinfo, 4, "skip_unchanged");
+	require_argument(fcinfo, 5, "snapshot");
 
 	rel = open_owned_table(PG_GETARG_OID(0));
 	check_capturable(rel);
@@ -371,6 +374,13 @@ eventpipe_capture(PG_FUNCTION_ARGS)
 	create_capture_triggers(rel, qualified_name, topic, event_type,
 							PG_GETARG_BOOL(4), key_columns);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
+
+	/*
+	 * Committed with the triggers, so every change after the snapshot's
+	 * first read has its event: see docs/design.md, "Snapshots".
+	 */
+	if (PG_GETARG_BOOL(5))
+		snapshot_request(rel, NULL, eventpipe_function_owner(fcinfo->flinfo->fn_oid));
 
 	relation_close(rel, NoLock);
 	PG_RETURN_VOID();

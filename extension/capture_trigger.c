@@ -5,7 +5,8 @@
  *		change into one outbox event in the writing transaction;
  *		eventpipe.capture_truncate_guard(), a BEFORE TRUNCATE statement
  *		trigger, refuses TRUNCATE, which would change the table without a
- *		row event.
+ *		row event.  The snapshot worker renders its "read" events here too,
+ *		so that they are keyed and shaped exactly as the triggers' events.
  *
  * The event: topic and event type from the trigger's arguments (capture.h),
  * key = the key columns' text (one column) or a JSON array of their texts
@@ -46,7 +47,7 @@ PG_FUNCTION_INFO_V1(eventpipe_capture_truncate_guard);
 typedef struct RowChange
 {
 	Relation	rel;
-	const char *op;				/* "insert", "update" or "delete" */
+	const char *op;				/* "insert", "update", "delete" or "read" */
 	HeapTuple	before;			/* NULL for an insert */
 	HeapTuple	after;			/* NULL for a delete */
 } RowChange;
@@ -267,13 +268,80 @@ enqueue_as_owner(Oid owner, text *topic, text *key, Jsonb *payload, text *type)
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 }
 
+/* The event of one row change, written to the outbox */
+static void
+emit_row_event(const RowChange *change, Trigger *trigger)
+{
+	const char *topic = trigger->tgargs[CAPTURE_ARG_TOPIC];
+
+	eventpipe_check_topic_name(topic);
+	enqueue_as_owner(eventpipe_function_owner(trigger->tgfoid),
+					 cstring_to_text(topic),
+					 event_key(change, trigger),
+					 event_payload(change),
+					 event_type(change, trigger));
+}
+
+/*
+ * The row trigger of a captured table, whose arguments are the capture's
+ * settings, copied into the current memory context; NULL when the table is
+ * not captured.  A copy, because the relcache's TriggerDesc is rebuilt, and
+ * the old one freed, at any invalidation of the table (an ANALYZE's new
+ * statistics will do), which a caller that runs statements may process.
+ */
+Trigger *
+capture_row_trigger(Relation rel)
+{
+	TriggerDesc *triggers = rel->trigdesc;
+	int			i;
+
+	for (i = 0; triggers != NULL && i < triggers->numtriggers; i++)
+	{
+		Trigger    *trigger = &triggers->triggers[i];
+		Trigger    *copy;
+		int			arg;
+
+		if (strcmp(trigger->tgname, CAPTURE_ROW_TRIGGER) != 0 ||
+			trigger->tgnargs <= CAPTURE_ARG_FIRST_KEY ||
+			strcmp(get_namespace_name(get_func_namespace(trigger->tgfoid)), "eventpipe") != 0 ||
+			strcmp(get_func_name(trigger->tgfoid), "capture_trigger") != 0)
+			continue;
+		copy = palloc0(sizeof(Trigger));
+		copy->tgoid = trigger->tgoid;
+		copy->tgname = pstrdup(trigger->tgname);
+		copy->tgfoid = trigger->tgfoid;
+		copy->tgnargs = trigger->tgnargs;
+		copy->tgargs = palloc(sizeof(char *) * trigger->tgnargs);
+		for (arg = 0; arg < trigger->tgnargs; arg++)
+			copy->tgargs[arg] = pstrdup(trigger->tgargs[arg]);
+		return copy;
+	}
+	return NULL;
+}
+
+/*
+ * The event of a row of a snapshot: op "read", no before image, keyed and
+ * typed as the capture's other events (the snapshot worker, as the role that
+ * asked for the snapshot).
+ */
+void
+capture_emit_read_event(Relation rel, Trigger *trigger, HeapTuple row)
+{
+	RowChange	change;
+
+	change.rel = rel;
+	change.op = "read";
+	change.before = NULL;
+	change.after = row;
+	emit_row_event(&change, trigger);
+}
+
 Datum
 eventpipe_capture_trigger(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	Trigger    *trigger;
 	RowChange	change;
-	const char *topic;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
@@ -312,13 +380,7 @@ eventpipe_capture_trigger(PG_FUNCTION_ARGS)
 		change.after = NULL;
 	}
 
-	topic = trigger->tgargs[CAPTURE_ARG_TOPIC];
-	eventpipe_check_topic_name(topic);
-	enqueue_as_owner(eventpipe_function_owner(trigger->tgfoid),
-					 cstring_to_text(topic),
-					 event_key(&change, trigger),
-					 event_payload(&change),
-					 event_type(&change, trigger));
+	emit_row_event(&change, trigger);
 
 	/* the result of an AFTER trigger is ignored */
 	return PointerGetDatum(NULL);

@@ -3,8 +3,10 @@
  *		The eventpipe.* configuration parameters: their variables, bounds,
  *		contexts and checks.
  *
- * Everything a running worker can pick up on reload is PGC_SIGHUP; only the
- * number of relay workers, which sizes shared memory, needs a restart.
+ * Everything a running worker can pick up on reload is PGC_SIGHUP; the
+ * number of relay workers, which sizes shared memory, and the relay's
+ * exactly-once mode, which must not change under a running relay (a batch
+ * half sent one way, recorded the other), need a restart.
  * eventpipe.kafka_options may hold secrets (SASL passwords, key passwords):
  * it is superuser-only, and its values are never echoed in errors.
  */
@@ -30,6 +32,9 @@ int			eventpipe_relay_max_attempts = 10;
 int			eventpipe_relay_workers = 1;
 int			eventpipe_consumer_batch_size = 3000;
 int			eventpipe_dedup_retention = 7 * 24 * 3600;
+int			eventpipe_snapshot_chunk_rows = 1000;
+int			eventpipe_snapshot_max_backlog = 50000;
+bool		eventpipe_relay_exactly_once = false;
 
 /*
  * SHOW and current_setting(): the property names, never the values, unless
@@ -143,6 +148,14 @@ eventpipe_define_gucs(void)
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("eventpipe.relay_exactly_once",
+							 "Sends each relay batch in a Kafka transaction, recovered from Kafka after a crash.",
+							 "Consumers reading with isolation.level=read_committed then see every event exactly once.",
+							 &eventpipe_relay_exactly_once,
+							 false,
+							 PGC_POSTMASTER, 0,
+							 NULL, NULL, NULL);
+
 	DefineCustomIntVariable("eventpipe.consumer_batch_size",
 							"Most Kafka messages a consumer applies in one transaction.",
 							"For subscriptions whose batch_size is NULL.",
@@ -157,6 +170,22 @@ eventpipe_define_gucs(void)
 							&eventpipe_dedup_retention,
 							7 * 24 * 3600, 60, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.snapshot_chunk_rows",
+							"Rows a snapshot reads, locks and emits in one transaction.",
+							"Writers of those rows wait for the chunk's commit at most.",
+							&eventpipe_snapshot_chunk_rows,
+							1000, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.snapshot_max_backlog",
+							"Outbox backlog above which a snapshot waits for the relay.",
+							"Measured as the span of outbox ids still in the outbox.",
+							&eventpipe_snapshot_max_backlog,
+							50000, 1, INT_MAX,
+							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("eventpipe");

@@ -16,6 +16,9 @@ extern int	eventpipe_relay_max_attempts;
 extern int	eventpipe_relay_workers;
 extern int	eventpipe_consumer_batch_size;
 extern int	eventpipe_dedup_retention;
+extern int	eventpipe_snapshot_chunk_rows;
+extern int	eventpipe_snapshot_max_backlog;
+extern bool eventpipe_relay_exactly_once;
 
 extern void eventpipe_define_gucs(void);
 

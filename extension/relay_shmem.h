@@ -23,7 +23,12 @@ typedef enum RelayState
 	RELAY_IDLE,					/* outbox empty, waiting for a commit */
 	RELAY_RELAYING,				/* a batch is on its way to Kafka */
 	RELAY_WAITING_FOR_BROKER,	/* the last batch failed; retrying */
-	RELAY_PAUSED				/* eventpipe.pause_relay() */
+	RELAY_PAUSED,				/* eventpipe.pause_relay() */
+	/* eventpipe.relay_exactly_once only: */
+	RELAY_RECOVERING,			/* asking Kafka what committed before a crash */
+	RELAY_FENCED,				/* another producer took our transactional.id */
+	RELAY_WAITING_FOR_COORDINATOR,	/* no transaction coordinator answers */
+	RELAY_TRANSACTION_TIMED_OUT /* a transaction outlived its timeout */
 } RelayState;
 
 #define EVENTPIPE_NO_COMMITTED_ID PG_UINT64_MAX

@@ -176,6 +176,14 @@ eventpipe_relay_state_name(RelayState state)
 			return "waiting for broker";
 		case RELAY_PAUSED:
 			return "paused";
+		case RELAY_RECOVERING:
+			return "recovering";
+		case RELAY_FENCED:
+			return "fenced";
+		case RELAY_WAITING_FOR_COORDINATOR:
+			return "waiting for transaction coordinator";
+		case RELAY_TRANSACTION_TIMED_OUT:
+			return "transaction timed out";
 	}
 	return "unknown";
 }

@@ -1,7 +1,8 @@
 /*
  * shmem.h
  *		The shared state of the backends and the workers (shmem.c): the
- *		launcher's and the consumer manager's processes, the relay slots
+ *		launcher's, the consumer manager's and the snapshot worker's
+ *		processes, the relay slots
  *		(relay_shmem.h) and the consumer slots (consumer_shmem.h), under one
  *		LWLock; counters are atomics that only a slot's worker increments.
  */
@@ -42,6 +43,8 @@ typedef struct EventpipeShared
 	int			consumer_manager_procno;
 	Oid			consumer_manager_database;
 	ConsumerSlot consumer[EVENTPIPE_MAX_CONSUMERS];
+	/* the snapshot worker, started by the consumer manager while needed */
+	pid_t		snapshot_worker_pid;
 	/*
 	 * The subscriptions waiting for a worker: the first
 	 * consumer_waiting_listed of consumer_waiting_count by name.

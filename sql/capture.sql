@@ -315,7 +315,7 @@ GRANT CREATE ON SCHEMA public TO ep_writer;
 SET ROLE ep_owner;
 SELECT eventpipe.capture('payments', 'payments');
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION eventpipe.capture(regclass, text, text[], text, boolean),
+GRANT EXECUTE ON FUNCTION eventpipe.capture(regclass, text, text[], text, boolean, boolean),
                           eventpipe.uncapture(regclass) TO ep_owner, ep_other;
 SET ROLE ep_other;
 SELECT eventpipe.capture('payments', 'payments');

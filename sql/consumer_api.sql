@@ -162,8 +162,32 @@ SELECT count(*) >= 0 AS readable FROM eventpipe.consumer_stats();
 RESET ROLE;
 
 -- unsubscribe takes rules, handlers, ledger and offsets along; dead letters stay
--- (the ledger's partitions are the workers' to make; none run here)
+-- (the ledger's partitions are the workers' to make; none run here), from
+-- a session whose TimeZone and DateStyle differ: the bounds are UTC midnights
+SET TimeZone = 'Asia/Kolkata';
+SET DateStyle = 'SQL, DMY';
 SELECT eventpipe.ledger_upkeep(7 * 86400) > now() AS ledger_ready;
+SET TimeZone = 'UTC';
+SET DateStyle = 'ISO';
+SELECT count(*) AS partitions,
+       count(*) FILTER (WHERE pg_get_expr(c.relpartbound, c.oid)
+                              ~ '^FOR VALUES FROM \(''[0-9-]{10} 00:00:00\+00''\) TO \(''[0-9-]{10} 00:00:00\+00''\)$')
+         AS at_utc_midnight
+  FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+ WHERE i.inhparent IN ('eventpipe.event_handled'::regclass, 'eventpipe.event_handled_runs'::regclass);
+RESET TimeZone;
+RESET DateStyle;
+-- a table of a partition's name that is not that partition is named, not skipped
+SELECT to_char((now() AT TIME ZONE 'UTC')::date + 3, 'YYYYMMDD') AS day3 \gset
+CREATE TABLE eventpipe.event_handled_:day3 (x integer);
+DO $$
+BEGIN
+    PERFORM eventpipe.ledger_make_partitions(d, d) FROM (SELECT (now() AT TIME ZONE 'UTC')::date + 3) AS x(d);
+EXCEPTION WHEN duplicate_table THEN
+    RAISE WARNING '%', regexp_replace(SQLERRM, '[0-9]{8}', 'YYYYMMDD');
+END;
+$$;
+DROP TABLE eventpipe.event_handled_:day3;
 INSERT INTO eventpipe.event_handled (subscription_id, event_text)
 SELECT id, 'e1' FROM eventpipe.subscriptions WHERE name = 'shop-metrics';
 SELECT id AS shop_metrics_id FROM eventpipe.subscriptions WHERE name = 'shop-metrics' \gset

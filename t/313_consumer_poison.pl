@@ -11,7 +11,9 @@
 # (once before and once after writing a row that must not survive).
 # Everything else is applied exactly (a valid ~900 kB event included), the
 # handler's rows are exactly those of the good refunds, and the worker never
-# dies: the same pid throughout, no crash in the server log.
+# dies: the same pid throughout, no crash in the server log.  Then the
+# ledger loses today's partitions for a while: its failures are the batch's,
+# not the messages', and nothing is dead-lettered for them.
 use strict;
 use warnings;
 
@@ -216,6 +218,38 @@ is($stats->{events_dead}, scalar(keys %garbage), 'consumer_stats.events_dead cou
 is($stats->{events_applied}, sum_events($good, PRODUCT_TYPES) + 1 + @refunds,
 	'consumer_stats.events_applied counts the good events');
 is(consumer_pid($node, $db, $sub), $pid, 'the same worker consumed everything: it never restarted');
+# ---- the ledger without today's partition: the batch's fault, no message's --
+
+# Today's ledger partitions detached: recording the ids of new events fails
+# for every message alike.  The batches are tried again after a back-off,
+# never dead-lettered; the upkeep names the table in the way and the
+# statement that would fix it.  Attached again, the events are applied once.
+my $dead_before = $node->safe_psql($db, 'SELECT count(*) FROM eventpipe.consumer_dead_letters');
+my $day = $node->safe_psql($db, q{SELECT to_char((now() AT TIME ZONE 'UTC')::date, 'YYYYMMDD')});
+my $bounds = $node->safe_psql($db, q{
+	SELECT format('FROM (%L) TO (%L)', d || ' 00:00:00+00', d + 1 || ' 00:00:00+00')
+	  FROM (SELECT (now() AT TIME ZONE 'UTC')::date AS d) AS x});
+$node->safe_psql($db, qq{
+	ALTER TABLE eventpipe.event_handled DETACH PARTITION eventpipe.event_handled_$day;
+	ALTER TABLE eventpipe.event_handled_runs DETACH PARTITION eventpipe.event_handled_runs_$day;});
+my $late = make_events(prefix => 'late', count => 600, products => 8, customers => 10, seed => 3132,
+	ids => 'uuid7');
+produce_events($bootstrap, $topic, $late);
+ok( $node->poll_query_until($db, qq{
+		SELECT last_error ~ 'event_handled(_runs)?_$day is in the way of a partition of the dedup ledger|no partition'
+		  FROM eventpipe.consumer_stats() WHERE subscription = '$sub'}),
+	'without its partitions the worker says why in last_error');
+is($node->safe_psql($db, 'SELECT count(*) FROM eventpipe.consumer_dead_letters'), $dead_before,
+	'and dead-letters nothing meanwhile');
+$node->safe_psql($db, qq{
+	ALTER TABLE eventpipe.event_handled ATTACH PARTITION eventpipe.event_handled_$day FOR VALUES $bounds;
+	ALTER TABLE eventpipe.event_handled_runs ATTACH PARTITION eventpipe.event_handled_runs_$day FOR VALUES $bounds;});
+ok(wait_caught_up($node, $db, $sub, $bootstrap, [$topic], 180), 'attached again, the worker catches up');
+$expected = expected_metrics([ [ @$good, $huge_good ], 1 ], [ $late, 1 ]);
+check_product_metrics($node, $db, $expected, 'product_metrics: the late events once each');
+is($node->safe_psql($db, 'SELECT count(*) FROM eventpipe.consumer_dead_letters'), $dead_before,
+	'no late event was dead-lettered');
+
 my @crashes = crash_lines($node, $log_start, exits => 1);
 is(scalar @crashes, 0, 'no worker crashed or exited') or diag join("\n", @crashes);
 

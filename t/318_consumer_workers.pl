@@ -36,7 +36,9 @@ my $kafka      = start_kafka();
 my $bootstrap  = $kafka->{bootstrap};
 # 1 launcher + 1 relay + 1 manager + 5 consumer workers: a 6th waits
 my $node = new_node('main', bootstrap => $bootstrap,
-	conf => "max_worker_processes = 8\nmax_parallel_workers = 0\nmax_logical_replication_workers = 0");
+	conf => "max_worker_processes = 8\nmax_parallel_workers = 0\nmax_logical_replication_workers = 0\n"
+	  # the workers must run at READ COMMITTED whatever the server's default
+	  . "default_transaction_isolation = 'repeatable read'");
 my $db    = 'postgres';
 my $topic = 't318.workers';
 my $sub   = 'shared';

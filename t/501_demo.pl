@@ -45,8 +45,8 @@ like(
 	'its report says product_metrics equals the source tables\' totals, for every product');
 my @ok     = $out =~ /^  \[ok\] /mg;
 my @failed = $out =~ /^  \[FAILED\] (.*)$/mg;
-is(scalar @ok, 9,
-	'its nine checks are ok (outbox, payments, views, likes, applied, duplicates, dead letters, unmatched, the mirrored catalogue)')
+is(scalar @ok, 10,
+	'its ten checks are ok (outbox, payments, views, likes, applied, duplicates, dead letters, unmatched, the mirrored catalogue, snapshots)')
   or diag "failed: @failed";
 like($out, qr/^  re-sent [1-9]\d* events: /m, 'it re-sent delivered events as duplicates');
 like($out, qr/^  kafka: killed node\(s\) 1 /m, 'it killed the broker');

@@ -243,6 +243,9 @@ END
 # new_node($name, bootstrap => B, conf => "more lines", start => 1,
 #          poll_interval => '200ms'): a node that preloads eventpipe, UTF8,
 # restart_after_crash on, relay pointed at B (left unset when B is undef).
+# With EP_TEST_RELAY_EXACTLY_ONCE=on in the environment its relay is
+# transactional (eventpipe.relay_exactly_once), unless conf says otherwise:
+# the relay tests then run against that mode too.
 sub new_node
 {
 	my ($name, %opts) = @_;
@@ -255,6 +258,8 @@ sub new_node
 	  . ($opts{poll_interval} // '200ms') . "'\n";
 	$conf .= "eventpipe.bootstrap_servers = '$opts{bootstrap}'\n"
 	  if defined $opts{bootstrap};
+	$conf .= "eventpipe.relay_exactly_once = on\n"
+	  if ($ENV{EP_TEST_RELAY_EXACTLY_ONCE} // '') eq 'on';
 	$conf .= "$opts{conf}\n" if defined $opts{conf};
 	$node->append_conf('postgresql.conf', $conf);
 	$node->start unless defined $opts{start} && !$opts{start};
@@ -429,6 +434,9 @@ sub run_kcat
 # payload are exact (read by their lengths) but left as bytes and the payload
 # is not decoded (value is undef); headers are parsed from kcat's
 # "name=value,..." list, so a header value must hold no ',' nor newline.
+# kcat_options => [...] adds kcat arguments, e.g. ['-X',
+# 'isolation.level=read_uncommitted'] to see the messages of aborted
+# transactions too (librdkafka's default, so kcat's, is read_committed).
 sub read_topic
 {
 	my ($bootstrap, $topic, %o) = @_;
@@ -437,7 +445,8 @@ sub read_topic
 	  ? ('-f', "%p %o %K %S\n%k%s%h\n")
 	  : ('-J');
 	my ($ok, $out, $err) = run_kcat(
-		[ '-C', '-b', $bootstrap, '-t', $topic, @format, '-e', '-o', 'beginning', '-q', '-m', '10' ],
+		[ '-C', '-b', $bootstrap, '-t', $topic, @format, '-e', '-o', 'beginning', '-q', '-m', '10',
+			@{ $o{kcat_options} // [] } ],
 		timeout => $o{timeout} // 60);
 	unless ($ok)
 	{

@@ -331,7 +331,7 @@ sub log_matches
 #  - each key stayed in one partition and the first occurrences of its
 #    events, in offset order, come in increasing seq order;
 # duplicates (same ce_id more than once) are allowed and noted.
-# Returns { msgs, duplicates }.
+# kcat_options => [...] are read_topic()'s.  Returns { msgs, duplicates }.
 sub check_topic
 {
 	my ($bootstrap, $topic, $expected, $label, %o) = @_;
@@ -341,7 +341,7 @@ sub check_topic
 	my ($msgs, %seen);
 	while (1)
 	{
-		my $read = read_topic($bootstrap, $topic, fast => 1);
+		my $read = read_topic($bootstrap, $topic, fast => 1, kcat_options => $o{kcat_options});
 		if (defined $read)
 		{
 			$msgs = $read;

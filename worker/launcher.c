@@ -172,29 +172,12 @@ static void
 start_worker(RelayHandle *relay, const char *function, const char *name, const char *type,
 			 Datum main_arg, Oid database)
 {
-	BackgroundWorker worker;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "eventpipe", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, function, BGW_MAXLEN);
-	strlcpy(worker.bgw_name, name, BGW_MAXLEN);
-	strlcpy(worker.bgw_type, type, BGW_MAXLEN);
-	worker.bgw_main_arg = main_arg;
-	memcpy(worker.bgw_extra, &database, sizeof(Oid));
-	worker.bgw_notify_pid = MyProcPid;
-
 	relay->started_at = GetCurrentTimestamp();
 	relay->database = database;
-	if (!RegisterDynamicBackgroundWorker(&worker, &relay->handle))
-	{
-		relay->handle = NULL;
+	if (!worker_start_dynamic(database, function, name, type, main_arg, NULL, 0, &relay->handle))
 		ereport(WARNING,
 				(errmsg("eventpipe could not start the %s", name),
 				 errhint("Raise max_worker_processes: eventpipe needs 2 + eventpipe.relay_workers + one per subscription.")));
-	}
 }
 
 static void

@@ -2,14 +2,18 @@
  * worker_loop.c
  *		Pieces of the workers' main loops: starting in a database, the loop
  *		itself (interrupts, reloads, leaving a database that is dropped or no
- *		longer eventpipe.database), the transaction around one unit of work,
- *		and error recovery (a step that raises an ERROR is logged, recorded
- *		and rolled back, and the loop goes on).
+ *		longer eventpipe.database), starting the dynamic workers a worker
+ *		supervises, the transaction around one unit of work, whether the
+ *		extension's tables can be used, and error recovery (a step that
+ *		raises an ERROR is logged, recorded and rolled back, and the loop
+ *		goes on).
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -17,9 +21,11 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
 #include "utils/snapmgr.h"
@@ -126,6 +132,25 @@ worker_run_statement_limited(WorkerStatement *statement, Datum *values, const ch
 			 SPI_result_code_string(rc));
 }
 
+/*
+ * Is the extension there, with its table eventpipe.<table>, and not being
+ * dropped?  DROP EXTENSION holds an exclusive lock on its tables until it
+ * commits: the worker backs off instead of queueing behind it.  Call in a
+ * transaction; the lock is kept until its end.
+ */
+bool
+worker_extension_table_ready(const char *table)
+{
+	Oid			schema;
+	Oid			relid;
+
+	if (!OidIsValid(get_extension_oid("eventpipe", true)))
+		return false;
+	schema = get_namespace_oid("eventpipe", true);
+	relid = OidIsValid(schema) ? get_relname_relid(table, schema) : InvalidOid;
+	return OidIsValid(relid) && ConditionalLockRelationOid(relid, AccessShareLock);
+}
+
 /* A text column of an SPI result row as a C string; NULL stays NULL. */
 char *
 worker_text_column(HeapTuple tuple, TupleDesc desc, int column)
@@ -205,6 +230,41 @@ worker_backoff_ms(int failures_in_a_row, long first_ms, long last_ms)
 	for (i = 1; i < failures_in_a_row && ms < last_ms; i++)
 		ms *= 2;
 	return Min(ms, last_ms);
+}
+
+/*
+ * Register a dynamic background worker of eventpipe in database that
+ * notifies this process when it ends: bgw_extra holds the database's OID
+ * (what worker_connect() reads), then extra_len bytes of extra.  Sets
+ * *handle (allocated for the process's life), NULL when no background
+ * worker slot is free; returns whether one was.
+ */
+bool
+worker_start_dynamic(Oid database, const char *function, const char *name, const char *type,
+					 Datum main_arg, const void *extra, size_t extra_len,
+					 BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker worker;
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	Assert(sizeof(Oid) + extra_len <= BGW_EXTRALEN);
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "eventpipe", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, function, BGW_MAXLEN);
+	strlcpy(worker.bgw_name, name, BGW_MAXLEN);
+	strlcpy(worker.bgw_type, type, BGW_MAXLEN);
+	worker.bgw_main_arg = main_arg;
+	memcpy(worker.bgw_extra, &database, sizeof(Oid));
+	if (extra_len > 0)
+		memcpy(worker.bgw_extra + sizeof(Oid), extra, extra_len);
+	worker.bgw_notify_pid = MyProcPid;
+	if (!RegisterDynamicBackgroundWorker(&worker, handle))
+		*handle = NULL;
+	MemoryContextSwitchTo(old);
+	return *handle != NULL;
 }
 
 /*

@@ -46,6 +46,9 @@ pg_noreturn extern void worker_leave(const char *why);
 extern void worker_check_interrupts(void);
 pg_noreturn extern void worker_main_loop(long (*step) (void));
 extern long worker_backoff_ms(int failures_in_a_row, long first_ms, long last_ms);
+extern bool worker_start_dynamic(Oid database, const char *function, const char *name,
+								 const char *type, Datum main_arg, const void *extra,
+								 size_t extra_len, BackgroundWorkerHandle **handle);
 extern bool worker_handle_is_running(BackgroundWorkerHandle **handle);
 extern MemoryContext worker_begin_transaction(const char *activity);
 extern struct _SPI_plan *worker_prepare_kept(const char *sql, int nargs, Oid *types,
@@ -73,6 +76,7 @@ extern void worker_run_statement(WorkerStatement *statement, Datum *values, cons
 								 int expected);
 extern void worker_run_statement_limited(WorkerStatement *statement, Datum *values,
 										 const char *nulls, long count, int expected);
+extern bool worker_extension_table_ready(const char *table);
 extern char *worker_text_column(HeapTuple tuple, TupleDesc desc, int column);
 
 #endif							/* EVENTPIPE_WORKER_LOOP_H */

@@ -315,16 +315,17 @@ CREATE FUNCTION eventpipe.capture(
     topic          text,
     key_columns    text[]  DEFAULT NULL,
     event_type     text    DEFAULT NULL,
-    skip_unchanged boolean DEFAULT false)
+    skip_unchanged boolean DEFAULT false,
+    snapshot       boolean DEFAULT false)
 RETURNS void
 AS 'MODULE_PATHNAME', 'eventpipe_capture'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION eventpipe.capture(regclass, text, text[], text, boolean) IS
-    'Emit an event to topic for every row inserted, updated or deleted in rel (its owner only); capturing again replaces the settings';
+COMMENT ON FUNCTION eventpipe.capture(regclass, text, text[], text, boolean, boolean) IS
+    'Emit an event to topic for every row inserted, updated or deleted in rel (its owner only), and with snapshot every row already there; capturing again replaces the settings';
 
 -- Capturing publishes the table's rows to Kafka: a right to grant, on top
 -- of owning the table.
-REVOKE ALL ON FUNCTION eventpipe.capture(regclass, text, text[], text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION eventpipe.capture(regclass, text, text[], text, boolean, boolean) FROM PUBLIC;
 
 CREATE FUNCTION eventpipe.uncapture(rel regclass)
 RETURNS boolean
@@ -356,6 +357,70 @@ SELECT t.tgrelid::pg_catalog.regclass AS rel,
 COMMENT ON VIEW eventpipe.captures IS
     'Captured tables: topic, key columns, event type (NULL: <table>.<op>), whether unchanged UPDATEs are skipped';
 GRANT SELECT ON eventpipe.captures TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Snapshots of captured tables: snapshot(), cancel_snapshot(),
+-- eventpipe.snapshots
+------------------------------------------------------------------------------
+
+-- One row per snapshot: written by snapshot() and cancel_snapshot() (as the
+-- extension's owner) and by the snapshot worker, which stores its progress
+-- in the transaction of each chunk it emits.  condition_expr is the checked
+-- condition as PostgreSQL's node tree (the worker evaluates it as is, never
+-- parses it again): closed to everyone, since a changed tree would run
+-- anything as requested_by.
+CREATE TABLE eventpipe.table_snapshots (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    rel            regclass    NOT NULL,
+    condition      text,
+    condition_expr text,
+    requested_by   regrole     NOT NULL,
+    state          text        NOT NULL DEFAULT 'running'
+                   CHECK (state IN ('running', 'done', 'cancelled', 'failed')),
+    error          text,
+    last_key       text[],
+    rows_emitted   bigint      NOT NULL DEFAULT 0,
+    rows_estimated bigint,
+    started_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    finished_at    timestamptz
+);
+COMMENT ON TABLE eventpipe.table_snapshots IS
+    'Snapshots of captured tables and their progress (see the eventpipe.snapshots view)';
+COMMENT ON COLUMN eventpipe.table_snapshots.condition_expr IS
+    'The checked condition as a node tree, evaluated by the snapshot worker on each row';
+COMMENT ON COLUMN eventpipe.table_snapshots.requested_by IS
+    'The role that asked for the snapshot: the worker reads the table, and evaluates the condition, as that role';
+COMMENT ON COLUMN eventpipe.table_snapshots.last_key IS
+    'The primary key of the last row of the last emitted chunk (its columns'' texts): the snapshot resumes after it';
+CREATE INDEX table_snapshots_running ON eventpipe.table_snapshots (id)
+    WHERE state OPERATOR(pg_catalog.=) 'running';
+REVOKE ALL ON eventpipe.table_snapshots FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.snapshot(rel regclass, condition text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'eventpipe_snapshot'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eventpipe.snapshot(regclass, text) IS
+    'Emit every row of the captured table rel, or those matching condition, as read events (its owner only); returns the snapshot''s id';
+REVOKE ALL ON FUNCTION eventpipe.snapshot(regclass, text) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.cancel_snapshot(id bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'eventpipe_cancel_snapshot'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION eventpipe.cancel_snapshot(bigint) IS
+    'Stop a running snapshot after its current chunk (the table''s owner only); returns whether it was running';
+REVOKE ALL ON FUNCTION eventpipe.cancel_snapshot(bigint) FROM PUBLIC;
+
+-- What each snapshot does and did (as public as eventpipe.captures: the
+-- tables and conditions, not the rows).
+CREATE VIEW eventpipe.snapshots AS
+SELECT s.id, s.rel, s.condition, s.state, s.error, s.rows_emitted, s.rows_estimated,
+       s.started_at, s.finished_at, s.requested_by
+  FROM eventpipe.table_snapshots AS s;
+COMMENT ON VIEW eventpipe.snapshots IS
+    'Snapshots of captured tables: table, condition, state (running, done, cancelled, failed with its error), rows emitted and estimated, times';
+GRANT SELECT ON eventpipe.snapshots TO PUBLIC;
 
 ------------------------------------------------------------------------------
 -- Consumer tables: subscriptions, rules, handlers, dedup ledger, offsets,
@@ -561,21 +626,43 @@ COMMENT ON COLUMN eventpipe.event_handled_runs.ids IS
 -- where CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE and stop
 -- every batch.  event_handled's partitions have an index for each form of
 -- id (subscription_id, event_uuid) and (subscription_id, event_text);
--- event_handled_runs' one on (subscription_id, bucket).
+-- event_handled_runs' one on (subscription_id, bucket).  The bounds are
+-- written in UTC whatever the session's TimeZone and DateStyle; the tables
+-- go where the parents are, whatever the session's defaults.  A table of a
+-- partition's name that is not that partition is an error, not skipped: a
+-- batch would find no partition for its rows.
 CREATE FUNCTION eventpipe.ledger_make_partitions(first_day date, last_day date)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
+SET default_tablespace = ''
+SET default_table_access_method = 'heap'
 AS $$
 DECLARE
-    day    date;
+    day    date := first_day;
+    bounds text;
     parent text;
     child  text;
 BEGIN
-    FOR day IN SELECT d::date FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') AS d LOOP
+    WHILE day OPERATOR(pg_catalog.<=) last_day LOOP
+        bounds := pg_catalog.format('FROM (%L) TO (%L)',
+                                    pg_catalog.to_char(day, 'YYYY-MM-DD') OPERATOR(pg_catalog.||) ' 00:00:00+00',
+                                    pg_catalog.to_char(day OPERATOR(pg_catalog.+) 1, 'YYYY-MM-DD')
+                                        OPERATOR(pg_catalog.||) ' 00:00:00+00');
         FOREACH parent IN ARRAY ARRAY['event_handled', 'event_handled_runs'] LOOP
             child := parent OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) pg_catalog.to_char(day, 'YYYYMMDD');
-            CONTINUE WHEN pg_catalog.to_regclass(pg_catalog.format('eventpipe.%I', child)) IS NOT NULL;
+            IF pg_catalog.to_regclass(pg_catalog.format('eventpipe.%I', child)) IS NOT NULL THEN
+                IF NOT EXISTS (SELECT FROM pg_catalog.pg_inherits AS i
+                                WHERE i.inhrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('eventpipe.%I', child))
+                                  AND i.inhparent OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('eventpipe.%I', parent)))
+                THEN
+                    RAISE EXCEPTION 'table eventpipe.% is in the way of a partition of the dedup ledger', child
+                        USING ERRCODE = 'duplicate_table',
+                              HINT = pg_catalog.format('It is not a partition of eventpipe.%I: attach it (ALTER TABLE eventpipe.%I ATTACH PARTITION eventpipe.%I FOR VALUES %s), or rename or drop it.',
+                                                       parent, parent, child, bounds);
+                END IF;
+                CONTINUE;
+            END IF;
             EXECUTE pg_catalog.format(
                 'CREATE TABLE eventpipe.%I (LIKE eventpipe.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
                 child, parent);
@@ -590,31 +677,33 @@ BEGIN
                 EXECUTE pg_catalog.format('CREATE INDEX %I ON eventpipe.%I (subscription_id, bucket)',
                                           child OPERATOR(pg_catalog.||) '_bucket', child);
             END IF;
-            EXECUTE pg_catalog.format(
-                'ALTER TABLE eventpipe.%I ATTACH PARTITION eventpipe.%I FOR VALUES FROM (%L) TO (%L)',
-                parent, child,
-                day::timestamp AT TIME ZONE 'UTC',
-                (day OPERATOR(pg_catalog.+) 1)::timestamp AT TIME ZONE 'UTC');
+            EXECUTE pg_catalog.format('ALTER TABLE eventpipe.%I ATTACH PARTITION eventpipe.%I FOR VALUES %s',
+                                      parent, child, bounds);
         END LOOP;
+        day := day OPERATOR(pg_catalog.+) 1;
     END LOOP;
 END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.ledger_make_partitions(date, date) FROM PUBLIC;
 
 -- The ledger's upkeep, run by the consumer workers every few seconds: make
--- the partitions of today and the next two days (UTC), drop those whose day
--- ended retention seconds ago.  Returns the end of the days the ledger has
--- partitions for, from today on without a gap: a worker applies no batch
--- unless that is more than a day ahead.  One upkeep at a time (an advisory
--- lock; one that waits longer than lock_timeout for it only reads how far
--- the partitions go); a DROP that waits for a lock longer than lock_timeout
--- is left for the next upkeep, so that batches never queue behind it for
--- long.
-CREATE FUNCTION eventpipe.ledger_upkeep(retention integer)
+-- the partitions of today and the next two days (UTC) and, with
+-- drop_expired, drop the partitions whose upper bound is retention seconds
+-- ago.  Returns the end of the days the ledger has attached partitions for,
+-- from today on without a gap: a worker applies no batch unless that is
+-- more than a day ahead.  One upkeep at a time (an advisory lock; one that
+-- waits longer than lock_timeout for it only reads how far the partitions
+-- go).  A DROP waits for every batch using the ledger, and while it waits
+-- new batches queue behind it: it gives up after 50 ms, leaving that
+-- partition and the rest for a later upkeep.  TimeZone and DateStyle are
+-- fixed so that the bounds read back are UTC in ISO form.
+CREATE FUNCTION eventpipe.ledger_upkeep(retention integer, drop_expired boolean DEFAULT true)
 RETURNS timestamptz
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 SET lock_timeout = '1s'
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, YMD'
 AS $$
 DECLARE
     today   date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
@@ -630,34 +719,44 @@ BEGIN
     END;
     IF alone THEN
         PERFORM eventpipe.ledger_make_partitions(today, today OPERATOR(pg_catalog.+) 2);
+    END IF;
+    IF alone AND drop_expired THEN
+        PERFORM pg_catalog.set_config('lock_timeout', '50ms', true);
         FOR expired IN
-            SELECT c.relname
-              FROM pg_catalog.pg_inherits AS i
-              JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
-             WHERE i.inhparent OPERATOR(pg_catalog.=) ANY (ARRAY['eventpipe.event_handled'::pg_catalog.regclass,
-                                                                 'eventpipe.event_handled_runs'::pg_catalog.regclass])
-               AND c.relname OPERATOR(pg_catalog.~) '_[0-9]{8}$'
-               AND ((pg_catalog.to_date(pg_catalog.right(c.relname, 8), 'YYYYMMDD') OPERATOR(pg_catalog.+) 1)::timestamp
-                    AT TIME ZONE 'UTC')
+            SELECT p.child
+              FROM (SELECT i.inhrelid::pg_catalog.regclass AS child,
+                           pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+                                                'TO \(''([^'']*)''\)') AS upper_bound
+                      FROM pg_catalog.pg_inherits AS i
+                      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
+                     WHERE i.inhparent OPERATOR(pg_catalog.=) ANY (ARRAY['eventpipe.event_handled'::pg_catalog.regclass,
+                                                                         'eventpipe.event_handled_runs'::pg_catalog.regclass])) AS p
+             WHERE p.upper_bound::pg_catalog.timestamptz
                    OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => retention))
         LOOP
             BEGIN
-                EXECUTE pg_catalog.format('DROP TABLE eventpipe.%I', expired.relname);
+                EXECUTE pg_catalog.format('DROP TABLE %s', expired.child);
             EXCEPTION WHEN lock_not_available THEN
-                NULL;
+                EXIT;
             END;
         END LOOP;
     END IF;
     day := today;
-    WHILE pg_catalog.to_regclass(pg_catalog.format('eventpipe.event_handled_%s', pg_catalog.to_char(day, 'YYYYMMDD'))) IS NOT NULL
-      AND pg_catalog.to_regclass(pg_catalog.format('eventpipe.event_handled_runs_%s', pg_catalog.to_char(day, 'YYYYMMDD'))) IS NOT NULL
+    WHILE (SELECT pg_catalog.count(*)
+             FROM pg_catalog.pg_inherits AS i
+            WHERE i.inhrelid OPERATOR(pg_catalog.=) ANY (ARRAY[
+                      pg_catalog.to_regclass('eventpipe.event_handled_' OPERATOR(pg_catalog.||) pg_catalog.to_char(day, 'YYYYMMDD')),
+                      pg_catalog.to_regclass('eventpipe.event_handled_runs_' OPERATOR(pg_catalog.||) pg_catalog.to_char(day, 'YYYYMMDD'))])
+              AND i.inhparent OPERATOR(pg_catalog.=) ANY (ARRAY['eventpipe.event_handled'::pg_catalog.regclass,
+                                                                'eventpipe.event_handled_runs'::pg_catalog.regclass]))
+          OPERATOR(pg_catalog.=) 2
     LOOP
         day := day OPERATOR(pg_catalog.+) 1;
     END LOOP;
-    RETURN day::timestamp AT TIME ZONE 'UTC';
+    RETURN (pg_catalog.to_char(day, 'YYYY-MM-DD') OPERATOR(pg_catalog.||) ' 00:00:00+00')::pg_catalog.timestamptz;
 END;
 $$;
-REVOKE ALL ON FUNCTION eventpipe.ledger_upkeep(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION eventpipe.ledger_upkeep(integer, boolean) FROM PUBLIC;
 
 -- Where each partition resumes: written in the transaction that applies the
 -- messages before it, so effects and position never disagree.

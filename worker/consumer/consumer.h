@@ -252,7 +252,7 @@ extern void consumer_load_rules(const char *name, ConsumerRules *rules);
 /* consumer_ledger.c: keep_ledger runs its own transaction, the others run in the batch's */
 extern void consumer_find_duplicates(ConsumedMessage *messages, int count, int32 ledger_id);
 extern void consumer_record_event_ids(ConsumedMessage *messages, int count, int32 ledger_id);
-extern TimestampTz consumer_keep_ledger(int retention_s);
+extern TimestampTz consumer_keep_ledger(int retention_s, bool drop_expired);
 
 /* mirror_events.c: in memory */
 extern List *mirror_events_of_topic(const ConsumedMessage *message, const ConsumerRules *rules);

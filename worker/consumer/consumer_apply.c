@@ -138,6 +138,7 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 	caller_context = worker_begin_transaction(isolate_failures
 											  ? "eventpipe: applying a batch, isolating failures"
 											  : "eventpipe: applying a batch");
+	consumer_clear_blame();
 	if (!consumer_extension_ready())
 	{
 		worker_end_transaction(caller_context);

@@ -75,24 +75,24 @@ static WorkerStatement statements[LEDGER_STATEMENTS] = {
 	},
 	[INSERT_RUNS] = {
 		"insert ledger runs",
-		"INSERT INTO eventpipe.event_handled_runs (subscription_id, bucket, ids)"
-		" SELECT $1, u.bucket, u.ids"
+		"INSERT INTO eventpipe.event_handled_runs (subscription_id, bucket, ids, handled_at)"
+		" SELECT $1, u.bucket, u.ids, pg_catalog.statement_timestamp()"
 		" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.int8[]),"
 		"                 pg_catalog.unnest($3::pg_catalog.bytea[])) AS u(bucket, ids)",
 		false, 3, {INT4OID, INT8ARRAYOID, BYTEAARRAYOID}
 	},
 	[INSERT_ROWS] = {
 		"insert ledger rows",
-		"INSERT INTO eventpipe.event_handled (subscription_id, event_uuid, event_text)"
-		" SELECT $1, u.id, u.text"
+		"INSERT INTO eventpipe.event_handled (subscription_id, event_uuid, event_text, handled_at)"
+		" SELECT $1, u.id, u.text, pg_catalog.statement_timestamp()"
 		" FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.uuid[]),"
 		"                 pg_catalog.unnest($3::pg_catalog.text[])) AS u(id, text)",
 		false, 3, {INT4OID, UUIDARRAYOID, TEXTARRAYOID}
 	},
 	[UPKEEP] = {
 		"keep the dedup ledger's partitions",
-		"SELECT eventpipe.ledger_upkeep($1)",
-		false, 1, {INT4OID}
+		"SELECT eventpipe.ledger_upkeep($1, $2)",
+		false, 2, {INT4OID, BOOLOID}
 	},
 };
 
@@ -127,6 +127,26 @@ typedef struct LedgerKeys
 	int			count;
 	int			runs;			/* keys[0 .. runs - 1] are IN_RUN */
 } LedgerKeys;
+
+/*
+ * Run one of the ledger's statements in the batch's transaction.  Its
+ * failure (a partition missing, say) is the batch's, never a message's:
+ * every message would meet it.
+ */
+static void
+run_ledger_statement(LedgerStatement which, Datum *values, int expected)
+{
+	PG_TRY();
+	{
+		worker_run_statement(&statements[which], values, NULL, expected);
+	}
+	PG_CATCH();
+	{
+		consumer_blame_batch();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
 
 static int
 hex_digit(char c)
@@ -269,7 +289,7 @@ find_in_runs(LedgerKeys *set, int32 ledger_id)
 	LedgerKeys	runs = {set->keys, set->runs, set->runs};
 	uint64		row;
 
-	worker_run_statement(&statements[FIND_RUNS], values, NULL, SPI_OK_SELECT);
+	run_ledger_statement(FIND_RUNS, values, SPI_OK_SELECT);
 	for (row = 0; row < SPI_processed; row++)
 	{
 		bool		isnull;
@@ -341,8 +361,7 @@ find_in_rows(LedgerKeys *set, int32 ledger_id, LedgerKind kind)
 
 	if (values[1] == (Datum) 0)
 		return;
-	worker_run_statement(&statements[kind == UUID_ROW ? FIND_UUID_ROWS : FIND_TEXT_ROWS],
-						 values, NULL, SPI_OK_SELECT);
+	run_ledger_statement(kind == UUID_ROW ? FIND_UUID_ROWS : FIND_TEXT_ROWS, values, SPI_OK_SELECT);
 	for (row = 0; row < SPI_processed; row++)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[row];
@@ -430,7 +449,7 @@ insert_runs(const LedgerKeys *set, int32 ledger_id)
 	values[0] = Int32GetDatum(ledger_id);
 	values[1] = consumer_make_array(buckets, NULL, n, INT8OID);
 	values[2] = consumer_make_array(runs, NULL, n, BYTEAOID);
-	worker_run_statement(&statements[INSERT_RUNS], values, NULL, SPI_OK_INSERT);
+	run_ledger_statement(INSERT_RUNS, values, SPI_OK_INSERT);
 }
 
 /*
@@ -451,21 +470,21 @@ consumer_record_event_ids(ConsumedMessage *messages, int count, int32 ledger_id)
 		Datum		values[3] = {Int32GetDatum(ledger_id)};
 
 		row_arrays(&set, &values[1], &values[2]);
-		worker_run_statement(&statements[INSERT_ROWS], values, NULL, SPI_OK_INSERT);
+		run_ledger_statement(INSERT_ROWS, values, SPI_OK_INSERT);
 	}
 }
 
 /*
  * The ledger's upkeep, in a transaction of its own (eventpipe.ledger_upkeep:
- * partitions made ahead, those past retention_s dropped).  Returns the end
- * of the days the ledger has partitions for; 0 when the extension is not
- * there.
+ * partitions made ahead and, with drop_expired, those past retention_s
+ * dropped).  Returns the end of the days the ledger has partitions for; 0
+ * when the extension is not there.
  */
 TimestampTz
-consumer_keep_ledger(int retention_s)
+consumer_keep_ledger(int retention_s, bool drop_expired)
 {
 	MemoryContext caller_context = worker_begin_transaction("eventpipe: keeping the dedup ledger");
-	Datum		values[1] = {Int32GetDatum(retention_s)};
+	Datum		values[2] = {Int32GetDatum(retention_s), BoolGetDatum(drop_expired)};
 	TimestampTz until = 0;
 
 	if (consumer_extension_ready())

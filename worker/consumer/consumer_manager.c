@@ -3,7 +3,8 @@
  *		The consumer manager: a dynamic background worker, started and
  *		supervised by the launcher in eventpipe.database, that keeps
  *		subscriptions.workers consumer workers running per row of
- *		eventpipe.subscriptions, numbered 0 to workers - 1.
+ *		eventpipe.subscriptions, numbered 0 to workers - 1, and the
+ *		snapshot worker while a snapshot runs (snapshot_starter.c).
  *
  * The launcher connects to no database and cannot read tables; this worker
  * can.  It reads the subscriptions when woken (a commit that changed them
@@ -49,6 +50,7 @@
 #include "extension/shmem.h"
 #include "consumer.h"
 #include "consumer_sql.h"
+#include "worker/snapshot/snapshot_worker.h"
 #include "worker/worker_loop.h"
 #include "extension/compat.h"
 
@@ -125,34 +127,24 @@ handle_of(const char *subscription, int worker)
 static bool
 start_consumer(ConsumerHandle *consumer)
 {
-	BackgroundWorker worker;
-	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	char		name[BGW_MAXLEN];
+	char		extra[EVENTPIPE_SUBSCRIPTION_LEN + sizeof(int)];
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "eventpipe", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "eventpipe_consumer_main", BGW_MAXLEN);
 	if (consumer->worker == 0)
-		snprintf(worker.bgw_name, BGW_MAXLEN, "eventpipe consumer %s", consumer->subscription);
+		snprintf(name, BGW_MAXLEN, "eventpipe consumer %s", consumer->subscription);
 	else
-		snprintf(worker.bgw_name, BGW_MAXLEN, "eventpipe consumer %s #%d", consumer->subscription,
+		snprintf(name, BGW_MAXLEN, "eventpipe consumer %s #%d", consumer->subscription,
 				 consumer->worker);
-	strlcpy(worker.bgw_type, "eventpipe consumer", BGW_MAXLEN);
 	StaticAssertStmt(sizeof(Oid) + EVENTPIPE_SUBSCRIPTION_LEN + sizeof(int) <= BGW_EXTRALEN,
 					 "bgw_extra holds the database, the subscription and the worker number");
-	memcpy(worker.bgw_extra, &MyDatabaseId, sizeof(Oid));
-	strlcpy(worker.bgw_extra + sizeof(Oid), consumer->subscription, EVENTPIPE_SUBSCRIPTION_LEN);
-	memcpy(worker.bgw_extra + sizeof(Oid) + EVENTPIPE_SUBSCRIPTION_LEN, &consumer->worker,
-		   sizeof(int));
-	worker.bgw_notify_pid = MyProcPid;
+	memset(extra, 0, sizeof(extra));
+	strlcpy(extra, consumer->subscription, EVENTPIPE_SUBSCRIPTION_LEN);
+	memcpy(extra + EVENTPIPE_SUBSCRIPTION_LEN, &consumer->worker, sizeof(int));
 
 	consumer->started_at = GetCurrentTimestamp();
-	if (!RegisterDynamicBackgroundWorker(&worker, &consumer->handle))
-		consumer->handle = NULL;
-	MemoryContextSwitchTo(old);
-	return consumer->handle != NULL;
+	return worker_start_dynamic(MyDatabaseId, "eventpipe_consumer_main", name,
+								"eventpipe consumer", (Datum) 0, extra, sizeof(extra),
+								&consumer->handle);
 }
 
 /* Does a subscription of the list ask for this worker? */
@@ -390,6 +382,7 @@ reconcile(void)
 			ensure_worker(subscription->name, i, now_waiting, &count, now);
 	}
 	update_waiting(now_waiting, count, now);
+	snapshot_starter_reconcile();
 
 	if (subscriptions == NIL)
 		set_ps_display("idle: no subscription");

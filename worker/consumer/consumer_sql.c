@@ -21,23 +21,11 @@
 #include "consumer_sql.h"
 #include "worker/worker_loop.h"
 
-/*
- * Is the extension there, and not being dropped?  DROP EXTENSION holds an
- * exclusive lock on its tables until it commits: the worker backs off
- * instead of queueing behind it.
- */
+/* Is the extension there, and not being dropped?  See worker_extension_table_ready(). */
 bool
 consumer_extension_ready(void)
 {
-	Oid			schema;
-	Oid			subscriptions;
-
-	if (!OidIsValid(get_extension_oid("eventpipe", true)))
-		return false;
-	schema = get_namespace_oid("eventpipe", true);
-	subscriptions = OidIsValid(schema) ? get_relname_relid("subscriptions", schema) : InvalidOid;
-	return OidIsValid(subscriptions) &&
-		ConditionalLockRelationOid(subscriptions, AccessShareLock);
+	return worker_extension_table_ready("subscriptions");
 }
 
 Datum
@@ -95,18 +83,41 @@ consumer_caught_data_error(MemoryContext context)
 	return edata;
 }
 
+/* Set while an error of the worker's own bookkeeping goes up: see consumer_blame_batch(). */
+static bool batch_at_fault = false;
+
 /*
- * Is an error a message's fault?  Cancel and termination are not, nor a
- * deadlock or serialization failure met with another transaction (another
- * worker's, say): the batch is tried again as a whole, never dead-lettered
- * for it.
+ * The error being thrown is the batch's, not any message's: a statement of
+ * the worker's own (the dedup ledger's) failed, and would fail for every
+ * message, so isolating the messages would only dead-letter them all.
+ * Cleared by consumer_clear_blame() when the next batch starts.
+ */
+void
+consumer_blame_batch(void)
+{
+	batch_at_fault = true;
+}
+
+void
+consumer_clear_blame(void)
+{
+	batch_at_fault = false;
+}
+
+/*
+ * Is an error a message's fault?  Not when the batch is to blame, nor a
+ * cancel or termination, nor a deadlock, serialization failure or lock
+ * timeout met with another transaction (another worker's, say): the batch
+ * is tried again as a whole, never dead-lettered for it.
  */
 bool
 consumer_is_message_fault(int sqlerrcode)
 {
-	return sqlerrcode != ERRCODE_QUERY_CANCELED && sqlerrcode != ERRCODE_ADMIN_SHUTDOWN &&
+	return !batch_at_fault &&
+		sqlerrcode != ERRCODE_QUERY_CANCELED && sqlerrcode != ERRCODE_ADMIN_SHUTDOWN &&
 		sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED &&
-		sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE;
+		sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE &&
+		sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE;
 }
 
 /*

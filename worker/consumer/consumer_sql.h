@@ -21,6 +21,8 @@ extern SPIPlanPtr consumer_kept_plan(const char *sql, int nargs, Oid *types);
 extern int	consumer_compare_texts(Datum a, Datum b);
 extern bool consumer_is_data_error(int sqlerrcode);
 extern ErrorData *consumer_caught_data_error(MemoryContext context);
+extern void consumer_blame_batch(void);
+extern void consumer_clear_blame(void);
 extern bool consumer_is_message_fault(int sqlerrcode);
 extern char *consumer_subtransaction_failed(MemoryContext context, ResourceOwner owner,
 											bool (*is_caught) (int sqlerrcode));

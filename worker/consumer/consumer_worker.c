@@ -61,8 +61,12 @@
 /* A paused worker looks at its subscription, and asks for the watermarks, this often. */
 #define PAUSED_WAIT_MS 1000
 #define PAUSED_WATERMARKS_MS 2000
-/* The dedup ledger's partitions are made and dropped this often. */
+/*
+ * The dedup ledger's partitions are made this often, and expired ones
+ * dropped at most this often (a drop waits for every batch on the ledger).
+ */
 #define LEDGER_UPKEEP_MS 10000
+#define LEDGER_DROP_MS 60000
 
 static char subscription_name[EVENTPIPE_SUBSCRIPTION_LEN];
 static int	worker_number;
@@ -72,6 +76,7 @@ static bool subscription_gone = false;
 static int	failures_in_a_row = 0;
 static TimestampTz last_broker_error = 0;
 static TimestampTz last_ledger_upkeep = 0;
+static TimestampTz last_ledger_drop = 0;
 static TimestampTz ledger_partitions_until = 0;
 static TimestampTz last_paused_watermarks = 0;
 static bool partition_table_full_reported = false;
@@ -163,20 +168,23 @@ keep_ledger(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	bool		ready = now < ledger_partitions_until - USECS_PER_DAY;
+	bool		drop = TimestampDifferenceExceeds(last_ledger_drop, now, LEDGER_DROP_MS);
 	TimestampTz until = 0;
 	bool		ok;
 
 	if (ready && !TimestampDifferenceExceeds(last_ledger_upkeep, now, LEDGER_UPKEEP_MS))
 		return true;
 	set_ps_display("keeping the dedup ledger");
-	WORKER_GUARD(ok, until = consumer_keep_ledger(eventpipe_dedup_retention));
+	WORKER_GUARD(ok, until = consumer_keep_ledger(eventpipe_dedup_retention, drop));
 	if (!ok)
 		return ready;
 	last_ledger_upkeep = now;
+	if (drop)
+		last_ledger_drop = now;
 	ledger_partitions_until = until;
 	ready = now < ledger_partitions_until - USECS_PER_DAY;
-	if (!ready)
-		record_error("the dedup ledger has no partition for tomorrow, "
+	if (!ready && until != 0)
+		record_error("the dedup ledger has no partition attached for tomorrow, "
 					 "and eventpipe.ledger_upkeep() did not make one");
 	return ready;
 }
@@ -562,5 +570,14 @@ eventpipe_consumer_main(Datum main_arg)
 	 * commit need not wait for the WAL flush.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * The ledger's lookup must see what the batch that held its lock before
+	 * committed: each statement takes a new snapshot, which only READ
+	 * COMMITTED gives, whatever default_transaction_isolation says.  Waits
+	 * for another worker's locks are part of the work, not a reason to fail.
+	 */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	worker_main_loop(consumer_step);
 }

@@ -52,15 +52,18 @@ kafka_client_conf(const char *bootstrap_servers, const char *client_id,
 
 /*
  * The client, from conf (which it takes over, freed on failure); NULL, with
- * the reason in errbuf, if librdkafka cannot make it.
+ * the reason in errbuf, if librdkafka cannot make it.  statistics_id names
+ * the worker's statistics file (its client id), or is NULL for a short-lived
+ * helper client that has none (one file per worker).
  */
 rd_kafka_t *
-kafka_client_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, const char *client_id,
+kafka_client_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, const char *statistics_id,
 				 char *errbuf, size_t errbuf_size)
 {
 	rd_kafka_t *rk;
 
-	kafka_statistics_attach(conf, client_id);
+	if (statistics_id != NULL)
+		kafka_statistics_attach(conf, statistics_id);
 	rd_kafka_conf_set_log_cb(conf, kafka_log_callback);
 	rd_kafka_conf_set_error_cb(conf, kafka_error_callback);
 

@@ -14,6 +14,6 @@ extern rd_kafka_conf_t *kafka_client_conf(const char *bootstrap_servers, const c
 										  const char *const properties[][2], size_t nproperties,
 										  char *errbuf, size_t errbuf_size);
 extern rd_kafka_t *kafka_client_new(rd_kafka_type_t type, rd_kafka_conf_t *conf,
-									const char *client_id, char *errbuf, size_t errbuf_size);
+									const char *statistics_id, char *errbuf, size_t errbuf_size);
 
 #endif							/* EVENTPIPE_KAFKA_CLIENT_H */

@@ -18,6 +18,11 @@
  * The one rd_kafka_flush, when the producer is dropped, serves only the
  * reports of purged messages, which are discarded.  Keys are partitioned with murmur2, as Kafka's Java clients do, so
  * co-partitioned topics line up.
+ *
+ * With eventpipe.relay_exactly_once the producer is transactional (its
+ * transactional.id set once by the worker): its messages then time out
+ * with its transactions (librdkafka refuses a message.timeout.ms above
+ * transaction.timeout.ms), and relay_transaction.c runs the transactions.
  */
 #include "postgres.h"
 
@@ -35,6 +40,8 @@
 static rd_kafka_t *producer = NULL;
 static char *producer_settings = NULL;	/* what the producer was built from */
 static bool discard_reports = false;
+static char *transactional_id = NULL;	/* NULL: not transactional */
+static uint64 generation = 0;	/* producers built so far */
 
 /* How often a wait for delivery reports looks up from librdkafka. */
 #define WAIT_CHECK_MS 100
@@ -71,11 +78,19 @@ create_producer(const char *bootstrap_servers, const char *client_id,
 		{"queue.buffering.max.kbytes", "2097151"},
 		{"message.timeout.ms", "0"},
 	};
+	/* without message.timeout.ms, which transactions bound */
+	size_t		nproperties = lengthof(properties) - (transactional_id ? 1 : 0);
 	rd_kafka_conf_t *conf = kafka_client_conf(bootstrap_servers, client_id, properties,
-											  lengthof(properties), errbuf, errbuf_size);
+											  nproperties, errbuf, errbuf_size);
 
 	if (conf == NULL)
 		return NULL;
+	if (transactional_id != NULL &&
+		!eventpipe_kafka_conf_set(conf, "transactional.id", transactional_id, errbuf, errbuf_size))
+	{
+		rd_kafka_conf_destroy(conf);
+		return NULL;
+	}
 	rd_kafka_conf_set_dr_msg_cb(conf, delivery_report);
 	return kafka_client_new(RD_KAFKA_PRODUCER, conf, client_id, errbuf, errbuf_size);
 }
@@ -128,6 +143,7 @@ kafka_producer_ensure(const char *bootstrap_servers, const char *client_id,
 	}
 	producer_settings = MemoryContextStrdup(TopMemoryContext, settings);
 	pfree(settings);
+	generation++;
 	return true;
 }
 
@@ -150,6 +166,30 @@ kafka_producer_destroy(void)
 	if (producer_settings)
 		pfree(producer_settings);
 	producer_settings = NULL;
+}
+
+/*
+ * Make the producers built from now on transactional, with this id (kept
+ * for the process's life), or not (NULL).
+ */
+void
+kafka_producer_set_transactional_id(const char *id)
+{
+	transactional_id = id ? MemoryContextStrdup(TopMemoryContext, id) : NULL;
+}
+
+/* Which producer is the current one: a new number for each built. */
+uint64
+kafka_producer_generation(void)
+{
+	return producer == NULL ? 0 : generation;
+}
+
+/* The producer, for the transactional calls; NULL if none is built. */
+rd_kafka_t *
+kafka_producer_handle(void)
+{
+	return producer;
 }
 
 /* Serve librdkafka's queued events (logs, errors) while idle. */
@@ -286,6 +326,7 @@ produce_event(OutboxEvent *event, const char *source, bool (*keep_waiting) (void
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
 			event->batch->awaiting++;
+			event->queued = true;
 			return true;
 		}
 		if (err == RD_KAFKA_RESP_ERR__FATAL)

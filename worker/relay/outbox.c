@@ -11,6 +11,10 @@
  * the batches in flight when relay_pipeline.c knows that no row can have
  * become due below them.
  *
+ * With eventpipe.relay_exactly_once, the recovery deletes the rows that
+ * Kafka's last committed transactions carried (relay_transaction.c): by
+ * id and event id, both.
+ *
  * Order per key: an event with a retry scheduled holds back every later
  * event of its topic and key, until it is delivered or dead-lettered.
  *
@@ -39,6 +43,7 @@
 #include "utils/timestamp.h"
 
 #include "relay.h"
+#include "relay_transaction.h"
 #include "worker/worker_loop.h"
 
 /*
@@ -80,6 +85,7 @@ typedef enum OutboxStatement
 	DELETE_DELIVERED,
 	RESCHEDULE,
 	BURY,
+	FORGET_COMMITTED,
 	OUTBOX_STATEMENTS
 } OutboxStatement;
 
@@ -134,6 +140,14 @@ static WorkerStatement statements[OUTBOX_STATEMENTS] = {
 		"    attempts, reason)"
 		" SELECT id, event_id, topic, key, payload, headers, event_type, created_at,"
 		"        attempts OPERATOR(pg_catalog.+) 1, reason FROM d",
+		false, 2, {INT8ARRAYOID, TEXTARRAYOID}
+	},
+	[FORGET_COMMITTED] = {
+		"delete the events Kafka committed",
+		"DELETE FROM eventpipe.outbox AS o"
+		"  USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS f(id, event_id)"
+		" WHERE o.id OPERATOR(pg_catalog.=) f.id"
+		"   AND o.event_id OPERATOR(pg_catalog.=) f.event_id::pg_catalog.uuid",
 		false, 2, {INT8ARRAYOID, TEXTARRAYOID}
 	},
 };
@@ -367,4 +381,45 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 	execute_with_ids(BURY, &dead, SPI_OK_INSERT);
 	SPI_finish();
 	worker_end_transaction(caller_context);
+}
+
+
+/*
+ * In one transaction: delete the rows the records (RelayProgress, from the
+ * progress topic) name, where both ids match.  Returns how many went; 0
+ * when the extension is not installed.
+ */
+uint64
+outbox_forget_committed(List *records)
+{
+	MemoryContext caller_context;
+	IdList		committed;
+	ListCell   *lc;
+	int			total = 0;
+	int			i;
+	uint64		forgotten = 0;
+
+	foreach(lc, records)
+		total += ((RelayProgress *) lfirst(lc))->count;
+	if (total == 0)
+		return 0;
+	id_list_init(&committed, total);
+	foreach(lc, records)
+	{
+		RelayProgress *progress = lfirst(lc);
+
+		for (i = 0; i < progress->count; i++)
+			id_list_add(&committed, progress->ids[i], progress->event_ids[i]);
+	}
+
+	caller_context = worker_begin_transaction("eventpipe: deleting what Kafka committed");
+	if (OidIsValid(get_extension_oid("eventpipe", true)))
+	{
+		worker_spi_connect();
+		execute_with_ids(FORGET_COMMITTED, &committed, SPI_OK_DELETE);
+		forgotten = SPI_processed;
+		SPI_finish();
+	}
+	worker_end_transaction(caller_context);
+	return forgotten;
 }

@@ -42,6 +42,7 @@ typedef struct OutboxEvent
 	/* set by the delivery report, or by a refusal before queueing */
 	bool		reported;
 	bool		refused_on_the_spot;	/* by rd_kafka_producev itself */
+	bool		queued;			/* handed over to librdkafka */
 	rd_kafka_resp_err_t error;
 	struct OutboxBatch *batch;	/* the batch it was sent in */
 } OutboxEvent;
@@ -79,6 +80,7 @@ extern OutboxAvailability outbox_claim_batch(OutboxBatch *batch, int limit,
 											 ArrayType *in_flight, bool nowait);
 extern void outbox_record_outcome(OutboxBatch *batch, int max_attempts,
 								  BatchOutcome *outcome);
+extern uint64 outbox_forget_committed(List *records);
 
 /* kafka_producer.c */
 extern bool kafka_producer_ensure(const char *bootstrap_servers, const char *client_id,
@@ -91,6 +93,9 @@ extern bool kafka_producer_produce_batch(OutboxBatch *batch, const char *source,
 extern bool kafka_producer_await_batch(OutboxBatch *batch, bool (*keep_waiting) (void));
 extern bool kafka_error_is_permanent(const OutboxEvent *event);
 extern bool kafka_producer_failed_fatally(char *errbuf, size_t errbuf_size);
+extern void kafka_producer_set_transactional_id(const char *id);
+extern rd_kafka_t *kafka_producer_handle(void);
+extern uint64 kafka_producer_generation(void);
 
 
 /* relay_pipeline.c: how a run of batches ended */
@@ -107,6 +112,8 @@ typedef struct RelayRun
 	RelayRunEnd end;
 	bool		gave_up;		/* a batch was cut short: drop the producer */
 	bool		record_failed;	/* an outcome could not be recorded */
+	bool		transaction_failed; /* exactly once: the transactional path
+									 * failed (relay_transaction.c) */
 	bool		more_due;		/* rows may be due that no commit will wake
 								 * the worker for: run again at once */
 } RelayRun;
@@ -126,6 +133,7 @@ extern RelayState relay_shown_state(void);
 extern void relay_set_error(const char *message);
 extern void relay_note_progress(void);
 extern void relay_account_batch(OutboxBatch *batch, BatchOutcome *outcome);
+extern void relay_account_recovered(uint64 events);
 extern uint64 relay_take_lowest_committed_id(void);
 extern bool relay_commit_reported(void);
 

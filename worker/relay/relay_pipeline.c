@@ -18,6 +18,11 @@
  * reports of commit_wakeup.c: docs/design.md, "Claims that never skip a
  * committed row".
  *
+ * With eventpipe.relay_exactly_once a batch is sent in a Kafka transaction
+ * of its own (relay_transaction.c), which a producer runs one at a time: one
+ * batch is in flight, and its transaction is committed (or aborted) before
+ * its outcome is recorded.
+ *
  * Interrupts are held for the whole run (relay_keep_waiting(), in
  * relay_slot.c, serves what other processes wait for meanwhile): a SIGTERM
  * ends it once what is in flight is acknowledged and recorded.
@@ -33,6 +38,7 @@
 #include "extension/guc.h"
 #include "extension/shmem.h"
 #include "relay.h"
+#include "relay_transaction.h"
 #include "worker/worker_loop.h"
 
 /* A run of batches claims no more after this long: then a full claim. */
@@ -40,6 +46,15 @@
 
 /* Most batches in flight at once. */
 #define PIPELINE_DEPTH 3
+
+/* Most events a claim takes: a transaction's record must stay small. */
+static int
+batch_limit(void)
+{
+	if (eventpipe_relay_exactly_once)
+		return Min(eventpipe_relay_batch_size, RELAY_EXACTLY_ONCE_MAX_BATCH);
+	return eventpipe_relay_batch_size;
+}
 
 /* A batch with the memory it lives in, and where its time went. */
 typedef struct ClaimedBatch
@@ -74,7 +89,7 @@ claim(int shard, int64 after_id, ArrayType *in_flight, bool nowait,
 	claimed->context = context;
 	claimed->from_start = after_id == 0;
 	claimed->claim_started = GetCurrentTimestamp();
-	WORKER_GUARD(ok, found = outbox_claim_batch(&claimed->rows, eventpipe_relay_batch_size,
+	WORKER_GUARD(ok, found = outbox_claim_batch(&claimed->rows, batch_limit(),
 												shard, eventpipe_relay_workers,
 												after_id, in_flight, nowait));
 	claimed->claimed = GetCurrentTimestamp();
@@ -96,12 +111,20 @@ release(ClaimedBatch *claimed)
 		MemoryContextDelete(claimed->context);
 }
 
+/*
+ * Hand the batch to librdkafka; exactly once, in a transaction begun for
+ * it, with its progress record.  false: the relay gives up on the batch.
+ */
 static bool
 produce(ClaimedBatch *claimed, const char *ce_source, List **refused)
 {
-	bool		ok = kafka_producer_produce_batch(&claimed->rows, ce_source, refused,
-												  relay_keep_waiting);
+	bool		ok;
 
+	if (eventpipe_relay_exactly_once && !relay_txn_begin())
+		return false;
+	ok = kafka_producer_produce_batch(&claimed->rows, ce_source, refused, relay_keep_waiting);
+	if (ok && eventpipe_relay_exactly_once)
+		ok = relay_txn_add_progress(&claimed->rows);
 	claimed->produced = GetCurrentTimestamp();
 	return ok;
 }
@@ -228,14 +251,14 @@ update_floor(ClaimFloor *floor, ClaimedBatch *claimed, uint64 lowest_committed)
 	{
 		int64		last = rows->events[rows->count - 1].id;
 
-		if (claimed->from_start && rows->count >= eventpipe_relay_batch_size)
+		if (claimed->from_start && rows->count >= batch_limit())
 			floor->highest_claimed = last;
 		else
 			floor->highest_claimed = Max(floor->highest_claimed, last);
 	}
 	floor->may_skip = max_prepared_xacts == 0 &&
 		lowest_committed > (uint64) floor->highest_claimed;
-	floor->more_may_be_due = rows->count >= eventpipe_relay_batch_size ||
+	floor->more_may_be_due = rows->count >= batch_limit() ||
 		lowest_committed != EVENTPIPE_NO_COMMITTED_ID;
 }
 
@@ -285,7 +308,8 @@ claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
 RelayRun
 relay_pipeline_run(int shard, const char *ce_source)
 {
-	RelayRun	run = {RELAY_RUN_SENT, false, false, true};
+	RelayRun	run = {RELAY_RUN_SENT, false, false, false, true};
+	int			depth = eventpipe_relay_exactly_once ? 1 : PIPELINE_DEPTH;
 	TimestampTz started = GetCurrentTimestamp();
 	OutboxAvailability availability = OUTBOX_READY;
 	InFlight	in_flight = {{NULL}, 0};
@@ -323,7 +347,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 		ClaimedBatch *oldest;
 
 		/* keep the pipeline full */
-		while (claiming && awaiting && in_flight.count < PIPELINE_DEPTH)
+		while (claiming && awaiting && in_flight.count < depth)
 		{
 			ClaimedBatch *next;
 
@@ -363,6 +387,12 @@ relay_pipeline_run(int shard, const char *ce_source)
 			run.gave_up = true;
 			awaiting = false;
 		}
+		if (eventpipe_relay_exactly_once && !run.transaction_failed &&
+			!relay_txn_end(&oldest->rows, awaiting))
+		{
+			run.transaction_failed = true;
+			claiming = false;
+		}
 		if (!every_event_delivered(&oldest->rows))
 		{
 			/* held or failed events of this run: look at them again at once */
@@ -371,6 +401,9 @@ relay_pipeline_run(int shard, const char *ce_source)
 		}
 		if (!record(oldest, shard, &retried))
 		{
+			/* exactly once: what Kafka committed is still in the outbox */
+			if (eventpipe_relay_exactly_once)
+				relay_txn_forget_recovery();
 			run.record_failed = true;
 			claiming = false;
 			if (in_flight.count > 0 && awaiting)

@@ -245,6 +245,18 @@ relay_account_batch(OutboxBatch *batch, BatchOutcome *outcome)
 
 
 /*
+ * Events found committed in Kafka by the exactly-once recovery and deleted:
+ * sent, by an earlier life of this worker that could not count them.
+ */
+void
+relay_account_recovered(uint64 events)
+{
+	pg_atomic_fetch_add_u64(&slot->events_sent, events);
+	last_progress_at = GetCurrentTimestamp();
+}
+
+
+/*
  * The lowest outbox id a publisher may have committed since the last call:
  * EVENTPIPE_NO_COMMITTED_ID if none, 0 if a publisher is committing right
  * now (see commit_wakeup.c).  The count is read first: a commit that ends

@@ -25,6 +25,7 @@
 #include "extension/guc.h"
 #include "extension/shmem.h"
 #include "relay.h"
+#include "relay_transaction.h"
 #include "worker/worker_loop.h"
 
 /* Back-off after a failed batch: doubles from the first to the last. */
@@ -101,6 +102,15 @@ get_ready(long *wait_ms)
 	kafka_producer_poll();
 	if (kafka_log_take_broker_error(errbuf, sizeof(errbuf)))
 		relay_set_error(errbuf);
+	if (eventpipe_relay_exactly_once && !relay_txn_get_ready())
+	{
+		/* shown and logged by relay_transaction.c */
+		if (relay_txn_must_rebuild())
+			kafka_producer_destroy();
+		failures_in_a_row++;
+		*wait_ms = backoff_ms();
+		return false;
+	}
 
 	/*
 	 * Commits do not wake a relay shown as paused or not configured
@@ -116,6 +126,14 @@ get_ready(long *wait_ms)
 static long
 after_run(const RelayRun *run)
 {
+	if (run->transaction_failed)
+	{
+		/* shown and logged by relay_transaction.c */
+		if (relay_txn_must_rebuild() || run->gave_up)
+			kafka_producer_destroy();
+		failures_in_a_row++;
+		return backoff_ms();
+	}
 	switch (run->end)
 	{
 		case RELAY_RUN_CLAIM_FAILED:
@@ -182,12 +200,17 @@ relay_step(void)
 	return after_run(&run);
 }
 
+/* What names this worker's events (ce_source) and, exactly once, its transactions. */
 static void
-set_ce_source(void)
+set_names(void)
 {
+	char	   *database;
+
 	StartTransactionCommand();
-	ce_source = MemoryContextStrdup(TopMemoryContext,
-									psprintf("/eventpipe/%s", get_database_name(MyDatabaseId)));
+	database = get_database_name(MyDatabaseId);
+	ce_source = MemoryContextStrdup(TopMemoryContext, psprintf("/eventpipe/%s", database));
+	if (eventpipe_relay_exactly_once)
+		relay_txn_setup(shard, database);
 	CommitTransactionCommand();
 }
 
@@ -197,12 +220,14 @@ eventpipe_relay_main(Datum main_arg)
 	shard = DatumGetInt32(main_arg);
 	worker_connect(psprintf("eventpipe relay worker %d", shard), relay_set_error);
 	relay_attach_slot(shard);
-	set_ce_source();
+	set_names();
 
 	/*
 	 * A lost delete only re-sends events Kafka already has (duplicates carry
 	 * the same ce_id); it can never lose one, so the deletes need not wait
-	 * for the WAL flush.
+	 * for the WAL flush.  Exactly once, a delete must be on disk before the
+	 * next transaction's record replaces the one that names its rows: the
+	 * claim of that transaction's batch flushes the WAL first.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
