@@ -34,6 +34,7 @@ OBJS = \
 	worker/relay/relay_slot.o \
 	worker/relay/outbox.o \
 	worker/relay/relay_transaction.o \
+	worker/relay/relay_isolation.o \
 	worker/relay/relay_progress.o \
 	worker/kafka/kafka_client.o \
 	worker/kafka/kafka_log.o \
