@@ -37,6 +37,7 @@ OBJS = \
 	worker/relay/relay_slot.o \
 	worker/relay/outbox.o \
 	worker/relay/relay_transaction.o \
+	worker/relay/relay_isolation.o \
 	worker/relay/relay_progress.o \
 	worker/kafka/kafka_client.o \
 	worker/kafka/kafka_log.o \
@@ -54,7 +55,11 @@ OBJS = \
 	worker/consumer/consumer_catalog.o \
 	worker/consumer/consumer_ledger.o \
 	worker/consumer/consumer_handlers.o \
+	worker/consumer/consumer_row_locks.o \
 	worker/consumer/consumer_metrics.o \
+	worker/consumer/mirror_events.o \
+	worker/consumer/mirror_target.o \
+	worker/consumer/consumer_mirrors.o \
 	worker/consumer/consumer_store.o \
 	worker/consumer/consumer_sql.o \
 	worker/consumer/user_code.o \
@@ -77,7 +82,7 @@ DATA = $(addprefix extension/sql/$(EXTENSION)--,0.4.sql \
 #                                     instance that does not
 # Results, diffs, logs and the instances go to REGRESS_OUTDIR (default: here)
 # and NOT_PRELOADED_OUTDIR.  scripts/test runs both targets.
-REGRESS = publish reserved_prefix relay_stats dead_letters upgrade capture snapshot consumer_api operations
+REGRESS = publish reserved_prefix relay_stats dead_letters upgrade capture snapshot consumer_api mirror_api operations
 REGRESS_NOT_PRELOADED = not_preloaded
 REGRESS_OUTDIR = .
 NOT_PRELOADED_OUTDIR = $(REGRESS_OUTDIR)/not_preloaded

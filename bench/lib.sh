@@ -19,6 +19,10 @@
 #                            replica) on the broker of bench_kafka, with
 #                            t/java/KafkaAdmin.java (its stderr appended to
 #                            LOG); dies unless the broker created it
+#   bench_fetch_jars POM DIR
+#                            the runtime jars POM names, from Maven Central
+#                            into DIR (under .cache), fetched again when POM
+#                            changes (as scripts/deps does for Kafka's)
 #   bench_initdb PGDATA PORT SOCKDIR
 #                            a new cluster with trust auth, listening on the
 #                            socket (and on 127.0.0.1, for Java clients), its
@@ -96,6 +100,25 @@ bench_create_topic() {
 		true
 	[ "$answer" = $'ready\nok' ] ||
 		ep_die "could not create topic $topic with $partitions partitions: ${answer:-no answer} (see $log)"
+}
+
+bench_fetch_jars() {
+	local pom=$1 libs=$2 hash tmp
+	hash=$(sha256sum "$pom" | cut -d' ' -f1)
+	[ "$(cat "$libs/.stamp" 2>/dev/null)" = "$hash" ] && return 0
+	ep_log "fetching the jars of $(basename "$pom") from Maven Central"
+	mkdir -p "$(dirname "$libs")"
+	tmp=$(mktemp -d "$libs.tmp.XXXXXX")
+	if ! mvn -q -B -Dstyle.color=never -s "$(ep_root)/bench/maven-central.xml" -f "$pom" dependency:copy-dependencies \
+		-DoutputDirectory="$tmp" -DincludeScope=runtime >"$tmp/.mvn.log" 2>&1; then
+		tail -n 40 "$tmp/.mvn.log" >&2
+		ep_die "maven could not fetch the jars of $pom"
+	fi
+	rm -f "$tmp/.mvn.log"
+	echo "$hash" >"$tmp/.stamp"
+	chmod -R a+rX "$tmp"
+	rm -rf "$libs"
+	mv "$tmp" "$libs"
 }
 
 bench_initdb() {

@@ -142,3 +142,6 @@ for rate in env["BENCH_RATES"].split():
             f"peer.eventpipe.r{rate}.{q}_ms", "off's (section 2); commit timestamp to a read_committed kcat consumer")
     row(f"8. exactly once: rate pgbench reached when asked for {rate}/s, tps",
         f"peer.eventpipe_eos.r{rate}.tps", f"peer.eventpipe.r{rate}.tps", "off's")
+row(f"9. mirror apply rate, events/s ({env['BENCH_MIRROR_EVENTS']} Debezium change events, one partition)",
+    "mirror.eventpipe.events_per_s", "mirror.jdbc.events_per_s",
+    "Debezium JDBC sink 3.6.0 in Kafka Connect 4.3 (upsert, delete.enabled), the same topic into the same table")

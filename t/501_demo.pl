@@ -1,10 +1,11 @@
 # t/501_demo.pl: the README's first command, scripts/demo, runs in the test
 # suite against the extension scripts/test installed (--no-build): the
 # commerce stream with the broker killed and restarted, duplicates and
-# malformed messages. It must exit 0 with every check of its report ok and
-# its equality line: product_metrics equal, exactly and for every product,
-# to the totals computed from the source tables. Then nothing it started
-# may still run.
+# malformed messages, the catalogue mirrored into a second cluster. It must
+# exit 0 with every check of its report ok (the replica's products equal to
+# the shop's among them) and its equality line: product_metrics equal,
+# exactly and for every product, to the totals computed from the source
+# tables. Then nothing it started may still run.
 use strict;
 use warnings;
 
@@ -44,7 +45,8 @@ like(
 	'its report says product_metrics equals the source tables\' totals, for every product');
 my @ok     = $out =~ /^  \[ok\] /mg;
 my @failed = $out =~ /^  \[FAILED\] (.*)$/mg;
-is(scalar @ok, 10, 'its ten checks are ok (outbox, payments, views, likes, applied, duplicates, dead letters, unmatched, snapshots, catalog copy)')
+is(scalar @ok, 10,
+	'its ten checks are ok (outbox, payments, views, likes, applied, duplicates, dead letters, unmatched, the mirrored catalogue, snapshots)')
   or diag "failed: @failed";
 like($out, qr/^  re-sent [1-9]\d* events: /m, 'it re-sent delivered events as duplicates');
 like($out, qr/^  kafka: killed node\(s\) 1 /m, 'it killed the broker');
@@ -53,6 +55,7 @@ like($out, qr/^  serving again at /m, 'the broker came back');
 
 # Cleaned up: no PostgreSQL, no Kafka node left running.
 ok(!-e "$dir/pgdata/postmaster.pid", 'PostgreSQL was stopped');
+ok(!-e "$dir/replica-pgdata/postmaster.pid", 'the catalogue replica was stopped');
 my $kafka_status = '';
 IPC::Run::run([ "$repo/scripts/kafka", 'status', '--dir', "$dir/kafka" ],
 	'<', \undef, '>', \$kafka_status, '2>', \my $ignored);

@@ -285,23 +285,29 @@ sub _run_kcat
 }
 
 # Messages without headers ({key, value}; no tab or newline in them),
-# produced by one kcat from a file.  Checks that the topic grew by exactly
-# their number.
+# produced by one kcat from a file.  With tombstones => 1, a message whose
+# value is undef is a tombstone (a null value; kcat -Z: no other value may
+# then be empty).  Checks that the topic grew by exactly their number.
 sub produce_messages
 {
-	my ($bootstrap, $topic, $msgs) = @_;
+	my ($bootstrap, $topic, $msgs, %o) = @_;
 	return 0 unless @$msgs;
 	my $before = total_end_offset($bootstrap, $topic);
 	my $file = _tmpfile("plain-$topic-" . time() . '.txt');
 	open my $fh, '>:raw', $file or croak "cannot write $file: $!";
 	for my $m (@$msgs)
 	{
+		my $value = $m->{value} // '';
 		croak "message of key $m->{key} holds a tab or newline"
-		  if "$m->{key}$m->{value}" =~ /[\t\n]/;
-		print $fh "$m->{key}\t$m->{value}\n";
+		  if "$m->{key}$value" =~ /[\t\n]/;
+		croak "message of key $m->{key}: a null value needs tombstones => 1"
+		  if !defined $m->{value} && !$o{tombstones};
+		croak "message of key $m->{key}: an empty value would be sent as a tombstone"
+		  if defined $m->{value} && $value eq '' && $o{tombstones};
+		print $fh "$m->{key}\t$value\n";
 	}
 	close $fh or croak $!;
-	_run_kcat([ _kcat_common($bootstrap, $topic), '-K', '\t', '-l', $file ]);
+	_run_kcat([ _kcat_common($bootstrap, $topic), '-K', '\t', ($o{tombstones} ? '-Z' : ()), '-l', $file ]);
 	_check_grown($bootstrap, $topic, $before, scalar @$msgs);
 	return scalar @$msgs;
 }

@@ -529,6 +529,35 @@ COMMENT ON COLUMN eventpipe.handlers.owner IS
 COMMENT ON COLUMN eventpipe.handlers.confirmed IS
     'false: the owner is not known to have declared it (from before 0.4, or a reused role OID); not called until eventpipe.confirm_owner()';
 
+-- Mirrors: every row-change event of source (the captured table's name as
+-- the events carry it, e.g. public.products) applied to target, whose rows
+-- it keeps equal to the source's: an upsert per insert, update or read, a
+-- delete per delete or tombstone.  format: the events' shape, eventpipe's
+-- capture() payload or Debezium's change-event envelope.  owner: the role
+-- that declared it; the worker writes with its rights.
+CREATE TABLE eventpipe.mirrors (
+    id           bigint   GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscription text     NOT NULL REFERENCES eventpipe.subscriptions ON DELETE CASCADE,
+    source       text     NOT NULL CHECK (source <> ''),
+    target       regclass NOT NULL,
+    format       text     NOT NULL CHECK (format IN ('eventpipe', 'debezium')),
+    owner        regrole  NOT NULL,
+    confirmed    boolean  NOT NULL,
+    UNIQUE (subscription, source, target)
+);
+COMMENT ON TABLE eventpipe.mirrors IS
+    'Per captured table: its row changes applied to target, by primary key (upsert, or delete), in per-key order';
+COMMENT ON COLUMN eventpipe.mirrors.source IS
+    'The table''s name as its events carry it: eventpipe''s "table", Debezium''s source schema and table (public.products)';
+COMMENT ON COLUMN eventpipe.mirrors.format IS
+    'eventpipe: capture()''s payload; debezium: Debezium''s envelope, with or without the JSON converter''s schema/payload wrapper';
+COMMENT ON COLUMN eventpipe.mirrors.owner IS
+    'The role that declared the mirror: the worker writes to the target with its rights, checked at every batch';
+COMMENT ON COLUMN eventpipe.mirrors.confirmed IS
+    'false: the owner is not known to have declared it (a reused role OID); not applied until eventpipe.confirm_owner()';
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.mirrors', '');
+SELECT pg_catalog.pg_extension_config_dump('eventpipe.mirrors_id_seq', '');
+
 -- The dedup ledger: an event id is in it once its effects are committed,
 -- in the batch's transaction.  Keyed by (subscription_id, event id).  No
 -- foreign key: a check per row would cost every batch thousands of lookups;
@@ -908,13 +937,15 @@ BEGIN
     UPDATE eventpipe.subscriptions AS s SET confirmed = false WHERE s.owner OPERATOR(pg_catalog.=) role;
     UPDATE eventpipe.metric_rules AS r SET confirmed = false WHERE r.owner OPERATOR(pg_catalog.=) role;
     UPDATE eventpipe.handlers AS h SET confirmed = false WHERE h.owner OPERATOR(pg_catalog.=) role;
+    UPDATE eventpipe.mirrors AS m SET confirmed = false WHERE m.owner OPERATOR(pg_catalog.=) role;
     EXECUTE pg_catalog.format('GRANT REFERENCES (owner) ON eventpipe.subscriptions TO %I',
                               pg_catalog.pg_get_userbyid(role::pg_catalog.oid));
 END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.track_owner(regrole) FROM PUBLIC;
 
--- Forget role as an owner once it owns no subscription, rule or handler.
+-- Forget role as an owner once it owns no subscription, rule, handler or
+-- mirror.
 CREATE FUNCTION eventpipe.untrack_owner_if_unused(role regrole)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -924,6 +955,7 @@ BEGIN
     IF NOT EXISTS (SELECT FROM eventpipe.subscriptions AS s WHERE s.owner OPERATOR(pg_catalog.=) role)
        AND NOT EXISTS (SELECT FROM eventpipe.metric_rules AS r WHERE r.owner OPERATOR(pg_catalog.=) role)
        AND NOT EXISTS (SELECT FROM eventpipe.handlers AS h WHERE h.owner OPERATOR(pg_catalog.=) role)
+       AND NOT EXISTS (SELECT FROM eventpipe.mirrors AS m WHERE m.owner OPERATOR(pg_catalog.=) role)
        AND EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid OPERATOR(pg_catalog.=) role::pg_catalog.oid) THEN
         EXECUTE pg_catalog.format('REVOKE REFERENCES (owner) ON eventpipe.subscriptions FROM %I',
                                   pg_catalog.pg_get_userbyid(role::pg_catalog.oid));
@@ -933,7 +965,7 @@ $$;
 REVOKE ALL ON FUNCTION eventpipe.untrack_owner_if_unused(regrole) FROM PUBLIC;
 
 -- A superuser confirms that role really declared the unconfirmed rules,
--- handlers and subscriptions that carry its name; returns how many.
+-- handlers, mirrors and subscriptions that carry its name; returns how many.
 CREATE FUNCTION eventpipe.confirm_owner(role regrole)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -955,11 +987,15 @@ BEGIN
     UPDATE eventpipe.handlers AS h SET confirmed = true
      WHERE h.owner OPERATOR(pg_catalog.=) role AND NOT h.confirmed;
     GET DIAGNOSTICS n = ROW_COUNT;
+    confirmed_rows := confirmed_rows OPERATOR(pg_catalog.+) n;
+    UPDATE eventpipe.mirrors AS m SET confirmed = true
+     WHERE m.owner OPERATOR(pg_catalog.=) role AND NOT m.confirmed;
+    GET DIAGNOSTICS n = ROW_COUNT;
     RETURN confirmed_rows OPERATOR(pg_catalog.+) n;
 END;
 $$;
 COMMENT ON FUNCTION eventpipe.confirm_owner(regrole) IS
-    'For a superuser, after checking them: the unconfirmed rules, handlers and subscriptions of role were really declared by it; they run again';
+    'For a superuser, after checking them: the unconfirmed rules, handlers, mirrors and subscriptions of role were really declared by it; they run again';
 REVOKE ALL ON FUNCTION eventpipe.confirm_owner(regrole) FROM PUBLIC;
 
 -- DROP OWNED BY and REASSIGN OWNED BY, for this database's eventpipe
@@ -983,7 +1019,9 @@ BEGIN
                     UNION SELECT r.owner FROM eventpipe.metric_rules AS r
                      WHERE r.subscription OPERATOR(pg_catalog.=) delete_subscription.name
                     UNION SELECT h.owner FROM eventpipe.handlers AS h
-                     WHERE h.subscription OPERATOR(pg_catalog.=) delete_subscription.name);
+                     WHERE h.subscription OPERATOR(pg_catalog.=) delete_subscription.name
+                    UNION SELECT m.owner FROM eventpipe.mirrors AS m
+                     WHERE m.subscription OPERATOR(pg_catalog.=) delete_subscription.name);
     DELETE FROM eventpipe.subscriptions AS s WHERE s.name OPERATOR(pg_catalog.=) delete_subscription.name
     RETURNING s.id INTO gone;
     DELETE FROM eventpipe.event_handled AS h WHERE h.subscription_id OPERATOR(pg_catalog.=) gone;
@@ -1001,11 +1039,12 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- a subscription goes with every rule and handler on it, whoever owns them
+    -- a subscription goes with every rule, handler and mirror on it, whoever owns them
     PERFORM eventpipe.delete_subscription(s.name) FROM eventpipe.subscriptions AS s
       WHERE s.owner OPERATOR(pg_catalog.=) ANY (drop_owned.roles);
     DELETE FROM eventpipe.metric_rules AS r WHERE r.owner OPERATOR(pg_catalog.=) ANY (drop_owned.roles);
     DELETE FROM eventpipe.handlers AS h WHERE h.owner OPERATOR(pg_catalog.=) ANY (drop_owned.roles);
+    DELETE FROM eventpipe.mirrors AS m WHERE m.owner OPERATOR(pg_catalog.=) ANY (drop_owned.roles);
 END;
 $$;
 REVOKE ALL ON FUNCTION eventpipe.drop_owned(regrole[]) FROM PUBLIC;
@@ -1025,6 +1064,8 @@ BEGIN
      WHERE r.owner OPERATOR(pg_catalog.=) ANY (reassign_owned.roles);
     UPDATE eventpipe.handlers AS h SET owner = new_owner
      WHERE h.owner OPERATOR(pg_catalog.=) ANY (reassign_owned.roles);
+    UPDATE eventpipe.mirrors AS m SET owner = new_owner
+     WHERE m.owner OPERATOR(pg_catalog.=) ANY (reassign_owned.roles);
     FOREACH role IN ARRAY pg_catalog.array_append(roles, new_owner) LOOP
         PERFORM eventpipe.untrack_owner_if_unused(role);
     END LOOP;
@@ -1163,6 +1204,31 @@ COMMENT ON FUNCTION eventpipe.unsubscribe(text) IS
     'Stop a subscription''s worker and forget its rules, handlers, ledger and offsets (dead letters stay)';
 REVOKE ALL ON FUNCTION eventpipe.unsubscribe(text) FROM PUBLIC;
 
+-- A rule's or mirror's target: an existing ordinary or partitioned table,
+-- not temporary; kind names the declaration in the error's detail.
+CREATE FUNCTION eventpipe.check_target_table(target regclass, kind text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel pg_catalog.pg_class;
+BEGIN
+    SELECT * INTO rel FROM pg_catalog.pg_class AS c WHERE c.oid OPERATOR(pg_catalog.=) target::pg_catalog.oid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table with OID % does not exist', target::pg_catalog.oid
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    IF rel.relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[])
+       OR rel.relpersistence OPERATOR(pg_catalog.=) 't' THEN
+        RAISE EXCEPTION '"%" is not a table', target::pg_catalog.text
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = pg_catalog.format('A %s target must be an ordinary or partitioned table, not temporary.', kind);
+    END IF;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.check_target_table(regclass, text) FROM PUBLIC;
+
 CREATE FUNCTION eventpipe.add_metric_as(
     caller       regrole,
     subscription text,
@@ -1176,7 +1242,6 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    rel        pg_catalog.pg_class;
     key_column name;
     col        pg_catalog.pg_attribute;
     missing    text;
@@ -1191,17 +1256,7 @@ BEGIN
     END IF;
     PERFORM eventpipe.check_field_name('key_field', key_field);
     PERFORM eventpipe.check_field_name('value_field', value_field);
-    SELECT * INTO rel FROM pg_catalog.pg_class AS c WHERE c.oid OPERATOR(pg_catalog.=) target::pg_catalog.oid;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'table with OID % does not exist', target::pg_catalog.oid
-            USING ERRCODE = 'undefined_table';
-    END IF;
-    IF rel.relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[])
-       OR rel.relpersistence OPERATOR(pg_catalog.=) 't' THEN
-        RAISE EXCEPTION '"%" is not a table', target::pg_catalog.text
-            USING ERRCODE = 'wrong_object_type',
-                  DETAIL = 'A metric target must be an ordinary or partitioned table, not temporary.';
-    END IF;
+    PERFORM eventpipe.check_target_table(target, 'metric');
     SELECT a.attname INTO key_column
       FROM pg_catalog.pg_index AS i
       JOIN pg_catalog.pg_attribute AS a
@@ -1388,6 +1443,87 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION eventpipe.remove_handler(bigint) IS
     'Remove a handler (by the id add_handler returned); returns false if there is none';
 REVOKE ALL ON FUNCTION eventpipe.remove_handler(bigint) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.add_mirror_as(
+    caller       regrole,
+    subscription text,
+    source       text,
+    target       regclass,
+    format       text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    mirror_id bigint;
+BEGIN
+    PERFORM eventpipe.check_may_change(caller, subscription);
+    IF source IS NULL OR source OPERATOR(pg_catalog.=) '' OR target IS NULL THEN
+        RAISE EXCEPTION 'source and target are required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF format IS NULL OR format OPERATOR(pg_catalog.<>) ALL (ARRAY['eventpipe', 'debezium']) THEN
+        RAISE EXCEPTION 'unknown mirror format "%"', format
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The format is ''eventpipe'' (capture()''s events) or ''debezium'' (Debezium''s change events).';
+    END IF;
+    PERFORM eventpipe.check_target_table(target, 'mirror');
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_index AS i
+                    WHERE i.indrelid OPERATOR(pg_catalog.=) target::pg_catalog.oid AND i.indisprimary) THEN
+        RAISE EXCEPTION 'table "%" has no primary key', target::pg_catalog.text
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = 'A mirror applies each change to the row of its key: give the target the primary key of the source table.';
+    END IF;
+    IF NOT (pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'SELECT')
+               AND pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'INSERT')
+               AND pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'UPDATE')
+               AND pg_catalog.has_table_privilege(caller::pg_catalog.oid, target::pg_catalog.oid, 'DELETE')) THEN
+        RAISE EXCEPTION 'permission denied to mirror into table "%"', target::pg_catalog.text
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A mirror needs SELECT, INSERT, UPDATE and DELETE on its target.';
+    END IF;
+    IF EXISTS (SELECT FROM eventpipe.mirrors AS m
+                WHERE m.subscription OPERATOR(pg_catalog.=) add_mirror_as.subscription
+                  AND m.source OPERATOR(pg_catalog.=) add_mirror_as.source
+                  AND m.target OPERATOR(pg_catalog.=) add_mirror_as.target) THEN
+        RAISE EXCEPTION 'subscription "%" already mirrors % into "%"', subscription, source, target::pg_catalog.text
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    PERFORM eventpipe.track_owner(caller);
+    INSERT INTO eventpipe.mirrors (subscription, source, target, format, owner, confirmed)
+    VALUES (subscription, source, target, format, caller, true)
+    RETURNING id INTO mirror_id;
+    RETURN mirror_id;
+END;
+$$;
+REVOKE ALL ON FUNCTION eventpipe.add_mirror_as(regrole, text, text, regclass, text) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.add_mirror(
+    subscription text,
+    source       text,
+    target       regclass,
+    format       text DEFAULT 'eventpipe')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.add_mirror(text, text, regclass, text) IS
+    'Keep target equal to the captured table source from its row-change events (format eventpipe or debezium); returns the mirror id';
+REVOKE ALL ON FUNCTION eventpipe.add_mirror(text, text, regclass, text) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.remove_mirror_as(caller regrole, id bigint)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN eventpipe.remove_declared(caller, 'eventpipe.mirrors', id);
+REVOKE ALL ON FUNCTION eventpipe.remove_mirror_as(regrole, bigint) FROM PUBLIC;
+
+CREATE FUNCTION eventpipe.remove_mirror(id bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'eventpipe_as_caller'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION eventpipe.remove_mirror(bigint) IS
+    'Remove a mirror (by the id add_mirror returned); the target keeps its rows; returns false if there is none';
+REVOKE ALL ON FUNCTION eventpipe.remove_mirror(bigint) FROM PUBLIC;
 
 ------------------------------------------------------------------------------
 -- Consumer operations: pause(), resume(), replay(), retry_consumer_dead()

@@ -2,10 +2,12 @@
  * consumer.h
  *		The consumer worker's pieces: its subscription and rules as read from
  *		the database (consumer_catalog.c), the Kafka messages of a batch and
- *		what each one means (consumer_message.c), a batch applied in one
- *		transaction (consumer_apply.c: ledger, handlers, metrics, dead
- *		letters and offsets in consumer_ledger.c, consumer_handlers.c,
- *		consumer_metrics.c, consumer_store.c), the librdkafka consumer
+ *		what each one means (consumer_message.c; row changes for mirrors in
+ *		mirror_events.c, their targets in mirror_target.c), a batch applied
+ *		in one transaction (consumer_apply.c: ledger, handlers, row locks,
+ *		metrics, mirrors, dead letters and offsets in consumer_ledger.c,
+ *		consumer_handlers.c, consumer_row_locks.c, consumer_metrics.c,
+ *		consumer_mirrors.c, consumer_store.c), the librdkafka consumer
  *		(worker/kafka/kafka_consumer.c, kafka_consumer_offsets.c), the
  *		operations asked for from SQL: pause, replay, dead letters to retry
  *		(consumer_control.c), and the main loops of the consumer manager
@@ -19,6 +21,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
@@ -65,12 +68,80 @@ typedef struct EventHandler
 	char	   *fault;			/* why it cannot be called now; NULL if it can */
 } EventHandler;
 
+/* A column of a mirror's target that images may set (mirror_target.c). */
+typedef struct MirrorColumn
+{
+	char	   *name;			/* as the images name it */
+	char	   *quoted;
+	Oid			type;			/* its base type: what an image's value is read as */
+	int32		typmod;
+	Oid			array_type;		/* the statements take a column's values as one array of this */
+	char	   *array_cast;		/* that array type, schema-qualified */
+	char	   *text_cast;		/* a type without an array type of its own (an array type):
+								 * its values go as text, cast back with this; NULL for others */
+	Oid			input;
+	Oid			ioparam;
+	Oid			output;
+	FmgrInfo	input_function;
+	FmgrInfo	output_function;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	char	   *equals;			/* a key column's "OPERATOR(schema.=)"; NULL for others */
+} MirrorColumn;
+
+/* A mirror, with its target's columns and primary key as the catalogs say now. */
+typedef struct MirrorRule
+{
+	int64		id;
+	char	   *source;
+	bool		debezium;		/* format 'debezium'; else 'eventpipe' */
+	Oid			target;
+	char	   *target_name;	/* schema-qualified, quoted */
+	Oid			owner;
+	char	   *fault;			/* why it cannot be applied now; NULL if it can */
+	int			ncolumns;
+	MirrorColumn *columns;
+	int			nkeys;
+	int		   *keys;			/* the primary key's columns, indexes in columns */
+} MirrorRule;
+
+/*
+ * One change a message makes to a mirror's target: delete the row of key,
+ * or upsert an image (the columns it has, present; the others are left
+ * alone, or take their defaults in a new row).  A delete's values hold the
+ * key columns only.
+ */
+typedef struct MirrorChange
+{
+	int			mirror;			/* index in ConsumerRules.mirrors */
+	Datum		key;			/* text: the key columns' values, canonical, as the locks take it */
+	bool		delete_row;
+	Datum	   *values;			/* by column of the target */
+	bool	   *nulls;
+	bool	   *present;
+} MirrorChange;
+
+/* The payload fields that say which mirror a message concerns: see mirror_events.c. */
+typedef enum MirrorField
+{
+	MIRROR_FIELD_TABLE,			/* eventpipe: "table" */
+	MIRROR_FIELD_SCHEMA,		/* Debezium: "source.schema", or in the wrapper's payload */
+	MIRROR_FIELD_SOURCE_TABLE,
+	MIRROR_FIELD_WRAPPED_SCHEMA,
+	MIRROR_FIELD_WRAPPED_TABLE,
+	MIRROR_FIELDS
+} MirrorField;
+
 typedef struct ConsumerRules
 {
 	int			nmetrics;
 	MetricRule *metrics;
 	int			nhandlers;
 	EventHandler *handlers;
+	int			nmirrors;
+	MirrorRule *mirrors;
+	int			mirror_slots[MIRROR_FIELDS];	/* -1: not read (no mirror of that format) */
 	/* the payload fields read from every message, each once: consumer_message_fields() */
 	int			nfields;
 	PayloadFieldName *fields;
@@ -127,6 +198,7 @@ typedef struct ConsumedMessage
 	char	   *error;			/* why it cannot be applied; NULL if it can */
 	List	   *effects;		/* of MetricEffect * */
 	List	   *handlers;		/* of EventHandler * */
+	List	   *mirror_changes; /* of MirrorChange *, in the order they apply */
 	MessageFate fate;
 } ConsumedMessage;
 
@@ -184,8 +256,27 @@ extern void consumer_find_duplicates(ConsumedMessage *messages, int count, int32
 extern void consumer_record_event_ids(ConsumedMessage *messages, int count, int32 ledger_id);
 extern TimestampTz consumer_keep_ledger(int retention_s, bool drop_expired);
 
-/* consumer_handlers.c, consumer_metrics.c, consumer_store.c: in the batch's transaction */
+/* mirror_events.c: in memory */
+extern List *mirror_events_of_topic(const ConsumedMessage *message, const ConsumerRules *rules);
+extern List *mirror_events_of_table(const ConsumedMessage *message, const ConsumerRules *rules);
+extern char *mirror_events_tombstone(ConsumedMessage *message, const ConsumerRules *rules,
+									 List *mirrors);
+extern char *mirror_events_changes(ConsumedMessage *message, const ConsumerRules *rules,
+								   List *mirrors);
+extern MirrorChange *mirror_events_copy_change(const MirrorChange *change,
+											   const ConsumerRules *rules);
+
+/* mirror_target.c: in the batch's transaction */
+extern char *mirror_target_describe(MirrorRule *mirror);
+
+/*
+ * consumer_row_locks.c, consumer_handlers.c, consumer_metrics.c,
+ * consumer_mirrors.c, consumer_store.c: in the batch's transaction
+ */
+extern void consumer_lock_rows(ConsumedMessage *messages, int count, const ConsumerRules *rules);
 extern void consumer_run_handlers(ConsumedMessage *messages, int count);
+extern void consumer_apply_mirrors(ConsumedMessage *messages, int count,
+								   const ConsumerRules *rules);
 extern void consumer_upsert_metrics(ConsumedMessage *messages, int count,
 									const ConsumerRules *rules);
 extern void consumer_store_dead_letters(ConsumerBatch *batch, const char *name);

@@ -2,14 +2,16 @@
  * consumer_apply.c
  *		Applying a batch of Kafka messages (or of dead letters retried) in
  *		one transaction: read the subscription and its rules, interpret each
- *		message, then the ledger, the handlers and the metric upserts, the
- *		dead letters and the next offsets.  When a batch fails, it is applied
+ *		message, then the ledger, the handlers, the metric upserts and the
+ *		mirrors' changes, the dead letters and the next offsets.  When a batch fails, it is applied
  *		again isolating the messages at fault (apply_in_halves).
  *
  * A batch's transaction holds, all or nothing: the dedup ledger rows of its
  * new events (consumer_ledger.c), the handlers' work (consumer_handlers.c),
- * the metric upserts (consumer_metrics.c), its dead letters and its
- * partitions' next offsets (consumer_store.c).
+ * the row locks (consumer_row_locks.c), the metric upserts
+ * (consumer_metrics.c), the mirrors' upserts and deletes
+ * (consumer_mirrors.c), its dead letters and its partitions' next offsets
+ * (consumer_store.c).
  *
  * A handler runs in a subtransaction of its own: its error dead-letters
  * that message only.  Any other error fails the whole batch; the worker then
@@ -17,8 +19,9 @@
  * fault are dead-lettered and the rest applied.  The worker's own
  * statements run with search_path pg_catalog, pg_temp, and name every
  * function, operator and type with its schema all the same; the user's part
- * runs as the role that declared it (user_code.c), and a rule or handler
- * that cannot run any more dead-letters only the messages that need it.
+ * runs as the role that declared it (user_code.c), and a rule, handler or
+ * mirror that cannot run any more dead-letters only the messages that need
+ * it.
  * Every name is quoted.
  */
 #include "postgres.h"
@@ -31,8 +34,10 @@
 #include "worker/worker_loop.h"
 
 /*
- * Ledger, handlers and metrics of some of the batch's messages: the
- * duplicates found first, the ids of the messages applied recorded last.
+ * Ledger, handlers, metrics and mirrors of some of the batch's messages:
+ * the duplicates found first, the rows the rules and mirrors write locked
+ * before any of them is written, the ids of the messages applied recorded
+ * last.
  */
 static void
 apply_effects(ConsumedMessage *messages, int count, int32 ledger_id,
@@ -40,7 +45,9 @@ apply_effects(ConsumedMessage *messages, int count, int32 ledger_id,
 {
 	consumer_find_duplicates(messages, count, ledger_id);
 	consumer_run_handlers(messages, count);
+	consumer_lock_rows(messages, count, rules);
 	consumer_upsert_metrics(messages, count, rules);
+	consumer_apply_mirrors(messages, count, rules);
 	consumer_record_event_ids(messages, count, ledger_id);
 }
 
@@ -109,6 +116,7 @@ keep_outcome(ConsumerBatch *batch, MemoryContext caller_context)
 		message->event_id = NULL;
 		message->effects = NIL;
 		message->handlers = NIL;
+		message->mirror_changes = NIL;
 	}
 }
 

@@ -1,9 +1,10 @@
 /*
  * consumer_catalog.c
  *		What the consumer reads of its configuration before applying a
- *		batch: its subscription's row, its metric rules and its handlers,
- *		each with what it needs from the system catalogs now and the reason
- *		it cannot run (see user_code.c), if any.
+ *		batch: its subscription's row, its metric rules, its handlers and
+ *		its mirrors, each with what it needs from the system catalogs now
+ *		(a mirror's target: mirror_target.c) and the reason it cannot run
+ *		(see user_code.c), if any.
  */
 #include "postgres.h"
 
@@ -25,6 +26,7 @@ typedef enum CatalogStatement
 	READ_SUBSCRIPTION,
 	READ_METRIC_RULES,
 	READ_HANDLERS,
+	READ_MIRRORS,
 	CATALOG_STATEMENTS
 } CatalogStatement;
 
@@ -65,6 +67,14 @@ static WorkerStatement statements[CATALOG_STATEMENTS] = {
 		" eventpipe.owner_is_tracked(h.owner), h.confirmed"
 		" FROM eventpipe.handlers AS h"
 		" WHERE h.subscription OPERATOR(pg_catalog.=) $1 ORDER BY h.id",
+		false, 1, {TEXTOID}
+	},
+	[READ_MIRRORS] = {
+		"read the mirrors",
+		"SELECT m.id, m.source, m.target::pg_catalog.oid, m.format, m.owner::pg_catalog.oid,"
+		" eventpipe.owner_is_tracked(m.owner), m.confirmed"
+		" FROM eventpipe.mirrors AS m"
+		" WHERE m.subscription OPERATOR(pg_catalog.=) $1 ORDER BY m.id",
 		false, 1, {TEXTOID}
 	},
 };
@@ -138,10 +148,45 @@ bool_column(HeapTuple tuple, TupleDesc desc, int column)
 	return !isnull && DatumGetBool(d);
 }
 
+/* The subscription's mirrors, each with its target as it is now (SPI connected). */
+static void
+load_mirrors(const char *name, ConsumerRules *rules)
+{
+	Datum		values[1] = {CStringGetTextDatum(name)};
+	SPITupleTable *table;
+	uint64		count;
+	uint64		i;
+
+	worker_run_statement(&statements[READ_MIRRORS], values, NULL, SPI_OK_SELECT);
+	table = SPI_tuptable;
+	count = SPI_processed;
+	rules->nmirrors = (int) count;
+	rules->mirrors = palloc0(sizeof(MirrorRule) * (count + 1));
+	for (i = 0; i < count; i++)
+	{
+		HeapTuple	tuple = table->vals[i];
+		TupleDesc	desc = table->tupdesc;
+		MirrorRule *mirror = &rules->mirrors[i];
+		bool		isnull;
+		char	   *target_fault;
+
+		mirror->id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+		mirror->source = worker_text_column(tuple, desc, 2);
+		mirror->target = DatumGetObjectId(SPI_getbinval(tuple, desc, 3, &isnull));
+		mirror->debezium = strcmp(worker_text_column(tuple, desc, 4), "debezium") == 0;
+		mirror->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 5, &isnull));
+		target_fault = mirror_target_describe(mirror);
+		mirror->fault = user_code_mirror_fault(mirror->id, mirror->owner,
+											   bool_column(tuple, desc, 6),
+											   bool_column(tuple, desc, 7),
+											   mirror->target, mirror->target_name, target_fault);
+	}
+}
+
 /*
- * The subscription's rules and handlers, each with what it needs from the
- * catalogs now, and the reason it cannot run (see user_code.c), if any.
- * SPI connected.
+ * The subscription's rules, handlers and mirrors, each with what it needs
+ * from the catalogs now, and the reason it cannot run (see user_code.c), if
+ * any.  SPI connected.
  */
 void
 consumer_load_rules(const char *name, ConsumerRules *rules)
@@ -197,6 +242,7 @@ consumer_load_rules(const char *name, ConsumerRules *rules)
 												 bool_column(tuple, desc, 6),
 												 handler->handler);
 	}
+	load_mirrors(name, rules);
 }
 
 /*

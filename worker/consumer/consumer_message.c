@@ -4,7 +4,9 @@
  *		applied at all (a non-empty UTF-8 JSON value), its event type (the
  *		ce_type header, else the payload's "type"), its dedup key (the ce_id
  *		header, else the payload's dedup_field, else topic/partition/offset),
- *		and the metric effects and handlers its type calls for.  Field names
+ *		the metric effects and handlers its type calls for, and the changes
+ *		it makes to the mirrors whose table it concerns (mirror_events.c:
+ *		a tombstone, a null value, too, by its topic).  Field names
  *		(key_field, value_field, dedup_field) may be dotted paths into nested
  *		objects.
  *
@@ -30,6 +32,7 @@
 #include "utils/numeric.h"
 
 #include "consumer.h"
+#include "consumer_sql.h"
 
 /* Is this text fit for a text column and a JSON string (UTF-8, no NUL)? */
 static bool
@@ -52,14 +55,6 @@ header_text(const ConsumedMessage *message, const char *name)
 		value == NULL || size == 0 || !is_clean_text(value, size))
 		return NULL;
 	return pnstrdup(value, size);
-}
-
-/* Is this error the message's fault (bad data), not the server's? */
-static bool
-is_data_error(int sqlerrcode)
-{
-	return ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_DATA_EXCEPTION ||
-		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
 }
 
 /*
@@ -136,13 +131,8 @@ read_value(ConsumedMessage *message, const ConsumerRules *rules,
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = consumer_caught_data_error(context);
 
-		MemoryContextSwitchTo(context);
-		edata = CopyErrorData();
-		if (!is_data_error(edata->sqlerrcode))
-			PG_RE_THROW();
-		FlushErrorState();
 		error = edata->detail
 			? psprintf("value is not valid JSON: %s: %s", edata->message, edata->detail)
 			: psprintf("value is not valid JSON: %s", edata->message);
@@ -180,16 +170,19 @@ field_slot(ConsumerRules *rules, const char *name)
 
 /*
  * The payload fields interpreting a message reads, each named once, in
- * the context of rules: "type", the subscription's dedup_field, and every
- * rule's key and value fields.
+ * the context of rules: "type", the subscription's dedup_field, every
+ * rule's key and value fields, and the table names of the mirrors' formats
+ * (mirror_events.c).
  */
 void
 consumer_message_fields(ConsumerRules *rules, const Subscription *subscription)
 {
+	bool		eventpipe_mirrors = false;
+	bool		debezium_mirrors = false;
 	int			i;
 
 	rules->nfields = 0;
-	rules->fields = palloc(sizeof(PayloadFieldName) * (2 + 2 * rules->nmetrics));
+	rules->fields = palloc(sizeof(PayloadFieldName) * (2 + 2 * rules->nmetrics + MIRROR_FIELDS));
 	rules->type_slot = field_slot(rules, "type");
 	rules->dedup_slot = subscription->dedup_field ? field_slot(rules, subscription->dedup_field) : -1;
 	for (i = 0; i < rules->nmetrics; i++)
@@ -198,6 +191,22 @@ consumer_message_fields(ConsumerRules *rules, const Subscription *subscription)
 
 		rule->key_slot = field_slot(rules, rule->key_field);
 		rule->value_slot = rule->value_field ? field_slot(rules, rule->value_field) : -1;
+	}
+	for (i = 0; i < rules->nmirrors; i++)
+	{
+		debezium_mirrors |= rules->mirrors[i].debezium;
+		eventpipe_mirrors |= !rules->mirrors[i].debezium;
+	}
+	for (i = 0; i < MIRROR_FIELDS; i++)
+		rules->mirror_slots[i] = -1;
+	if (eventpipe_mirrors)
+		rules->mirror_slots[MIRROR_FIELD_TABLE] = field_slot(rules, "table");
+	if (debezium_mirrors)
+	{
+		rules->mirror_slots[MIRROR_FIELD_SCHEMA] = field_slot(rules, "source.schema");
+		rules->mirror_slots[MIRROR_FIELD_SOURCE_TABLE] = field_slot(rules, "source.table");
+		rules->mirror_slots[MIRROR_FIELD_WRAPPED_SCHEMA] = field_slot(rules, "payload.source.schema");
+		rules->mirror_slots[MIRROR_FIELD_WRAPPED_TABLE] = field_slot(rules, "payload.source.table");
 	}
 }
 
@@ -242,12 +251,40 @@ metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
 	return NULL;
 }
 
+/* The fate interpreting found: dead with an error, unmatched with nothing to do, else applied. */
+static void
+settle_fate(ConsumedMessage *message)
+{
+	if (message->error != NULL)
+	{
+		message->fate = MESSAGE_DEAD;
+		message->effects = NIL;
+		message->handlers = NIL;
+		message->mirror_changes = NIL;
+	}
+	else if (message->effects == NIL && message->handlers == NIL && message->mirror_changes == NIL)
+		message->fate = MESSAGE_UNMATCHED;
+	else
+		message->fate = MESSAGE_APPLIED;	/* unless the ledger knows it */
+}
+
 /* Work out what the message means, in the current memory context. */
 static void
 interpret(ConsumedMessage *message, const ConsumerRules *rules)
 {
+	List	   *mirrors = NIL;
 	int			i;
 
+	/* a tombstone deletes its key from the mirrors of its topic; any other is an empty value */
+	if (message->value == NULL && rules->nmirrors > 0 &&
+		(mirrors = mirror_events_of_topic(message, rules)) != NIL)
+	{
+		message->event_id = event_id_of(message, rules);
+		message->event_type = header_text(message, "ce_type");
+		message->error = mirror_events_tombstone(message, rules, mirrors);
+		settle_fate(message);
+		return;
+	}
 	message->error = unreadable_value(message);
 	if (message->error == NULL)
 		message->error = read_value(message, rules, read_fields);
@@ -272,19 +309,13 @@ interpret(ConsumedMessage *message, const ConsumerRules *rules)
 			message->error = rules->handlers[i].fault;
 			message->handlers = lappend(message->handlers, &rules->handlers[i]);
 		}
-	if (message->error == NULL && message->handlers != NIL)
+	if (message->error == NULL && rules->nmirrors > 0)
+		mirrors = mirror_events_of_table(message, rules);
+	if (message->error == NULL && (message->handlers != NIL || mirrors != NIL))
 		message->error = read_value(message, rules, read_jsonb);
-
-	if (message->error != NULL)
-	{
-		message->fate = MESSAGE_DEAD;
-		message->effects = NIL;
-		message->handlers = NIL;
-	}
-	else if (message->effects == NIL && message->handlers == NIL)
-		message->fate = MESSAGE_UNMATCHED;
-	else
-		message->fate = MESSAGE_APPLIED;	/* unless the ledger knows it */
+	if (message->error == NULL && mirrors != NIL)
+		message->error = mirror_events_changes(message, rules, mirrors);
+	settle_fate(message);
 }
 
 static Datum
@@ -297,7 +328,7 @@ copy_text(Datum value)
  * Interpret the message against the rules.  The parse and the lookups run
  * in a scratch context reset after each message; only what the batch needs
  * later is copied to the caller's context: the type, id, error, effects,
- * and the payload when a handler will be called with it.  (Keeping every
+ * mirror changes, and the payload when a handler will be called with it.  (Keeping every
  * parse of a batch until its end made each batch allocate, and give back to
  * the kernel, megabytes of fresh pages.)
  */
@@ -316,6 +347,7 @@ consumer_message_interpret(ConsumedMessage *message, const ConsumerRules *rules)
 	parsed.payload = NULL;
 	parsed.effects = NIL;
 	parsed.handlers = NIL;
+	parsed.mirror_changes = NIL;
 	MemoryContextSwitchTo(scratch);
 	interpret(&parsed, rules);
 	MemoryContextSwitchTo(caller_context);
@@ -343,6 +375,10 @@ consumer_message_interpret(ConsumedMessage *message, const ConsumerRules *rules)
 			effect->value = PointerGetDatum(DatumGetNumericCopy(effect->value));
 		message->effects = lappend(message->effects, effect);
 	}
+	message->mirror_changes = NIL;
+	foreach(lc, parsed.mirror_changes)
+		message->mirror_changes = lappend(message->mirror_changes,
+										  mirror_events_copy_change((MirrorChange *) lfirst(lc), rules));
 	MemoryContextReset(scratch);
 }
 

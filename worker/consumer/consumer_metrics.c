@@ -1,14 +1,13 @@
 /*
  * consumer_metrics.c
- *		The metric rules' effect of a batch: advisory locks on the rows it
- *		touches, taken in one global order, then one upsert per target and
- *		set of columns, with the deltas summed per row and column here.  The
- *		upserts' plans are kept, found by their text.
+ *		The metric rules' effect of a batch: one upsert per target and set
+ *		of columns, with the deltas summed per row and column here, once the
+ *		rows are locked (consumer_row_locks.c).  The upserts' plans are
+ *		kept, found by their text (consumer_sql.c).
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "nodes/bitmapset.h"
@@ -27,34 +26,6 @@ same_target(const MetricRule *a, const MetricRule *b)
 	return a->target == b->target && a->owner == b->owner;
 }
 
-/*
- * The effects of the messages still to apply, as arrays: the target of
- * each and its key.  Returns how many.
- */
-static int
-collect_effects(ConsumedMessage *messages, int count, const ConsumerRules *rules,
-				Datum *targets, Datum *keys)
-{
-	int			n = 0;
-	int			i;
-
-	for (i = 0; i < count; i++)
-	{
-		ListCell   *lc;
-
-		if (messages[i].fate != MESSAGE_APPLIED)
-			continue;
-		foreach(lc, messages[i].effects)
-		{
-			MetricEffect *effect = (MetricEffect *) lfirst(lc);
-
-			targets[n] = ObjectIdGetDatum(rules->metrics[effect->rule].target);
-			keys[n++] = effect->key;
-		}
-	}
-	return n;
-}
-
 /* How many effects the messages have at most. */
 static int
 count_effects(ConsumedMessage *messages, int count)
@@ -65,111 +36,6 @@ count_effects(ConsumedMessage *messages, int count)
 	for (i = 0; i < count; i++)
 		n += list_length(messages[i].effects);
 	return n;
-}
-
-/*
- * Transaction-level advisory locks on the metric rows the messages touch,
- * taken in sorted order before any upsert: two workers that touch the same
- * rows wait for each other, and, all locks coming in one global order,
- * never deadlock.  A lock covers (target, a bucket of keys by hash), so a
- * batch takes at most LOCK_BUCKETS locks per target whatever its number of
- * keys, and never fills the server's lock table.  The lock is
- * pg_advisory_xact_lock(target, bucket), with bucket the key's hashtext()
- * modulo LOCK_BUCKETS, so a DBA can see and take the same locks from SQL.
- */
-#define LOCK_BUCKETS 256
-
-typedef struct RowLock
-{
-	int32		target;
-	int32		bucket;
-} RowLock;
-
-static int
-compare_row_locks(const void *a, const void *b)
-{
-	const RowLock *x = (const RowLock *) a;
-	const RowLock *y = (const RowLock *) b;
-
-	if (x->target != y->target)
-		return x->target < y->target ? -1 : 1;
-	return x->bucket - y->bucket;
-}
-
-static void
-lock_metric_rows(ConsumedMessage *messages, int count, const ConsumerRules *rules)
-{
-	int			most = count_effects(messages, count);
-	Datum	   *targets = palloc(sizeof(Datum) * (most + 1));
-	Datum	   *keys = palloc(sizeof(Datum) * (most + 1));
-	RowLock    *locks = palloc(sizeof(RowLock) * (most + 1));
-	int			n = collect_effects(messages, count, rules, targets, keys);
-	int			i;
-
-	for (i = 0; i < n; i++)
-	{
-		text	   *key = DatumGetTextPP(keys[i]);
-		uint32		hash = DatumGetUInt32(hash_any((unsigned char *) VARDATA_ANY(key),
-												   VARSIZE_ANY_EXHDR(key)));
-
-		locks[i].target = (int32) (DatumGetObjectId(targets[i]) & 0x7FFFFFFF);
-		locks[i].bucket = (int32) ((hash & 0x7FFFFFFF) % LOCK_BUCKETS);
-	}
-	qsort(locks, n, sizeof(RowLock), compare_row_locks);
-	for (i = 0; i < n; i++)
-		if (i == 0 || compare_row_locks(&locks[i - 1], &locks[i]) != 0)
-			DirectFunctionCall2(pg_advisory_xact_lock_int4,
-								Int32GetDatum(locks[i].target), Int32GetDatum(locks[i].bucket));
-}
-
-/*
- * The upserts' plans, kept for the worker's life and found by their text,
- * so that no batch parses and plans its upserts again.  Rules seldom
- * change; when the distinct
- * statements seen pass UPSERT_PLANS_KEPT, all are dropped and made again.
- */
-#define UPSERT_PLANS_KEPT 64
-
-typedef struct KeptUpsert
-{
-	char	   *sql;
-	SPIPlanPtr	plan;
-} KeptUpsert;
-
-static List *upsert_plans = NIL;
-
-static SPIPlanPtr
-upsert_plan(const char *sql, int nargs, Oid *types)
-{
-	ListCell   *lc;
-	KeptUpsert *kept;
-	MemoryContext caller_context;
-
-	foreach(lc, upsert_plans)
-	{
-		kept = (KeptUpsert *) lfirst(lc);
-		if (strcmp(kept->sql, sql) == 0)
-			return kept->plan;
-	}
-	if (list_length(upsert_plans) >= UPSERT_PLANS_KEPT)
-	{
-		foreach(lc, upsert_plans)
-		{
-			kept = (KeptUpsert *) lfirst(lc);
-			SPI_freeplan(kept->plan);
-			pfree(kept->sql);
-		}
-		list_free_deep(upsert_plans);
-		upsert_plans = NIL;
-	}
-	caller_context = MemoryContextSwitchTo(TopMemoryContext);
-	kept = palloc(sizeof(KeptUpsert));
-	kept->sql = pstrdup(sql);
-	kept->plan = NULL;
-	upsert_plans = lappend(upsert_plans, kept);
-	MemoryContextSwitchTo(caller_context);
-	kept->plan = worker_prepare_kept(sql, nargs, types, 0);
-	return kept->plan;
 }
 
 /* One effect on a target: add value to column (an index in the target's columns) of key's row. */
@@ -191,13 +57,7 @@ typedef struct RowChange
 static int
 compare_keys(const void *a, const void *b)
 {
-	text	   *x = DatumGetTextPP(((const TargetDelta *) a)->key);
-	text	   *y = DatumGetTextPP(((const TargetDelta *) b)->key);
-	int			x_len = VARSIZE_ANY_EXHDR(x);
-	int			y_len = VARSIZE_ANY_EXHDR(y);
-	int			order = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(x_len, y_len));
-
-	return order != 0 ? order : x_len - y_len;
+	return consumer_compare_texts(((const TargetDelta *) a)->key, ((const TargetDelta *) b)->key);
 }
 
 static int
@@ -288,7 +148,7 @@ upsert_columns(const MetricRule *rule, char **columns, Bitmapset *set,
 	}
 	/* planned as the user too: a plan made under another search_path is made again */
 	user_code_enter(rule->owner, &user);
-	if (SPI_execute_plan(upsert_plan(psprintf("INSERT INTO %s AS t (%s%s)"
+	if (SPI_execute_plan(consumer_kept_plan(psprintf("INSERT INTO %s AS t (%s%s)"
 											  " SELECT u.k%s%s%s"
 											  " FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[])%s) AS u(k%s)"
 											  "%s"
@@ -397,13 +257,12 @@ upsert_target(ConsumedMessage *messages, int count, const ConsumerRules *rules, 
 	}
 }
 
-/* Lock the rows the messages to apply touch, then upsert every target. */
+/* Upsert every target (its rows locked already: consumer_row_locks.c). */
 void
 consumer_upsert_metrics(ConsumedMessage *messages, int count, const ConsumerRules *rules)
 {
 	int			leader;
 
-	lock_metric_rows(messages, count, rules);
 	for (leader = 0; leader < rules->nmetrics; leader++)
 	{
 		int			earlier;

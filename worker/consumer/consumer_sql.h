@@ -2,8 +2,9 @@
  * consumer_sql.h
  *		What the consumer's statement files share (consumer_sql.c): whether
  *		the extension is there to be used, arrays of Datums for the
- *		statements' parameters, and the subtransaction that catches a
- *		message's fault.
+ *		statements' parameters, the kept plans of the statements made per
+ *		target, the order of keys, which errors are the data's fault, and
+ *		the subtransaction that catches a message's fault.
  */
 #ifndef EVENTPIPE_CONSUMER_SQL_H
 #define EVENTPIPE_CONSUMER_SQL_H
@@ -11,10 +12,15 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "executor/spi.h"
 #include "utils/resowner.h"
 
 extern bool consumer_extension_ready(void);
 extern Datum consumer_make_array(Datum *elements, bool *nulls, int count, Oid element_type);
+extern SPIPlanPtr consumer_kept_plan(const char *sql, int nargs, Oid *types);
+extern int	consumer_compare_texts(Datum a, Datum b);
+extern bool consumer_is_data_error(int sqlerrcode);
+extern ErrorData *consumer_caught_data_error(MemoryContext context);
 extern void consumer_blame_batch(void);
 extern void consumer_clear_blame(void);
 extern bool consumer_is_message_fault(int sqlerrcode);

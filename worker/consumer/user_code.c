@@ -1,7 +1,8 @@
 /*
  * user_code.c
  *		The users' part of a consumer batch: metric upserts into their
- *		tables, their handlers, and whatever triggers these fire.  It runs
+ *		tables, their handlers, mirrors' upserts and deletes, and whatever
+ *		triggers these fire.  It runs
  *		the way PostgreSQL runs index expressions during maintenance: as
  *		the role that declared the rule or handler, in a security-restricted
  *		operation, with every setting it changes rolled back when it
@@ -15,8 +16,8 @@
  *
  * The rights are checked at every batch, as the rules and handlers are
  * read: an owner that is gone or no longer recorded as an owner, a target
- * or function that was dropped, a right that was revoked.  A rule or
- * handler in fault dead-letters the messages that need it, with the
+ * or function that was dropped, a right that was revoked.  A rule, handler
+ * or mirror in fault dead-letters the messages that need it, with the
  * reason, and only those.
  */
 #include "postgres.h"
@@ -71,10 +72,23 @@ owner_fault(Oid owner, bool owner_tracked, bool confirmed)
 	return NULL;
 }
 
+/* Does role hold every one of the rights on table? */
+static bool
+holds_rights(Oid table, Oid role, const AclMode *rights, int count)
+{
+	int			i;
+
+	for (i = 0; i < count; i++)
+		if (pg_class_aclcheck(table, role, rights[i]) != ACLCHECK_OK)
+			return false;
+	return true;
+}
+
 char *
 user_code_metric_fault(int64 rule_id, Oid owner, bool owner_tracked, bool confirmed, Oid target,
 					   const char *target_name, bool has_key, bool has_column)
 {
+	static const AclMode rights[] = {ACL_SELECT, ACL_INSERT, ACL_UPDATE};
 	char	   *fault = owner_fault(owner, owner_tracked, confirmed);
 
 	if (fault == NULL && !SearchSysCacheExists1(RELOID, ObjectIdGetDatum(target)))
@@ -83,10 +97,7 @@ user_code_metric_fault(int64 rule_id, Oid owner, bool owner_tracked, bool confir
 		fault = psprintf("its target %s has no single-column primary key any more", target_name);
 	else if (fault == NULL && !has_column)
 		fault = psprintf("its column of %s was dropped or renamed", target_name);
-	else if (fault == NULL &&
-			 (pg_class_aclcheck(target, owner, ACL_SELECT) != ACLCHECK_OK ||
-			  pg_class_aclcheck(target, owner, ACL_INSERT) != ACLCHECK_OK ||
-			  pg_class_aclcheck(target, owner, ACL_UPDATE) != ACLCHECK_OK))
+	else if (fault == NULL && !holds_rights(target, owner, rights, lengthof(rights)))
 		fault = psprintf("its owner %s may no longer select, insert into and update %s",
 						 GetUserNameFromId(owner, false), target_name);
 	return fault ? psprintf("metric rule " INT64_FORMAT " cannot be applied: %s", rule_id, fault) : NULL;
@@ -104,4 +115,19 @@ user_code_handler_fault(int64 handler_id, Oid owner, bool owner_tracked, bool co
 		fault = psprintf("its owner %s may no longer execute %s",
 						 GetUserNameFromId(owner, false), format_procedure(handler));
 	return fault ? psprintf("handler " INT64_FORMAT " cannot be called: %s", handler_id, fault) : NULL;
+}
+
+char *
+user_code_mirror_fault(int64 mirror_id, Oid owner, bool owner_tracked, bool confirmed,
+					   Oid target, const char *target_name, const char *target_fault)
+{
+	static const AclMode rights[] = {ACL_SELECT, ACL_INSERT, ACL_UPDATE, ACL_DELETE};
+	char	   *fault = owner_fault(owner, owner_tracked, confirmed);
+
+	if (fault == NULL && target_fault != NULL)
+		fault = psprintf("its target %s", target_fault);
+	else if (fault == NULL && !holds_rights(target, owner, rights, lengthof(rights)))
+		fault = psprintf("its owner %s may no longer select, insert into, update and delete from %s",
+						 GetUserNameFromId(owner, false), target_name);
+	return fault ? psprintf("mirror " INT64_FORMAT " cannot be applied: %s", mirror_id, fault) : NULL;
 }

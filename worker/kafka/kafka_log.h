@@ -14,5 +14,6 @@ extern void kafka_log_callback(const rd_kafka_t *rk, int level, const char *faci
 extern void kafka_error_callback(rd_kafka_t *rk, int err, const char *reason, void *opaque);
 extern void kafka_log_drain(void);
 extern bool kafka_log_take_broker_error(char *buf, size_t size);
+extern bool kafka_log_take_transaction_error(char *buf, size_t size);
 
 #endif							/* EVENTPIPE_KAFKA_LOG_H */

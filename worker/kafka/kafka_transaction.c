@@ -16,9 +16,15 @@
  * The calls block the calling process for up to their timeout; the caller
  * serves delivery reports before committing, so a commit only ends the
  * transaction.
+ *
+ * A topic the broker refuses to add to the transaction (AddPartitionsToTxn:
+ * no Write ACL, an internal topic) fails the transaction in the background:
+ * librdkafka 2.0.2 purges its messages without an error of their own and
+ * says why only in its log (kafka_txn_take_refusal reads it from there).
  */
 #include "postgres.h"
 
+#include "kafka_log.h"
 #include "kafka_transaction.h"
 
 static KafkaTxnResult
@@ -52,9 +58,13 @@ kafka_txn_init(rd_kafka_t *rk, int timeout_ms)
 	return verdict_of(rd_kafka_init_transactions(rk, timeout_ms), KAFKA_TXN_FATAL);
 }
 
+/* Begin a transaction; a failure logged before it is not its own. */
 KafkaTxnResult
 kafka_txn_begin(rd_kafka_t *rk)
 {
+	char		earlier[KAFKA_TXN_MESSAGE_LEN];
+
+	(void) kafka_log_take_transaction_error(earlier, sizeof(earlier));
 	return verdict_of(rd_kafka_begin_transaction(rk), KAFKA_TXN_FATAL);
 }
 
@@ -72,6 +82,43 @@ KafkaTxnResult
 kafka_txn_abort(rd_kafka_t *rk, int timeout_ms)
 {
 	return verdict_of(rd_kafka_abort_transaction(rk, timeout_ms), KAFKA_TXN_FATAL);
+}
+
+/*
+ * Did the open transaction fail because the broker refused one of its
+ * topics?  librdkafka then logged (facility TXNERR) the transaction's
+ * failure, the error's name last, in parentheses: "Current transaction
+ * failed in state InTransaction: Failed to add partition(s) to transaction
+ * on broker ...: Broker: Topic authorization failed (after 1 ms)
+ * (TOPIC_AUTHORIZATION_FAILED)".  If so, *result gets the refusal's code and
+ * that line.  The line names no topic: the caller finds which.
+ */
+bool
+kafka_txn_take_refusal(KafkaTxnResult *result)
+{
+	static const rd_kafka_resp_err_t refusals[] = {
+		RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+		RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION,
+	};
+	char		line[KAFKA_TXN_MESSAGE_LEN];
+	size_t		i;
+
+	if (!kafka_log_take_transaction_error(line, sizeof(line)))
+		return false;
+	for (i = 0; i < lengthof(refusals); i++)
+	{
+		char		name[128];
+
+		snprintf(name, sizeof(name), "(%s)", rd_kafka_err2name(refusals[i]));
+		if (strstr(line, name) != NULL)
+		{
+			result->verdict = KAFKA_TXN_ABORT;
+			result->code = refusals[i];
+			strlcpy(result->message, line, sizeof(result->message));
+			return true;
+		}
+	}
+	return false;
 }
 
 /* Did a newer producer with our transactional.id take over? */

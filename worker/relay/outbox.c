@@ -326,6 +326,9 @@ failure_reason(OutboxEvent *event, bool last_attempt)
 	const char *what = rd_kafka_err2str(event->error);
 	const char *name = rd_kafka_err2name(event->error);
 
+	if (event->refused_in_transaction)
+		return psprintf("topic \"%s\" refused in a Kafka transaction: %s (%s)",
+						event->topic, what, name);
 	if (kafka_error_is_permanent(event))
 		return psprintf("%s (%s)", what, name);
 	if (last_attempt)

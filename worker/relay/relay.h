@@ -42,6 +42,8 @@ typedef struct OutboxEvent
 	/* set by the delivery report, or by a refusal before queueing */
 	bool		reported;
 	bool		refused_on_the_spot;	/* by rd_kafka_producev itself */
+	bool		refused_in_transaction; /* its topic, by the broker
+										 * (relay_isolation.c) */
 	bool		queued;			/* handed over to librdkafka */
 	rd_kafka_resp_err_t error;
 	struct OutboxBatch *batch;	/* the batch it was sent in */

@@ -113,14 +113,15 @@ release(ClaimedBatch *claimed)
 
 /*
  * Hand the batch to librdkafka; exactly once, in a transaction begun for
- * it, with its progress record.  false: the relay gives up on the batch.
+ * it (which may carry only some of its events: relay_isolation.c), with its
+ * progress record.  false: the relay gives up on the batch.
  */
 static bool
 produce(ClaimedBatch *claimed, const char *ce_source, List **refused)
 {
 	bool		ok;
 
-	if (eventpipe_relay_exactly_once && !relay_txn_begin())
+	if (eventpipe_relay_exactly_once && !relay_txn_begin(&claimed->rows))
 		return false;
 	ok = kafka_producer_produce_batch(&claimed->rows, ce_source, refused, relay_keep_waiting);
 	if (ok && eventpipe_relay_exactly_once)

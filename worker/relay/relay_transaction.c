@@ -19,6 +19,8 @@
  * account are rescheduled or dead-lettered as usual); unknown (a fatal
  * error, or the worker had to stop while committing), they stay, and the
  * recovery of the next producer settles it from the progress topic.
+ * Kafka refusing one of its topics is a failure of the transaction that
+ * blames no event: relay_isolation.c finds the topic.
  */
 #include "postgres.h"
 
@@ -215,13 +217,17 @@ relay_txn_must_rebuild(void)
 	return must_rebuild;
 }
 
+/* Begin the batch's transaction, marking held the events it is not to carry. */
 bool
-relay_txn_begin(void)
+relay_txn_begin(OutboxBatch *batch)
 {
 	KafkaTxnResult result = kafka_txn_begin(kafka_producer_handle());
 
 	if (result.verdict == KAFKA_TXN_DONE)
+	{
+		relay_isolation_hold(batch);
 		return true;
+	}
 	report(&result, "beginning a transaction");
 	must_rebuild = true;
 	return false;
@@ -303,6 +309,23 @@ every_queued_event_delivered(OutboxBatch *batch)
 	return true;
 }
 
+/*
+ * Did Kafka refuse the transaction because of one of its topics (see
+ * relay_isolation.c), no event failing on its own account?  *refusal then
+ * says why.
+ */
+static bool
+refused_by_kafka(OutboxBatch *batch, KafkaTxnResult *refusal)
+{
+	int			i;
+
+	for (i = 0; i < batch->count; i++)
+		if (batch->events[i].queued && batch->events[i].reported &&
+			batch->events[i].error != RD_KAFKA_RESP_ERR_NO_ERROR)
+			return false;
+	return kafka_txn_take_refusal(refusal);
+}
+
 /* Abort the open transaction; false if that failed (the producer is then rebuilt). */
 static bool
 abort_transaction(void)
@@ -328,13 +351,17 @@ abort_transaction(void)
  * outbox_record_outcome().  Returns false when the transactional path
  * failed (the worker backs off; relay_txn_must_rebuild() says whether the
  * producer must go), true when it committed or aborted because of events
- * that failed on their own account.
+ * that failed on their own account.  relay_isolation.c hears how it ended;
+ * when Kafka refused one of its topics, it may fail the events the
+ * transaction carried.
  */
 bool
 relay_txn_end(OutboxBatch *batch, bool sent_whole)
 {
 	KafkaTxnResult result;
+	KafkaTxnResult refusal;
 	bool		transaction_failed;
+	bool		refused;
 
 	if (sent_whole && every_queued_event_delivered(batch))
 	{
@@ -342,7 +369,10 @@ relay_txn_end(OutboxBatch *batch, bool sent_whole)
 		{
 			result = kafka_txn_commit(kafka_producer_handle(), COMMIT_TIMEOUT_MS);
 			if (result.verdict == KAFKA_TXN_DONE)
+			{
+				relay_isolation_committed();
 				return true;
+			}
 			if (result.verdict == KAFKA_TXN_RETRY && relay_keep_waiting())
 			{
 				report(&result, "committing a transaction");
@@ -357,6 +387,7 @@ relay_txn_end(OutboxBatch *batch, bool sent_whole)
 			undo_deliveries(batch, true);
 			must_rebuild = true;
 			relay_txn_forget_recovery();
+			relay_isolation_failed();
 			return false;
 		}
 		report(&result, "committing a transaction");
@@ -372,13 +403,20 @@ relay_txn_end(OutboxBatch *batch, bool sent_whole)
 	/*
 	 * A producer to be rebuilt (its transaction could not even begin) has
 	 * nothing to abort; messages whose reports are still due are discarded
-	 * with the producer.
+	 * with the producer.  A transaction Kafka refused before any of its
+	 * partitions were added cannot be aborted either (the coordinator has
+	 * none under way: INVALID_TXN_STATE): the producer is rebuilt.
 	 */
+	refused = sent_whole && refused_by_kafka(batch, &refusal);
 	if (must_rebuild || !abort_transaction() || batch->awaiting > 0)
 	{
 		must_rebuild = true;
 		transaction_failed = true;
 	}
 	undo_deliveries(batch, false);
+	if (refused)
+		relay_isolation_refused(batch, &refusal);
+	else
+		relay_isolation_failed();
 	return !transaction_failed;
 }

@@ -2,8 +2,9 @@
  * relay_transaction.h
  *		The exactly-once relay (eventpipe.relay_exactly_once): a Kafka
  *		transaction per batch (relay_transaction.c) with its record in the
- *		progress topic (relay_progress.c), and the recovery from Kafka of
- *		what committed.
+ *		progress topic (relay_progress.c), the recovery from Kafka of
+ *		what committed, and the search for a topic Kafka refuses in
+ *		transactions (relay_isolation.c).
  */
 #ifndef EVENTPIPE_RELAY_TRANSACTION_H
 #define EVENTPIPE_RELAY_TRANSACTION_H
@@ -13,6 +14,8 @@
 #include <librdkafka/rdkafka.h>
 
 #include "nodes/pg_list.h"
+
+#include "worker/kafka/kafka_transaction.h"
 
 struct OutboxBatch;
 
@@ -42,10 +45,16 @@ extern bool relay_progress_read(const char *bootstrap_servers, const char *clien
 /* relay_transaction.c */
 extern void relay_txn_setup(int shard, const char *database);
 extern bool relay_txn_get_ready(void);
-extern bool relay_txn_begin(void);
+extern bool relay_txn_begin(struct OutboxBatch *batch);
 extern bool relay_txn_add_progress(struct OutboxBatch *batch);
 extern bool relay_txn_end(struct OutboxBatch *batch, bool sent_whole);
 extern void relay_txn_forget_recovery(void);
 extern bool relay_txn_must_rebuild(void);
+
+/* relay_isolation.c */
+extern void relay_isolation_hold(struct OutboxBatch *batch);
+extern void relay_isolation_committed(void);
+extern void relay_isolation_failed(void);
+extern void relay_isolation_refused(struct OutboxBatch *batch, const KafkaTxnResult *refusal);
 
 #endif							/* EVENTPIPE_RELAY_TRANSACTION_H */
