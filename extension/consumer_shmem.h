@@ -48,15 +48,18 @@ typedef enum ConsumerState
 	CONSUMER_APPLYING,			/* a batch is being applied */
 	CONSUMER_WAITING_FOR_BROKER,	/* the broker reports errors */
 	CONSUMER_BACKING_OFF,		/* the last batch failed; retrying */
-	CONSUMER_PAUSED				/* eventpipe.pause(): applies nothing */
+	CONSUMER_PAUSED,			/* eventpipe.pause(): applies nothing */
+	CONSUMER_GROUP_TAKEN		/* another database's worker is in its group */
 } ConsumerState;
 
 /*
  * One worker's slot, found by (database, subscription, worker number), so
  * its counters survive worker restarts.  subscription, worker, database, pid,
- * procno, state and the error fields are written under
+ * procno, group, state and the error fields are written under
  * EventpipeShared->lock; the counters are atomics that only the slot's
- * worker increments.
+ * worker increments.  group is the 64-bit hash of the consumer group the
+ * slot's process joined (0: none yet), which keeps two databases out of
+ * one group (eventpipe_join_consumer_group()).
  */
 typedef struct ConsumerSlot
 {
@@ -65,6 +68,7 @@ typedef struct ConsumerSlot
 	Oid			database;		/* the subscription's */
 	pid_t		pid;
 	int			procno;
+	uint64		group;
 	ConsumerState state;
 	pg_atomic_uint64 events_applied;
 	pg_atomic_uint64 duplicates;
@@ -124,6 +128,8 @@ extern ConsumerSlot *eventpipe_claim_consumer_slot(const char *subscription, int
 												   pid_t *holder);
 extern void eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget);
 extern void eventpipe_forget_database_consumers(Oid database);
+extern bool eventpipe_join_consumer_group(ConsumerSlot *slot, const char *group_id,
+										  Oid *holder_database, char *holder_subscription);
 extern pid_t eventpipe_consumer_slot_holder(const char *subscription, int worker);
 extern bool eventpipe_consumer_slot_available(void);
 extern void eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state);

@@ -16,6 +16,7 @@
  */
 #include "postgres.h"
 
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -86,6 +87,7 @@ reset_consumer_slot(ConsumerSlot *slot, Oid database, const char *subscription, 
 	slot->database = database;
 	slot->pid = 0;
 	slot->procno = -1;
+	slot->group = 0;
 	slot->state = CONSUMER_STOPPED;
 	pg_atomic_init_u64(&slot->events_applied, 0);
 	pg_atomic_init_u64(&slot->duplicates, 0);
@@ -353,10 +355,59 @@ eventpipe_claim_consumer_slot(const char *subscription, int worker, pid_t *holde
 	{
 		found->pid = MyProcPid;
 		found->procno = GetNumberFromPGProc(MyProc);
+		found->group = 0;
 		found->state = CONSUMER_STARTING;
 	}
 	LWLockRelease(eventpipe_shared->lock);
 	return found;
+}
+
+/* The 64-bit hash of a consumer group's id, never 0 (0 is "no group"). */
+static uint64
+group_hash(const char *group_id)
+{
+	uint64		hash = hash_bytes_extended((const unsigned char *) group_id, strlen(group_id), 0);
+
+	return hash == 0 ? 1 : hash;
+}
+
+/*
+ * Let the calling worker, in slot, join consumer group group_id, unless a
+ * live worker of another database is in it: subscriptions of two databases
+ * in one group would split the topics' partitions between them, each
+ * database missing the other's share.  The group goes to whichever comes
+ * first.  false when taken, with the holder's database and subscription
+ * (EVENTPIPE_SUBSCRIPTION_LEN bytes).  Only the slot's process writes its
+ * group, so reading it needs no lock; the lock makes the look and the join
+ * one step, so that two databases' workers never both join.
+ */
+bool
+eventpipe_join_consumer_group(ConsumerSlot *slot, const char *group_id,
+							  Oid *holder_database, char *holder_subscription)
+{
+	uint64		group = group_hash(group_id);
+	bool		joined = true;
+	int			i;
+
+	if (slot->group == group)
+		return true;
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS && joined; i++)
+	{
+		ConsumerSlot *other = &eventpipe_shared->consumer[i];
+
+		if (other->group == group && other->database != slot->database &&
+			consumer_holder(other) != 0)
+		{
+			joined = false;
+			*holder_database = other->database;
+			strlcpy(holder_subscription, other->subscription, EVENTPIPE_SUBSCRIPTION_LEN);
+		}
+	}
+	if (joined)
+		slot->group = group;
+	LWLockRelease(eventpipe_shared->lock);
+	return joined;
 }
 
 /*
@@ -451,6 +502,8 @@ eventpipe_consumer_state_name(ConsumerState state)
 			return "backing off";
 		case CONSUMER_PAUSED:
 			return "paused";
+		case CONSUMER_GROUP_TAKEN:
+			return "waiting for its consumer group";
 	}
 	return "unknown";
 }

@@ -66,7 +66,7 @@ is( $node->safe_psql('postgres',
 	't', '(a) collected within the last minute');
 
 # ---- (b) the consumer --------------------------------------------------------
-my $consumer = 'eventpipe-consumer-stats-sub';
+my $consumer = 'eventpipe-consumer-postgres-stats-sub';
 ok(wait_until(sub { (stat_of($consumer, '{rxmsgs}') || 0) >= 50 }, 30),
 	'(b) the consumer\'s statistics count at least the 50 messages received');
 is(stat_of($consumer, '{type}'),              'consumer',  '(b) of type consumer');

@@ -193,6 +193,40 @@ is( $node->safe_psql('shop',
 is($node->safe_psql('shop', 'SELECT count(*) FROM eventpipe.pg_stat_relay WHERE database <> current_database()'),
 	0, 'pg_stat_relay shows the current database only');
 
+# ---- one consumer group, one database -------------------------------------------
+
+# "twin" in shop and in billing, both with the default group "twin": one
+# group would split the partitions between the two databases
+my $twin = 't601.twin';
+ensure_topic($bootstrap, $twin, partitions => 3);
+my $twin_log = log_position($node);
+$node->safe_psql('shop', "SELECT eventpipe.subscribe('twin', ARRAY['$twin'])");
+ok(wait_consumer_pid($node, 'shop', 'twin', timeout => 30), 'shop: "twin" has a worker');
+$node->safe_psql('billing', "SELECT eventpipe.subscribe('twin', ARRAY['$twin'])");
+ok( wait_until(
+		sub { (consumer_stat($node, 'billing', 'twin', 'state') // '') eq 'waiting for its consumer group' },
+		30),
+	'billing: "twin" waits for its consumer group, held by shop');
+like(consumer_stat($node, 'billing', 'twin', 'last_error'),
+	qr/consumer group "twin" is taken by subscription "twin" of database "shop"/,
+	'... and last_error names the holder');
+like(log_since($node, $twin_log), qr/WARNING: .*waits: consumer group "twin" is taken/,
+	'... with a WARNING');
+my $twins = make_events(prefix => 'twin', count => 60, seed => $seed++);
+produce_events($bootstrap, $twin, $twins);
+sub twin_seen
+{
+	my ($db) = @_;
+	return $node->safe_psql($db,
+		"SELECT coalesce(sum(events_applied + unmatched), 0) FROM eventpipe.consumer_stats() WHERE subscription = 'twin'");
+}
+ok(wait_until(sub { twin_seen('shop') == 60 }, 30), 'shop: "twin" reads all 60 messages of the 3 partitions');
+is(twin_seen('billing'), 0, 'billing: "twin" read none meanwhile');
+$node->safe_psql('shop', "SELECT eventpipe.unsubscribe('twin')");
+ok(wait_until(sub { twin_seen('billing') == 60 }, 40),
+	'shop\'s "twin" gone: billing\'s joins the group and reads all 60');
+$node->safe_psql('billing', "SELECT eventpipe.unsubscribe('twin')");
+
 # ---- connections disallowed, then a database no longer named -------------------
 
 $node->safe_psql('postgres', 'ALTER DATABASE billing ALLOW_CONNECTIONS false');

@@ -295,8 +295,8 @@ extern void kafka_consumer_read_offsets(rd_kafka_t *rk, const char *name,
 										bool start_latest);
 
 /* kafka_consumer.c */
-extern bool kafka_consumer_ensure(const Subscription *subscription, int worker, char *errbuf,
-								  size_t errbuf_size);
+extern bool kafka_consumer_ensure(const Subscription *subscription, int worker,
+								  const char *client_id, char *errbuf, size_t errbuf_size);
 extern void kafka_consumer_stop(bool leave_group);
 extern void kafka_consumer_set_broker_trouble(bool trouble);
 extern void kafka_consumer_poll_batch(ConsumerBatch *batch, int limit, int wait_ms);

@@ -32,6 +32,7 @@
 #include "extension/guc.h"
 #include "extension/shmem.h"
 #include "relay.h"
+#include "worker/kafka/kafka_client.h"
 #include "worker/worker_loop.h"
 #include "extension/compat.h"
 
@@ -67,19 +68,14 @@ relay_exit(int code, Datum arg)
 
 
 /*
- * The name of this worker's Kafka client: eventpipe-relay-<database>-<shard>,
- * each character of the database's name that is not a letter, digit, '.',
- * '_' or '-' written '_' (the name also names a file, kafka_statistics.c).
+ * The name of this worker's Kafka client: eventpipe-relay-<database>-<shard>
+ * (kafka_client_id_sanitize()d).
  */
 void
 relay_client_id(char *buf, size_t size)
 {
-	char	   *c;
-
 	snprintf(buf, size, "eventpipe-relay-%s-%d", database_name, shard);
-	for (c = buf; *c != '\0'; c++)
-		if (!isalnum((unsigned char) *c) && *c != '.' && *c != '_' && *c != '-')
-			*c = '_';
+	kafka_client_id_sanitize(buf);
 }
 
 
