@@ -43,6 +43,7 @@
 #include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/ps_status.h"
@@ -66,6 +67,7 @@ PGDLLEXPORT void eventpipe_launcher_main(Datum main_arg);
 typedef struct ServedDatabase
 {
 	Oid			database;		/* hash key */
+	NameData	name;			/* as pg_database had it at the last turn, for logs */
 	BackgroundWorkerHandle *manager;
 	TimestampTz started_at;
 	uint32		probed_at;		/* extension_generation at the manager's start */
@@ -117,8 +119,28 @@ database_locked(Oid database)
 	return false;
 }
 
+/* The launcher's entry for a database, blank the first time. */
+static ServedDatabase *
+served_entry(Oid database)
+{
+	bool		found;
+	ServedDatabase *entry = hash_search(served, &database, HASH_ENTER, &found);
+
+	if (!found)
+	{
+		entry->manager = NULL;
+		entry->started_at = 0;
+		entry->probed_at = 0;
+		entry->no_extension = false;
+		entry->waiting = false;
+		entry->start_failed = false;
+	}
+	return entry;
+}
+
 /*
- * The OIDs of the databases to serve now.  A heap scan, as the autovacuum
+ * The OIDs of the databases to serve now, each with an entry that has its
+ * name.  A heap scan, as the autovacuum
  * launcher does: without a database of its own this process cannot open
  * pg_database's indexes.  Call in a transaction.
  */
@@ -139,7 +161,10 @@ databases_to_serve(void)
 		if (db->datallowconn && !db->datistemplate &&
 			db->datconnlimit != DATCONNLIMIT_INVALID_DB &&
 			eventpipe_database_is_served(NameStr(db->datname)))
+		{
 			wanted = lappend_oid(wanted, db->oid);
+			namestrcpy(&served_entry(db->oid)->name, NameStr(db->datname));
+		}
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
@@ -209,7 +234,7 @@ tend_slot(DatabaseSlot *slot, List *wanted)
 	no_extension = slot->no_extension;
 	LWLockRelease(eventpipe_shared->lock);
 	if (leave)
-		ereport(LOG, (errmsg("eventpipe launcher: serving database %u again", database)));
+		ereport(LOG, (errmsg("eventpipe launcher: serving database \"%s\" again", NameStr(entry->name))));
 	if (no_extension && !manager_runs(entry, slot))
 	{
 		if (entry != NULL)
@@ -237,8 +262,8 @@ start_manager(ServedDatabase *entry, DatabaseSlot *slot, uint32 generation, Time
 	LWLockRelease(eventpipe_shared->lock);
 	if (!entry->start_failed)
 		ereport(WARNING,
-				(errmsg("eventpipe launcher: database %u waits for a background worker slot for its manager",
-						entry->database),
+				(errmsg("eventpipe launcher: database \"%s\" waits for a background worker slot for its manager",
+						NameStr(entry->name)),
 				 errhint("Raise max_worker_processes (a restart is needed): each database eventpipe serves needs 1 + eventpipe.relay_workers + the workers of its subscriptions, and the launcher one.")));
 	entry->start_failed = true;
 }
@@ -250,19 +275,9 @@ start_manager(ServedDatabase *entry, DatabaseSlot *slot, uint32 generation, Time
 static bool
 serve(Oid database, uint32 generation, TimestampTz now)
 {
-	bool		found;
-	ServedDatabase *entry = hash_search(served, &database, HASH_ENTER, &found);
+	ServedDatabase *entry = served_entry(database);
 	DatabaseSlot *slot = eventpipe_database_slot(database);
 
-	if (!found)
-	{
-		entry->manager = NULL;
-		entry->started_at = 0;
-		entry->probed_at = 0;
-		entry->no_extension = false;
-		entry->waiting = false;
-		entry->start_failed = false;
-	}
 	if (slot != NULL && manager_runs(entry, slot))
 		return true;
 	if ((slot == NULL && entry->no_extension && entry->probed_at == generation) ||
@@ -273,7 +288,8 @@ serve(Oid database, uint32 generation, TimestampTz now)
 	{
 		if (!entry->waiting)
 			ereport(WARNING,
-					(errmsg("eventpipe launcher: database %u waits for a database slot", database),
+					(errmsg("eventpipe launcher: database \"%s\" waits for a database slot",
+							NameStr(entry->name)),
 					 errdetail("All %d slots of eventpipe.max_databases are taken.",
 							   eventpipe_shared->max_databases),
 					 errhint("Raise eventpipe.max_databases (a restart is needed), or take eventpipe out of a database that does not need it.")));
@@ -281,7 +297,8 @@ serve(Oid database, uint32 generation, TimestampTz now)
 		return false;
 	}
 	if (entry->waiting)
-		ereport(LOG, (errmsg("eventpipe launcher: database %u got a database slot", database)));
+		ereport(LOG, (errmsg("eventpipe launcher: database \"%s\" got a database slot",
+							 NameStr(entry->name))));
 	entry->waiting = false;
 	start_manager(entry, slot, generation, now);
 	return true;
