@@ -12,7 +12,8 @@ OBJS = \
 	extension/kafka_options.o \
 	extension/shmem.o \
 	extension/commit_wakeup.o \
-	extension/database_drop.o \
+	extension/object_access.o \
+	extension/database_slots.o \
 	extension/owned_objects.o \
 	extension/as_caller.o \
 	extension/topic_name.o \
@@ -28,7 +29,9 @@ OBJS = \
 	extension/consumer_partitions.o \
 	extension/stats.o \
 	worker/launcher.o \
+	worker/database_manager.o \
 	worker/worker_loop.o \
+	worker/relay/relay_starter.o \
 	worker/relay/relay_worker.o \
 	worker/relay/relay_pipeline.o \
 	worker/relay/relay_slot.o \

@@ -2,8 +2,9 @@
  * commit_wakeup.c
  *		Wakes the relay workers when a transaction that wrote to the outbox
  *		commits, so events leave in milliseconds instead of at the next poll,
- *		and tells them the lowest outbox id it committed; wakes the consumer
- *		manager when a transaction changed eventpipe.subscriptions.
+ *		and tells them the lowest outbox id it committed; wakes the database
+ *		manager when a transaction changed eventpipe.subscriptions, and the
+ *		launcher when one created an extension.
  *
  * publish() (and the capture trigger) mark the transaction with the ids they
  * wrote, the subscriptions trigger marks it too; a transaction callback sets
@@ -11,7 +12,7 @@
  * numbers the workers publish in shared memory; reading a stale number only
  * causes a spurious wake-up, so no lock is taken on this hot path.
  *
- * The lowest id goes to every relay slot (an atomic minimum) once the
+ * The lowest id goes to every relay slot of the database (an atomic minimum) once the
  * commit is visible; from before it is visible (pre-commit) until then the
  * transaction counts in publishers_committing.  Why a relay needs both:
  * docs/design.md, "Waking at commit".
@@ -29,6 +30,7 @@ static uint64 lowest_id_written;
 static bool counted_as_committing = false;
 static bool wake_manager_at_commit = false;
 static bool relay_pause_changed = false;
+static bool extension_created = false;
 static bool callback_registered = false;
 
 /* *target = Min(*target, value), atomically. */
@@ -59,26 +61,43 @@ relay_waits_for_events(RelaySlot *slot)
 }
 
 /*
- * Every slot hears of the commit, whatever its database: a slot whose
- * worker is just starting must not miss it, and a needless report costs a
- * relay elsewhere no more than one claim from the start of its outbox.
- * After a pause or a resume they are woken whatever they do.
+ * Every relay slot of the database hears of the commit, whether a worker
+ * holds it or not: a worker just starting must not miss it.  A database
+ * without a slot has no relay yet; the first run of one claims from the
+ * start of the outbox.  After a pause or a resume they are woken whatever
+ * they do.
  */
 static void
-wake_relay_workers(bool events_written, bool pause_changed)
+wake_relay_workers(DatabaseSlot *database, bool events_written, bool pause_changed)
 {
 	int			i;
 
 	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
 	{
-		RelaySlot  *slot = &eventpipe_shared->relay[i];
+		RelaySlot  *slot = &database->relay[i];
 
 		if (events_written)
 			atomic_lower_to(&slot->lowest_committed_id, lowest_id_written);
-		if (slot->database == MyDatabaseId &&
-			(pause_changed || relay_waits_for_events(slot)))
+		if (pause_changed || relay_waits_for_events(slot))
 			eventpipe_set_latch_of(slot->procno);
 	}
+}
+
+/* The relays and the manager of this database hear of the commit. */
+static void
+wake_database_workers(void)
+{
+	DatabaseSlot *database;
+
+	if (!wake_at_commit && !relay_pause_changed && !wake_manager_at_commit)
+		return;
+	database = eventpipe_find_database_slot(MyDatabaseId);
+	if (database == NULL)
+		return;
+	if (wake_at_commit || relay_pause_changed)
+		wake_relay_workers(database, wake_at_commit, relay_pause_changed);
+	if (wake_manager_at_commit)
+		eventpipe_set_latch_of(database->manager_procno);
 }
 
 static void
@@ -105,14 +124,17 @@ commit_wakeup_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (relay_pause_changed)
 				pg_atomic_fetch_add_u32(&eventpipe_shared->relay_pause_generation, 1);
-			if (wake_at_commit || relay_pause_changed)
-				wake_relay_workers(wake_at_commit, relay_pause_changed);
+			wake_database_workers();
 			stop_counting_as_committing();
-			if (wake_manager_at_commit)
-				eventpipe_set_latch_of(eventpipe_shared->consumer_manager_procno);
+			if (extension_created)
+			{
+				pg_atomic_fetch_add_u32(&eventpipe_shared->extension_generation, 1);
+				eventpipe_set_latch_of(eventpipe_shared->launcher_procno);
+			}
 			wake_at_commit = false;
 			wake_manager_at_commit = false;
 			relay_pause_changed = false;
+			extension_created = false;
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			/* COMMIT PREPARED runs no callback: the relay would never hear of it */
@@ -128,6 +150,7 @@ commit_wakeup_callback(XactEvent event, void *arg)
 			wake_at_commit = false;
 			wake_manager_at_commit = false;
 			relay_pause_changed = false;
+			extension_created = false;
 			break;
 		default:
 			break;
@@ -170,4 +193,15 @@ eventpipe_relay_pause_changed_at_commit(void)
 {
 	register_callback();
 	relay_pause_changed = true;
+}
+
+/*
+ * The current transaction created an extension: at commit, the launcher
+ * looks again at the databases where it found no eventpipe.
+ */
+void
+eventpipe_wake_launcher_at_commit(void)
+{
+	register_callback();
+	extension_created = true;
 }

@@ -108,4 +108,9 @@ typedef void (*shmem_request_hook_type) (void);
 #endif
 extern shmem_request_hook_type compat_install_shmem_request_hook(shmem_request_hook_type request_shmem);
 
+/* pg_database.datconnlimit of a database an interrupted DROP left invalid (minor releases from 2023 on) */
+#ifndef DATCONNLIMIT_INVALID_DB
+#define DATCONNLIMIT_INVALID_DB -2
+#endif
+
 #endif							/* EVENTPIPE_COMPAT_H */

@@ -4,8 +4,8 @@
  *		(shown by eventpipe.consumer_partition_stats(), in stats.c, with the
  *		high watermark librdkafka last reported).
  *
- * A bounded table of EVENTPIPE_MAX_CONSUMER_PARTITIONS slots, each found by
- * (subscription, topic, partition): a worker that restarts finds its
+ * A bounded table of EVENTPIPE_MAX_CONSUMER_PARTITIONS slots shared by every
+ * database, each found by (database, subscription, topic, partition): a worker that restarts finds its
  * counters again, as pg_stat_statements' entries outlive the sessions that
  * made them, and so does the worker that takes a partition over from
  * another worker of the subscription.  Each slot names the worker assigned
@@ -53,6 +53,13 @@ eventpipe_init_consumer_partitions(void)
 	}
 }
 
+/* Is slot this partition of the subscription of the caller's database? */
+static bool
+is_partition_of(const ConsumerPartitionSlot *slot, const char *subscription)
+{
+	return slot->database == MyDatabaseId && strcmp(slot->subscription, subscription) == 0;
+}
+
 static ConsumerPartitionSlot *
 find(const char *subscription, const char *topic, int32 partition, ConsumerPartitionSlot **free_slot)
 {
@@ -67,7 +74,7 @@ find(const char *subscription, const char *topic, int32 partition, ConsumerParti
 			if (free_slot != NULL && *free_slot == NULL)
 				*free_slot = slot;
 		}
-		else if (slot->partition == partition && strcmp(slot->subscription, subscription) == 0 &&
+		else if (slot->partition == partition && is_partition_of(slot, subscription) &&
 				 strcmp(slot->topic, topic) == 0)
 			return slot;
 	}
@@ -128,7 +135,10 @@ eventpipe_set_consumer_partition_holder(const char *subscription, const char *to
 	LWLockRelease(eventpipe_shared->lock);
 }
 
-/* Worker of the subscription holds no partition any more (it left, or lost them all). */
+/*
+ * Worker of the subscription (of the caller's database) holds no partition
+ * any more (it left, or lost them all).
+ */
 void
 eventpipe_release_consumer_partitions(const char *subscription, int worker)
 {
@@ -139,15 +149,18 @@ eventpipe_release_consumer_partitions(const char *subscription, int worker)
 	{
 		ConsumerPartitionSlot *slot = &eventpipe_shared->consumer_partition[i];
 
-		if (slot->holder == worker && strcmp(slot->subscription, subscription) == 0)
+		if (slot->holder == worker && is_partition_of(slot, subscription))
 			slot->holder = -1;
 	}
 	LWLockRelease(eventpipe_shared->lock);
 }
 
-/* Free the slots of a subscription that is gone.  Caller holds the lock exclusively. */
+/*
+ * Free the slots of a subscription of database that is gone.  Caller holds
+ * the lock exclusively.
+ */
 void
-eventpipe_forget_consumer_partitions(const char *subscription)
+eventpipe_forget_consumer_partitions(Oid database, const char *subscription)
 {
 	int			i;
 
@@ -155,7 +168,7 @@ eventpipe_forget_consumer_partitions(const char *subscription)
 	{
 		ConsumerPartitionSlot *slot = &eventpipe_shared->consumer_partition[i];
 
-		if (strcmp(slot->subscription, subscription) == 0)
+		if (slot->database == database && strcmp(slot->subscription, subscription) == 0)
 			slot->subscription[0] = '\0';
 	}
 }

@@ -48,23 +48,27 @@ typedef enum ConsumerState
 	CONSUMER_APPLYING,			/* a batch is being applied */
 	CONSUMER_WAITING_FOR_BROKER,	/* the broker reports errors */
 	CONSUMER_BACKING_OFF,		/* the last batch failed; retrying */
-	CONSUMER_PAUSED				/* eventpipe.pause(): applies nothing */
+	CONSUMER_PAUSED,			/* eventpipe.pause(): applies nothing */
+	CONSUMER_GROUP_TAKEN		/* another database's worker is in its group */
 } ConsumerState;
 
 /*
- * One worker's slot, found by (subscription, worker number), so its
- * counters survive worker restarts.  subscription, worker, database, pid,
- * procno, state and the error fields are written under
+ * One worker's slot, found by (database, subscription, worker number), so
+ * its counters survive worker restarts.  subscription, worker, database, pid,
+ * procno, group, state and the error fields are written under
  * EventpipeShared->lock; the counters are atomics that only the slot's
- * worker increments.
+ * worker increments.  group is the 64-bit hash of the consumer group the
+ * slot's process joined (0: none yet), which keeps two databases out of
+ * one group (eventpipe_join_consumer_group()).
  */
 typedef struct ConsumerSlot
 {
 	char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];	/* "" = free */
 	int			worker;			/* 0 to subscriptions.workers - 1 */
-	Oid			database;
+	Oid			database;		/* the subscription's */
 	pid_t		pid;
 	int			procno;
+	uint64		group;
 	ConsumerState state;
 	pg_atomic_uint64 events_applied;
 	pg_atomic_uint64 duplicates;
@@ -85,7 +89,8 @@ typedef enum ConsumerWaitCause
 /*
  * A worker of a subscription the consumer manager could not start, and
  * since when (it tries again every second).  The manager alone writes the
- * list, under EventpipeShared->lock; consumer_stats() shows it.
+ * list of its database (DatabaseSlot), under EventpipeShared->lock;
+ * consumer_stats() shows it.
  */
 typedef struct ConsumerWaiting
 {
@@ -96,7 +101,7 @@ typedef struct ConsumerWaiting
 } ConsumerWaiting;
 
 /*
- * One partition of a subscription, found by (subscription, topic,
+ * One partition of a subscription, found by (database, subscription, topic,
  * partition), so its counters survive worker restarts and moves between the
  * subscription's workers; freed with the subscription's last slot.  The
  * names, database and holder are written under EventpipeShared->lock; the
@@ -122,9 +127,11 @@ typedef struct ConsumerPartitionSlot
 extern ConsumerSlot *eventpipe_claim_consumer_slot(const char *subscription, int worker,
 												   pid_t *holder);
 extern void eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget);
+extern void eventpipe_forget_database_consumers(Oid database);
+extern bool eventpipe_join_consumer_group(ConsumerSlot *slot, const char *group_id,
+										  Oid *holder_database, char *holder_subscription);
 extern pid_t eventpipe_consumer_slot_holder(const char *subscription, int worker);
 extern bool eventpipe_consumer_slot_available(void);
-extern void eventpipe_set_waiting_consumers(const ConsumerWaiting *waiting, int count);
 extern void eventpipe_set_consumer_state(ConsumerSlot *slot, ConsumerState state);
 extern void eventpipe_set_consumer_error(ConsumerSlot *slot, const char *message);
 extern const char *eventpipe_consumer_state_name(ConsumerState state);
@@ -137,7 +144,7 @@ extern ConsumerPartitionSlot *eventpipe_consumer_partition_slot(const char *subs
 extern void eventpipe_set_consumer_partition_holder(const char *subscription, const char *topic,
 												   int32 partition, int worker, bool held);
 extern void eventpipe_release_consumer_partitions(const char *subscription, int worker);
-extern void eventpipe_forget_consumer_partitions(const char *subscription);
+extern void eventpipe_forget_consumer_partitions(Oid database, const char *subscription);
 extern void eventpipe_reset_consumer_partition_counters(void);
 
 #endif							/* EVENTPIPE_CONSUMER_SHMEM_H */

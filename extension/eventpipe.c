@@ -31,7 +31,7 @@ _PG_init(void)
 
 	eventpipe_define_gucs();
 	eventpipe_install_shmem_hooks();
-	eventpipe_install_drop_database_hook();
+	eventpipe_install_object_access_hook();
 	eventpipe_install_owned_objects_hook();
 	eventpipe_register_launcher();
 }

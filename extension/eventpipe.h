@@ -21,9 +21,10 @@ extern struct pg_uuid_t *eventpipe_enqueue_event(text *topic, text *key, Jsonb *
 extern void eventpipe_wake_relay_at_commit(int64 outbox_id);
 extern void eventpipe_wake_consumer_manager_at_commit(void);
 extern void eventpipe_relay_pause_changed_at_commit(void);
+extern void eventpipe_wake_launcher_at_commit(void);
 
-/* database_drop.c */
-extern void eventpipe_install_drop_database_hook(void);
+/* object_access.c */
+extern void eventpipe_install_object_access_hook(void);
 
 /* owned_objects.c */
 extern void eventpipe_install_owned_objects_hook(void);

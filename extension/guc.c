@@ -4,7 +4,8 @@
  *		contexts and checks.
  *
  * Everything a running worker can pick up on reload is PGC_SIGHUP; the
- * number of relay workers, which sizes shared memory, and the relay's
+ * numbers of relay workers and of databases, which size shared memory, and
+ * the relay's
  * exactly-once mode, which must not change under a running relay (a batch
  * half sent one way, recorded the other), need a restart.
  * eventpipe.kafka_options may hold secrets (SASL passwords, key passwords):
@@ -30,6 +31,7 @@ int			eventpipe_relay_batch_size = 1000;
 int			eventpipe_relay_poll_interval = 1000;
 int			eventpipe_relay_max_attempts = 10;
 int			eventpipe_relay_workers = 1;
+int			eventpipe_max_databases = 16;
 int			eventpipe_consumer_batch_size = 3000;
 int			eventpipe_dedup_retention = 7 * 24 * 3600;
 int			eventpipe_snapshot_chunk_rows = 1000;
@@ -74,16 +76,57 @@ check_kafka_options(char **newval, void **extra, GucSource source)
 	return ok;
 }
 
+/*
+ * Does eventpipe.database name the database called name?  Empty or "*"
+ * names every database; otherwise it is a comma-separated list of names,
+ * spaces around each ignored, compared as written (no case folding, as a
+ * single name always was).
+ */
+bool
+eventpipe_database_is_served(const char *name)
+{
+	const char *item = eventpipe_database;
+
+	while (*item == ' ')
+		item++;
+	if (*item == '\0' || strcmp(item, "*") == 0)
+		return true;
+	while (*item != '\0')
+	{
+		const char *end = strchr(item, ',');
+		const char *last = end ? end : item + strlen(item);
+
+		while (*item == ' ' && item < last)
+			item++;
+		while (last > item && last[-1] == ' ')
+			last--;
+		if ((size_t) (last - item) == strlen(name) && strncmp(item, name, last - item) == 0)
+			return true;
+		if (end == NULL)
+			break;
+		item = end + 1;
+	}
+	return false;
+}
+
 void
 eventpipe_define_gucs(void)
 {
 	DefineCustomStringVariable("eventpipe.database",
-							   "Database the eventpipe workers connect to.",
-							   "The relay reads the outbox, and the consumers apply the subscriptions, of this database only.",
+							   "Databases the eventpipe workers serve: * (or empty) for all, or a comma-separated list.",
+							   "Every database named (all, with *) where the extension is installed gets its relay and consumer workers.",
 							   &eventpipe_database,
-							   "postgres",
+							   "*",
 							   PGC_SIGHUP, 0,
 							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.max_databases",
+							"Most databases eventpipe serves at a time.",
+							"Each takes a slot of shared memory; a database beyond them waits, and says so.",
+							&eventpipe_max_databases,
+							16, 1, 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("eventpipe.bootstrap_servers",
 							   "Kafka brokers (host:port,...) the workers connect to.",

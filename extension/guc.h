@@ -14,6 +14,7 @@ extern int	eventpipe_relay_batch_size;
 extern int	eventpipe_relay_poll_interval;
 extern int	eventpipe_relay_max_attempts;
 extern int	eventpipe_relay_workers;
+extern int	eventpipe_max_databases;
 extern int	eventpipe_consumer_batch_size;
 extern int	eventpipe_dedup_retention;
 extern int	eventpipe_snapshot_chunk_rows;
@@ -21,5 +22,6 @@ extern int	eventpipe_snapshot_max_backlog;
 extern bool eventpipe_relay_exactly_once;
 
 extern void eventpipe_define_gucs(void);
+extern bool eventpipe_database_is_served(const char *name);
 
 #endif							/* EVENTPIPE_GUC_H */

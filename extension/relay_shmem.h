@@ -1,7 +1,8 @@
 /*
  * relay_shmem.h
  *		The relay workers' part of the shared state (shmem.h includes it):
- *		one slot per relay worker, its state and counters.
+ *		one slot per relay worker of a database (in its DatabaseSlot), its
+ *		state and counters.
  */
 #ifndef EVENTPIPE_RELAY_SHMEM_H
 #define EVENTPIPE_RELAY_SHMEM_H
@@ -18,7 +19,9 @@ typedef enum RelayState
 {
 	RELAY_STOPPED = 0,			/* no process in this slot */
 	RELAY_NOT_CONFIGURED,		/* eventpipe.bootstrap_servers is empty */
-	RELAY_NO_DATABASE,			/* eventpipe.database does not exist */
+	RELAY_NOT_SERVED,			/* eventpipe.database does not name this database */
+	RELAY_WAITING_FOR_DATABASE_SLOT,	/* all eventpipe.max_databases slots taken */
+	RELAY_WAITING_FOR_WORKER_SLOT,	/* max_worker_processes is exhausted */
 	RELAY_NO_EXTENSION,			/* the extension is not installed there */
 	RELAY_IDLE,					/* outbox empty, waiting for a commit */
 	RELAY_RELAYING,				/* a batch is on its way to Kafka */
@@ -34,7 +37,7 @@ typedef enum RelayState
 #define EVENTPIPE_NO_COMMITTED_ID PG_UINT64_MAX
 
 /*
- * One relay worker's slot.  pid, procno, database, state and the error fields
+ * One relay worker's slot.  pid, procno, state and the error fields
  * are written under EventpipeShared->lock; the counters are atomics that only
  * the slot's worker increments.
  */
@@ -42,7 +45,6 @@ typedef struct RelaySlot
 {
 	pid_t		pid;
 	int			procno;			/* PGPROC number, to set its latch */
-	Oid			database;
 	RelayState	state;
 	pg_atomic_uint64 events_sent;
 	pg_atomic_uint64 events_failed;
@@ -66,5 +68,6 @@ extern void eventpipe_set_relay_state(RelaySlot *slot, RelayState state);
 extern void eventpipe_set_relay_error(RelaySlot *slot, const char *message);
 extern const char *eventpipe_relay_state_name(RelayState state);
 extern pid_t eventpipe_relay_slot_holder(RelaySlot *slot);
+extern void eventpipe_init_relay_slot(RelaySlot *slot);
 
 #endif							/* EVENTPIPE_RELAY_SHMEM_H */

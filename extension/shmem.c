@@ -1,19 +1,22 @@
 /*
  * shmem.c
  *		eventpipe's shared memory: the launcher's, relay workers' and
- *		consumer workers' slots with their statistics.
+ *		consumer workers' slots with their statistics (the databases' slots
+ *		are database_slots.c's).
  *
  * Locking: EventpipeShared->lock protects pid, procno, database, state and
  * the last-error fields of every slot, a consumer slot's subscription name
- * and worker number, the launcher, consumer manager and drop-database
- * fields, and the list of workers waiting to be started (and the names and
- * holders of the consumer partition slots, see consumer_partitions.c).
+ * and worker number, the launcher's fields, the database slots (see
+ * database_shmem.h) and the lists of workers waiting to be started (and
+ * the names and holders of the consumer partition slots, see
+ * consumer_partitions.c).
  * Counters are pg_atomic_uint64 written only by the slot's own
  * worker; readers take no lock for them.  Nothing here points into
  * process-local memory.
  */
 #include "postgres.h"
 
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -22,6 +25,7 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
+#include "guc.h"
 #include "shmem.h"
 #include "compat.h"
 
@@ -30,44 +34,60 @@ EventpipeShared *eventpipe_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
+/* The shared state with eventpipe.max_databases database slots. */
+static Size
+shared_size(void)
+{
+	return add_size(offsetof(EventpipeShared, database),
+					mul_size(eventpipe_max_databases, sizeof(DatabaseSlot)));
+}
+
 static void
 eventpipe_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(EventpipeShared)));
+	RequestAddinShmemSpace(MAXALIGN(shared_size()));
 	RequestNamedLWLockTranche("eventpipe", 1);
 }
 
-/* Does another slot than this one belong to the subscription?  Caller holds the lock. */
+/* Does the slot belong to the subscription of database? */
 static bool
-other_slot_of(const ConsumerSlot *slot, const char *subscription)
+belongs_to(const ConsumerSlot *slot, Oid database, const char *subscription)
+{
+	return slot->database == database && strcmp(slot->subscription, subscription) == 0;
+}
+
+/* Does another slot than this one belong to its subscription?  Caller holds the lock. */
+static bool
+other_slot_of(const ConsumerSlot *slot)
 {
 	int			i;
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
 		if (&eventpipe_shared->consumer[i] != slot &&
-			strcmp(eventpipe_shared->consumer[i].subscription, subscription) == 0)
+			belongs_to(&eventpipe_shared->consumer[i], slot->database, slot->subscription))
 			return true;
 	return false;
 }
 
 /*
- * Empty a consumer slot and give it to worker of subscription, counters at
- * zero (the partitions of the subscription that held it too, when this was
- * its last slot).  Caller holds the lock.
+ * Empty a consumer slot and give it to worker of subscription of database,
+ * counters at zero (the partitions of the subscription that held it too,
+ * when this was its last slot).  Caller holds the lock.
  */
 static void
-reset_consumer_slot(ConsumerSlot *slot, const char *subscription, int worker)
+reset_consumer_slot(ConsumerSlot *slot, Oid database, const char *subscription, int worker)
 {
-	if (slot->subscription[0] != '\0' && strcmp(slot->subscription, subscription) != 0 &&
-		!other_slot_of(slot, slot->subscription))
-		eventpipe_forget_consumer_partitions(slot->subscription);
+	if (slot->subscription[0] != '\0' && !belongs_to(slot, database, subscription) &&
+		!other_slot_of(slot))
+		eventpipe_forget_consumer_partitions(slot->database, slot->subscription);
 	strlcpy(slot->subscription, subscription, sizeof(slot->subscription));
 	slot->worker = worker;
-	slot->database = InvalidOid;
+	slot->database = database;
 	slot->pid = 0;
 	slot->procno = -1;
+	slot->group = 0;
 	slot->state = CONSUMER_STOPPED;
 	pg_atomic_init_u64(&slot->events_applied, 0);
 	pg_atomic_init_u64(&slot->duplicates, 0);
@@ -87,35 +107,23 @@ eventpipe_shmem_startup(void)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	eventpipe_shared = ShmemInitStruct("eventpipe", sizeof(EventpipeShared), &found);
+	eventpipe_shared = ShmemInitStruct("eventpipe", shared_size(), &found);
 	if (!found)
 	{
 		int			i;
 
-		memset(eventpipe_shared, 0, sizeof(EventpipeShared));
+		memset(eventpipe_shared, 0, shared_size());
 		eventpipe_shared->lock = &(GetNamedLWLockTranche("eventpipe"))->lock;
 		eventpipe_shared->launcher_procno = -1;
 		eventpipe_shared->stats_reset = GetCurrentTimestamp();
 		pg_atomic_init_u32(&eventpipe_shared->publishers_committing, 0);
 		pg_atomic_init_u32(&eventpipe_shared->relay_pause_generation, 0);
-		for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
-		{
-			RelaySlot  *slot = &eventpipe_shared->relay[i];
-
-			slot->procno = -1;
-			slot->state = RELAY_STOPPED;
-			pg_atomic_init_u64(&slot->events_sent, 0);
-			pg_atomic_init_u64(&slot->events_failed, 0);
-			pg_atomic_init_u64(&slot->events_retried, 0);
-			pg_atomic_init_u64(&slot->events_dead, 0);
-			pg_atomic_init_u64(&slot->batches, 0);
-			pg_atomic_init_u64(&slot->bytes_sent, 0);
-			pg_atomic_init_u64(&slot->last_latency_us, 0);
-			pg_atomic_init_u64(&slot->lowest_committed_id, EVENTPIPE_NO_COMMITTED_ID);
-		}
-		eventpipe_shared->consumer_manager_procno = -1;
+		pg_atomic_init_u32(&eventpipe_shared->extension_generation, 0);
+		eventpipe_shared->max_databases = eventpipe_max_databases;
+		for (i = 0; i < eventpipe_max_databases; i++)
+			eventpipe_init_database_slot(&eventpipe_shared->database[i]);
 		for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
-			reset_consumer_slot(&eventpipe_shared->consumer[i], "", 0);
+			reset_consumer_slot(&eventpipe_shared->consumer[i], InvalidOid, "", 0);
 		eventpipe_init_consumer_partitions();
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -127,6 +135,25 @@ eventpipe_install_shmem_hooks(void)
 	prev_shmem_request_hook = compat_install_shmem_request_hook(eventpipe_shmem_request);
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = eventpipe_shmem_startup;
+}
+
+/* A relay slot with no process, counters at zero. */
+void
+eventpipe_init_relay_slot(RelaySlot *slot)
+{
+	slot->pid = 0;
+	slot->procno = -1;
+	slot->state = RELAY_STOPPED;
+	pg_atomic_init_u64(&slot->events_sent, 0);
+	pg_atomic_init_u64(&slot->events_failed, 0);
+	pg_atomic_init_u64(&slot->events_retried, 0);
+	pg_atomic_init_u64(&slot->events_dead, 0);
+	pg_atomic_init_u64(&slot->batches, 0);
+	pg_atomic_init_u64(&slot->bytes_sent, 0);
+	pg_atomic_init_u64(&slot->last_latency_us, 0);
+	pg_atomic_init_u64(&slot->lowest_committed_id, EVENTPIPE_NO_COMMITTED_ID);
+	slot->last_error[0] = '\0';
+	slot->last_error_time = 0;
 }
 
 void
@@ -164,8 +191,12 @@ eventpipe_relay_state_name(RelayState state)
 			return "stopped";
 		case RELAY_NOT_CONFIGURED:
 			return "not configured";
-		case RELAY_NO_DATABASE:
-			return "database missing";
+		case RELAY_NOT_SERVED:
+			return "not served";
+		case RELAY_WAITING_FOR_DATABASE_SLOT:
+			return "waiting for a database slot";
+		case RELAY_WAITING_FOR_WORKER_SLOT:
+			return "waiting for a worker slot";
 		case RELAY_NO_EXTENSION:
 			return "extension missing";
 		case RELAY_IDLE:
@@ -209,18 +240,6 @@ eventpipe_set_latch_of(int procno)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 }
 
-/* Is DROP DATABASE of this database under way (a worker in it must leave)? */
-bool
-eventpipe_database_is_being_dropped(Oid database)
-{
-	bool		dropping;
-
-	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-	dropping = eventpipe_shared->dropping_database == database;
-	LWLockRelease(eventpipe_shared->lock);
-	return dropping;
-}
-
 static pid_t
 consumer_holder(ConsumerSlot *slot)
 {
@@ -229,14 +248,16 @@ consumer_holder(ConsumerSlot *slot)
 	return 0;
 }
 
+/* Is slot that of worker of subscription, of the caller's database? */
 static bool
 is_slot_of(const ConsumerSlot *slot, const char *subscription, int worker)
 {
-	return slot->worker == worker && strcmp(slot->subscription, subscription) == 0;
+	return slot->worker == worker && belongs_to(slot, MyDatabaseId, subscription);
 }
 
 /*
- * The live process that is this worker of this subscription, or 0.  The
+ * The live process that is this worker of this subscription (of the
+ * caller's database), or 0.  The
  * consumer manager asks before starting a worker: one started by an earlier
  * manager may still run.
  */
@@ -282,20 +303,20 @@ eventpipe_consumer_slot_available(void)
 }
 
 /*
- * Publish the workers waiting to be started (count of them, the first
- * EVENTPIPE_MAX_WAITING_CONSUMERS by subscription and worker), replacing the
- * previous list.
+ * Publish the workers of the database's slot waiting to be started (count
+ * of them, the first EVENTPIPE_MAX_WAITING_CONSUMERS by subscription and
+ * worker), replacing the previous list.
  */
 void
-eventpipe_set_waiting_consumers(const ConsumerWaiting *waiting, int count)
+eventpipe_set_waiting_consumers(DatabaseSlot *database, const ConsumerWaiting *waiting, int count)
 {
 	int			listed = Min(count, EVENTPIPE_MAX_WAITING_CONSUMERS);
 
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	if (listed > 0)
-		memcpy(eventpipe_shared->consumer_waiting, waiting, sizeof(ConsumerWaiting) * listed);
-	eventpipe_shared->consumer_waiting_listed = listed;
-	eventpipe_shared->consumer_waiting_count = count;
+		memcpy(database->consumer_waiting, waiting, sizeof(ConsumerWaiting) * listed);
+	database->consumer_waiting_listed = listed;
+	database->consumer_waiting_count = count;
 	LWLockRelease(eventpipe_shared->lock);
 }
 
@@ -329,16 +350,64 @@ eventpipe_claim_consumer_slot(const char *subscription, int worker, pid_t *holde
 	if (found != NULL && (*holder = consumer_holder(found)) != 0)
 		found = NULL;
 	else if (found == NULL && (found = free_slot ? free_slot : idle_slot) != NULL)
-		reset_consumer_slot(found, subscription, worker);
+		reset_consumer_slot(found, MyDatabaseId, subscription, worker);
 	if (found != NULL)
 	{
 		found->pid = MyProcPid;
 		found->procno = GetNumberFromPGProc(MyProc);
-		found->database = MyDatabaseId;
+		found->group = 0;
 		found->state = CONSUMER_STARTING;
 	}
 	LWLockRelease(eventpipe_shared->lock);
 	return found;
+}
+
+/* The 64-bit hash of a consumer group's id, never 0 (0 is "no group"). */
+static uint64
+group_hash(const char *group_id)
+{
+	uint64		hash = hash_bytes_extended((const unsigned char *) group_id, strlen(group_id), 0);
+
+	return hash == 0 ? 1 : hash;
+}
+
+/*
+ * Let the calling worker, in slot, join consumer group group_id, unless a
+ * live worker of another database is in it: subscriptions of two databases
+ * in one group would split the topics' partitions between them, each
+ * database missing the other's share.  The group goes to whichever comes
+ * first.  false when taken, with the holder's database and subscription
+ * (EVENTPIPE_SUBSCRIPTION_LEN bytes).  Only the slot's process writes its
+ * group, so reading it needs no lock; the lock makes the look and the join
+ * one step, so that two databases' workers never both join.
+ */
+bool
+eventpipe_join_consumer_group(ConsumerSlot *slot, const char *group_id,
+							  Oid *holder_database, char *holder_subscription)
+{
+	uint64		group = group_hash(group_id);
+	bool		joined = true;
+	int			i;
+
+	if (slot->group == group)
+		return true;
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS && joined; i++)
+	{
+		ConsumerSlot *other = &eventpipe_shared->consumer[i];
+
+		if (other->group == group && other->database != slot->database &&
+			consumer_holder(other) != 0)
+		{
+			joined = false;
+			*holder_database = other->database;
+			strlcpy(holder_subscription, other->subscription, EVENTPIPE_SUBSCRIPTION_LEN);
+		}
+	}
+	if (joined)
+		slot->group = group;
+	LWLockRelease(eventpipe_shared->lock);
+	return joined;
 }
 
 /*
@@ -362,18 +431,38 @@ eventpipe_release_consumer_slot(ConsumerSlot *slot, bool forget)
 			{
 				ConsumerSlot *other = &eventpipe_shared->consumer[i];
 
-				if (other != slot && strcmp(other->subscription, slot->subscription) == 0 &&
+				if (other != slot && belongs_to(other, slot->database, slot->subscription) &&
 					consumer_holder(other) == 0)
-					reset_consumer_slot(other, "", 0);
+					reset_consumer_slot(other, InvalidOid, "", 0);
 			}
-			reset_consumer_slot(slot, "", 0);
+			reset_consumer_slot(slot, InvalidOid, "", 0);
 		}
 		slot->pid = 0;
 		slot->procno = -1;
-		slot->database = InvalidOid;
 		slot->state = CONSUMER_STOPPED;
 	}
 	LWLockRelease(eventpipe_shared->lock);
+}
+
+/*
+ * A database is no longer served (its slot is being freed): its consumer
+ * slots that no process holds are freed, with their partitions' counters,
+ * so that they neither linger in consumer_stats_all() nor take slots from
+ * other databases.  Caller holds the lock exclusively.
+ */
+void
+eventpipe_forget_database_consumers(Oid database)
+{
+	int			i;
+
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+	{
+		ConsumerSlot *slot = &eventpipe_shared->consumer[i];
+
+		if (slot->subscription[0] != '\0' && slot->database == database &&
+			consumer_holder(slot) == 0)
+			reset_consumer_slot(slot, InvalidOid, "", 0);
+	}
 }
 
 void
@@ -413,6 +502,8 @@ eventpipe_consumer_state_name(ConsumerState state)
 			return "backing off";
 		case CONSUMER_PAUSED:
 			return "paused";
+		case CONSUMER_GROUP_TAKEN:
+			return "waiting for its consumer group";
 	}
 	return "unknown";
 }

@@ -2,8 +2,10 @@
  * stats.c
  *		The SQL-facing statistics: eventpipe.relay_stats() (behind
  *		pg_stat_relay), consumer_stats() and consumer_partition_stats()
- *		(behind pg_stat_consumer), kafka_statistics() (the workers'
- *		librdkafka statistics files), and stat_reset().
+ *		(behind pg_stat_consumer), for the current database;
+ *		relay_stats_all() and consumer_stats_all(), for every database;
+ *		kafka_statistics() (the workers' librdkafka statistics files), and
+ *		stat_reset().
  *
  * Locking: names, states, databases and errors are copied under
  * EventpipeShared->lock (shared); the counters are atomics read without it
@@ -17,6 +19,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "utils/builtins.h"
@@ -30,92 +33,167 @@
 #include "compat.h"
 
 PG_FUNCTION_INFO_V1(eventpipe_relay_stats);
+PG_FUNCTION_INFO_V1(eventpipe_relay_stats_all);
 PG_FUNCTION_INFO_V1(eventpipe_consumer_stats);
+PG_FUNCTION_INFO_V1(eventpipe_consumer_stats_all);
 PG_FUNCTION_INFO_V1(eventpipe_consumer_partition_stats);
 PG_FUNCTION_INFO_V1(eventpipe_kafka_statistics);
 PG_FUNCTION_INFO_V1(eventpipe_stat_reset);
 
 /*
  * eventpipe.relay_stats(): the relay workers' shared-memory counters as
- * rows, behind the view eventpipe.pg_stat_relay.
+ * rows, behind the view eventpipe.pg_stat_relay: those of the current
+ * database, or, without a slot for it, one row per worker saying why none
+ * runs.  relay_stats_all(): those of every database with a slot, and of
+ * every database waiting for one.
  */
 
 
 #define RELAY_STATS_COLS 14
 
-Datum
-eventpipe_relay_stats(PG_FUNCTION_ARGS)
+/* A database's name as a name Datum; false (a NULL) when it is gone. */
+static bool
+database_name_datum(Oid database, Datum *value)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			i;
+	char	   *name = OidIsValid(database) ? get_database_name(database) : NULL;
+	NameData   *datum;
 
-	InitMaterializedSRF(fcinfo, 0);
+	if (name == NULL)
+		return false;
+	datum = palloc(NAMEDATALEN);
+	namestrcpy(datum, name);
+	*value = NameGetDatum(datum);
+	return true;
+}
 
-	for (i = 0; i < eventpipe_relay_workers; i++)
+/*
+ * One row of relay worker i of database: from slot, or (slot NULL) a row
+ * without a process in state.
+ */
+static void
+put_relay_row(ReturnSetInfo *rsinfo, Oid database, int i, RelaySlot *slot, RelayState state,
+			  bool manager_waiting)
+{
+	Datum		values[RELAY_STATS_COLS];
+	bool		nulls[RELAY_STATS_COLS];
+	pid_t		pid = 0;
+	char		last_error[EVENTPIPE_ERROR_LEN] = "";
+	TimestampTz last_error_time = 0;
+	TimestampTz stats_reset;
+	Interval   *latency = palloc0(sizeof(Interval));
+	int			c;
+
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	if (slot != NULL)
 	{
-		RelaySlot  *slot = &eventpipe_shared->relay[i];
-		Datum		values[RELAY_STATS_COLS];
-		bool		nulls[RELAY_STATS_COLS];
-		pid_t		pid;
-		Oid			database;
-		RelayState	state;
-		char		last_error[EVENTPIPE_ERROR_LEN];
-		TimestampTz last_error_time;
-		TimestampTz stats_reset;
-		char	   *dbname;
-		NameData   *dbname_datum;
-		Interval   *latency;
-
-		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
 		pid = slot->pid;
-		database = slot->database;
 		state = slot->state;
 		strlcpy(last_error, slot->last_error, sizeof(last_error));
 		last_error_time = slot->last_error_time;
-		stats_reset = eventpipe_shared->stats_reset;
-		LWLockRelease(eventpipe_shared->lock);
+	}
+	stats_reset = eventpipe_shared->stats_reset;
+	LWLockRelease(eventpipe_shared->lock);
+	if (pid == 0 && manager_waiting)
+		state = RELAY_WAITING_FOR_WORKER_SLOT;
 
-		memset(nulls, 0, sizeof(nulls));
-		values[0] = Int32GetDatum(i);
-		values[1] = Int32GetDatum(pid);
-		nulls[1] = (pid == 0);
-		values[2] = CStringGetTextDatum(eventpipe_relay_state_name(state));
-		dbname = OidIsValid(database) ? get_database_name(database) : NULL;
-		nulls[3] = (dbname == NULL);
-		if (dbname != NULL)
-		{
-			dbname_datum = palloc(NAMEDATALEN);
-			namestrcpy(dbname_datum, dbname);
-			values[3] = NameGetDatum(dbname_datum);
-		}
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = Int32GetDatum(i);
+	values[1] = Int32GetDatum(pid);
+	nulls[1] = (pid == 0);
+	values[2] = CStringGetTextDatum(eventpipe_relay_state_name(state));
+	nulls[3] = !database_name_datum(database, &values[3]);
+	for (c = 4; c <= 9; c++)
+		values[c] = Int64GetDatum(0);
+	if (slot != NULL)
+	{
 		values[4] = Int64GetDatum(pg_atomic_read_u64(&slot->events_sent));
 		values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->events_failed));
 		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->events_retried));
 		values[7] = Int64GetDatum(pg_atomic_read_u64(&slot->events_dead));
 		values[8] = Int64GetDatum(pg_atomic_read_u64(&slot->batches));
 		values[9] = Int64GetDatum(pg_atomic_read_u64(&slot->bytes_sent));
-		latency = palloc0(sizeof(Interval));
 		latency->time = (TimeOffset) pg_atomic_read_u64(&slot->last_latency_us);
-		values[10] = IntervalPGetDatum(latency);
-		nulls[10] = (latency->time == 0);
-		values[11] = CStringGetTextDatum(last_error);
-		nulls[11] = (last_error[0] == '\0');
-		values[12] = TimestampTzGetDatum(last_error_time);
-		nulls[12] = (last_error_time == 0);
-		values[13] = TimestampTzGetDatum(stats_reset);
-
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+	values[10] = IntervalPGetDatum(latency);
+	nulls[10] = (latency->time == 0);
+	values[11] = CStringGetTextDatum(last_error);
+	nulls[11] = (last_error[0] == '\0');
+	values[12] = TimestampTzGetDatum(last_error_time);
+	nulls[12] = (last_error_time == 0);
+	values[13] = TimestampTzGetDatum(stats_reset);
+
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/* The rows of database's relay workers, from its slot (NULL: it has none). */
+static void
+put_relay_rows(ReturnSetInfo *rsinfo, Oid database, DatabaseSlot *slot)
+{
+	RelayState	state = RELAY_STOPPED;
+	bool		manager_waiting = false;
+	int			i;
+
+	if (slot != NULL)
+	{
+		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+		manager_waiting = slot->manager_waiting;
+		LWLockRelease(eventpipe_shared->lock);
+	}
+	else if (eventpipe_database_is_waiting(database))
+		state = RELAY_WAITING_FOR_DATABASE_SLOT;
+	else if (database == MyDatabaseId && !eventpipe_database_is_served(get_database_name(database)))
+		state = RELAY_NOT_SERVED;
+	for (i = 0; i < eventpipe_relay_workers; i++)
+		put_relay_row(rsinfo, database, i, slot ? &slot->relay[i] : NULL, state, manager_waiting);
+}
+
+Datum
+eventpipe_relay_stats(PG_FUNCTION_ARGS)
+{
+	InitMaterializedSRF(fcinfo, 0);
+	put_relay_rows((ReturnSetInfo *) fcinfo->resultinfo, MyDatabaseId,
+				   eventpipe_database_slot(MyDatabaseId));
+	return (Datum) 0;
+}
+
+Datum
+eventpipe_relay_stats_all(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			waiting[EVENTPIPE_MAX_WAITING_DATABASES];
+	int			listed;
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (i = 0; i < eventpipe_shared->max_databases; i++)
+	{
+		DatabaseSlot *slot = &eventpipe_shared->database[i];
+		Oid			database;
+
+		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+		database = slot->database;
+		LWLockRelease(eventpipe_shared->lock);
+		if (OidIsValid(database))
+			put_relay_rows(rsinfo, database, slot);
+	}
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	listed = eventpipe_shared->databases_waiting_listed;
+	memcpy(waiting, eventpipe_shared->databases_waiting, sizeof(Oid) * listed);
+	LWLockRelease(eventpipe_shared->lock);
+	for (i = 0; i < listed; i++)
+		put_relay_rows(rsinfo, waiting[i], NULL);
 	return (Datum) 0;
 }
 
 /*
- * eventpipe.consumer_stats(): one row per consumer worker slot in
- * shared memory (a worker of a subscription that has run since the server
- * started), with its state, the partitions it holds and its counters, and
- * one per worker that waits to be started (no pid, state "waiting for a
- * worker slot", the reason and its remedy in last_error, since when in
- * last_error_time).  A subscription's totals are the sums of its rows.
+ * eventpipe.consumer_stats(): one row per consumer worker slot of the
+ * current database in shared memory (a worker of a subscription that has
+ * run since the server started), with its state, the partitions it holds
+ * and its counters, and one per worker that waits to be started (no pid,
+ * state "waiting for a worker slot", the reason and its remedy in
+ * last_error, since when in last_error_time).  A subscription's totals are
+ * the sums of its rows.  consumer_stats_all(): the same for every
+ * database, the database's name first.
  *
  * A waiting worker that ran before keeps its one row: the waiting shows in
  * its state and last_error (its last error is back once it runs again).
@@ -135,6 +213,16 @@ typedef struct WaitingList
 	int			count;			/* listed or not */
 } WaitingList;
 
+/* Rows of one database's consumers: its OID, and whether rows name it first. */
+typedef struct ConsumerRows
+{
+	ReturnSetInfo *rsinfo;
+	Oid			database;
+	bool		named;
+	WaitingList *waiting;
+	TimestampTz stats_reset;
+} ConsumerRows;
+
 /* Why it waits and what to raise, for last_error. */
 static char *
 waiting_reason(const WaitingList *list, ConsumerWaitCause cause)
@@ -144,7 +232,7 @@ waiting_reason(const WaitingList *list, ConsumerWaitCause cause)
 						"unsubscribe another subscription, lower the workers of one, or build eventpipe with a larger EVENTPIPE_MAX_CONSUMERS",
 						EVENTPIPE_MAX_CONSUMERS, list->count);
 	return psprintf("max_worker_processes (%d) is exhausted (%d workers wait): "
-					"raise it; eventpipe needs 2 + eventpipe.relay_workers + the workers of every subscription",
+					"raise it; each database eventpipe serves needs 1 + eventpipe.relay_workers + the workers of its subscriptions",
 					max_worker_processes, list->count);
 }
 
@@ -163,9 +251,23 @@ waiting_entry(WaitingList *list, const char *subscription, int worker)
 	return NULL;
 }
 
+/* Put a row: values and nulls of the CONSUMER_STATS_COLS columns, after the database's name. */
 static void
-put_waiting_row(ReturnSetInfo *rsinfo, const WaitingList *list, const ConsumerWaiting *entry,
-				TimestampTz stats_reset)
+put_consumer_row(ConsumerRows *rows, Datum *values, bool *nulls)
+{
+	Datum		row[CONSUMER_STATS_COLS + 1];
+	bool		row_nulls[CONSUMER_STATS_COLS + 1];
+	int			first = rows->named ? 1 : 0;
+
+	if (rows->named)
+		row_nulls[0] = !database_name_datum(rows->database, &row[0]);
+	memcpy(row + first, values, sizeof(Datum) * CONSUMER_STATS_COLS);
+	memcpy(row_nulls + first, nulls, sizeof(bool) * CONSUMER_STATS_COLS);
+	tuplestore_putvalues(rows->rsinfo->setResult, rows->rsinfo->setDesc, row, row_nulls);
+}
+
+static void
+put_waiting_row(ConsumerRows *rows, const ConsumerWaiting *entry)
 {
 	Datum		values[CONSUMER_STATS_COLS];
 	bool		nulls[CONSUMER_STATS_COLS];
@@ -179,15 +281,18 @@ put_waiting_row(ReturnSetInfo *rsinfo, const WaitingList *list, const ConsumerWa
 	values[4] = Int32GetDatum(0);
 	for (i = 5; i <= 9; i++)
 		values[i] = Int64GetDatum(0);
-	values[10] = CStringGetTextDatum(waiting_reason(list, entry->cause));
+	values[10] = CStringGetTextDatum(waiting_reason(rows->waiting, entry->cause));
 	values[11] = TimestampTzGetDatum(entry->since);
-	values[12] = TimestampTzGetDatum(stats_reset);
-	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	values[12] = TimestampTzGetDatum(rows->stats_reset);
+	put_consumer_row(rows, values, nulls);
 }
 
-/* How many partitions worker of subscription is assigned now.  Caller holds the lock. */
+/*
+ * How many partitions worker of subscription of database is assigned now.
+ * Caller holds the lock.
+ */
 static int
-partitions_held(const char *subscription, int worker)
+partitions_held(Oid database, const char *subscription, int worker)
 {
 	int			held = 0;
 	int			i;
@@ -196,98 +301,138 @@ partitions_held(const char *subscription, int worker)
 	{
 		ConsumerPartitionSlot *slot = &eventpipe_shared->consumer_partition[i];
 
-		if (slot->holder == worker && strcmp(slot->subscription, subscription) == 0)
+		if (slot->holder == worker && slot->database == database &&
+			strcmp(slot->subscription, subscription) == 0)
 			held++;
 	}
 	return held;
 }
 
-Datum
-eventpipe_consumer_stats(PG_FUNCTION_ARGS)
+/* The row of one consumer slot of rows' database. */
+static void
+put_slot_row(ConsumerRows *rows, ConsumerSlot *slot)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	WaitingList *waiting = palloc0(sizeof(WaitingList));
-	TimestampTz stats_reset;
-	int			i;
-
-	InitMaterializedSRF(fcinfo, 0);
+	Datum		values[CONSUMER_STATS_COLS];
+	bool		nulls[CONSUMER_STATS_COLS];
+	char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];
+	int			worker;
+	int			held;
+	pid_t		pid;
+	ConsumerState state;
+	char		last_error[EVENTPIPE_ERROR_LEN];
+	TimestampTz last_error_time;
+	ConsumerWaiting *waits;
 
 	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-	waiting->listed = eventpipe_shared->consumer_waiting_listed;
-	waiting->count = eventpipe_shared->consumer_waiting_count;
-	memcpy(waiting->entries, eventpipe_shared->consumer_waiting,
-		   sizeof(ConsumerWaiting) * waiting->listed);
+	strlcpy(subscription, slot->subscription, sizeof(subscription));
+	worker = slot->worker;
+	held = subscription[0] != '\0' && slot->pid != 0 ?
+		partitions_held(rows->database, subscription, worker) : 0;
+	pid = slot->pid;
+	state = slot->state;
+	strlcpy(last_error, slot->last_error, sizeof(last_error));
+	last_error_time = slot->last_error_time;
+	LWLockRelease(eventpipe_shared->lock);
+
+	if (subscription[0] == '\0')
+		return;
+	/* a live worker wins over a list up to a second old */
+	waits = waiting_entry(rows->waiting, subscription, worker);
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = CStringGetTextDatum(subscription);
+	values[1] = Int32GetDatum(worker);
+	values[2] = Int32GetDatum(pid);
+	nulls[2] = (pid == 0);
+	values[3] = CStringGetTextDatum(waits != NULL && pid == 0 ? WAITING_STATE :
+									eventpipe_consumer_state_name(state));
+	values[4] = Int32GetDatum(held);
+	values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->events_applied));
+	values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->duplicates));
+	values[7] = Int64GetDatum(pg_atomic_read_u64(&slot->unmatched));
+	values[8] = Int64GetDatum(pg_atomic_read_u64(&slot->events_dead));
+	values[9] = Int64GetDatum(pg_atomic_read_u64(&slot->batches));
+	if (waits != NULL && pid == 0)
+	{
+		values[10] = CStringGetTextDatum(waiting_reason(rows->waiting, waits->cause));
+		values[11] = TimestampTzGetDatum(waits->since);
+	}
+	else
+	{
+		values[10] = CStringGetTextDatum(last_error);
+		nulls[10] = (last_error[0] == '\0');
+		values[11] = TimestampTzGetDatum(last_error_time);
+		nulls[11] = (last_error_time == 0);
+	}
+	values[12] = TimestampTzGetDatum(rows->stats_reset);
+	put_consumer_row(rows, values, nulls);
+}
+
+/* Every row of database: its slots, then its waiting workers that have none. */
+static void
+put_consumer_rows(ReturnSetInfo *rsinfo, Oid database, bool named)
+{
+	ConsumerRows rows;
+	DatabaseSlot *slot = eventpipe_database_slot(database);
+	int			i;
+
+	rows.rsinfo = rsinfo;
+	rows.database = database;
+	rows.named = named;
+	rows.waiting = palloc0(sizeof(WaitingList));
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	if (slot != NULL)
+	{
+		rows.waiting->listed = slot->consumer_waiting_listed;
+		rows.waiting->count = slot->consumer_waiting_count;
+		memcpy(rows.waiting->entries, slot->consumer_waiting,
+			   sizeof(ConsumerWaiting) * rows.waiting->listed);
+	}
+	rows.stats_reset = eventpipe_shared->stats_reset;
 	LWLockRelease(eventpipe_shared->lock);
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
-	{
-		ConsumerSlot *slot = &eventpipe_shared->consumer[i];
-		Datum		values[CONSUMER_STATS_COLS];
-		bool		nulls[CONSUMER_STATS_COLS];
-		char		subscription[EVENTPIPE_SUBSCRIPTION_LEN];
-		int			worker;
-		int			held;
-		pid_t		pid;
-		ConsumerState state;
-		char		last_error[EVENTPIPE_ERROR_LEN];
-		TimestampTz last_error_time;
-		ConsumerWaiting *waits;
+		if (eventpipe_shared->consumer[i].database == database)
+			put_slot_row(&rows, &eventpipe_shared->consumer[i]);
+	for (i = 0; i < rows.waiting->listed; i++)
+		if (!rows.waiting->shown[i])
+			put_waiting_row(&rows, &rows.waiting->entries[i]);
+}
 
-		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-		strlcpy(subscription, slot->subscription, sizeof(subscription));
-		worker = slot->worker;
-		held = subscription[0] != '\0' && slot->pid != 0 ? partitions_held(subscription, worker) : 0;
-		pid = slot->pid;
-		state = slot->state;
-		strlcpy(last_error, slot->last_error, sizeof(last_error));
-		last_error_time = slot->last_error_time;
-		stats_reset = eventpipe_shared->stats_reset;
-		LWLockRelease(eventpipe_shared->lock);
+Datum
+eventpipe_consumer_stats(PG_FUNCTION_ARGS)
+{
+	InitMaterializedSRF(fcinfo, 0);
+	put_consumer_rows((ReturnSetInfo *) fcinfo->resultinfo, MyDatabaseId, false);
+	return (Datum) 0;
+}
 
-		if (subscription[0] == '\0')
-			continue;
-		/* a live worker wins over a list up to a second old */
-		waits = waiting_entry(waiting, subscription, worker);
+/* The databases with a consumer slot or a database slot, each once. */
+static List *
+consumer_databases(void)
+{
+	List	   *databases = NIL;
+	int			i;
 
-		memset(nulls, 0, sizeof(nulls));
-		values[0] = CStringGetTextDatum(subscription);
-		values[1] = Int32GetDatum(worker);
-		values[2] = Int32GetDatum(pid);
-		nulls[2] = (pid == 0);
-		values[3] = CStringGetTextDatum(waits != NULL && pid == 0 ? WAITING_STATE :
-										eventpipe_consumer_state_name(state));
-		values[4] = Int32GetDatum(held);
-		values[5] = Int64GetDatum(pg_atomic_read_u64(&slot->events_applied));
-		values[6] = Int64GetDatum(pg_atomic_read_u64(&slot->duplicates));
-		values[7] = Int64GetDatum(pg_atomic_read_u64(&slot->unmatched));
-		values[8] = Int64GetDatum(pg_atomic_read_u64(&slot->events_dead));
-		values[9] = Int64GetDatum(pg_atomic_read_u64(&slot->batches));
-		if (waits != NULL && pid == 0)
-		{
-			values[10] = CStringGetTextDatum(waiting_reason(waiting, waits->cause));
-			values[11] = TimestampTzGetDatum(waits->since);
-		}
-		else
-		{
-			values[10] = CStringGetTextDatum(last_error);
-			nulls[10] = (last_error[0] == '\0');
-			values[11] = TimestampTzGetDatum(last_error_time);
-			nulls[11] = (last_error_time == 0);
-		}
-		values[12] = TimestampTzGetDatum(stats_reset);
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+		if (eventpipe_shared->consumer[i].subscription[0] != '\0')
+			databases = list_append_unique_oid(databases, eventpipe_shared->consumer[i].database);
+	for (i = 0; i < eventpipe_shared->max_databases; i++)
+		if (OidIsValid(eventpipe_shared->database[i].database))
+			databases = list_append_unique_oid(databases, eventpipe_shared->database[i].database);
+	LWLockRelease(eventpipe_shared->lock);
+	return databases;
+}
 
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
+Datum
+eventpipe_consumer_stats_all(PG_FUNCTION_ARGS)
+{
+	ListCell   *lc;
 
-	if (waiting->listed > 0)
-	{
-		LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-		stats_reset = eventpipe_shared->stats_reset;
-		LWLockRelease(eventpipe_shared->lock);
-		for (i = 0; i < waiting->listed; i++)
-			if (!waiting->shown[i])
-				put_waiting_row(rsinfo, waiting, &waiting->entries[i], stats_reset);
-	}
+	InitMaterializedSRF(fcinfo, 0);
+	foreach(lc, consumer_databases())
+		put_consumer_rows((ReturnSetInfo *) fcinfo->resultinfo, lfirst_oid(lc), true);
 	return (Datum) 0;
 }
 
@@ -500,8 +645,13 @@ eventpipe_stat_reset(PG_FUNCTION_ARGS)
 	int			i;
 
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
-		reset_relay_slot(&eventpipe_shared->relay[i]);
+	for (i = 0; i < eventpipe_shared->max_databases; i++)
+	{
+		int			shard;
+
+		for (shard = 0; shard < EVENTPIPE_MAX_RELAY_WORKERS; shard++)
+			reset_relay_slot(&eventpipe_shared->database[i].relay[shard]);
+	}
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
 		reset_consumer_counters(&eventpipe_shared->consumer[i]);
 	eventpipe_reset_consumer_partition_counters();

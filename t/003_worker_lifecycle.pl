@@ -103,16 +103,19 @@ my $log_b  = log_position($node);
 # A big batch is on its way when the extension (and its outbox) goes away.
 publish_events(topic => 't003.b-dropped', n => 3000, per_txn => 3000, keys => 50);
 $node->safe_psql('postgres', 'DROP EXTENSION eventpipe');
-# Without the extension there is no view: the relay's process title says
-# what it does.
+# Without the extension the database has no worker: the relay and the
+# database manager leave, and come back with CREATE EXTENSION.
 ok( wait_until(
 		sub {
-			my $title = eval { PostgreSQL::Test::Utils::slurp_file("/proc/$pid_b/cmdline") } // '';
-			$title =~ /extension eventpipe is not installed/;
+			$node->safe_psql('postgres',
+				"SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('eventpipe relay', 'eventpipe database manager')"
+			) == 0;
 		},
 		30),
-	'(b) the relay process lives on and waits for the extension');
+	'(b) the relay and the database manager leave with the extension');
 $node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
+ok(wait_for_relay_state($node, 'idle', timeout => 10),
+	'(b) CREATE EXTENSION has a relay idle within seconds');
 my @b1 = publish_events(topic => 't003.b', n => 20);
 check_delivered($bootstrap, 't003.b', \@b1, '(b) after DROP and CREATE EXTENSION',
 	seq => \&seq_of);
@@ -134,7 +137,7 @@ note '(b) the event dropped with its outbox '
   . ' left before the DROP';
 ok(wait_until(sub { outbox_count($node) == 0 }, 30), '(b) outbox is empty');
 ok(wait_for_relay_state($node, 'idle'), '(b) relay is idle');
-is(relay_pid(), $pid_b, '(b) the same relay process served throughout');
+isnt(relay_pid(), $pid_b, '(b) a new relay process serves the new extension');
 unlike(log_since($node, $log_b), $crash_re, '(b) no process crashed');
 
 # ---- (c) pg_terminate_backend() of the relay ----------------------------
@@ -209,8 +212,8 @@ is($ret, 0, '(e) DROP DATABASE shop succeeded while the relay was connected')
   or diag $err;
 note sprintf('(e) DROP DATABASE took %.2f s', $drop_time);
 cmp_ok($drop_time, '<', 4, '(e) DROP DATABASE did not wait for the relay to time out');
-ok(wait_for_relay_state($node, 'database missing'),
-	'(e) pg_stat_relay says "database missing"');
+ok(wait_for_relay_state($node, 'not served'),
+	'(e) pg_stat_relay of database postgres says "not served"');
 is(relay_stat($node, 'pid'), '', '(e) no relay worker runs');
 
 $node->safe_psql('postgres', 'CREATE DATABASE shop');
@@ -256,8 +259,8 @@ $drop_time = time() - $t0;
 is($ret, 0, '(e) DROP DATABASE shop succeeded while the relay waited for the broker')
   or diag $err;
 note sprintf('(e) DROP DATABASE took %.2f s', $drop_time);
-ok(wait_for_relay_state($node, 'database missing'),
-	'(e) pg_stat_relay says "database missing" again');
+ok(wait_for_relay_state($node, 'not served'),
+	'(e) pg_stat_relay of database postgres says "not served" again');
 
 # Back to database postgres and the real broker: its pending events leave.
 $node->safe_psql('postgres',

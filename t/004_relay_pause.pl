@@ -65,7 +65,7 @@ for my $i (0 .. 9)    # ten commits
 sleep 3;
 is(outbox_count($node), 100, '(a) the 100 events published while paused wait in the outbox');
 is($node->safe_psql('postgres',
-		"SELECT count(*) FROM eventpipe.kafka_statistics() WHERE client_id = 'eventpipe-relay-0'"),
+		"SELECT count(*) FROM eventpipe.kafka_statistics() WHERE client_id = 'eventpipe-relay-postgres-0'"),
 	0, '(a) a paused relay holds no Kafka client (no statistics)');
 is(relay_stat($node, 'state'), 'paused', '(a) still paused after 3 s of turns every 100 ms');
 my $msgs = consume_all($kafka->{bootstrap}, $topic, 20, 30);

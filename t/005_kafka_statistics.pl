@@ -49,7 +49,7 @@ sub stat_of
 }
 
 # ---- (a) the relay's producer ---------------------------------------------
-my $relay = 'eventpipe-relay-0';
+my $relay = 'eventpipe-relay-postgres-0';
 my $sent_sql = qq{
 	SELECT coalesce(sum((p.value ->> 'txmsgs')::bigint), 0)
 	  FROM eventpipe.kafka_statistics() s,
@@ -66,7 +66,7 @@ is( $node->safe_psql('postgres',
 	't', '(a) collected within the last minute');
 
 # ---- (b) the consumer --------------------------------------------------------
-my $consumer = 'eventpipe-consumer-stats-sub';
+my $consumer = 'eventpipe-consumer-postgres-stats-sub';
 ok(wait_until(sub { (stat_of($consumer, '{rxmsgs}') || 0) >= 50 }, 30),
 	'(b) the consumer\'s statistics count at least the 50 messages received');
 is(stat_of($consumer, '{type}'),              'consumer',  '(b) of type consumer');

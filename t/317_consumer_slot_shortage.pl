@@ -1,6 +1,6 @@
 # t/317_consumer_slot_shortage.pl: more subscriptions than worker slots.
 # max_worker_processes = 6 leaves room for 3 consumer workers besides the
-# launcher, the relay worker and the consumer manager (no parallel query
+# launcher, the relay worker and the database manager (no parallel query
 # workers, no logical replication launcher to take one); 65 subscriptions
 # are one more than eventpipe's 64 consumer slots (EVENTPIPE_MAX_CONSUMERS),
 # so both causes of waiting occur: the 65th by name has no eventpipe slot,
@@ -48,8 +48,8 @@ $node->safe_psql($db, 'CREATE EXTENSION eventpipe');
 
 # The warning of a subscription that starts waiting, and the line of one
 # that gets its worker.
-my $warning_re = qr/WARNING:\s+eventpipe consumer manager: subscription "([^"]+)" waits for a worker slot/;
-my $got_re     = qr/LOG:\s+eventpipe consumer manager: subscription "([^"]+)" got its worker after waiting/;
+my $warning_re = qr/WARNING:\s+eventpipe database manager: subscription "([^"]+)" waits for a worker slot/;
+my $got_re     = qr/LOG:\s+eventpipe database manager: subscription "([^"]+)" got its worker after waiting/;
 
 # {subscription => number of lines} of the lines matching $re since $offset.
 sub lines_per_subscription
@@ -73,7 +73,9 @@ sub running_and_waiting
 }
 
 # The background workers that are not consumer workers (their slots are
-# taken from max_worker_processes too).
+# taken from max_worker_processes too), once the database manager has
+# started the relay.
+wait_until(sub { relay_stat($node, 'pid', db => $db) ne '' }, 30);
 my $others = $node->safe_psql($db, q{
 SELECT count(*) FROM pg_stat_activity
  WHERE (backend_type LIKE 'eventpipe%' AND backend_type <> 'eventpipe consumer')

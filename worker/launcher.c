@@ -1,16 +1,28 @@
 /*
  * launcher.c
  *		The eventpipe launcher: a background worker registered at preload
- *		that connects to no database and keeps one relay worker per shard,
- *		and the consumer manager, running in eventpipe.database.
+ *		that connects to no database and gives every database eventpipe
+ *		serves a slot in shared memory and a database manager
+ *		(database_manager.c), which starts the database's relay, consumer
+ *		and snapshot workers.
  *
- * It looks the database up in the shared catalog, starts the relay workers
- * and the consumer manager (which starts the consumer workers: it can read
- * eventpipe.subscriptions, the launcher cannot) as dynamic background
- * workers when it exists, stops them when it goes
- * away or eventpipe.database changes, restarts them if they die (at most
- * once a second each), and keeps away from a database being dropped for as
- * long as the DROP DATABASE holds the database's lock.
+ * Each turn (every second, and when woken: a CREATE EXTENSION commits, a
+ * DROP DATABASE begins, a manager ends) it reads pg_database and serves
+ * every database that accepts connections, is no template and is named by
+ * eventpipe.database ("*": all):
+ *   - a database without a manager gets one (one that died is restarted at
+ *     most once a second); a manager that finds no extension leaves, and
+ *     the database is looked at again only after a CREATE EXTENSION
+ *     committed somewhere;
+ *   - with every slot (eventpipe.max_databases) taken, a database waits:
+ *     a WARNING when it starts waiting, and pg_stat_relay says so;
+ *   - a database with a slot that is no longer to be served (gone, being
+ *     dropped, closed to connections, no longer named) is told to leave
+ *     (database_slots.c), and its slot freed once its processes are gone.
+ * It starts nothing in a database a DROP DATABASE holds the lock of, and
+ * forgets the drop once the lock is free (a DROP that failed lets the
+ * database back at once).  Managers outlive a launcher that dies: the next
+ * one finds them through their slots.
  */
 #include "postgres.h"
 
@@ -31,6 +43,9 @@
 #include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
 #include "utils/ps_status.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -40,7 +55,6 @@
 #include "extension/guc.h"
 #include "extension/shmem.h"
 #include "worker/kafka/kafka_statistics.h"
-#include "worker/relay/relay.h"
 #include "worker/worker_loop.h"
 #include "extension/compat.h"
 
@@ -49,15 +63,20 @@ PGDLLEXPORT void eventpipe_launcher_main(Datum main_arg);
 #define RESTART_DELAY_MS 1000
 #define LAUNCHER_NAP_MS 1000
 
-typedef struct RelayHandle
+/* What the launcher remembers of a database it started a manager in. */
+typedef struct ServedDatabase
 {
-	BackgroundWorkerHandle *handle;
-	Oid			database;
+	Oid			database;		/* hash key */
+	NameData	name;			/* as pg_database had it at the last turn, for logs */
+	BackgroundWorkerHandle *manager;
 	TimestampTz started_at;
-} RelayHandle;
+	uint32		probed_at;		/* extension_generation at the manager's start */
+	bool		no_extension;	/* its manager found no extension */
+	bool		waiting;		/* for a slot: reported */
+	bool		start_failed;	/* no background worker for its manager: reported */
+} ServedDatabase;
 
-static RelayHandle relays[EVENTPIPE_MAX_RELAY_WORKERS];
-static RelayHandle consumer_manager;
+static HTAB *served;
 
 void
 eventpipe_register_launcher(void)
@@ -85,41 +104,11 @@ launcher_exit(int code, Datum arg)
 }
 
 /*
- * The OID of the database called name, or InvalidOid.  A heap scan, as the
- * autovacuum launcher does: without a database of its own this process
- * cannot open pg_database's indexes.  Call in a transaction.
- */
-static Oid
-lookup_database(const char *name)
-{
-	Oid			database = InvalidOid;
-	Relation	rel;
-	TableScanDesc scan;
-	HeapTuple	tuple;
-
-	rel = table_open(DatabaseRelationId, AccessShareLock);
-	scan = table_beginscan_catalog(rel, 0, NULL);
-	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
-
-		if (strcmp(NameStr(db->datname), name) == 0)
-		{
-			database = db->oid;
-			break;
-		}
-	}
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return database;
-}
-
-/*
- * DROP DATABASE holds the database's lock from before it calls the hook
- * until it commits or fails.  Call in a transaction.
+ * Does someone (DROP DATABASE, from before its hook until it commits or
+ * fails) hold the database's lock?  Call in a transaction.
  */
 static bool
-drop_still_running(Oid database)
+database_locked(Oid database)
 {
 	LOCKTAG		tag;
 
@@ -130,159 +119,255 @@ drop_still_running(Oid database)
 	return false;
 }
 
-/*
- * The database to serve, or InvalidOid when it does not exist or is being
- * dropped.  Forgets a drop announcement once the drop is over, whether the
- * database went away or the DROP failed.
- */
-static Oid
-database_to_serve(void)
+/* The launcher's entry for a database, blank the first time. */
+static ServedDatabase *
+served_entry(Oid database)
 {
-	Oid			database;
-	Oid			dropping;
+	bool		found;
+	ServedDatabase *entry = hash_search(served, &database, HASH_ENTER, &found);
 
-	StartTransactionCommand();
-	(void) GetTransactionSnapshot();
-	database = lookup_database(eventpipe_database);
-
-	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-	dropping = eventpipe_shared->dropping_database;
-	LWLockRelease(eventpipe_shared->lock);
-
-	if (OidIsValid(dropping) && !(dropping == database && drop_still_running(dropping)))
+	if (!found)
 	{
-		LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-		if (eventpipe_shared->dropping_database == dropping)
-			eventpipe_shared->dropping_database = InvalidOid;
-		LWLockRelease(eventpipe_shared->lock);
-		dropping = InvalidOid;
+		entry->manager = NULL;
+		entry->started_at = 0;
+		entry->probed_at = 0;
+		entry->no_extension = false;
+		entry->waiting = false;
+		entry->start_failed = false;
 	}
-	CommitTransactionCommand();
-	return OidIsValid(dropping) ? InvalidOid : database;
-}
-
-static bool
-relay_is_running(RelayHandle *relay)
-{
-	return worker_handle_is_running(&relay->handle);
-}
-
-/* Start a dynamic worker in database that tells the launcher when it ends. */
-static void
-start_worker(RelayHandle *relay, const char *function, const char *name, const char *type,
-			 Datum main_arg, Oid database)
-{
-	relay->started_at = GetCurrentTimestamp();
-	relay->database = database;
-	if (!worker_start_dynamic(database, function, name, type, main_arg, NULL, 0, &relay->handle))
-		ereport(WARNING,
-				(errmsg("eventpipe could not start the %s", name),
-				 errhint("Raise max_worker_processes: eventpipe needs 2 + eventpipe.relay_workers + one per subscription.")));
-}
-
-static void
-start_relay(int shard, Oid database)
-{
-	char		name[BGW_MAXLEN];
-
-	snprintf(name, sizeof(name), "eventpipe relay %d", shard);
-	start_worker(&relays[shard], "eventpipe_relay_main", name, "eventpipe relay",
-				 Int32GetDatum(shard), database);
+	return entry;
 }
 
 /*
- * A relay started by an earlier incarnation of the launcher (it died, the
- * relay did not) keeps its shard; it is stopped if it serves another
- * database.  Returns whether such a relay runs.
+ * The OIDs of the databases to serve now, each with an entry that has its
+ * name.  A heap scan, as the autovacuum
+ * launcher does: without a database of its own this process cannot open
+ * pg_database's indexes.  Call in a transaction.
+ */
+static List *
+databases_to_serve(void)
+{
+	List	   *wanted = NIL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
+
+		if (db->datallowconn && !db->datistemplate &&
+			db->datconnlimit != DATCONNLIMIT_INVALID_DB &&
+			eventpipe_database_is_served(NameStr(db->datname)))
+		{
+			wanted = lappend_oid(wanted, db->oid);
+			namestrcpy(&served_entry(db->oid)->name, NameStr(db->datname));
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return wanted;
+}
+
+/*
+ * Forget the drop of a slot's database once the drop is over (it went
+ * away, or the DROP failed); true while it is still under way.  Call in a
+ * transaction.
  */
 static bool
-adopt_running_relay(int shard, Oid database)
+drop_under_way(DatabaseSlot *slot)
 {
-	RelaySlot  *slot = &eventpipe_shared->relay[shard];
-	pid_t		holder;
-	Oid			served;
+	bool		dropping;
 
 	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-	holder = eventpipe_relay_slot_holder(slot);
-	served = slot->database;
+	dropping = slot->dropping;
 	LWLockRelease(eventpipe_shared->lock);
-	if (holder == 0)
+	if (!dropping || database_locked(slot->database))
+		return dropping;
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	slot->dropping = false;
+	LWLockRelease(eventpipe_shared->lock);
+	return false;
+}
+
+static bool
+manager_runs(ServedDatabase *entry, DatabaseSlot *slot)
+{
+	pid_t		pid;
+
+	if (entry != NULL && worker_handle_is_running(&entry->manager))
+		return true;
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	pid = slot->manager_pid;
+	LWLockRelease(eventpipe_shared->lock);
+	return pid != 0 && BackendPidGetProc(pid) != NULL;
+}
+
+/*
+ * A slot whose database is not to be served: tell its processes to leave,
+ * and free it once they are gone.  One still served gets back processes
+ * that had to leave (a DROP that failed, connections allowed again); one
+ * whose manager found no extension is freed when its processes are gone.
+ */
+static void
+tend_slot(DatabaseSlot *slot, List *wanted)
+{
+	Oid			database = slot->database;
+	bool		leave;
+	bool		no_extension;
+	ServedDatabase *entry;
+
+	if (!OidIsValid(database))
+		return;
+	entry = hash_search(served, &database, HASH_FIND, NULL);
+	if (!list_member_oid(wanted, database) || drop_under_way(slot))
+	{
+		eventpipe_tell_database_to_leave(database, false);
+		eventpipe_free_database_slot(slot);
+		return;
+	}
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	leave = slot->leave;
+	slot->leave = false;
+	no_extension = slot->no_extension;
+	LWLockRelease(eventpipe_shared->lock);
+	if (leave)
+		ereport(LOG, (errmsg("eventpipe launcher: serving database \"%s\" again", NameStr(entry->name))));
+	if (no_extension && !manager_runs(entry, slot))
+	{
+		if (entry != NULL)
+			entry->no_extension = true;
+		eventpipe_free_database_slot(slot);
+	}
+}
+
+/* Start the database manager of a database with a slot. */
+static void
+start_manager(ServedDatabase *entry, DatabaseSlot *slot, uint32 generation, TimestampTz now)
+{
+	entry->started_at = now;
+	entry->probed_at = generation;
+	entry->no_extension = false;
+	if (worker_start_dynamic(entry->database, "eventpipe_database_manager_main",
+							 "eventpipe database manager", "eventpipe database manager",
+							 (Datum) 0, NULL, 0, &entry->manager))
+	{
+		entry->start_failed = false;
+		return;
+	}
+	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	slot->manager_waiting = true;
+	LWLockRelease(eventpipe_shared->lock);
+	if (!entry->start_failed)
+		ereport(WARNING,
+				(errmsg("eventpipe launcher: database \"%s\" waits for a background worker slot for its manager",
+						NameStr(entry->name)),
+				 errhint("Raise max_worker_processes (a restart is needed): each database eventpipe serves needs 1 + eventpipe.relay_workers + the workers of its subscriptions, and the launcher one.")));
+	entry->start_failed = true;
+}
+
+/*
+ * Give a database to serve a manager if it has none, and a slot first if
+ * it has none; returns false when it waits for a slot.
+ */
+static bool
+serve(Oid database, uint32 generation, TimestampTz now)
+{
+	ServedDatabase *entry = served_entry(database);
+	DatabaseSlot *slot = eventpipe_database_slot(database);
+
+	if (slot != NULL && manager_runs(entry, slot))
+		return true;
+	if ((slot == NULL && entry->no_extension && entry->probed_at == generation) ||
+		!TimestampDifferenceExceeds(entry->started_at, now, RESTART_DELAY_MS) ||
+		database_locked(database))
+		return true;
+	if (slot == NULL && (slot = eventpipe_claim_database_slot(database)) == NULL)
+	{
+		if (!entry->waiting)
+			ereport(WARNING,
+					(errmsg("eventpipe launcher: database \"%s\" waits for a database slot",
+							NameStr(entry->name)),
+					 errdetail("All %d slots of eventpipe.max_databases are taken.",
+							   eventpipe_shared->max_databases),
+					 errhint("Raise eventpipe.max_databases (a restart is needed), or take eventpipe out of a database that does not need it.")));
+		entry->waiting = true;
 		return false;
-	if (served != database)
-		kill(holder, SIGTERM);
+	}
+	if (entry->waiting)
+		ereport(LOG, (errmsg("eventpipe launcher: database \"%s\" got a database slot",
+							 NameStr(entry->name))));
+	entry->waiting = false;
+	start_manager(entry, slot, generation, now);
 	return true;
 }
 
-/*
- * The same for the consumer manager: one, in the database served, adopted
- * if an earlier launcher started it.
- */
+/* Forget the databases no longer served that have no slot any more. */
 static void
-reconcile_consumer_manager(Oid database, TimestampTz now)
+forget_gone(List *wanted)
 {
-	pid_t		holder;
-	Oid			served;
+	HASH_SEQ_STATUS status;
+	ServedDatabase *entry;
 
-	if (relay_is_running(&consumer_manager))
+	hash_seq_init(&status, served);
+	while ((entry = hash_seq_search(&status)) != NULL)
 	{
-		if (consumer_manager.database != database)
-			TerminateBackgroundWorker(consumer_manager.handle);
-		return;
+		if (list_member_oid(wanted, entry->database) ||
+			eventpipe_database_slot(entry->database) != NULL)
+			continue;
+		if (entry->manager != NULL)
+			pfree(entry->manager);
+		hash_search(served, &entry->database, HASH_REMOVE, NULL);
 	}
-	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-	holder = eventpipe_shared->consumer_manager_pid;
-	if (holder != 0 && BackendPidGetProc(holder) == NULL)
-		holder = 0;
-	served = eventpipe_shared->consumer_manager_database;
-	LWLockRelease(eventpipe_shared->lock);
-	if (holder != 0)
-	{
-		if (served != database)
-			kill(holder, SIGTERM);
-		return;
-	}
-	if (OidIsValid(database) &&
-		TimestampDifferenceExceeds(consumer_manager.started_at, now, RESTART_DELAY_MS))
-		start_worker(&consumer_manager, "eventpipe_consumer_manager_main",
-					 "eventpipe consumer manager", "eventpipe consumer manager",
-					 (Datum) 0, database);
 }
 
-/* Bring the running relay workers and consumer manager in line with the configuration. */
+/* Bring the slots and the managers in line with the catalog and the configuration. */
 static void
 reconcile(void)
 {
-	Oid			database = database_to_serve();
+	uint32		generation = pg_atomic_read_u32(&eventpipe_shared->extension_generation);
 	TimestampTz now = GetCurrentTimestamp();
-	int			shard;
+	MemoryContext caller = CurrentMemoryContext;
+	List	   *wanted;
+	Oid		   *waiting;
+	int			n_waiting = 0;
+	int			n_served = 0;
+	ListCell   *lc;
+	int			i;
+	char		activity[64];
 
-	for (shard = 0; shard < eventpipe_relay_workers; shard++)
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	MemoryContextSwitchTo(caller);
+	wanted = databases_to_serve();
+	for (i = 0; i < eventpipe_shared->max_databases; i++)
+		tend_slot(&eventpipe_shared->database[i], wanted);
+
+	waiting = palloc(sizeof(Oid) * Max(list_length(wanted), 1));
+	foreach(lc, wanted)
 	{
-		RelayHandle *relay = &relays[shard];
-
-		if (relay_is_running(relay))
-		{
-			if (relay->database != database)
-				TerminateBackgroundWorker(relay->handle);
-			continue;
-		}
-		if (adopt_running_relay(shard, database))
-			continue;
-		if (!OidIsValid(database))
-		{
-			eventpipe_set_relay_state(&eventpipe_shared->relay[shard], RELAY_NO_DATABASE);
-			continue;
-		}
-		if (TimestampDifferenceExceeds(relay->started_at, now, RESTART_DELAY_MS))
-			start_relay(shard, database);
+		if (!serve(lfirst_oid(lc), generation, now))
+			waiting[n_waiting++] = lfirst_oid(lc);
 	}
-	reconcile_consumer_manager(database, now);
-	set_ps_display(OidIsValid(database) ? "serving" : "waiting: eventpipe.database does not exist");
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);
+	forget_gone(wanted);
+	eventpipe_set_waiting_databases(waiting, n_waiting);
+
+	for (i = 0; i < eventpipe_shared->max_databases; i++)
+		n_served += OidIsValid(eventpipe_shared->database[i].database);
+	snprintf(activity, sizeof(activity), "%d databases with a slot, %d waiting", n_served, n_waiting);
+	set_ps_display(activity);
 }
 
 void
 eventpipe_launcher_main(Datum main_arg)
 {
+	HASHCTL		ctl;
+	MemoryContext loop_context;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -299,6 +384,13 @@ eventpipe_launcher_main(Datum main_arg)
 	/* statistics of clients that went down with a crash would stay forever */
 	kafka_statistics_remove_all();
 
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(ServedDatabase);
+	served = hash_create("eventpipe served databases", 64, &ctl, HASH_ELEM | HASH_BLOBS);
+	loop_context = AllocSetContextCreate(TopMemoryContext, "eventpipe launcher loop",
+										 ALLOCSET_DEFAULT_SIZES);
+
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
@@ -307,7 +399,10 @@ eventpipe_launcher_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		MemoryContextSwitchTo(loop_context);
 		reconcile();
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(loop_context);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 LAUNCHER_NAP_MS, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

@@ -2,7 +2,7 @@
  * worker_loop.c
  *		Pieces of the workers' main loops: starting in a database, the loop
  *		itself (interrupts, reloads, leaving a database that is dropped or no
- *		longer eventpipe.database), starting the dynamic workers a worker
+ *		longer served), starting the dynamic workers a worker
  *		supervises, the transaction around one unit of work, whether the
  *		extension's tables can be used, and error recovery (a step that
  *		raises an ERROR is logged, recorded and rolled back, and the loop
@@ -12,7 +12,6 @@
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
-#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -36,7 +35,6 @@
 #include "worker_loop.h"
 
 static const char *worker_name;
-static char *database_name;
 static void (*worker_record_error) (const char *message);
 
 /*
@@ -190,10 +188,6 @@ worker_connect(const char *who, void (*record_error) (const char *message))
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
-
-	StartTransactionCommand();
-	database_name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
-	CommitTransactionCommand();
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
@@ -204,20 +198,23 @@ worker_leave(const char *why)
 	proc_exit(0);
 }
 
-/* Leave on SIGTERM, or when our database is dropped or no longer served. */
+/*
+ * Leave on SIGTERM, or when the launcher or a DROP DATABASE tells the
+ * processes of our database to (see database_shmem.h).
+ */
 void
 worker_check_interrupts(void)
 {
 	CHECK_FOR_INTERRUPTS();
-	if (eventpipe_database_is_being_dropped(MyDatabaseId))
-		worker_leave("its database is being dropped");
+	if (eventpipe_database_must_leave(MyDatabaseId))
+		worker_leave(eventpipe_database_is_being_dropped(MyDatabaseId)
+					 ? "its database is being dropped"
+					 : "eventpipe no longer serves its database");
 	if (ConfigReloadPending)
 	{
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
 	}
-	if (strcmp(eventpipe_database, database_name) != 0)
-		worker_leave("eventpipe.database names another database");
 }
 
 /* A back-off that doubles from first_ms, after each failure in a row, to last_ms. */

@@ -1068,7 +1068,7 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'eventpipe_consumer_stats'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION eventpipe.consumer_stats() IS
-    'Per consumer worker: state, partitions held and counters from shared memory (they survive worker restarts)';
+    'Per consumer worker of this database: state, partitions held and counters from shared memory (they survive worker restarts)';
 REVOKE ALL ON FUNCTION eventpipe.consumer_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eventpipe.consumer_stats() TO pg_monitor;
 
@@ -1125,7 +1125,8 @@ SELECT s.name AS subscription,
        coalesce(p.events_dead, 0) AS events_dead,
        w.last_error,
        w.last_error_time,
-       w.stats_reset
+       w.stats_reset,
+       pg_catalog.current_database() AS database
   FROM eventpipe.subscriptions AS s
   LEFT JOIN partitions AS p ON p.subscription = s.name
   LEFT JOIN LATERAL (SELECT * FROM workers
@@ -1133,9 +1134,59 @@ SELECT s.name AS subscription,
                       ORDER BY workers.worker IS NOT DISTINCT FROM p.worker DESC, workers.worker
                       LIMIT 1) AS w ON true;
 COMMENT ON VIEW eventpipe.pg_stat_consumer IS
-    'Per subscription, topic and partition: the worker assigned it, committed offset, high watermark, lag and counters (per partition; they survive worker restarts, reset at server restart or stat_reset())';
+    'Per subscription, topic and partition of this database: the worker assigned it, committed offset, high watermark, lag and counters (per partition; they survive worker restarts, reset at server restart or stat_reset())';
 REVOKE ALL ON eventpipe.pg_stat_consumer FROM PUBLIC;
 GRANT SELECT ON eventpipe.pg_stat_consumer TO pg_monitor;
+
+-- Every database's workers, for superusers and pg_monitor members (the
+-- views above show the current database's only): relay_stats_all() has
+-- relay_stats()'s columns, consumer_stats_all() consumer_stats()'s after
+-- the database's name.
+CREATE FUNCTION eventpipe.relay_stats_all(
+    OUT worker          integer,
+    OUT pid             integer,
+    OUT state           text,
+    OUT database        name,
+    OUT events_sent     bigint,
+    OUT events_failed   bigint,
+    OUT events_retried  bigint,
+    OUT events_dead     bigint,
+    OUT batches         bigint,
+    OUT bytes_sent      bigint,
+    OUT last_latency    interval,
+    OUT last_error      text,
+    OUT last_error_time timestamptz,
+    OUT stats_reset     timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'eventpipe_relay_stats_all'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION eventpipe.relay_stats_all() IS
+    'Per relay worker of every database eventpipe serves or that waits for a slot: state and counters from shared memory';
+REVOKE ALL ON FUNCTION eventpipe.relay_stats_all() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventpipe.relay_stats_all() TO pg_monitor;
+
+CREATE FUNCTION eventpipe.consumer_stats_all(
+    OUT database        name,
+    OUT subscription    text,
+    OUT worker          integer,
+    OUT pid             integer,
+    OUT state           text,
+    OUT partitions      integer,
+    OUT events_applied  bigint,
+    OUT duplicates      bigint,
+    OUT unmatched       bigint,
+    OUT events_dead     bigint,
+    OUT batches         bigint,
+    OUT last_error      text,
+    OUT last_error_time timestamptz,
+    OUT stats_reset     timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'eventpipe_consumer_stats_all'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION eventpipe.consumer_stats_all() IS
+    'Per consumer worker of every database: state, partitions held and counters from shared memory';
+REVOKE ALL ON FUNCTION eventpipe.consumer_stats_all() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventpipe.consumer_stats_all() TO pg_monitor;
 
 ------------------------------------------------------------------------------
 -- Comments the relay's statistics lacked
@@ -1144,7 +1195,7 @@ GRANT SELECT ON eventpipe.pg_stat_consumer TO pg_monitor;
 COMMENT ON FUNCTION eventpipe.relay_shard(text, bigint, integer) IS
     'The relay worker (0 to workers - 1) that sends an outbox row: a hash of its key, or of its id when it has none';
 COMMENT ON FUNCTION eventpipe.relay_stats() IS
-    'Per relay worker: state and counters from shared memory (they survive worker restarts); pg_stat_relay adds the backlog';
+    'Per relay worker of this database: state and counters from shared memory (they survive worker restarts); pg_stat_relay adds the backlog';
 COMMENT ON VIEW eventpipe.pg_stat_relay IS
     'Per relay worker: state, counters, and the backlog of the outbox rows it sends in this database with the age of the oldest';
 

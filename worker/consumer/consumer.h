@@ -25,6 +25,8 @@
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
+#include "extension/shmem.h"
+
 #include "payload_fields.h"
 
 /* A subscription's row of eventpipe.subscriptions. */
@@ -293,8 +295,8 @@ extern void kafka_consumer_read_offsets(rd_kafka_t *rk, const char *name,
 										bool start_latest);
 
 /* kafka_consumer.c */
-extern bool kafka_consumer_ensure(const Subscription *subscription, int worker, char *errbuf,
-								  size_t errbuf_size);
+extern bool kafka_consumer_ensure(const Subscription *subscription, int worker,
+								  const char *client_id, char *errbuf, size_t errbuf_size);
 extern void kafka_consumer_stop(bool leave_group);
 extern void kafka_consumer_set_broker_trouble(bool trouble);
 extern void kafka_consumer_poll_batch(ConsumerBatch *batch, int limit, int wait_ms);
@@ -307,7 +309,7 @@ extern bool kafka_consumer_query_watermarks(const char *topic, int32 partition, 
 											int64 *high);
 
 /* consumer_manager.c, consumer_worker.c */
-extern PGDLLEXPORT void eventpipe_consumer_manager_main(Datum main_arg);
+extern void consumer_manager_reconcile(DatabaseSlot *database);
 extern PGDLLEXPORT void eventpipe_consumer_main(Datum main_arg);
 
 #endif							/* EVENTPIPE_CONSUMER_H */

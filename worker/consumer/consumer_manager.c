@@ -1,22 +1,20 @@
 /*
  * consumer_manager.c
- *		The consumer manager: a dynamic background worker, started and
- *		supervised by the launcher in eventpipe.database, that keeps
- *		subscriptions.workers consumer workers running per row of
- *		eventpipe.subscriptions, numbered 0 to workers - 1, and the
- *		snapshot worker while a snapshot runs (snapshot_starter.c).
+ *		The database manager's part in consuming (database_manager.c runs
+ *		it at each of its turns): keeps subscriptions.workers consumer
+ *		workers running per row of eventpipe.subscriptions of its database,
+ *		numbered 0 to workers - 1.
  *
- * The launcher connects to no database and cannot read tables; this worker
- * can.  It reads the subscriptions when woken (a commit that changed them
- * sets its latch, see commit_wakeup.c; so does a consumer worker's death,
- * as bgw_notify_pid) and every MANAGER_POLL_MS otherwise, and starts each
- * worker that does not run (at most once a second per worker).  A worker
- * started by an earlier manager is adopted, not doubled.  Workers stop by
- * themselves (exit code 0, no signal): when their subscription or the
- * extension is gone, or the subscription asks for fewer workers than their
- * number (they reread their row before every batch), when their database is
- * being dropped or is no longer eventpipe.database.  The manager leaves in
- * the last two cases too, and on SIGTERM.
+ * The launcher connects to no database and cannot read tables; the
+ * database manager can.  It reads the subscriptions when woken (a commit
+ * that changed them sets its latch, see commit_wakeup.c; so does a consumer
+ * worker's death, as bgw_notify_pid) and every second otherwise, and starts
+ * each worker that does not run (at most once a second per worker).  A
+ * worker started by an earlier manager is adopted, not doubled.  Workers
+ * stop by themselves (exit code 0, no signal): when their subscription or
+ * the extension is gone, or the subscription asks for fewer workers than
+ * their number (they reread their row before every batch), when their
+ * database is being dropped or no longer served.
  *
  * A worker it cannot start (all eventpipe consumer slots taken, or
  * max_worker_processes exhausted) waits and is tried again every second.
@@ -24,7 +22,7 @@
  * starts (LOG), not at every try: a shortage lasts until someone acts, and
  * one line a second per worker buries the rest of the log.  Meanwhile
  * consumer_stats() shows it, from the list of waiting workers the manager
- * keeps in shared memory.
+ * keeps in its database's slot.
  */
 #include "postgres.h"
 
@@ -50,12 +48,9 @@
 #include "extension/shmem.h"
 #include "consumer.h"
 #include "consumer_sql.h"
-#include "worker/snapshot/snapshot_worker.h"
 #include "worker/worker_loop.h"
 #include "extension/compat.h"
 
-/* Subscriptions are reread, and dead workers restarted, at least this often. */
-#define MANAGER_POLL_MS 1000
 #define RESTART_DELAY_MS 1000
 
 typedef struct ConsumerHandle
@@ -78,22 +73,6 @@ typedef struct WantedWorkers
 /* The workers that waited to be started after the last reconcile. */
 static ConsumerWaiting *waiting = NULL;
 static int	n_waiting = 0;
-
-static void
-manager_exit(int code, Datum arg)
-{
-	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	if (eventpipe_shared->consumer_manager_pid == MyProcPid)
-	{
-		eventpipe_shared->consumer_manager_pid = 0;
-		eventpipe_shared->consumer_manager_procno = -1;
-		eventpipe_shared->consumer_manager_database = InvalidOid;
-		/* the next manager finds out again who waits */
-		eventpipe_shared->consumer_waiting_count = 0;
-		eventpipe_shared->consumer_waiting_listed = 0;
-	}
-	LWLockRelease(eventpipe_shared->lock);
-}
 
 static bool
 is_running(ConsumerHandle *consumer)
@@ -218,11 +197,11 @@ find_waiting(ConsumerWaiting *list, int count, const char *name, int worker)
 	return NULL;
 }
 
-/* The background workers eventpipe needs: see docs/consumer.md. */
+/* The background workers eventpipe needs in this database: see docs/installation.md. */
 static int
 workers_needed(void)
 {
-	int			needed = 2 + eventpipe_relay_workers;
+	int			needed = 1 + eventpipe_relay_workers;
 	ListCell   *lc;
 
 	foreach(lc, subscriptions)
@@ -236,17 +215,17 @@ report_waiting(const char *name, int worker, ConsumerWaitCause cause)
 {
 	if (cause == CONSUMER_WAIT_EVENTPIPE_SLOT)
 		ereport(WARNING,
-				(errmsg("eventpipe consumer manager: subscription \"%s\" waits for a worker slot (worker %d)",
+				(errmsg("eventpipe database manager: subscription \"%s\" waits for a worker slot (worker %d)",
 						name, worker),
 				 errdetail("All %d consumer slots of eventpipe are taken.", EVENTPIPE_MAX_CONSUMERS),
 				 errhint("Unsubscribe another subscription, lower the workers of one, or build eventpipe with a larger EVENTPIPE_MAX_CONSUMERS. "
 						 "The worker starts once a slot is free; eventpipe.consumer_stats() shows who waits.")));
 	else
 		ereport(WARNING,
-				(errmsg("eventpipe consumer manager: subscription \"%s\" waits for a worker slot (worker %d)",
+				(errmsg("eventpipe database manager: subscription \"%s\" waits for a worker slot (worker %d)",
 						name, worker),
 				 errdetail("No background worker slot is free (max_worker_processes = %d).", max_worker_processes),
-				 errhint("Raise max_worker_processes (a restart is needed): eventpipe needs 2 + eventpipe.relay_workers + the workers of every subscription, here %d. "
+				 errhint("Raise max_worker_processes (a restart is needed): each database eventpipe serves needs 1 + eventpipe.relay_workers + the workers of its subscriptions, here %d, and the launcher one. "
 						 "The worker starts once a slot is free; eventpipe.consumer_stats() shows who waits.",
 						 workers_needed())));
 }
@@ -280,7 +259,7 @@ note_waiting(ConsumerWaiting *now_waiting, int *count, const char *name, int wor
  * memory.
  */
 static void
-update_waiting(ConsumerWaiting *now_waiting, int count, TimestampTz now)
+update_waiting(DatabaseSlot *database, ConsumerWaiting *now_waiting, int count, TimestampTz now)
 {
 	int			i;
 
@@ -296,7 +275,7 @@ update_waiting(ConsumerWaiting *now_waiting, int count, TimestampTz now)
 			continue;
 		TimestampDifference(waiting[i].since, now, &secs, &usecs);
 		ereport(LOG,
-				(errmsg("eventpipe consumer manager: subscription \"%s\" got its worker after waiting %ld s for a slot (worker %d)",
+				(errmsg("eventpipe database manager: subscription \"%s\" got its worker after waiting %ld s for a slot (worker %d)",
 						name, secs, worker)));
 	}
 	if (count == 0 && n_waiting == 0)
@@ -310,7 +289,7 @@ update_waiting(ConsumerWaiting *now_waiting, int count, TimestampTz now)
 		memcpy(waiting, now_waiting, sizeof(ConsumerWaiting) * count);
 	}
 	n_waiting = count;
-	eventpipe_set_waiting_consumers(waiting, n_waiting);
+	eventpipe_set_waiting_consumers(database, waiting, n_waiting);
 }
 
 /*
@@ -347,9 +326,12 @@ ensure_worker(const char *name, int worker, ConsumerWaiting *now_waiting, int *c
 		note_waiting(now_waiting, count, name, worker, CONSUMER_WAIT_WORKER_PROCESS, now);
 }
 
-/* Bring the running consumer workers in line with eventpipe.subscriptions. */
-static long
-reconcile(void)
+/*
+ * Bring the running consumer workers of the database in line with
+ * eventpipe.subscriptions (nothing changes when they cannot be read).
+ */
+void
+consumer_manager_reconcile(DatabaseSlot *database)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	ConsumerWaiting *now_waiting;
@@ -361,7 +343,7 @@ reconcile(void)
 	subscriptions = NIL;
 	WORKER_GUARD(ok, subscriptions = list_subscriptions());
 	if (!ok)
-		return MANAGER_POLL_MS;
+		return;
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
 	{
@@ -381,11 +363,10 @@ reconcile(void)
 		for (i = 0; i < subscription->workers; i++)
 			ensure_worker(subscription->name, i, now_waiting, &count, now);
 	}
-	update_waiting(now_waiting, count, now);
-	snapshot_starter_reconcile();
+	update_waiting(database, now_waiting, count, now);
 
 	if (subscriptions == NIL)
-		set_ps_display("idle: no subscription");
+		set_ps_display("serving, no subscription");
 	else if (count > 0)
 	{
 		char		activity[64];
@@ -395,38 +376,4 @@ reconcile(void)
 	}
 	else
 		set_ps_display("serving");
-	return MANAGER_POLL_MS;
-}
-
-static void
-attach(void)
-{
-	pid_t		holder = 0;
-
-	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	if (eventpipe_shared->consumer_manager_pid != 0 &&
-		BackendPidGetProc(eventpipe_shared->consumer_manager_pid) != NULL)
-		holder = eventpipe_shared->consumer_manager_pid;
-	else
-	{
-		eventpipe_shared->consumer_manager_pid = MyProcPid;
-		eventpipe_shared->consumer_manager_procno = GetNumberFromPGProc(MyProc);
-		eventpipe_shared->consumer_manager_database = MyDatabaseId;
-	}
-	LWLockRelease(eventpipe_shared->lock);
-	if (holder != 0)
-	{
-		ereport(LOG,
-				(errmsg("eventpipe consumer manager not started: process %d already runs", (int) holder)));
-		proc_exit(0);
-	}
-	before_shmem_exit(manager_exit, (Datum) 0);
-}
-
-void
-eventpipe_consumer_manager_main(Datum main_arg)
-{
-	worker_connect("eventpipe consumer manager", NULL);
-	attach();
-	worker_main_loop(reconcile);
 }

@@ -48,6 +48,7 @@
 #include "extension/guc.h"
 #include "extension/shmem.h"
 #include "consumer.h"
+#include "worker/kafka/kafka_client.h"
 #include "worker/kafka/kafka_log.h"
 #include "worker/worker_loop.h"
 
@@ -71,6 +72,8 @@
 static char subscription_name[EVENTPIPE_SUBSCRIPTION_LEN];
 static int	worker_number;
 static char who[EVENTPIPE_SUBSCRIPTION_LEN + 64];
+static char client_id[NAMEDATALEN + EVENTPIPE_SUBSCRIPTION_LEN + 64];
+static bool group_taken_reported = false;
 static ConsumerSlot *slot;
 static bool subscription_gone = false;
 static int	failures_in_a_row = 0;
@@ -407,8 +410,48 @@ retry_dead_letters(const Subscription *subscription)
 }
 
 /*
+ * Join the subscription's consumer group, unless a worker of another
+ * database is in it (eventpipe_join_consumer_group()): then say so, with a
+ * WARNING the first time, and look again later.
+ */
+static bool
+join_consumer_group(const Subscription *subscription, long *wait_ms)
+{
+	Oid			holder_database;
+	char		holder_subscription[EVENTPIPE_SUBSCRIPTION_LEN];
+	char		message[EVENTPIPE_ERROR_LEN];
+	char	   *holder_database_name;
+
+	if (eventpipe_join_consumer_group(slot, subscription->group_id, &holder_database,
+									  holder_subscription))
+	{
+		group_taken_reported = false;
+		return true;
+	}
+	kafka_consumer_stop(true);
+	StartTransactionCommand();
+	holder_database_name = get_database_name(holder_database);
+	snprintf(message, sizeof(message),
+			 "consumer group \"%s\" is taken by subscription \"%s\" of database \"%s\"",
+			 subscription->group_id, holder_subscription,
+			 holder_database_name ? holder_database_name : "(dropped)");
+	CommitTransactionCommand();
+	record_error(message);
+	show_activity(CONSUMER_GROUP_TAKEN, "waiting: its consumer group is taken");
+	if (!group_taken_reported)
+		ereport(WARNING,
+				(errmsg("%s waits: %s", who, message),
+				 errhint("Give one of the subscriptions another group_id: in one group, "
+						 "the two databases would split the partitions between them.")));
+	group_taken_reported = true;
+	*wait_ms = BACKOFF_LAST_MS;
+	return false;
+}
+
+/*
  * Get ready for a batch: Kafka configured, the subscription and what SQL
- * asked of the worker read, the Kafka consumer built for them.  false, with
+ * asked of the worker read, its consumer group joined, the Kafka consumer
+ * built for them.  false, with
  * how long to wait, when not.
  */
 static bool
@@ -439,12 +482,14 @@ get_ready(Subscription *subscription, ConsumerControl *control, long *wait_ms)
 	if (worker_number >= subscription->workers)
 		worker_leave("its subscription asks for fewer workers");
 
+	if (!join_consumer_group(subscription, wait_ms))
+		return false;
 	if (kafka_consumer_assignment_failed())
 	{
 		*wait_ms = fail_and_back_off();
 		return false;
 	}
-	if (!kafka_consumer_ensure(subscription, worker_number, errbuf, sizeof(errbuf)))
+	if (!kafka_consumer_ensure(subscription, worker_number, client_id, errbuf, sizeof(errbuf)))
 	{
 		record_error(errbuf);
 		show_activity(CONSUMER_NOT_CONFIGURED, "waiting: the Kafka configuration is refused");
@@ -530,6 +575,23 @@ consumer_step(void)
 	return 0;
 }
 
+/*
+ * The worker's Kafka client: eventpipe-consumer-<database>-<subscription>,
+ * then #N for worker N > 0 (a character no subscription name has).
+ */
+static void
+name_client(void)
+{
+	StartTransactionCommand();
+	snprintf(client_id, sizeof(client_id), "eventpipe-consumer-%s-%s",
+			 get_database_name(MyDatabaseId), subscription_name);
+	CommitTransactionCommand();
+	kafka_client_id_sanitize(client_id);
+	if (worker_number > 0)
+		snprintf(client_id + strlen(client_id), sizeof(client_id) - strlen(client_id), "#%d",
+				 worker_number);
+}
+
 static void
 attach_to_slot(void)
 {
@@ -563,6 +625,7 @@ eventpipe_consumer_main(Datum main_arg)
 		snprintf(who, sizeof(who), "eventpipe consumer \"%s\" #%d", subscription_name, worker_number);
 	worker_connect(who, record_error);
 	attach_to_slot();
+	name_client();
 
 	/*
 	 * A lost commit loses effects, ledger rows and offsets together, and the

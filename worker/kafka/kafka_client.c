@@ -9,10 +9,27 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
+
 #include "extension/kafka_options.h"
 #include "kafka_client.h"
 #include "kafka_log.h"
 #include "kafka_statistics.h"
+
+/*
+ * Write '_' for each character of a client id that is not a letter, digit,
+ * '.', '_' or '-': ids carry database names, which may hold any character,
+ * and also name a file (kafka_statistics.c).
+ */
+void
+kafka_client_id_sanitize(char *client_id)
+{
+	char	   *c;
+
+	for (c = client_id; *c != '\0'; c++)
+		if (!isalnum((unsigned char) *c) && *c != '.' && *c != '_' && *c != '-')
+			*c = '_';
+}
 
 /*
  * The configuration of a client: NULL, with the reason in errbuf, if

@@ -21,8 +21,7 @@
  * does which worker of the subscription each partition is assigned to.
  *
  * The workers of one subscription are members of one consumer group; each
- * is its own client (client.id eventpipe-consumer-NAME, then #N for worker
- * N > 0, a character no subscription name has).
+ * is its own client, whose client.id the worker names (consumer_worker.c).
  */
 #include "postgres.h"
 
@@ -115,11 +114,9 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 }
 
 static rd_kafka_t *
-create_consumer(const Subscription *subscription, char *errbuf, size_t errbuf_size)
+create_consumer(const Subscription *subscription, const char *client_id, char *errbuf,
+				size_t errbuf_size)
 {
-	char	   *client_id = worker_number == 0
-		? psprintf("eventpipe-consumer-%s", subscription->name)
-		: psprintf("eventpipe-consumer-%s#%d", subscription->name, worker_number);
 	const char *const properties[][2] = {
 		{"group.id", subscription->group_id},
 		/*
@@ -188,12 +185,13 @@ subscribe_topics(const Subscription *subscription, char *errbuf, size_t errbuf_s
 
 /*
  * Make sure a consumer built from the current settings and this
- * subscription runs, as its worker number worker.  Returns false, with the
+ * subscription runs, as its worker number worker, Kafka client client_id.
+ * Returns false, with the
  * reason in errbuf, if librdkafka refuses the configuration.
  */
 bool
-kafka_consumer_ensure(const Subscription *subscription, int worker, char *errbuf,
-					  size_t errbuf_size)
+kafka_consumer_ensure(const Subscription *subscription, int worker, const char *client_id,
+					  char *errbuf, size_t errbuf_size)
 {
 	char	   *settings = settings_of(subscription);
 
@@ -209,7 +207,7 @@ kafka_consumer_ensure(const Subscription *subscription, int worker, char *errbuf
 	worker_number = worker;
 	start_latest = subscription->start_latest;
 	assignment_failed = false;
-	consumer = create_consumer(subscription, errbuf, errbuf_size);
+	consumer = create_consumer(subscription, client_id, errbuf, errbuf_size);
 	if (consumer != NULL && !subscription->paused &&
 		!subscribe_topics(subscription, errbuf, errbuf_size))
 		kafka_consumer_stop(false);

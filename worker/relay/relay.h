@@ -122,8 +122,13 @@ typedef struct RelayRun
 
 extern RelayRun relay_pipeline_run(int shard, const char *ce_source);
 
+/* relay_starter.c: the database manager starts the relay workers */
+extern void relay_starter_reconcile(DatabaseSlot *database);
+
 /* relay_slot.c: the worker's process state, for the loop and the pipeline */
-extern void relay_attach_slot(int shard);
+extern void relay_attach_slot(int shard, const char *database);
+/* room for eventpipe-relay-<database>-<shard> */
+#define RELAY_CLIENT_ID_LEN (NAMEDATALEN + 32)
 extern void relay_client_id(char *buf, size_t size);
 extern bool relay_keep_waiting(void);
 extern bool relay_must_leave(void);

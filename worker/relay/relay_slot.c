@@ -6,7 +6,7 @@
  *		to it, whether the relay is paused, whether to keep waiting for the
  *		broker.
  *
- * The slot's pid, procno, database, state and error fields are written
+ * The slot (one of its database's DatabaseSlot) has its pid, procno, state and error fields written
  * under EventpipeShared->lock; its counters are atomics only this process
  * increments.
  */
@@ -32,6 +32,7 @@
 #include "extension/guc.h"
 #include "extension/shmem.h"
 #include "relay.h"
+#include "worker/kafka/kafka_client.h"
 #include "worker/worker_loop.h"
 #include "extension/compat.h"
 
@@ -39,6 +40,7 @@
 #define BROKER_PATIENCE_MS 1000
 
 static int	shard;
+static char *database_name;
 static RelaySlot *slot;
 static TimestampTz last_progress_at;	/* last run started or batch recorded */
 
@@ -59,33 +61,32 @@ relay_exit(int code, Datum arg)
 	{
 		slot->pid = 0;
 		slot->procno = -1;
-		slot->database = InvalidOid;
 		slot->state = RELAY_STOPPED;
 	}
 	LWLockRelease(eventpipe_shared->lock);
 }
 
 
-static bool
-my_database_is_being_dropped(void)
-{
-	return eventpipe_database_is_being_dropped(MyDatabaseId);
-}
-
-
-/* The name of this worker's Kafka client. */
+/*
+ * The name of this worker's Kafka client: eventpipe-relay-<database>-<shard>
+ * (kafka_client_id_sanitize()d).
+ */
 void
 relay_client_id(char *buf, size_t size)
 {
-	snprintf(buf, size, "eventpipe-relay-%d", shard);
+	snprintf(buf, size, "eventpipe-relay-%s-%d", database_name, shard);
+	kafka_client_id_sanitize(buf);
 }
 
 
-/* Must the worker leave (SIGTERM, its database dropped, no postmaster)? */
+/*
+ * Must the worker leave (SIGTERM, its database dropped or no longer served,
+ * no postmaster)?
+ */
 bool
 relay_must_leave(void)
 {
-	return ProcDiePending || my_database_is_being_dropped() || !PostmasterIsAlive();
+	return ProcDiePending || eventpipe_database_must_leave(MyDatabaseId) || !PostmasterIsAlive();
 }
 
 
@@ -114,7 +115,7 @@ serve_waiting_requests(void)
 bool
 relay_keep_waiting(void)
 {
-	char		id[64];
+	char		id[RELAY_CLIENT_ID_LEN];
 	char		error[512];
 
 	serve_waiting_requests();
@@ -289,16 +290,21 @@ relay_commit_reported(void)
 
 
 /*
- * Take the shard's slot, or leave if another process serves the shard; the
- * slot is given back when the process exits.
+ * Take the shard's slot of the database (database_name), or leave if the
+ * database has no slot or another process serves the shard; the slot is
+ * given back when the process exits.
  */
 void
-relay_attach_slot(int shard_number)
+relay_attach_slot(int shard_number, const char *database)
 {
+	DatabaseSlot *database_slot = eventpipe_database_slot(MyDatabaseId);
 	pid_t		holder;
 
 	shard = shard_number;
-	slot = &eventpipe_shared->relay[shard];
+	database_name = MemoryContextStrdup(TopMemoryContext, database);
+	if (database_slot == NULL)
+		worker_leave("eventpipe does not serve its database");
+	slot = &database_slot->relay[shard];
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	holder = eventpipe_relay_slot_holder(slot);
 	if (holder != 0)
@@ -312,7 +318,6 @@ relay_attach_slot(int shard_number)
 	}
 	slot->pid = MyProcPid;
 	slot->procno = GetNumberFromPGProc(MyProc);
-	slot->database = MyDatabaseId;
 	LWLockRelease(eventpipe_shared->lock);
 	before_shmem_exit(relay_exit, (Datum) 0);
 }

@@ -51,12 +51,15 @@ void
 relay_txn_setup(int shard, const char *database)
 {
 	uint64		server = GetSystemIdentifier();
+	char		client_id[RELAY_CLIENT_ID_LEN];
 	MemoryContext caller = MemoryContextSwitchTo(TopMemoryContext);
+
+	relay_client_id(client_id, sizeof(client_id));
 
 	transactional_id = psprintf("eventpipe-relay-" UINT64_FORMAT "-%s-%d", server, database, shard);
 	progress_key = psprintf(UINT64_FORMAT "/%s/%d", server, database, shard);
 	progress_prefix = psprintf(UINT64_FORMAT "/%s/", server, database);
-	reader_client_id = psprintf("eventpipe-relay-%d-progress", shard);
+	reader_client_id = psprintf("%s-progress", client_id);
 	MemoryContextSwitchTo(caller);
 	kafka_producer_set_transactional_id(transactional_id);
 }

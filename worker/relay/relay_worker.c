@@ -5,10 +5,11 @@
  *		outbox to Kafka, and backs off after errors.  What it is doing, its
  *		counters and its errors go to its slot (relay_slot.c).
  *
- * Started by the launcher, one per shard, connected to eventpipe.database.
- * An error in one step is logged and recorded, its transaction aborted, and
- * the loop goes on after a back-off; only SIGTERM, postmaster death or the
- * drop of its database make it leave.
+ * Started by its database's manager (relay_starter.c), one per shard.  An
+ * error in one step is logged and recorded, its transaction aborted, and
+ * the loop goes on after a back-off; only SIGTERM, postmaster death, the
+ * extension's absence, or the launcher or a DROP DATABASE telling the
+ * database's processes to leave make it leave.
  */
 #include "postgres.h"
 
@@ -68,7 +69,7 @@ static bool
 get_ready(long *wait_ms)
 {
 	char		errbuf[512];
-	char		id[64];
+	char		id[RELAY_CLIENT_ID_LEN];
 
 	if (eventpipe_bootstrap_servers[0] == '\0')
 	{
@@ -140,8 +141,9 @@ after_run(const RelayRun *run)
 			failures_in_a_row++;
 			return backoff_ms();
 		case RELAY_RUN_NO_EXTENSION:
-			relay_show_activity(RELAY_NO_EXTENSION, "waiting: extension eventpipe is not installed");
-			return eventpipe_relay_poll_interval;
+			/* its manager starts another once the extension is back */
+			relay_show_activity(RELAY_NO_EXTENSION, "leaving: extension eventpipe is not installed");
+			worker_leave("extension eventpipe is not installed or is being dropped");
 		case RELAY_RUN_IDLE:
 			relay_show_activity(RELAY_IDLE, "idle");
 			return eventpipe_relay_poll_interval;
@@ -200,14 +202,18 @@ relay_step(void)
 	return after_run(&run);
 }
 
-/* What names this worker's events (ce_source) and, exactly once, its transactions. */
+/*
+ * Take the shard's slot, and what names this worker's events (ce_source)
+ * and, exactly once, its transactions.
+ */
 static void
-set_names(void)
+attach_and_name(void)
 {
 	char	   *database;
 
 	StartTransactionCommand();
 	database = get_database_name(MyDatabaseId);
+	relay_attach_slot(shard, database);
 	ce_source = MemoryContextStrdup(TopMemoryContext, psprintf("/eventpipe/%s", database));
 	if (eventpipe_relay_exactly_once)
 		relay_txn_setup(shard, database);
@@ -219,8 +225,7 @@ eventpipe_relay_main(Datum main_arg)
 {
 	shard = DatumGetInt32(main_arg);
 	worker_connect(psprintf("eventpipe relay worker %d", shard), relay_set_error);
-	relay_attach_slot(shard);
-	set_names();
+	attach_and_name();
 
 	/*
 	 * A lost delete only re-sends events Kafka already has (duplicates carry

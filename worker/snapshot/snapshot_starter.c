@@ -1,6 +1,6 @@
 /*
  * snapshot_starter.c
- *		The consumer manager's part in snapshots: at each of its turns (at
+ *		The database manager's part in snapshots: at each of its turns (at
  *		least every second, and when a commit asked for a snapshot), it
  *		starts the snapshot worker if a snapshot is running in
  *		eventpipe.table_snapshots and no snapshot worker runs.  The worker
@@ -8,7 +8,7 @@
  *		slot only while there is work.
  *
  * A worker started by an earlier manager is seen through the pid it keeps
- * in shared memory, and not doubled.  A start that fails (no background
+ * in its database's slot, and not doubled.  A start that fails (no background
  * worker slot free) is tried again a second later, with a WARNING the
  * first time.
  */
@@ -59,14 +59,14 @@ snapshot_is_running(void)
 }
 
 static bool
-worker_runs(void)
+worker_runs(DatabaseSlot *database)
 {
 	pid_t		pid;
 
 	if (worker_handle_is_running(&handle))
 		return true;
 	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
-	pid = eventpipe_shared->snapshot_worker_pid;
+	pid = database->snapshot_worker_pid;
 	LWLockRelease(eventpipe_shared->lock);
 	return pid != 0 && BackendPidGetProc(pid) != NULL;
 }
@@ -81,7 +81,7 @@ start_worker(void)
 	{
 		if (!start_failed)
 			ereport(WARNING,
-					(errmsg("eventpipe consumer manager: the snapshot worker waits for a background worker slot"),
+					(errmsg("eventpipe database manager: the snapshot worker waits for a background worker slot"),
 					 errhint("Raise max_worker_processes: a running snapshot takes one more worker.")));
 		start_failed = true;
 	}
@@ -90,12 +90,12 @@ start_worker(void)
 }
 
 void
-snapshot_starter_reconcile(void)
+snapshot_starter_reconcile(DatabaseSlot *database)
 {
 	bool		ok;
 	volatile bool running = false;
 
-	if (worker_runs() ||
+	if (worker_runs(database) ||
 		!TimestampDifferenceExceeds(started_at, GetCurrentTimestamp(), RESTART_DELAY_MS))
 		return;
 	WORKER_GUARD(ok, running = snapshot_is_running());

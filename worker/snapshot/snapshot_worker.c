@@ -103,27 +103,26 @@ emit_next_chunk(void)
 	return 0;
 }
 
+static DatabaseSlot *database_slot;
+
 static void
 detach(int code, Datum arg)
 {
-	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	if (eventpipe_shared->snapshot_worker_pid == MyProcPid)
-		eventpipe_shared->snapshot_worker_pid = 0;
-	LWLockRelease(eventpipe_shared->lock);
+	eventpipe_leave_database_place(&database_slot->snapshot_worker_pid,
+								   &database_slot->snapshot_worker_procno);
 }
 
+/* Take the snapshot worker's place in its database's slot, or leave. */
 static void
 attach(void)
 {
-	pid_t		holder = 0;
+	pid_t		holder;
 
-	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	if (eventpipe_shared->snapshot_worker_pid != 0 &&
-		BackendPidGetProc(eventpipe_shared->snapshot_worker_pid) != NULL)
-		holder = eventpipe_shared->snapshot_worker_pid;
-	else
-		eventpipe_shared->snapshot_worker_pid = MyProcPid;
-	LWLockRelease(eventpipe_shared->lock);
+	database_slot = eventpipe_database_slot(MyDatabaseId);
+	if (database_slot == NULL)
+		worker_leave("eventpipe does not serve its database");
+	holder = eventpipe_take_database_place(&database_slot->snapshot_worker_pid,
+										   &database_slot->snapshot_worker_procno);
 	if (holder != 0)
 		worker_leave(psprintf("process %d already runs the snapshots", (int) holder));
 	before_shmem_exit(detach, (Datum) 0);

@@ -12,6 +12,8 @@
 
 #include "fmgr.h"
 
+#include "extension/shmem.h"
+
 typedef enum SnapshotChunkResult
 {
 	SNAPSHOT_CHUNK_EMITTED,		/* a chunk committed (or the snapshot ended) */
@@ -24,7 +26,7 @@ extern SnapshotChunkResult snapshot_emit_chunk(int64 *snapshot_id);
 extern void snapshot_mark_failed(int64 snapshot_id, const char *error);
 
 /* snapshot_starter.c, run by the consumer manager */
-extern void snapshot_starter_reconcile(void);
+extern void snapshot_starter_reconcile(DatabaseSlot *database);
 
 /* snapshot_worker.c */
 extern PGDLLEXPORT void eventpipe_snapshot_main(Datum main_arg);
