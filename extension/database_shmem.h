@@ -49,6 +49,13 @@ typedef struct DatabaseSlot
 	RelaySlot	relay[EVENTPIPE_MAX_RELAY_WORKERS];
 } DatabaseSlot;
 
+/* The places of a database's slot that one process holds at a time. */
+typedef enum DatabasePlace
+{
+	DATABASE_MANAGER_PLACE,
+	SNAPSHOT_WORKER_PLACE
+} DatabasePlace;
+
 /* database_slots.c */
 extern void eventpipe_init_database_slot(DatabaseSlot *slot);
 extern DatabaseSlot *eventpipe_database_slot(Oid database);
@@ -57,8 +64,8 @@ extern DatabaseSlot *eventpipe_claim_database_slot(Oid database);
 extern bool eventpipe_database_slot_in_use(DatabaseSlot *slot);
 extern void eventpipe_free_database_slot(DatabaseSlot *slot);
 extern void eventpipe_wake_database(DatabaseSlot *slot);
-extern pid_t eventpipe_take_database_place(pid_t *pid, int *procno);
-extern void eventpipe_leave_database_place(pid_t *pid, int *procno);
+extern pid_t eventpipe_take_database_place(DatabaseSlot *slot, DatabasePlace place);
+extern void eventpipe_leave_database_place(DatabaseSlot *slot, DatabasePlace place);
 extern bool eventpipe_tell_database_to_leave(Oid database, bool dropping);
 extern bool eventpipe_database_must_leave(Oid database);
 extern bool eventpipe_database_processes_gone(Oid database);

@@ -140,16 +140,35 @@ eventpipe_free_database_slot(DatabaseSlot *slot)
 	LWLockRelease(eventpipe_shared->lock);
 }
 
+/* The pid and procno fields of a place of the slot. */
+static void
+place_fields(DatabaseSlot *slot, DatabasePlace place, pid_t **pid, int **procno)
+{
+	if (place == DATABASE_MANAGER_PLACE)
+	{
+		*pid = &slot->manager_pid;
+		*procno = &slot->manager_procno;
+	}
+	else
+	{
+		*pid = &slot->snapshot_worker_pid;
+		*procno = &slot->snapshot_worker_procno;
+	}
+}
+
 /*
  * Take a place a database has one process for (its manager's, its snapshot
- * worker's: pid and procno are fields of its slot) unless a live process
- * holds it; returns that process's pid, or 0 when the caller took it.
+ * worker's) unless a live process holds it; returns that process's pid, or
+ * 0 when the caller took it.
  */
 pid_t
-eventpipe_take_database_place(pid_t *pid, int *procno)
+eventpipe_take_database_place(DatabaseSlot *slot, DatabasePlace place)
 {
+	pid_t	   *pid;
+	int		   *procno;
 	pid_t		holder = 0;
 
+	place_fields(slot, place, &pid, &procno);
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	if (is_alive(*pid))
 		holder = *pid;
@@ -164,8 +183,12 @@ eventpipe_take_database_place(pid_t *pid, int *procno)
 
 /* Give such a place back, if the calling process holds it. */
 void
-eventpipe_leave_database_place(pid_t *pid, int *procno)
+eventpipe_leave_database_place(DatabaseSlot *slot, DatabasePlace place)
 {
+	pid_t	   *pid;
+	int		   *procno;
+
+	place_fields(slot, place, &pid, &procno);
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	if (*pid == MyProcPid)
 	{

@@ -43,22 +43,14 @@ manager_exit(int code, Datum arg)
 {
 	/* the next manager finds out again who waits */
 	eventpipe_set_waiting_consumers(database_slot, NULL, 0);
-	eventpipe_leave_database_place(&database_slot->manager_pid, &database_slot->manager_procno);
+	eventpipe_leave_database_place(database_slot, DATABASE_MANAGER_PLACE);
 }
 
 static void
 attach(void)
 {
-	pid_t		holder;
-
-	database_slot = eventpipe_database_slot(MyDatabaseId);
-	if (database_slot == NULL)
-		worker_leave("eventpipe does not serve its database");
-	holder = eventpipe_take_database_place(&database_slot->manager_pid,
-										   &database_slot->manager_procno);
-	if (holder != 0)
-		worker_leave(psprintf("process %d already manages its database", (int) holder));
-	before_shmem_exit(manager_exit, (Datum) 0);
+	database_slot = worker_take_database_place(DATABASE_MANAGER_PLACE, "manages its database",
+											   manager_exit);
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
 	database_slot->manager_waiting = false;
 	LWLockRelease(eventpipe_shared->lock);

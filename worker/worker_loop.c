@@ -199,6 +199,28 @@ worker_leave(const char *why)
 }
 
 /*
+ * Take a place (DatabasePlace) of the caller's database's slot that one
+ * process holds at a time, with give_back to run at exit, or leave:
+ * eventpipe does not serve the database, or a live process holds the place
+ * (holder_does says what it does, for the log).
+ */
+DatabaseSlot *
+worker_take_database_place(DatabasePlace place, const char *holder_does,
+						   pg_on_exit_callback give_back)
+{
+	DatabaseSlot *slot = eventpipe_database_slot(MyDatabaseId);
+	pid_t		holder;
+
+	if (slot == NULL)
+		worker_leave("eventpipe does not serve its database");
+	holder = eventpipe_take_database_place(slot, place);
+	if (holder != 0)
+		worker_leave(psprintf("process %d already %s", (int) holder, holder_does));
+	before_shmem_exit(give_back, (Datum) 0);
+	return slot;
+}
+
+/*
  * Leave on SIGTERM, or when the launcher or a DROP DATABASE tells the
  * processes of our database to (see database_shmem.h).
  */

@@ -12,8 +12,10 @@
 #include "access/htup.h"
 #include "access/tupdesc.h"
 #include "postmaster/bgworker.h"
+#include "storage/ipc.h"
 
 #include "extension/compat.h"
+#include "extension/shmem.h"
 
 extern void worker_connect(const char *who, void (*record_error) (const char *message));
 
@@ -43,6 +45,8 @@ extern void worker_connect(const char *who, void (*record_error) (const char *me
 	} while (0)
 extern void worker_recover(MemoryContext context, uint32 holdoff);
 pg_noreturn extern void worker_leave(const char *why);
+extern DatabaseSlot *worker_take_database_place(DatabasePlace place, const char *holder_does,
+												 pg_on_exit_callback give_back);
 extern void worker_check_interrupts(void);
 pg_noreturn extern void worker_main_loop(long (*step) (void));
 extern long worker_backoff_ms(int failures_in_a_row, long first_ms, long last_ms);

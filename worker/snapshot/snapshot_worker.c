@@ -108,30 +108,13 @@ static DatabaseSlot *database_slot;
 static void
 detach(int code, Datum arg)
 {
-	eventpipe_leave_database_place(&database_slot->snapshot_worker_pid,
-								   &database_slot->snapshot_worker_procno);
-}
-
-/* Take the snapshot worker's place in its database's slot, or leave. */
-static void
-attach(void)
-{
-	pid_t		holder;
-
-	database_slot = eventpipe_database_slot(MyDatabaseId);
-	if (database_slot == NULL)
-		worker_leave("eventpipe does not serve its database");
-	holder = eventpipe_take_database_place(&database_slot->snapshot_worker_pid,
-										   &database_slot->snapshot_worker_procno);
-	if (holder != 0)
-		worker_leave(psprintf("process %d already runs the snapshots", (int) holder));
-	before_shmem_exit(detach, (Datum) 0);
+	eventpipe_leave_database_place(database_slot, SNAPSHOT_WORKER_PLACE);
 }
 
 void
 eventpipe_snapshot_main(Datum main_arg)
 {
 	worker_connect("eventpipe snapshot worker", NULL);
-	attach();
+	database_slot = worker_take_database_place(SNAPSHOT_WORKER_PLACE, "runs the snapshots", detach);
 	worker_main_loop(emit_next_chunk);
 }
