@@ -173,12 +173,13 @@ eventpipe_forget_consumer_partitions(Oid database, const char *subscription)
 	}
 }
 
-/* For stat_reset(): every partition's counters back to zero (watermarks stay). */
+/* For stat_reset(): database's partitions' counters back to zero (watermarks stay). */
 void
-eventpipe_reset_consumer_partition_counters(void)
+eventpipe_reset_consumer_partition_counters(Oid database)
 {
 	int			i;
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMER_PARTITIONS; i++)
-		clear_counters(&eventpipe_shared->consumer_partition[i]);
+		if (eventpipe_shared->consumer_partition[i].database == database)
+			clear_counters(&eventpipe_shared->consumer_partition[i]);
 }

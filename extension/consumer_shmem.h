@@ -145,6 +145,6 @@ extern void eventpipe_set_consumer_partition_holder(const char *subscription, co
 												   int32 partition, int worker, bool held);
 extern void eventpipe_release_consumer_partitions(const char *subscription, int worker);
 extern void eventpipe_forget_consumer_partitions(Oid database, const char *subscription);
-extern void eventpipe_reset_consumer_partition_counters(void);
+extern void eventpipe_reset_consumer_partition_counters(Oid database);
 
 #endif							/* EVENTPIPE_CONSUMER_SHMEM_H */

@@ -34,6 +34,8 @@ typedef struct DatabaseSlot
 	bool		no_extension;
 	/* no background worker was free for the manager */
 	bool		manager_waiting;
+	/* since when its counters count: when it got the slot, or stat_reset() */
+	TimestampTz stats_reset;
 	pid_t		manager_pid;
 	int			manager_procno;
 	/* the snapshot worker, started by the manager while a snapshot runs */
@@ -64,11 +66,12 @@ extern DatabaseSlot *eventpipe_claim_database_slot(Oid database);
 extern bool eventpipe_database_slot_in_use(DatabaseSlot *slot);
 extern void eventpipe_free_database_slot(DatabaseSlot *slot);
 extern void eventpipe_wake_database(DatabaseSlot *slot);
-extern pid_t eventpipe_take_database_place(DatabaseSlot *slot, DatabasePlace place);
+extern DatabaseSlot *eventpipe_take_database_place(DatabasePlace place, pid_t *holder);
 extern void eventpipe_leave_database_place(DatabaseSlot *slot, DatabasePlace place);
 extern bool eventpipe_tell_database_to_leave(Oid database, bool dropping);
 extern bool eventpipe_database_must_leave(Oid database);
 extern bool eventpipe_database_processes_gone(Oid database);
+extern void eventpipe_terminate_database_processes(Oid database);
 extern bool eventpipe_database_is_being_dropped(Oid database);
 extern bool eventpipe_database_is_waiting(Oid database);
 extern void eventpipe_set_waiting_databases(const Oid *databases, int count);

@@ -14,9 +14,12 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "miscadmin.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
+#include "utils/timestamp.h"
 
 #include "shmem.h"
 #include "compat.h"
@@ -84,6 +87,7 @@ eventpipe_claim_database_slot(Oid database)
 	{
 		eventpipe_init_database_slot(slot);
 		slot->database = database;
+		slot->stats_reset = GetCurrentTimestamp();
 	}
 	LWLockRelease(eventpipe_shared->lock);
 	return slot;
@@ -95,22 +99,70 @@ is_alive(pid_t pid)
 	return pid != 0 && BackendPidGetProc(pid) != NULL;
 }
 
+/* Most processes a database's slot has: manager, snapshot worker, relays, consumers. */
+#define DATABASE_MAX_PROCESSES (2 + EVENTPIPE_MAX_RELAY_WORKERS + EVENTPIPE_MAX_CONSUMERS)
+
+static void
+note_if_alive(pid_t pid, pid_t *pids, int *count)
+{
+	if (!is_alive(pid))
+		return;
+	if (pids != NULL)
+		pids[*count] = pid;
+	(*count)++;
+}
+
+/*
+ * The live processes that hold a part of the slot: how many, and their
+ * pids in pids (DATABASE_MAX_PROCESSES of room) unless it is NULL.  Caller
+ * holds the lock.
+ */
+static int
+live_processes(DatabaseSlot *slot, pid_t *pids)
+{
+	int			count = 0;
+	int			i;
+
+	note_if_alive(slot->manager_pid, pids, &count);
+	note_if_alive(slot->snapshot_worker_pid, pids, &count);
+	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
+		note_if_alive(slot->relay[i].pid, pids, &count);
+	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
+		if (eventpipe_shared->consumer[i].database == slot->database)
+			note_if_alive(eventpipe_shared->consumer[i].pid, pids, &count);
+	return count;
+}
+
 /* Does a live process hold a part of the slot?  Caller holds the lock. */
 static bool
 slot_in_use(DatabaseSlot *slot)
 {
+	return live_processes(slot, NULL) > 0;
+}
+
+/*
+ * SIGTERM every process of database that is still there, for DROP
+ * DATABASE's hook once they had time to leave on their own: one in a long
+ * batch (a slow handler) checks only between steps.  A signal from this
+ * process needs no role check: they run as the same OS user, while the
+ * server would refuse a database owner who is no superuser to terminate
+ * them (WITH (FORCE)).
+ */
+void
+eventpipe_terminate_database_processes(Oid database)
+{
+	pid_t		pids[DATABASE_MAX_PROCESSES];
+	DatabaseSlot *slot;
+	int			count = 0;
 	int			i;
 
-	if (is_alive(slot->manager_pid) || is_alive(slot->snapshot_worker_pid))
-		return true;
-	for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
-		if (is_alive(slot->relay[i].pid))
-			return true;
-	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
-		if (eventpipe_shared->consumer[i].database == slot->database &&
-			is_alive(eventpipe_shared->consumer[i].pid))
-			return true;
-	return false;
+	LWLockAcquire(eventpipe_shared->lock, LW_SHARED);
+	slot = eventpipe_find_database_slot(database);
+	if (slot != NULL)
+		count = live_processes(slot, pids);
+	LWLockRelease(eventpipe_shared->lock);
+	for (i = 0; i < count; i++)
+		(void) kill(pids[i], SIGTERM);
 }
 
 bool
@@ -157,28 +209,39 @@ place_fields(DatabaseSlot *slot, DatabasePlace place, pid_t **pid, int **procno)
 }
 
 /*
- * Take a place a database has one process for (its manager's, its snapshot
- * worker's) unless a live process holds it; returns that process's pid, or
- * 0 when the caller took it.
+ * Take, for the calling process, a place of its database's slot that one
+ * process has at a time (its manager's, its snapshot worker's).  Returns
+ * the slot; NULL when the database has none, or when a live process holds
+ * the place (its pid then in *holder).  The slot is found under the lock
+ * the launcher frees slots under, so that it cannot go to another database
+ * between finding and taking.
  */
-pid_t
-eventpipe_take_database_place(DatabaseSlot *slot, DatabasePlace place)
+DatabaseSlot *
+eventpipe_take_database_place(DatabasePlace place, pid_t *holder)
 {
+	DatabaseSlot *slot;
 	pid_t	   *pid;
 	int		   *procno;
-	pid_t		holder = 0;
 
-	place_fields(slot, place, &pid, &procno);
+	*holder = 0;
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	if (is_alive(*pid))
-		holder = *pid;
-	else
+	slot = eventpipe_find_database_slot(MyDatabaseId);
+	if (slot != NULL)
 	{
-		*pid = MyProcPid;
-		*procno = GetNumberFromPGProc(MyProc);
+		place_fields(slot, place, &pid, &procno);
+		if (is_alive(*pid))
+		{
+			*holder = *pid;
+			slot = NULL;
+		}
+		else
+		{
+			*pid = MyProcPid;
+			*procno = GetNumberFromPGProc(MyProc);
+		}
 	}
 	LWLockRelease(eventpipe_shared->lock);
-	return holder;
+	return slot;
 }
 
 /* Give such a place back, if the calling process holds it. */

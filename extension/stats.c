@@ -67,6 +67,19 @@ database_name_datum(Oid database, Datum *value)
 }
 
 /*
+ * Since when database's counters count: since it got its slot (a database
+ * served again counts anew), or its last stat_reset(); without a slot, since
+ * the server started.  Caller holds the lock.
+ */
+static TimestampTz
+stats_reset_of(Oid database)
+{
+	DatabaseSlot *slot = eventpipe_find_database_slot(database);
+
+	return slot != NULL ? slot->stats_reset : eventpipe_shared->stats_reset;
+}
+
+/*
  * One row of relay worker i of database: from slot, or (slot NULL) a row
  * without a process in state.
  */
@@ -91,7 +104,7 @@ put_relay_row(ReturnSetInfo *rsinfo, Oid database, int i, RelaySlot *slot, Relay
 		strlcpy(last_error, slot->last_error, sizeof(last_error));
 		last_error_time = slot->last_error_time;
 	}
-	stats_reset = eventpipe_shared->stats_reset;
+	stats_reset = stats_reset_of(database);
 	LWLockRelease(eventpipe_shared->lock);
 	if (pid == 0 && manager_waiting)
 		state = RELAY_WAITING_FOR_WORKER_SLOT;
@@ -388,7 +401,7 @@ put_consumer_rows(ReturnSetInfo *rsinfo, Oid database, bool named)
 		memcpy(rows.waiting->entries, slot->consumer_waiting,
 			   sizeof(ConsumerWaiting) * rows.waiting->listed);
 	}
-	rows.stats_reset = eventpipe_shared->stats_reset;
+	rows.stats_reset = stats_reset_of(database);
 	LWLockRelease(eventpipe_shared->lock);
 
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
@@ -600,11 +613,12 @@ eventpipe_kafka_statistics(PG_FUNCTION_ARGS)
 }
 
 /*
- * eventpipe.stat_reset(): sets the relay and consumer counters of
- * pg_stat_relay, pg_stat_consumer and consumer_stats() back to zero
- * (per subscription and per partition), clears their last errors and
- * stamps stats_reset, as pg_stat_statements_reset() does.  High
- * watermarks are not counters: they stay.
+ * eventpipe.stat_reset(): sets the current database's relay and consumer
+ * counters of pg_stat_relay, pg_stat_consumer and consumer_stats() back to
+ * zero (per subscription and per partition), clears their last errors and
+ * stamps its stats_reset, as pg_stat_statements_reset() does.  Other
+ * databases' are theirs to reset.  High watermarks are not counters: they
+ * stay.
  *
  * The error fields are cleared under EventpipeShared->lock; the counters
  * are atomics a worker may be adding to at that moment, so an increment
@@ -642,20 +656,23 @@ Datum
 eventpipe_stat_reset(PG_FUNCTION_ARGS)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	DatabaseSlot *slot;
 	int			i;
 
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
-	for (i = 0; i < eventpipe_shared->max_databases; i++)
+	slot = eventpipe_find_database_slot(MyDatabaseId);
+	if (slot != NULL)
 	{
-		int			shard;
-
-		for (shard = 0; shard < EVENTPIPE_MAX_RELAY_WORKERS; shard++)
-			reset_relay_slot(&eventpipe_shared->database[i].relay[shard]);
+		for (i = 0; i < EVENTPIPE_MAX_RELAY_WORKERS; i++)
+			reset_relay_slot(&slot->relay[i]);
+		slot->stats_reset = now;
 	}
+	else
+		eventpipe_shared->stats_reset = now;	/* what slotless rows show */
 	for (i = 0; i < EVENTPIPE_MAX_CONSUMERS; i++)
-		reset_consumer_counters(&eventpipe_shared->consumer[i]);
-	eventpipe_reset_consumer_partition_counters();
-	eventpipe_shared->stats_reset = now;
+		if (eventpipe_shared->consumer[i].database == MyDatabaseId)
+			reset_consumer_counters(&eventpipe_shared->consumer[i]);
+	eventpipe_reset_consumer_partition_counters(MyDatabaseId);
 	LWLockRelease(eventpipe_shared->lock);
 	PG_RETURN_TIMESTAMPTZ(now);
 }

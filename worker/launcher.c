@@ -15,7 +15,9 @@
  *     the database is looked at again only after a CREATE EXTENSION
  *     committed somewhere;
  *   - with every slot (eventpipe.max_databases) taken, a database waits:
- *     a WARNING when it starts waiting, and pg_stat_relay says so;
+ *     a WARNING once it has waited WAIT_WARNING_MS (at start, databases
+ *     without eventpipe hold slots for the moment their manager takes to
+ *     find that out), and pg_stat_relay says so;
  *   - a database with a slot that is no longer to be served (gone, being
  *     dropped, closed to connections, no longer named) is told to leave
  *     (database_slots.c), and its slot freed once its processes are gone.
@@ -61,6 +63,7 @@
 PGDLLEXPORT void eventpipe_launcher_main(Datum main_arg);
 
 #define RESTART_DELAY_MS 1000
+#define WAIT_WARNING_MS 10000
 #define LAUNCHER_NAP_MS 1000
 
 /* What the launcher remembers of a database it started a manager in. */
@@ -72,7 +75,8 @@ typedef struct ServedDatabase
 	TimestampTz started_at;
 	uint32		probed_at;		/* extension_generation at the manager's start */
 	bool		no_extension;	/* its manager found no extension */
-	bool		waiting;		/* for a slot: reported */
+	TimestampTz waiting_since;	/* for a slot; 0: not waiting */
+	bool		waiting_reported;
 	bool		start_failed;	/* no background worker for its manager: reported */
 } ServedDatabase;
 
@@ -132,7 +136,8 @@ served_entry(Oid database)
 		entry->started_at = 0;
 		entry->probed_at = 0;
 		entry->no_extension = false;
-		entry->waiting = false;
+		entry->waiting_since = 0;
+		entry->waiting_reported = false;
 		entry->start_failed = false;
 	}
 	return entry;
@@ -286,20 +291,26 @@ serve(Oid database, uint32 generation, TimestampTz now)
 		return true;
 	if (slot == NULL && (slot = eventpipe_claim_database_slot(database)) == NULL)
 	{
-		if (!entry->waiting)
+		if (entry->waiting_since == 0)
+			entry->waiting_since = now;
+		if (!entry->waiting_reported &&
+			TimestampDifferenceExceeds(entry->waiting_since, now, WAIT_WARNING_MS))
+		{
+			entry->waiting_reported = true;
 			ereport(WARNING,
 					(errmsg("eventpipe launcher: database \"%s\" waits for a database slot",
 							NameStr(entry->name)),
 					 errdetail("All %d slots of eventpipe.max_databases are taken.",
 							   eventpipe_shared->max_databases),
 					 errhint("Raise eventpipe.max_databases (a restart is needed), or take eventpipe out of a database that does not need it.")));
-		entry->waiting = true;
+		}
 		return false;
 	}
-	if (entry->waiting)
+	if (entry->waiting_reported)
 		ereport(LOG, (errmsg("eventpipe launcher: database \"%s\" got a database slot",
 							 NameStr(entry->name))));
-	entry->waiting = false;
+	entry->waiting_since = 0;
+	entry->waiting_reported = false;
 	start_manager(entry, slot, generation, now);
 	return true;
 }

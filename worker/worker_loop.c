@@ -208,14 +208,13 @@ DatabaseSlot *
 worker_take_database_place(DatabasePlace place, const char *holder_does,
 						   pg_on_exit_callback give_back)
 {
-	DatabaseSlot *slot = eventpipe_database_slot(MyDatabaseId);
 	pid_t		holder;
+	DatabaseSlot *slot = eventpipe_take_database_place(place, &holder);
 
-	if (slot == NULL)
-		worker_leave("eventpipe does not serve its database");
-	holder = eventpipe_take_database_place(slot, place);
 	if (holder != 0)
 		worker_leave(psprintf("process %d already %s", (int) holder, holder_does));
+	if (slot == NULL)
+		worker_leave("eventpipe does not serve its database");
 	before_shmem_exit(give_back, (Datum) 0);
 	return slot;
 }

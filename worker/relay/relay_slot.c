@@ -306,6 +306,12 @@ relay_attach_slot(int shard_number, const char *database)
 		worker_leave("eventpipe does not serve its database");
 	slot = &database_slot->relay[shard];
 	LWLockAcquire(eventpipe_shared->lock, LW_EXCLUSIVE);
+	if (database_slot->database != MyDatabaseId)
+	{
+		/* freed and given to another database since it was found */
+		LWLockRelease(eventpipe_shared->lock);
+		worker_leave("eventpipe does not serve its database");
+	}
 	holder = eventpipe_relay_slot_holder(slot);
 	if (holder != 0)
 	{
