@@ -1,7 +1,8 @@
 -- pg_stat_relay: one row per relay worker, readable by pg_monitor only.
--- No Kafka is configured in this instance, so the worker says so.
+-- This database is not served in this instance (eventpipe.database names
+-- "postgres"), so the row says so.
 
--- wait (up to 30 s) for the launcher to have started relay worker 0
+-- wait (up to 30 s) for the launcher to have looked at this database
 DO $$
 BEGIN
   FOR i IN 1..300 LOOP
