@@ -33,6 +33,18 @@ SET ROLE ep_plain;
 SELECT count(*) FROM eventpipe.pg_stat_relay;
 SET ROLE ep_watcher;
 SELECT count(*) AS rows_seen, sum(backlog) AS backlog_seen FROM eventpipe.pg_stat_relay;
+-- every database's workers: for pg_monitor (this database, not served,
+-- has no worker there), not for a role that may only use the schema
+SELECT count(*) AS relay_rows_here FROM eventpipe.relay_stats_all() WHERE database = current_database();
+SELECT count(*) AS consumer_rows_here FROM eventpipe.consumer_stats_all() WHERE database = current_database();
+RESET ROLE;
+GRANT USAGE ON SCHEMA eventpipe TO ep_plain;
+SET ROLE ep_plain;
+SELECT count(*) FROM eventpipe.relay_stats_all();
+SELECT count(*) FROM eventpipe.consumer_stats_all();
+RESET ROLE;
+REVOKE USAGE ON SCHEMA eventpipe FROM ep_plain;
+SET ROLE ep_watcher;
 SELECT count(*) FROM eventpipe.outbox;
 -- kafka_options: pg_monitor (through pg_read_all_settings) sees the
 -- property names only, a plain role nothing, a superuser everything;
