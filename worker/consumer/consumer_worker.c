@@ -451,8 +451,7 @@ join_consumer_group(const Subscription *subscription, long *wait_ms)
 /*
  * Get ready for a batch: Kafka configured, the subscription and what SQL
  * asked of the worker read, its consumer group joined, the Kafka consumer
- * built for them.  false, with
- * how long to wait, when not.
+ * built for them.  false, with how long to wait, when not.
  */
 static bool
 get_ready(Subscription *subscription, ConsumerControl *control, long *wait_ms)

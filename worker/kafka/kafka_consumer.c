@@ -186,8 +186,8 @@ subscribe_topics(const Subscription *subscription, char *errbuf, size_t errbuf_s
 /*
  * Make sure a consumer built from the current settings and this
  * subscription runs, as its worker number worker, Kafka client client_id.
- * Returns false, with the
- * reason in errbuf, if librdkafka refuses the configuration.
+ * Returns false, with the reason in errbuf, if librdkafka refuses the
+ * configuration.
  */
 bool
 kafka_consumer_ensure(const Subscription *subscription, int worker, const char *client_id,
