@@ -283,11 +283,16 @@ sub ledger_count
 
 # ---------------------------------------------------------- PostgreSQL ----
 
+# The query goes with -c, not on psql's standard input as $node->psql()
+# sends it: while the server restarts, psql may be refused and exit before
+# IPC::Run writes to its input, and that write then dies of EPIPE.
 sub server_is_up
 {
 	my ($node) = @_;
-	my ($ret) = $node->psql('postgres', 'SELECT 1');
-	return $ret == 0;
+	my ($out, $err);
+	return IPC::Run::run(
+		[ 'psql', '-X', '-q', '-d', $node->connstr('postgres'), '-c', 'SELECT 1' ],
+		'<', \undef, '>', \$out, '2>', \$err);
 }
 
 # Wait until the server accepts queries again (after a crash-restart).
