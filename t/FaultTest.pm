@@ -102,10 +102,13 @@ sub finish_stream
 # The test's tables and function in $db (default postgres).
 # ft_publish_round(topic, keys, rounds) publishes, for each round, one event
 # per key in array order, each numbered one past the key's last number in
-# the ledger, with payload {"key": k, "seq": n}; returns how many.
+# the ledger, with payload {"key": k, "seq": n}; returns how many.  With
+# type => T the payload also says {"type": T}, the event type a
+# subscription's rules match.
 sub ft_prepare
 {
-	my ($node, $db) = @_;
+	my ($node, $db, %o) = @_;
+	my $type = defined $o{type} ? ', ' . sql_quote('type') . ', ' . sql_quote($o{type}) : '';
 	$node->safe_psql($db // 'postgres', q{
 CREATE TABLE ft_ledger (
     topic    text,
@@ -132,14 +135,14 @@ BEGIN
             last := jsonb_set(last, ARRAY[k], to_jsonb(s));
             INSERT INTO ft_ledger (topic, key, seq, event_id)
             VALUES (p_topic, k, s,
-                    eventpipe.publish(p_topic, k, jsonb_build_object('key', k, 'seq', s)));
+                    eventpipe.publish(p_topic, k, jsonb_build_object('key', k, 'seq', s TYPE)));
             n := n + 1;
         END LOOP;
     END LOOP;
     RETURN n;
 END
 $f$;
-});
+} =~ s/ TYPE/$type/r);
 	return;
 }
 
