@@ -2,10 +2,11 @@
  * relay_pipeline.c
  *		The relay's run of batches: claim a batch of the outbox and hand it to
  *		librdkafka; while it is in flight, claim and send the next ones, up
- *		to PIPELINE_DEPTH batches in flight; record each batch (delete what
- *		was delivered) once all its delivery reports are in, oldest first.
- *		The database work of one batch thus overlaps the broker's round trip
- *		of the others, and the broker always has the next batch at hand.
+ *		to PIPELINE_DEPTH batches in flight as long as claims fill their
+ *		batches; record each batch (delete what was delivered) once all its
+ *		delivery reports are in, oldest first.  The database work of one
+ *		batch thus overlaps the broker's round trip of the others, and the
+ *		broker always has the next batch at hand.
  *
  * Order per key: librdkafka's idempotent producer reports a partition's
  * messages in the order they were handed over, so no batch has an event
@@ -303,6 +304,21 @@ claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
 }
 
 /*
+ * Was the newest batch in flight a full one?  Only then is the next claimed
+ * before the oldest is recorded.  A batch short of the limit means the
+ * claim took every committed row: claiming again at once would take only
+ * what committed in the meantime, a few rows at the fixed cost of a claim
+ * and a record each.  Waiting for the round trip of what is in flight lets
+ * commits gather into the next batch instead, for a delay of about that
+ * round trip.
+ */
+static bool
+newest_was_full(const InFlight *in_flight)
+{
+	return in_flight->batches[in_flight->count - 1]->rows.count >= batch_limit();
+}
+
+/*
  * One run of batches of this worker's shard, until the outbox has no more
  * for it, a batch does not go through entirely, or RUN_MS have passed.
  */
@@ -347,8 +363,9 @@ relay_pipeline_run(int shard, const char *ce_source)
 	{
 		ClaimedBatch *oldest;
 
-		/* keep the pipeline full */
-		while (claiming && awaiting && in_flight.count < depth)
+		/* keep the pipeline full while the outbox has full batches */
+		while (claiming && awaiting && in_flight.count < depth &&
+			   (in_flight.count == 0 || newest_was_full(&in_flight)))
 		{
 			ClaimedBatch *next;
 
