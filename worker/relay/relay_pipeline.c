@@ -304,13 +304,12 @@ claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
 }
 
 /*
- * Was the newest batch in flight a full one?  Only then is the next claimed
- * before the oldest is recorded.  A batch short of the limit means the
- * claim took every committed row: claiming again at once would take only
- * what committed in the meantime, a few rows at the fixed cost of a claim
- * and a record each.  Waiting for the round trip of what is in flight lets
- * commits gather into the next batch instead, for a delay of about that
- * round trip.
+ * Was the newest batch in flight a full one?  Only then does the run claim
+ * another.  A batch short of the limit means its claim took every committed
+ * row: claiming again at once would take only what committed in the
+ * meantime, a few rows at the fixed cost of a claim and a record each.  So
+ * the run claims no more: it records what is in flight and ends, and the
+ * next run takes what committed during those round trips in one batch.
  */
 static bool
 newest_was_full(const InFlight *in_flight)
@@ -320,7 +319,8 @@ newest_was_full(const InFlight *in_flight)
 
 /*
  * One run of batches of this worker's shard, until the outbox has no more
- * for it, a batch does not go through entirely, or RUN_MS have passed.
+ * for it, a claim comes back short, a batch does not go through entirely,
+ * or RUN_MS have passed.
  */
 RelayRun
 relay_pipeline_run(int shard, const char *ce_source)
@@ -364,8 +364,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 		ClaimedBatch *oldest;
 
 		/* keep the pipeline full while the outbox has full batches */
-		while (claiming && awaiting && in_flight.count < depth &&
-			   (in_flight.count == 0 || newest_was_full(&in_flight)))
+		while (claiming && awaiting && in_flight.count < depth && newest_was_full(&in_flight))
 		{
 			ClaimedBatch *next;
 
@@ -441,5 +440,14 @@ relay_pipeline_run(int shard, const char *ce_source)
 		release(oldest);
 	}
 	RESUME_INTERRUPTS();
+
+	/*
+	 * The run stopped claiming after a short claim (or, exactly once, after
+	 * its one batch): unless more may be due below the floor or a commit
+	 * was reported since, that claim saw every row, and a commit from now
+	 * on wakes us.
+	 */
+	if (claiming && awaiting && !floor.more_may_be_due && !relay_commit_reported())
+		run.more_due = false;
 	return run;
 }
