@@ -374,13 +374,6 @@ relay_pipeline_run(int shard, const char *ce_source)
 				claiming = false;
 				break;
 			}
-			if (!floor.more_may_be_due && !relay_commit_reported())
-			{
-				/* the last claim saw every row: a commit from now on wakes us */
-				run.more_due = false;
-				claiming = false;
-				break;
-			}
 			next = claim_next(shard, &in_flight, &floor, &availability);
 			if (next == NULL || availability != OUTBOX_READY || next->rows.count == 0)
 			{
@@ -445,7 +438,8 @@ relay_pipeline_run(int shard, const char *ce_source)
 	 * The run stopped claiming after a short claim (or, exactly once, after
 	 * its one batch): unless more may be due below the floor or a commit
 	 * was reported since, that claim saw every row, and a commit from now
-	 * on wakes us.
+	 * on wakes us.  (A full claim sets more_may_be_due, which is why the
+	 * claiming loop above needs no such test.)
 	 */
 	if (claiming && awaiting && !floor.more_may_be_due && !relay_commit_reported())
 		run.more_due = false;
