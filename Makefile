@@ -36,6 +36,8 @@ OBJS = \
 	worker/relay/relay_pipeline.o \
 	worker/relay/relay_slot.o \
 	worker/relay/outbox.o \
+	worker/relay/outbox_delete.o \
+	worker/relay/payload_text.o \
 	worker/relay/relay_transaction.o \
 	worker/relay/relay_isolation.o \
 	worker/relay/relay_progress.o \

@@ -73,6 +73,13 @@ my @special = (
 	{ key => 'empty-object', payload => {}, expect_type => 'eventpipe.event' },
 	{ key => 'headers-only', payload => { a => 1 }, headers => { 'x-one' => '1', 'x-two' => "deux \x{e9}", 'x-empty' => '' } },
 	{ key => 'spaces',      payload_json => '{"b": [1, 2,   3],   "a": {"z": null, "y": true}}' },
+	# what the relay's own JSON writer must write as jsonb's output does
+	{ key => 'escapes',     payload_json => '{"ctl": "a\u0001b\u001fc\bd\fe\nf\rg\th\u007f", "q": "\"\\\/", "k\"\\\u00e9y": "\u2603"}' },
+	{ key => 'numbers',     payload_json => '[0, -0, 1e3, 1.50, -12.345e-10, 123456789012345678901234567890.123456789, 1E+2, 0.000]' },
+	{ key => 'empties',     payload_json => '{"a": [], "b": {}, "c": [[], [{}], {"d": []}], "e": [null, true, false, ""]}' },
+	{ key => 'empty-array', payload_json => '[]' },
+	{ key => 'json-true',   payload_json => 'true' },
+	{ key => 'raw-escaped', payload_json => '"tab\there \"quoted\" \\\\ back"' },
 );
 $_->{topic} = $topic for @special;
 

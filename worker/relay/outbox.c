@@ -9,7 +9,9 @@
  * A claim reads the rows committed, due and still there, in id order,
  * passing over those of the batches in flight, either from the start or past
  * the batches in flight when relay_pipeline.c knows that no row can have
- * become due below them.
+ * become due below them.  It keeps each row's address (ctid), where
+ * outbox_delete.c deletes the delivered rows, and its payload's JSON text
+ * (payload_text.c).
  *
  * With eventpipe.relay_exactly_once, the recovery deletes the rows that
  * Kafka's last committed transactions carried (relay_transaction.c): by
@@ -63,8 +65,8 @@
  */
 #define CLAIM_SQL(passing_over) \
 	"SELECT o.id, o.event_id::pg_catalog.text, o.topic, o.key," \
-	"       o.payload::pg_catalog.text, o.headers," \
-	"       o.event_type, o.created_at, o.attempts" \
+	"       o.payload, o.headers," \
+	"       o.event_type, o.created_at, o.attempts, o.ctid" \
 	"  FROM eventpipe.outbox AS o" \
 	" WHERE o.id OPERATOR(pg_catalog.>) $4 " passing_over \
 	"   AND (o.next_attempt_at IS NULL" \
@@ -176,6 +178,8 @@ static void
 copy_event(OutboxEvent *event, HeapTuple tuple, TupleDesc desc)
 {
 	bool		isnull;
+	Datum		payload;
+	Jsonb	   *detoasted;
 	Datum		headers;
 	char	   *event_id;
 
@@ -185,12 +189,17 @@ copy_event(OutboxEvent *event, HeapTuple tuple, TupleDesc desc)
 	strlcpy(event->event_id, event_id, sizeof(event->event_id));
 	event->topic = copy_text(tuple, desc, 3, NULL);
 	event->key = copy_text(tuple, desc, 4, &event->key_len);
-	event->payload = copy_text(tuple, desc, 5, &event->payload_len);
+	payload = SPI_getbinval(tuple, desc, 5, &isnull);
+	detoasted = DatumGetJsonbP(payload);
+	event->payload = payload_json_text(detoasted, &event->payload_len);
+	if ((Pointer) detoasted != DatumGetPointer(payload))
+		pfree(detoasted);
 	headers = SPI_getbinval(tuple, desc, 6, &isnull);
 	event->headers = isnull ? NULL : DatumGetJsonbPCopy(headers);
 	event->event_type = copy_text(tuple, desc, 7, NULL);
 	event->created_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 8, &isnull));
 	event->attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 9, &isnull));
+	event->ctid = *DatumGetItemPointer(SPI_getbinval(tuple, desc, 10, &isnull));
 }
 
 /*
@@ -208,6 +217,19 @@ end_of_inserted_wal(void)
 	if (offset == SizeOfXLogShortPHD || offset == SizeOfXLogLongPHD)
 		insert -= offset;
 	return insert;
+}
+
+/*
+ * A transaction committed with synchronous_commit = off is visible before
+ * its commit record is on disk: make sure it is before the batch's events
+ * leave, or a crash could erase a transaction whose events Kafka already
+ * has.  Usually there is nothing left to flush.
+ */
+static void
+flush_what_was_read(OutboxBatch *batch)
+{
+	if (batch->count > 0)
+		XLogFlush(end_of_inserted_wal());
 }
 
 /*
@@ -272,15 +294,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 	}
 	SPI_finish();
 	worker_end_transaction(batch_context);
-
-	/*
-	 * A transaction committed with synchronous_commit = off is visible
-	 * before its commit record is on disk: make sure it is before its
-	 * events leave, or a crash could erase a transaction whose events Kafka
-	 * already has.  Usually there is nothing left to flush.
-	 */
-	if (batch->count > 0)
-		XLogFlush(end_of_inserted_wal());
+	flush_what_was_read(batch);
 	return OUTBOX_READY;
 }
 
@@ -342,22 +356,26 @@ failure_reason(OutboxEvent *event, bool last_attempt)
 }
 
 /*
- * In one transaction: delete the delivered events, move those that failed
- * for good (or for the max_attempts-th time) to eventpipe.dead_letters, and
- * give the others a later attempt, with a delay doubling from 1 s to 5 min.
- * Held events are left as they are.
+ * In one transaction: delete the delivered events (where the claim found
+ * them, outbox_delete.c, or else by id), move those that failed for good
+ * (or for the max_attempts-th time) to eventpipe.dead_letters, and give the
+ * others a later attempt, with a delay doubling from 1 s to 5 min.  Held
+ * events are left as they are.
  */
 void
 outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcome)
 {
-	IdList		delivered;
+	OutboxEvent **delivered;
+	OutboxEvent **moved;
+	int			moved_count;
+	IdList		delivered_elsewhere;
 	IdList		rescheduled;
 	IdList		dead;
 	int			i;
 	MemoryContext caller_context;
 
 	memset(outcome, 0, sizeof(BatchOutcome));
-	id_list_init(&delivered, batch->count);
+	delivered = palloc(sizeof(OutboxEvent *) * Max(batch->count, 1));
 	id_list_init(&rescheduled, batch->count);
 	id_list_init(&dead, batch->count);
 	for (i = 0; i < batch->count; i++)
@@ -368,7 +386,7 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 		if (event->held || !event->reported)
 			outcome->held++;
 		else if (OutboxEventDelivered(event))
-			id_list_add(&delivered, event->id, NULL);
+			delivered[outcome->delivered++] = event;
 		else if (kafka_error_is_permanent(event) || last_attempt)
 			id_list_add(&dead, event->id, failure_reason(event, last_attempt));
 		else
@@ -376,15 +394,21 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 		if (event->attempts > 0 && event->reported)
 			outcome->retried++;
 	}
-	outcome->delivered = delivered.count;
 	outcome->rescheduled = rescheduled.count;
 	outcome->dead = dead.count;
-	if (delivered.count + rescheduled.count + dead.count == 0)
+	if (outcome->delivered + rescheduled.count + dead.count == 0)
 		return;
 
 	caller_context = worker_begin_transaction("eventpipe: recording deliveries");
+	moved_count = outbox_delete_in_place(delivered, outcome->delivered, &moved);
+	if (moved_count > 0)
+		elog(DEBUG1, "eventpipe relay: %d of %d delivered rows were no longer where they "
+			 "were claimed; deleting them by id", moved_count, outcome->delivered);
+	id_list_init(&delivered_elsewhere, moved_count);
+	for (i = 0; i < moved_count; i++)
+		id_list_add(&delivered_elsewhere, moved[i]->id, NULL);
 	worker_spi_connect();
-	execute_with_ids(DELETE_DELIVERED, &delivered, SPI_OK_DELETE);
+	execute_with_ids(DELETE_DELIVERED, &delivered_elsewhere, SPI_OK_DELETE);
 	execute_with_ids(RESCHEDULE, &rescheduled, SPI_OK_UPDATE);
 	execute_with_ids(BURY, &dead, SPI_OK_INSERT);
 	SPI_finish();

@@ -15,6 +15,7 @@
 
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
+#include "storage/itemptr.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
 
@@ -27,6 +28,7 @@ struct OutboxBatch;
 typedef struct OutboxEvent
 {
 	int64		id;
+	ItemPointerData ctid;		/* where the claim found its row */
 	char		event_id[37];	/* uuid text */
 	char	   *topic;
 	char	   *key;			/* NULL for a keyless event */
@@ -83,6 +85,12 @@ extern OutboxAvailability outbox_claim_batch(OutboxBatch *batch, int limit,
 extern void outbox_record_outcome(OutboxBatch *batch, int max_attempts,
 								  BatchOutcome *outcome);
 extern uint64 outbox_forget_committed(List *records);
+
+/* payload_text.c */
+extern char *payload_json_text(Jsonb *payload, int *len);
+
+/* outbox_delete.c: in the caller's transaction */
+extern int	outbox_delete_in_place(OutboxEvent **events, int count, OutboxEvent ***moved);
 
 /* kafka_producer.c */
 extern bool kafka_producer_ensure(const char *bootstrap_servers, const char *client_id,
