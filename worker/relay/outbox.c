@@ -199,7 +199,7 @@ copy_event(OutboxEvent *event, HeapTuple tuple, TupleDesc desc)
 	event->event_type = copy_text(tuple, desc, 7, NULL);
 	event->created_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 8, &isnull));
 	event->attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 9, &isnull));
-	event->ctid = *DatumGetItemPointer(SPI_getbinval(tuple, desc, 10, &isnull));
+	event->ctid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, 10, &isnull));
 }
 
 /*
