@@ -37,6 +37,8 @@ OBJS = \
 	worker/relay/relay_slot.o \
 	worker/relay/outbox.o \
 	worker/relay/outbox_delete.o \
+	worker/relay/outbox_scan.o \
+	worker/relay/outbox_row.o \
 	worker/relay/payload_text.o \
 	worker/relay/relay_transaction.o \
 	worker/relay/relay_isolation.o \

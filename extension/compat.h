@@ -13,6 +13,7 @@
 
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
@@ -29,6 +30,12 @@
 #if PG_VERSION_NUM < 180000
 #define RelationGetPrimaryKeyIndex(relation, deferrable_ok) \
 	(AssertMacro(!(deferrable_ok)), RelationGetPrimaryKeyIndex(relation))
+#endif
+
+/* 18: an index scan takes where to count its work (NULL: nowhere) */
+#if PG_VERSION_NUM < 180000
+#define index_beginscan(heap, index, snapshot, instrument, nkeys, norderbys) \
+	index_beginscan(heap, index, snapshot, nkeys, norderbys)
 #endif
 
 /* 17: a PGPROC's number is computed, no longer a field */

@@ -75,6 +75,7 @@ my @special = (
 	{ key => 'spaces',      payload_json => '{"b": [1, 2,   3],   "a": {"z": null, "y": true}}' },
 	# what the relay's own JSON writer must write as jsonb's output does
 	{ key => 'escapes',     payload_json => '{"ctl": "a\u0001b\u001fc\bd\fe\nf\rg\th\u007f", "q": "\"\\\/", "k\"\\\u00e9y": "\u2603"}' },
+	{ key => 'long-escapes', payload_json => '{"s": "0123456789abcdef\"0123456\n789abcdef\\\\01234567\t89\u0002\u00e9\u20ac\u2603 0123456789\""}' },
 	{ key => 'numbers',     payload_json => '[0, -0, 1e3, 1.50, -12.345e-10, 123456789012345678901234567890.123456789, 1E+2, 0.000]' },
 	{ key => 'empties',     payload_json => '{"a": [], "b": {}, "c": [[], [{}], {"d": []}], "e": [null, true, false, ""]}' },
 	{ key => 'empty-array', payload_json => '[]' },

@@ -176,6 +176,26 @@ for my $w (@$stats)
 		"(b) worker $w->{worker} sent at least its share of the keys' events (" . ($share{ $w->{worker} } // 0) . ')');
 }
 
+# (b2) Each worker sends exactly the rows eventpipe.relay_shard() gives it,
+# keyed (a hash of the key) and keyless (a hash of the id): the relay
+# computes the shard itself when it claims without SQL.  Counted while
+# paused, from the outbox, then against what each worker sent.
+q1('SELECT eventpipe.pause_relay()');
+ok(wait_until(sub { !grep { $_->{state} ne 'paused' } @{ relay_stats($node) } }, 30),
+	'(b2) the four workers are paused');
+q1(q{SELECT eventpipe.publish('t105.shard_split', CASE WHEN g % 2 = 0 THEN 'split-' || g % 97 END,
+                              jsonb_build_object('n', g))
+       FROM generate_series(1, 800) AS g});
+my %expected = map { split /\|/ } split /\n/,
+  q1('SELECT eventpipe.relay_shard(key, id, 4), count(*) FROM eventpipe.outbox GROUP BY 1');
+my %sent_before = map { $_->{worker} => $_->{events_sent} } @{ relay_stats($node) };
+q1('SELECT eventpipe.resume_relay()');
+ok(wait_until(sub { outbox_count($node) == 0 }, 60), '(b2) 800 events, half without a key, relayed');
+is_deeply(
+	{ map { $_->{worker} => $_->{events_sent} - $sent_before{ $_->{worker} } } @{ relay_stats($node) } },
+	{ map { $_ => $expected{$_} // 0 } 0 .. 3 },
+	'(b2) each worker sent exactly the rows relay_shard() gives it');
+
 # ---- (c) four relay workers through a broker outage ------------------------
 
 my $topic_c = 't105.shards_outage';

@@ -9,7 +9,9 @@
  * A claim reads the rows committed, due and still there, in id order,
  * passing over those of the batches in flight, either from the start or past
  * the batches in flight when relay_pipeline.c knows that no row can have
- * become due below them.  It keeps each row's address (ctid), where
+ * become due below them.  While no row has a retry scheduled, outbox_scan.c
+ * reads the batch without SPI; the SQL claim below serves the other
+ * claims.  A claim keeps each row's address (ctid), where
  * outbox_delete.c deletes the delivered rows, and its payload's JSON text
  * (payload_text.c).
  *
@@ -64,8 +66,7 @@
  * NOT EXISTS under OR).
  */
 #define CLAIM_SQL(passing_over) \
-	"SELECT o.id, o.event_id::pg_catalog.text, o.topic, o.key," \
-	"       o.payload, o.headers," \
+	"SELECT o.id, o.event_id, o.topic, o.key, o.payload, o.headers," \
 	"       o.event_type, o.created_at, o.attempts, o.ctid" \
 	"  FROM eventpipe.outbox AS o" \
 	" WHERE o.id OPERATOR(pg_catalog.>) $4 " passing_over \
@@ -159,47 +160,20 @@ static WorkerStatement statements[OUTBOX_STATEMENTS] = {
 	},
 };
 
-static char *
-copy_text(HeapTuple tuple, TupleDesc desc, int column, int *len)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tuple, desc, column, &isnull);
-	text	   *t;
-
-	if (isnull)
-		return NULL;
-	t = DatumGetTextPP(d);
-	if (len)
-		*len = VARSIZE_ANY_EXHDR(t);
-	return text_to_cstring(t);
-}
-
+/*
+ * The SQL claim's row as an event: its columns come in OutboxColumn order,
+ * then the row's ctid.
+ */
 static void
 copy_event(OutboxEvent *event, HeapTuple tuple, TupleDesc desc)
 {
-	bool		isnull;
-	Datum		payload;
-	Jsonb	   *detoasted;
-	Datum		headers;
-	char	   *event_id;
+	static const AttrNumber in_order[OUTBOX_COLUMNS] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+	Datum		values[OUTBOX_COLUMNS + 1];
+	bool		nulls[OUTBOX_COLUMNS + 1];
 
-	memset(event, 0, sizeof(OutboxEvent));
-	event->id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-	event_id = copy_text(tuple, desc, 2, NULL);
-	strlcpy(event->event_id, event_id, sizeof(event->event_id));
-	event->topic = copy_text(tuple, desc, 3, NULL);
-	event->key = copy_text(tuple, desc, 4, &event->key_len);
-	payload = SPI_getbinval(tuple, desc, 5, &isnull);
-	detoasted = DatumGetJsonbP(payload);
-	event->payload = payload_json_text(detoasted, &event->payload_len);
-	if ((Pointer) detoasted != DatumGetPointer(payload))
-		pfree(detoasted);
-	headers = SPI_getbinval(tuple, desc, 6, &isnull);
-	event->headers = isnull ? NULL : DatumGetJsonbPCopy(headers);
-	event->event_type = copy_text(tuple, desc, 7, NULL);
-	event->created_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 8, &isnull));
-	event->attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 9, &isnull));
-	event->ctid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, 10, &isnull));
+	heap_deform_tuple(tuple, desc, values, nulls);
+	outbox_copy_event(event, values, nulls, in_order,
+					  (ItemPointer) DatumGetPointer(values[OUTBOX_COLUMNS]));
 }
 
 /*
@@ -232,6 +206,23 @@ flush_what_was_read(OutboxBatch *batch)
 		XLogFlush(end_of_inserted_wal());
 }
 
+/* The ids of the int8[] in_flight, in the current memory context; their number in *count. */
+static int64 *
+ids_of(ArrayType *in_flight, int *count)
+{
+	Datum	   *datums;
+	int64	   *ids;
+	int			i;
+
+	deconstruct_array(in_flight, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE,
+					  &datums, NULL, count);
+	ids = palloc(sizeof(int64) * Max(*count, 1));
+	for (i = 0; i < *count; i++)
+		ids[i] = DatumGetInt64(datums[i]);
+	pfree(datums);
+	return ids;
+}
+
 /*
  * Read up to limit pending events of shard number shard (of shards) with
  * ids above after_id into batch, allocated in the caller's memory context,
@@ -246,6 +237,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 	MemoryContext batch_context;
 	Datum		args[5];
 	int			passed_over;
+	int64	   *ids;
 	OutboxStatement claim;
 	uint64		i;
 
@@ -267,8 +259,16 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 		return OUTBOX_BUSY;
 	}
 
+	ids = ids_of(in_flight, &passed_over);
+	if (outbox_scan_claim(batch, batch_context, limit, shard, shards, after_id,
+						  ids, passed_over))
+	{
+		worker_end_transaction(batch_context);
+		flush_what_was_read(batch);
+		return OUTBOX_READY;
+	}
+
 	worker_spi_connect();
-	passed_over = ArrayGetNItems(ARR_NDIM(in_flight), ARR_DIMS(in_flight));
 	args[0] = Int32GetDatum(limit);
 	args[1] = Int32GetDatum(shards);
 	args[2] = Int32GetDatum(shard);

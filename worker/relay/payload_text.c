@@ -26,50 +26,93 @@
 
 #include "relay.h"
 
-/* A JSON string of len bytes at s, quoted and escaped as jsonb's output escapes it. */
+/* b in each of a word's eight bytes */
+#define IN_EACH_BYTE(b) (UINT64CONST(0x0101010101010101) * (uint64) (b))
+
+/*
+ * Whether one of the eight bytes of w is one a JSON string escapes: a
+ * control character (below 0x20), '"' or '\\'.  Each test is the usual
+ * "some byte is less than n" bit trick, exact for n up to 0x80; bytes of
+ * 0x80 and above (UTF-8) never match.
+ */
+static inline bool
+word_needs_escape(uint64 w)
+{
+	uint64		high = IN_EACH_BYTE(0x80);
+	uint64		quote = w ^ IN_EACH_BYTE('"');
+	uint64		backslash = w ^ IN_EACH_BYTE('\\');
+
+	return (((w - IN_EACH_BYTE(0x20)) & ~w & high) |
+			((quote - IN_EACH_BYTE(1)) & ~quote & high) |
+			((backslash - IN_EACH_BYTE(1)) & ~backslash & high)) != 0;
+}
+
+/* The two-character escape of c, or NULL when it has none (\u00XX then). */
+static const char *
+short_escape(unsigned char c)
+{
+	switch (c)
+	{
+		case '\b':
+			return "\\b";
+		case '\f':
+			return "\\f";
+		case '\n':
+			return "\\n";
+		case '\r':
+			return "\\r";
+		case '\t':
+			return "\\t";
+		case '"':
+			return "\\\"";
+		case '\\':
+			return "\\\\";
+		default:
+			return NULL;
+	}
+}
+
+/*
+ * A JSON string of len bytes at s, quoted and escaped as jsonb's output
+ * escapes it.  Runs that need no escaping are found eight bytes at a time
+ * and copied whole.
+ */
 static void
 append_json_string(StringInfo out, const char *s, int len)
 {
 	const char *end = s + len;
 	const char *run = s;
-	const char *p;
+	const char *p = s;
 
 	appendStringInfoCharMacro(out, '"');
-	for (p = s; p < end; p++)
+	while (p < end)
 	{
-		unsigned char c = (unsigned char) *p;
+		unsigned char c;
+		uint64		word;
+		const char *escape;
 
-		if (c >= 0x20 && c != '"' && c != '\\')
-			continue;
-		appendBinaryStringInfo(out, run, p - run);
-		run = p + 1;
-		switch (c)
+		if (end - p >= (ptrdiff_t) sizeof(word))
 		{
-			case '\b':
-				appendBinaryStringInfo(out, "\\b", 2);
-				break;
-			case '\f':
-				appendBinaryStringInfo(out, "\\f", 2);
-				break;
-			case '\n':
-				appendBinaryStringInfo(out, "\\n", 2);
-				break;
-			case '\r':
-				appendBinaryStringInfo(out, "\\r", 2);
-				break;
-			case '\t':
-				appendBinaryStringInfo(out, "\\t", 2);
-				break;
-			case '"':
-				appendBinaryStringInfo(out, "\\\"", 2);
-				break;
-			case '\\':
-				appendBinaryStringInfo(out, "\\\\", 2);
-				break;
-			default:
-				appendStringInfo(out, "\\u%04x", c);
-				break;
+			memcpy(&word, p, sizeof(word));
+			if (!word_needs_escape(word))
+			{
+				p += sizeof(word);
+				continue;
+			}
 		}
+		c = (unsigned char) *p;
+		if (c >= 0x20 && c != '"' && c != '\\')
+		{
+			p++;
+			continue;
+		}
+		appendBinaryStringInfo(out, run, p - run);
+		escape = short_escape(c);
+		if (escape != NULL)
+			appendBinaryStringInfo(out, escape, 2);
+		else
+			appendStringInfo(out, "\\u%04x", c);
+		run = ++p;
 	}
 	appendBinaryStringInfo(out, run, end - run);
 	appendStringInfoCharMacro(out, '"');

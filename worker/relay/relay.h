@@ -13,6 +13,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "access/attnum.h"
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "storage/itemptr.h"
@@ -85,6 +86,29 @@ extern OutboxAvailability outbox_claim_batch(OutboxBatch *batch, int limit,
 extern void outbox_record_outcome(OutboxBatch *batch, int max_attempts,
 								  BatchOutcome *outcome);
 extern uint64 outbox_forget_committed(List *records);
+
+/* outbox_row.c: the outbox columns a claim reads, and their copy */
+typedef enum OutboxColumn
+{
+	COL_ID,
+	COL_EVENT_ID,
+	COL_TOPIC,
+	COL_KEY,
+	COL_PAYLOAD,
+	COL_HEADERS,
+	COL_EVENT_TYPE,
+	COL_CREATED_AT,
+	COL_ATTEMPTS,
+	OUTBOX_COLUMNS
+} OutboxColumn;
+extern const char *const outbox_column_names[OUTBOX_COLUMNS];
+extern void outbox_copy_event(OutboxEvent *event, const Datum *values, const bool *nulls,
+							  const AttrNumber *columns, ItemPointer ctid);
+
+/* outbox_scan.c: in the caller's transaction */
+extern bool outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit,
+							  int shard, int shards, int64 after_id, int64 *in_flight,
+							  int in_flight_count);
 
 /* payload_text.c */
 extern char *payload_json_text(Jsonb *payload, int *len);

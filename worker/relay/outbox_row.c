@@ -1,0 +1,70 @@
+/*
+ * outbox_row.c
+ *		An outbox row copied out of the database as an OutboxEvent, in the
+ *		current memory context: its text columns as C strings, its payload
+ *		as the JSON text of the message's value (payload_text.c), its
+ *		headers as a jsonb copy.  Both claims use it: outbox_scan.c with the
+ *		heap tuple's columns, found by name; outbox.c with the SQL claim's
+ *		output columns, which come in OutboxColumn order.
+ */
+#include "postgres.h"
+
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "relay.h"
+
+const char *const outbox_column_names[OUTBOX_COLUMNS] = {
+	[COL_ID] = "id",
+	[COL_EVENT_ID] = "event_id",
+	[COL_TOPIC] = "topic",
+	[COL_KEY] = "key",
+	[COL_PAYLOAD] = "payload",
+	[COL_HEADERS] = "headers",
+	[COL_EVENT_TYPE] = "event_type",
+	[COL_CREATED_AT] = "created_at",
+	[COL_ATTEMPTS] = "attempts",
+};
+
+static char *
+text_copy(Datum value, int *len)
+{
+	text	   *t = DatumGetTextPP(value);
+
+	if (len)
+		*len = VARSIZE_ANY_EXHDR(t);
+	return text_to_cstring(t);
+}
+
+/*
+ * Fill event from a row's values and nulls, where columns[c] is the
+ * attribute number of column c; ctid is where the row was read.
+ */
+void
+outbox_copy_event(OutboxEvent *event, const Datum *values, const bool *nulls,
+				  const AttrNumber *columns, ItemPointer ctid)
+{
+	Datum		payload = values[columns[COL_PAYLOAD] - 1];
+	Jsonb	   *detoasted = DatumGetJsonbP(payload);
+	char	   *event_id;
+
+	memset(event, 0, sizeof(OutboxEvent));
+	event->id = DatumGetInt64(values[columns[COL_ID] - 1]);
+	event->ctid = *ctid;
+	event_id = DatumGetCString(DirectFunctionCall1(uuid_out, values[columns[COL_EVENT_ID] - 1]));
+	strlcpy(event->event_id, event_id, sizeof(event->event_id));
+	pfree(event_id);
+	event->topic = text_copy(values[columns[COL_TOPIC] - 1], NULL);
+	if (!nulls[columns[COL_KEY] - 1])
+		event->key = text_copy(values[columns[COL_KEY] - 1], &event->key_len);
+	event->payload = payload_json_text(detoasted, &event->payload_len);
+	if ((Pointer) detoasted != DatumGetPointer(payload))
+		pfree(detoasted);
+	if (!nulls[columns[COL_HEADERS] - 1])
+		event->headers = DatumGetJsonbPCopy(values[columns[COL_HEADERS] - 1]);
+	event->event_type = text_copy(values[columns[COL_EVENT_TYPE] - 1], NULL);
+	event->created_at = DatumGetTimestampTz(values[columns[COL_CREATED_AT] - 1]);
+	event->attempts = DatumGetInt32(values[columns[COL_ATTEMPTS] - 1]);
+}
