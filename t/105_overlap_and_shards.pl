@@ -183,6 +183,8 @@ for my $w (@$stats)
 q1('SELECT eventpipe.pause_relay()');
 ok(wait_until(sub { !grep { $_->{state} ne 'paused' } @{ relay_stats($node) } }, 30),
 	'(b2) the four workers are paused');
+is(q1('SELECT count(*) FROM eventpipe.outbox WHERE next_attempt_at IS NOT NULL'), 0,
+	'(b2) no retry is scheduled: the workers claim without SQL');
 q1(q{SELECT eventpipe.publish('t105.shard_split', CASE WHEN g % 2 = 0 THEN 'split-' || g % 97 END,
                               jsonb_build_object('n', g))
        FROM generate_series(1, 800) AS g});

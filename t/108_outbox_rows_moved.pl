@@ -7,7 +7,8 @@
 # come to sit where they were.  When the broker resumes, every event must
 # arrive and leave the outbox once: a pending row at a claimed address is
 # not deleted (it would be lost), and a moved row is deleted by id (else it
-# would be sent again).
+# would be sent again).  Then a DELETE trigger on the outbox must fire for
+# every delivered row.
 use strict;
 use warnings;
 
@@ -67,6 +68,20 @@ ok(log_matches($node, $log, qr/delivered rows were no longer where they were cla
 my $seen = check_topic($kafka->{bootstrap}, $topic, ledger($node, $topic), 'across the rewrite');
 is($seen->{duplicates}, 0, 'no event was sent twice');
 is(relay_stat($node, 'events_sent') + 0, 7000, 'pg_stat_relay counts every event once');
+
+# A DELETE trigger someone put on the outbox (a foreign key referencing it
+# makes one too) fires for every delivered row: with one, the relay
+# deletes by SQL.
+q1(q{CREATE TABLE t108_gone (id bigint);
+     CREATE FUNCTION t108_note_gone() RETURNS trigger LANGUAGE plpgsql AS
+       $$BEGIN INSERT INTO public.t108_gone VALUES (OLD.id); RETURN OLD; END$$;
+     CREATE TRIGGER t108_gone AFTER DELETE ON eventpipe.outbox
+       FOR EACH ROW EXECUTE FUNCTION t108_note_gone()});
+my $triggered = 't108.triggered';
+bulk_publish($node, $triggered, [ map { "t$_" } 1 .. 10 ], 20);
+ok(wait_until(sub { outbox_count($node) == 0 }, 60), '200 events relayed with a DELETE trigger on the outbox');
+is(q1('SELECT count(DISTINCT id) FROM t108_gone'), 200, 'the trigger fired for each of them');
+check_topic($kafka->{bootstrap}, $triggered, ledger($node, $triggered), 'with a trigger');
 
 ok(stop_kafka($kafka), 'Kafka stopped');
 $node->stop;

@@ -23,7 +23,7 @@
  * event of its topic and key, until it is delivered or dead-lettered.
  *
  * Every function, operator and type in these statements is named with its
- * schema (pg_catalog.now(), OPERATOR(pg_catalog.=), ::pg_catalog.text), so
+ * schema (pg_catalog.now(), OPERATOR(pg_catalog.=), ::pg_catalog.uuid), so
  * that no object another user creates can stand in for one, whatever the
  * search_path.  unnest() of two arrays is
  * written ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)), what
@@ -366,9 +366,9 @@ void
 outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcome)
 {
 	OutboxEvent **delivered;
-	OutboxEvent **moved;
-	int			moved_count;
-	IdList		delivered_elsewhere;
+	OutboxEvent **left = NULL;
+	int			left_count;
+	IdList		deleted_by_id;
 	IdList		rescheduled;
 	IdList		dead;
 	int			i;
@@ -400,15 +400,13 @@ outbox_record_outcome(OutboxBatch *batch, int max_attempts, BatchOutcome *outcom
 		return;
 
 	caller_context = worker_begin_transaction("eventpipe: recording deliveries");
-	moved_count = outbox_delete_in_place(delivered, outcome->delivered, &moved);
-	if (moved_count > 0)
-		elog(DEBUG1, "eventpipe relay: %d of %d delivered rows were no longer where they "
-			 "were claimed; deleting them by id", moved_count, outcome->delivered);
-	id_list_init(&delivered_elsewhere, moved_count);
-	for (i = 0; i < moved_count; i++)
-		id_list_add(&delivered_elsewhere, moved[i]->id, NULL);
+	left_count = outcome->delivered == 0 ? 0 :
+		outbox_delete_in_place(delivered, outcome->delivered, &left);
+	id_list_init(&deleted_by_id, left_count);
+	for (i = 0; i < left_count; i++)
+		id_list_add(&deleted_by_id, left[i]->id, NULL);
 	worker_spi_connect();
-	execute_with_ids(DELETE_DELIVERED, &delivered_elsewhere, SPI_OK_DELETE);
+	execute_with_ids(DELETE_DELIVERED, &deleted_by_id, SPI_OK_DELETE);
 	execute_with_ids(RESCHEDULE, &rescheduled, SPI_OK_UPDATE);
 	execute_with_ids(BURY, &dead, SPI_OK_INSERT);
 	SPI_finish();

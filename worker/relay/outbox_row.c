@@ -53,6 +53,7 @@ outbox_copy_event(OutboxEvent *event, const Datum *values, const bool *nulls,
 	memset(event, 0, sizeof(OutboxEvent));
 	event->id = DatumGetInt64(values[columns[COL_ID] - 1]);
 	event->ctid = *ctid;
+	event->event_uuid = *DatumGetUUIDP(values[columns[COL_EVENT_ID] - 1]);
 	event_id = DatumGetCString(DirectFunctionCall1(uuid_out, values[columns[COL_EVENT_ID] - 1]));
 	strlcpy(event->event_id, event_id, sizeof(event->event_id));
 	pfree(event_id);

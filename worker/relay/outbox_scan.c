@@ -20,8 +20,9 @@
  * pg_stat_relay's backlog calls the SQL function, and t/105 checks each
  * worker's share of the keys there against what each worker sent.
  *
- * Columns are found by name, once per outbox relation: an outbox that
- * went through upgrades may not have them where a fresh one has.
+ * Columns are found by name at each claim: an outbox that went through
+ * upgrades may not have them where a fresh one has.  The primary key and
+ * outbox_retrying are used only while valid, as the planner would.
  */
 #include "postgres.h"
 
@@ -43,39 +44,46 @@
 #include "extension/compat.h"
 #include "relay.h"
 
-/* Attribute numbers of the columns, for the outbox relation columns_of names */
-static Oid	columns_of = InvalidOid;
-static AttrNumber columns[OUTBOX_COLUMNS];
-
+/* The attribute numbers of the columns a claim reads, looked up by name. */
 static void
-find_columns(Relation outbox)
+find_columns(Relation outbox, AttrNumber *columns)
 {
 	int			c;
 
-	if (columns_of == RelationGetRelid(outbox))
-		return;
 	for (c = 0; c < OUTBOX_COLUMNS; c++)
 	{
-		AttrNumber	attnum = get_attnum(RelationGetRelid(outbox), outbox_column_names[c]);
-
-		if (attnum == InvalidAttrNumber)
+		columns[c] = get_attnum(RelationGetRelid(outbox), outbox_column_names[c]);
+		if (columns[c] == InvalidAttrNumber)
 			elog(ERROR, "eventpipe.outbox has no column \"%s\"", outbox_column_names[c]);
-		columns[c] = attnum;
 	}
-	columns_of = RelationGetRelid(outbox);
 }
 
-static Oid
-outbox_index(const char *name)
+/*
+ * The index of the outbox named name, opened, if it is one a query may use
+ * (the planner passes over the others: a CREATE INDEX CONCURRENTLY that
+ * failed, or the old index of a REINDEX CONCURRENTLY); NULL if not.
+ */
+static Relation
+open_usable_index(Relation outbox, Oid index_oid)
 {
-	return get_relname_relid(name, get_namespace_oid("eventpipe", false));
+	Relation	index;
+
+	if (!OidIsValid(index_oid))
+		return NULL;
+	index = index_open(index_oid, AccessShareLock);
+	if (index->rd_index->indrelid != RelationGetRelid(outbox) ||
+		!index->rd_index->indisvalid || !index->rd_index->indisready)
+	{
+		index_close(index, AccessShareLock);
+		return NULL;
+	}
+	return index;
 }
 
 /* Whether the partial index of rows with a retry scheduled has a visible entry. */
 static bool
-any_retry_scheduled(Relation outbox, Oid retrying_oid, Snapshot snapshot)
+any_retry_scheduled(Relation outbox, Relation retrying, Snapshot snapshot)
 {
-	Relation	retrying = index_open(retrying_oid, AccessShareLock);
 	TupleTableSlot *slot = table_slot_create(outbox, NULL);
 	IndexScanDesc scan = index_beginscan(outbox, retrying, snapshot, NULL, 0, 0);
 	bool		found;
@@ -84,7 +92,6 @@ any_retry_scheduled(Relation outbox, Oid retrying_oid, Snapshot snapshot)
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
-	index_close(retrying, NoLock);
 	return found;
 }
 
@@ -121,20 +128,21 @@ compare_ids(const void *a, const void *b)
 /*
  * In the caller's transaction, under its active snapshot: read up to limit
  * rows of shard number shard (of shards) with ids above after_id into
- * batch, allocated in batch_context, passing over the count ids of
- * in_flight.  Returns false, reading nothing, when some row has a retry
- * scheduled (or the index that tells is missing): the SQL claim must run.
+ * batch, allocated in batch_context, passing over the in_flight_count ids
+ * of in_flight (which this sorts).  Returns false, reading nothing, when
+ * some row has a retry scheduled, or an index it reads is missing or
+ * unusable: the SQL claim must run.
  */
 bool
 outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, int shard,
 				  int shards, int64 after_id, int64 *in_flight, int in_flight_count)
 {
 	Oid			outbox_oid = get_relname_relid("outbox", get_namespace_oid("eventpipe", false));
-	Oid			pkey_oid = outbox_index("outbox_pkey");
-	Oid			retrying_oid = outbox_index("outbox_retrying");
 	Snapshot	snapshot = GetActiveSnapshot();
 	Relation	outbox;
 	Relation	pkey;
+	Relation	retrying;
+	AttrNumber	columns[OUTBOX_COLUMNS];
 	TupleTableSlot *slot;
 	IndexScanDesc scan;
 	ScanKeyData past;
@@ -143,21 +151,29 @@ outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, in
 
 	batch->count = 0;
 	batch->events = NULL;
-	if (!OidIsValid(outbox_oid) || !OidIsValid(pkey_oid) || !OidIsValid(retrying_oid))
+	if (!OidIsValid(outbox_oid))
 		return false;
 	outbox = table_open(outbox_oid, AccessShareLock);
-	if (any_retry_scheduled(outbox, retrying_oid, snapshot))
+	pkey = open_usable_index(outbox, RelationGetPrimaryKeyIndex(outbox, false));
+	retrying = open_usable_index(outbox,
+								 get_relname_relid("outbox_retrying",
+												   RelationGetNamespace(outbox)));
+	if (pkey == NULL || retrying == NULL || any_retry_scheduled(outbox, retrying, snapshot))
 	{
+		if (pkey != NULL)
+			index_close(pkey, NoLock);
+		if (retrying != NULL)
+			index_close(retrying, NoLock);
 		table_close(outbox, NoLock);
 		return false;
 	}
-	find_columns(outbox);
+	index_close(retrying, NoLock);
+	find_columns(outbox, columns);
 	if (in_flight_count > 1)
 		qsort(in_flight, in_flight_count, sizeof(int64), compare_ids);
 
 	capacity = Min(limit, 64);
 	batch->events = MemoryContextAlloc(batch_context, sizeof(OutboxEvent) * capacity);
-	pkey = index_open(pkey_oid, AccessShareLock);
 	slot = table_slot_create(outbox, NULL);
 	ScanKeyInit(&past, 1, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after_id));
 	scan = index_beginscan(outbox, pkey, snapshot, NULL, 1, 0);

@@ -4,11 +4,12 @@
  *		Kafka message's value: byte for byte what jsonb's output function
  *		writes (payload::text), which the docs promise.
  *
- * jsonb's own output function copies every string to escape it one
- * character at a time, and grows its buffer as it goes; at the relay's
- * rates that was the largest single cost of claiming a batch.  This walks
- * the same jsonb iterator, sizes the buffer once from the jsonb's size,
- * and copies the runs of a string that need no escaping whole.
+ * jsonb's own output function (before PostgreSQL 18) copies every string
+ * to escape it one character at a time, and grows its buffer as it goes;
+ * at the relay's rates that was the largest single cost of claiming a
+ * batch.  This walks the same jsonb iterator, sizes the buffer once from
+ * the jsonb's size, and copies the runs of a string that need no escaping
+ * whole, found eight bytes at a time.
  *
  * The text format, which t/001 compares byte for byte with payload::text:
  * ", " between elements and members, ": " after a key, no brackets around
@@ -130,10 +131,14 @@ append_scalar(StringInfo out, const JsonbValue *value)
 			append_json_string(out, value->val.string.val, value->val.string.len);
 			break;
 		case jbvNumeric:
-			appendStringInfoString(out,
-								   DatumGetCString(DirectFunctionCall1(numeric_out,
-																	   NumericGetDatum(value->val.numeric))));
-			break;
+			{
+				char	   *number = DatumGetCString(DirectFunctionCall1(numeric_out,
+																		  NumericGetDatum(value->val.numeric)));
+
+				appendStringInfoString(out, number);
+				pfree(number);
+				break;
+			}
 		case jbvBool:
 			if (value->val.boolean)
 				appendBinaryStringInfo(out, "true", 4);
@@ -159,9 +164,15 @@ payload_json_text(Jsonb *payload, int *len)
 	bool		first = true;	/* nothing written yet at this level */
 	bool		raw_scalar = false;
 
-	/* the text is rarely much longer than the jsonb */
-	initStringInfo(&out);
-	enlargeStringInfo(&out, VARSIZE(payload) + VARSIZE(payload) / 4);
+	/*
+	 * The text is rarely much longer than the jsonb: start at that size
+	 * (initStringInfo() would start at 1 kB, four times a typical event's
+	 * text, and every event of a batch keeps its text until the batch is
+	 * recorded).
+	 */
+	out.maxlen = VARSIZE(payload) + VARSIZE(payload) / 4 + 1;
+	out.data = palloc(out.maxlen);
+	resetStringInfo(&out);
 	while ((token = JsonbIteratorNext(&it, &value, false)) != WJB_DONE)
 	{
 		switch (token)

@@ -19,6 +19,7 @@
 #include "storage/itemptr.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
+#include "utils/uuid.h"
 
 #include "extension/shmem.h"
 #include "worker/kafka/kafka_log.h"
@@ -30,7 +31,8 @@ typedef struct OutboxEvent
 {
 	int64		id;
 	ItemPointerData ctid;		/* where the claim found its row */
-	char		event_id[37];	/* uuid text */
+	pg_uuid_t	event_uuid;
+	char		event_id[37];	/* event_uuid as text */
 	char	   *topic;
 	char	   *key;			/* NULL for a keyless event */
 	int			key_len;
@@ -114,7 +116,7 @@ extern bool outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, i
 extern char *payload_json_text(Jsonb *payload, int *len);
 
 /* outbox_delete.c: in the caller's transaction */
-extern int	outbox_delete_in_place(OutboxEvent **events, int count, OutboxEvent ***moved);
+extern int	outbox_delete_in_place(OutboxEvent **events, int count, OutboxEvent ***left);
 
 /* kafka_producer.c */
 extern bool kafka_producer_ensure(const char *bootstrap_servers, const char *client_id,
