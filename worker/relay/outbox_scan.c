@@ -17,8 +17,8 @@
  * The shard is the SQL function eventpipe.relay_shard(key, id, workers),
  * computed here the same way: hashtext() of the key (of the id's text when
  * there is no key), its sign bit cleared, modulo the number of workers.
- * pg_stat_relay's backlog calls the SQL function, and t/105 checks each
- * worker's share of the keys there against what each worker sent.
+ * pg_stat_relay's backlog calls the SQL function, and t/105 (b2) checks
+ * that each of four workers sends exactly the rows it gives that worker.
  *
  * Columns are found by name at each claim: an outbox that went through
  * upgrades may not have them where a fresh one has.  The primary key and
@@ -59,9 +59,9 @@ find_columns(Relation outbox, AttrNumber *columns)
 }
 
 /*
- * The index of the outbox named name, opened, if it is one a query may use
- * (the planner passes over the others: a CREATE INDEX CONCURRENTLY that
- * failed, or the old index of a REINDEX CONCURRENTLY); NULL if not.
+ * The outbox's index index_oid, opened, if it is one a query may use (the
+ * planner passes over the others: a CREATE INDEX CONCURRENTLY that failed,
+ * or the old index of a REINDEX CONCURRENTLY); NULL if not.
  */
 static Relation
 open_usable_index(Relation outbox, Oid index_oid)
