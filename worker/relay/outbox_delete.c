@@ -107,8 +107,8 @@ outbox_delete_in_place(OutboxEvent **events, int count, OutboxEvent ***left)
 		memcpy(*left, events, sizeof(OutboxEvent *) * count);
 		return count;
 	}
-	identity.id = get_attnum(outbox_oid, "id");
-	identity.event_id = get_attnum(outbox_oid, "event_id");
+	identity.id = get_attnum(outbox_oid, outbox_column_names[COL_ID]);
+	identity.event_id = get_attnum(outbox_oid, outbox_column_names[COL_EVENT_ID]);
 	if (identity.id == InvalidAttrNumber || identity.event_id == InvalidAttrNumber)
 		elog(ERROR, "eventpipe: eventpipe.outbox has no id or no event_id column");
 	/* our lock keeps VACUUM from truncating the table until we commit */
