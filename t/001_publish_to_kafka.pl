@@ -53,6 +53,18 @@ for my $seq (1 .. 20)
 	}
 }
 
+# A JSON value of one of five kinds, by n: a number (integral or not),
+# a string, a nested array with an object, true, or null.
+sub mixed_value
+{
+	my ($n) = @_;
+	return ($n * 1.5) if $n % 5 == 0;
+	return "\"v$n\"" if $n % 5 == 1;
+	return "[$n, {\"n\": \"$n\"}]" if $n % 5 == 2;
+	return 'true' if $n % 5 == 3;
+	return 'null';
+}
+
 # Special cases, each once.
 my @special = (
 	{ key => undef,         payload => { what => 'keyless 1' } },
@@ -81,6 +93,12 @@ my @special = (
 	{ key => 'empty-array', payload_json => '[]' },
 	{ key => 'json-true',   payload_json => 'true' },
 	{ key => 'raw-escaped', payload_json => '"tab\there \"quoted\" \\\\ back"' },
+	# more than 32 entries in a container: jsonb then stores offsets
+	# between the lengths, and the relay's writer must follow both
+	{ key => 'many-members', payload_json => '{' . join(', ', map { "\"k$_\": " . mixed_value($_) } 1 .. 70) . '}' },
+	{ key => 'long-array',  payload_json => '[' . join(', ', map { mixed_value($_) } 1 .. 100) . ']' },
+	# nested deeper than the writer's first stack of containers
+	{ key => 'deep',        payload_json => ('[{"a": ' x 60) . '"bottom"' . ('}]' x 60) },
 );
 $_->{topic} = $topic for @special;
 

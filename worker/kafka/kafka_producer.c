@@ -214,21 +214,54 @@ add_user_header(const char *name, int name_len, const char *value, int value_len
 	rd_kafka_header_add((rd_kafka_headers_t *) arg, name, name_len, value, value_len);
 }
 
-/* RFC 3339 in UTC, microsecond precision, as CloudEvents' ce_time wants. */
+/*
+ * RFC 3339 in UTC, microsecond precision, as CloudEvents' ce_time wants.
+ * Events relayed one after another mostly fall in the same second, so the
+ * date and time of day are formatted once per second and reused; only the
+ * microseconds are written for each event.
+ */
 static void
 format_ce_time(TimestampTz t, char *buf, size_t size)
 {
-	struct pg_tm tm;
-	fsec_t		fsec;
+	static TimestampTz second_formatted = DT_NOBEGIN;
+	static char second_text[32];	/* "YYYY-MM-DDTHH:MM:SS" of it */
+	int			usec;
+	int			len;
+	int			i;
 
-	if (timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0)
+	Assert(size >= sizeof(second_text) + sizeof(".000000Z"));
+	if (TIMESTAMP_NOT_FINITE(t))
 	{
 		strlcpy(buf, "1970-01-01T00:00:00Z", size);
 		return;
 	}
-	snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
-			 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-			 (int) fsec);
+	usec = (int) (t % USECS_PER_SEC);
+	if (usec < 0)
+		usec += USECS_PER_SEC;
+	if (t - usec != second_formatted)
+	{
+		struct pg_tm tm;
+		fsec_t		fsec;
+
+		if (timestamp2tm(t - usec, NULL, &tm, &fsec, NULL, NULL) != 0)
+		{
+			strlcpy(buf, "1970-01-01T00:00:00Z", size);
+			return;
+		}
+		snprintf(second_text, sizeof(second_text), "%04d-%02d-%02dT%02d:%02d:%02d",
+				 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		second_formatted = t - usec;
+	}
+	len = strlen(second_text);
+	memcpy(buf, second_text, len);
+	buf[len] = '.';
+	for (i = 6; i >= 1; i--)
+	{
+		buf[len + i] = '0' + usec % 10;
+		usec /= 10;
+	}
+	buf[len + 7] = 'Z';
+	buf[len + 8] = '\0';
 }
 
 static rd_kafka_headers_t *

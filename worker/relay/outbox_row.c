@@ -28,6 +28,23 @@ const char *const outbox_column_names[OUTBOX_COLUMNS] = {
 	[COL_ATTEMPTS] = "attempts",
 };
 
+/* The uuid as uuid_out writes it: lower-case hex in groups of 8-4-4-4-12. */
+static void
+uuid_text(const pg_uuid_t *uuid, char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+	int			i;
+
+	for (i = 0; i < UUID_LEN; i++)
+	{
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			*out++ = '-';
+		*out++ = hex[uuid->data[i] >> 4];
+		*out++ = hex[uuid->data[i] & 0x0F];
+	}
+	*out = '\0';
+}
+
 static char *
 text_copy(Datum value, int *len)
 {
@@ -48,15 +65,14 @@ outbox_copy_event(OutboxEvent *event, const Datum *values, const bool *nulls,
 {
 	Datum		payload = values[columns[COL_PAYLOAD] - 1];
 	Jsonb	   *detoasted = DatumGetJsonbP(payload);
-	char	   *event_id;
 
 	memset(event, 0, sizeof(OutboxEvent));
 	event->id = DatumGetInt64(values[columns[COL_ID] - 1]);
 	event->ctid = *ctid;
 	event->event_uuid = *DatumGetUUIDP(values[columns[COL_EVENT_ID] - 1]);
-	event_id = DatumGetCString(DirectFunctionCall1(uuid_out, values[columns[COL_EVENT_ID] - 1]));
-	strlcpy(event->event_id, event_id, sizeof(event->event_id));
-	pfree(event_id);
+	StaticAssertStmt(sizeof(event->event_id) == UUID_LEN * 2 + 4 + 1,
+					 "event_id holds a uuid's text");
+	uuid_text(&event->event_uuid, event->event_id);
 	event->topic = text_copy(values[columns[COL_TOPIC] - 1], NULL);
 	if (!nulls[columns[COL_KEY] - 1])
 		event->key = text_copy(values[columns[COL_KEY] - 1], &event->key_len);

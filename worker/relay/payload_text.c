@@ -5,11 +5,15 @@
  *		writes (payload::text), which the docs promise.
  *
  * jsonb's own output function (before PostgreSQL 18) copies every string
- * to escape it one character at a time, and grows its buffer as it goes;
- * at the relay's rates that was the largest single cost of claiming a
- * batch.  This walks the same jsonb iterator, sizes the buffer once from
- * the jsonb's size, and copies the runs of a string that need no escaping
- * whole, found eight bytes at a time.
+ * to escape it one character at a time, grows its buffer as it goes, and
+ * walks the jsonb with its iterator, which allocates a frame per container
+ * and copies each entry out; at the relay's rates that was the largest
+ * single cost of claiming a batch.  This reads the jsonb's containers in
+ * place (their layout is utils/jsonb.h's), sizes the buffer once from the
+ * jsonb's size, and copies the runs of a string that need no escaping
+ * whole, found eight bytes at a time.  Nesting is walked with a stack of
+ * its own, not recursion, so a deeply nested payload needs no more of the
+ * C stack than a flat one.
  *
  * The text format, which t/001 compares byte for byte with payload::text:
  * ", " between elements and members, ": " after a key, no brackets around
@@ -46,6 +50,17 @@ word_needs_escape(uint64 w)
 	return (((w - IN_EACH_BYTE(0x20)) & ~w & high) |
 			((quote - IN_EACH_BYTE(1)) & ~quote & high) |
 			((backslash - IN_EACH_BYTE(1)) & ~backslash & high)) != 0;
+}
+
+/* n bytes at s appended to out, growing it only when they do not fit. */
+static inline void
+append_bytes(StringInfo out, const char *s, int n)
+{
+	if (out->len + n >= out->maxlen)
+		enlargeStringInfo(out, n);
+	memcpy(out->data + out->len, s, n);
+	out->len += n;
+	out->data[out->len] = '\0';
 }
 
 /* The two-character escape of c, or NULL when it has none (\u00XX then). */
@@ -107,47 +122,139 @@ append_json_string(StringInfo out, const char *s, int len)
 			p++;
 			continue;
 		}
-		appendBinaryStringInfo(out, run, p - run);
+		append_bytes(out, run, p - run);
 		escape = short_escape(c);
 		if (escape != NULL)
-			appendBinaryStringInfo(out, escape, 2);
+			append_bytes(out, escape, 2);
 		else
 			appendStringInfo(out, "\\u%04x", c);
 		run = ++p;
 	}
-	appendBinaryStringInfo(out, run, end - run);
+	append_bytes(out, run, end - run);
 	appendStringInfoCharMacro(out, '"');
 }
 
-static void
-append_scalar(StringInfo out, const JsonbValue *value)
+/*
+ * The entry at index of container, whose data starts at start bytes into
+ * the container's data area: its JSON text appended to out, unless it is a
+ * container itself, which is returned for the caller to walk.
+ */
+static const JsonbContainer *
+append_entry(StringInfo out, const JsonbContainer *container, const char *data,
+			 int index, uint32 start, uint32 end)
 {
-	switch (value->type)
-	{
-		case jbvNull:
-			appendBinaryStringInfo(out, "null", 4);
-			break;
-		case jbvString:
-			append_json_string(out, value->val.string.val, value->val.string.len);
-			break;
-		case jbvNumeric:
-			{
-				char	   *number = DatumGetCString(DirectFunctionCall1(numeric_out,
-																		  NumericGetDatum(value->val.numeric)));
+	JEntry		entry = container->children[index];
 
-				appendStringInfoString(out, number);
-				pfree(number);
-				break;
-			}
-		case jbvBool:
-			if (value->val.boolean)
-				appendBinaryStringInfo(out, "true", 4);
-			else
-				appendBinaryStringInfo(out, "false", 5);
-			break;
-		default:
-			elog(ERROR, "eventpipe: unexpected jsonb scalar type %d", (int) value->type);
+	if (JBE_ISSTRING(entry))
+		append_json_string(out, data + start, end - start);
+	else if (JBE_ISNUMERIC(entry))
+	{
+		Numeric		number = (Numeric) (data + INTALIGN(start));
+		char	   *text = DatumGetCString(DirectFunctionCall1(numeric_out,
+															   NumericGetDatum(number)));
+
+		append_bytes(out, text, strlen(text));
+		pfree(text);
 	}
+	else if (JBE_ISBOOL_TRUE(entry))
+		append_bytes(out, "true", 4);
+	else if (JBE_ISBOOL_FALSE(entry))
+		append_bytes(out, "false", 5);
+	else if (JBE_ISNULL(entry))
+		append_bytes(out, "null", 4);
+	else if (JBE_ISCONTAINER(entry))
+		return (const JsonbContainer *) (data + INTALIGN(start));
+	else
+		elog(ERROR, "eventpipe: unexpected jsonb entry type 0x%x",
+			 (unsigned) (entry & JENTRY_TYPEMASK));
+	return NULL;
+}
+
+/*
+ * Where an entry ends, given where it starts: an entry stores either its
+ * end offset or its length (jsonb keeps an offset in every
+ * JB_OFFSET_STRIDE-th entry, lengths in the others).
+ */
+static inline uint32
+entry_end(JEntry entry, uint32 start)
+{
+	return JBE_HAS_OFF(entry) ? JBE_OFFLENFLD(entry) : start + JBE_OFFLENFLD(entry);
+}
+
+/* One container being written: which of its entries comes next, and where. */
+typedef struct ContainerWalk
+{
+	const JsonbContainer *container;
+	const char *data;			/* its data area, after its entries */
+	int			count;			/* elements, or key/value pairs */
+	bool		object;
+	bool		raw_scalar;		/* a top-level scalar, written bare */
+	int			next;			/* the next element, or pair */
+	uint32		next_start;		/* where its element, or key, starts */
+	uint32		value_start;	/* objects: where the next pair's value starts */
+} ContainerWalk;
+
+/* Open container: its bracket written, its walk set at its first entry. */
+static void
+open_container(StringInfo out, ContainerWalk *walk, const JsonbContainer *container)
+{
+	int			entries;
+	int			i;
+
+	walk->container = container;
+	walk->count = JsonContainerSize(container);
+	walk->object = JsonContainerIsObject(container);
+	walk->raw_scalar = JsonContainerIsScalar(container);
+	entries = walk->object ? 2 * walk->count : walk->count;
+	walk->data = (const char *) &container->children[entries];
+	walk->next = 0;
+	walk->next_start = 0;
+	/* an object's values are stored after all of its keys */
+	walk->value_start = 0;
+	if (walk->object)
+		for (i = 0; i < walk->count; i++)
+			walk->value_start = entry_end(container->children[i], walk->value_start);
+	if (walk->object)
+		appendStringInfoCharMacro(out, '{');
+	else if (!walk->raw_scalar)
+		appendStringInfoCharMacro(out, '[');
+}
+
+static void
+close_container(StringInfo out, const ContainerWalk *walk)
+{
+	if (walk->object)
+		appendStringInfoCharMacro(out, '}');
+	else if (!walk->raw_scalar)
+		appendStringInfoCharMacro(out, ']');
+}
+
+/*
+ * Write the walk's next element, or key and value; returns the container
+ * that is its value, if it is one, for the caller to walk next.
+ */
+static const JsonbContainer *
+append_next(StringInfo out, ContainerWalk *walk)
+{
+	const JsonbContainer *container = walk->container;
+	int			index = walk->next++;
+	uint32		start = walk->next_start;
+	uint32		end = entry_end(container->children[index], start);
+
+	if (index > 0)
+		append_bytes(out, ", ", 2);
+	walk->next_start = end;
+	if (!walk->object)
+		return append_entry(out, container, walk->data, index, start, end);
+
+	/* keys are strings: append_entry() writes them, and returns NULL */
+	(void) append_entry(out, container, walk->data, index, start, end);
+	append_bytes(out, ": ", 2);
+	index += walk->count;
+	start = walk->value_start;
+	end = entry_end(container->children[index], start);
+	walk->value_start = end;
+	return append_entry(out, container, walk->data, index, start, end);
 }
 
 /*
@@ -158,11 +265,9 @@ char *
 payload_json_text(Jsonb *payload, int *len)
 {
 	StringInfoData out;
-	JsonbIterator *it = JsonbIteratorInit(&payload->root);
-	JsonbIteratorToken token;
-	JsonbValue	value;
-	bool		first = true;	/* nothing written yet at this level */
-	bool		raw_scalar = false;
+	ContainerWalk *stack;
+	int			stack_size = 8;
+	int			depth = 0;
 
 	/*
 	 * The text is rarely much longer than the jsonb: start at that size
@@ -173,50 +278,30 @@ payload_json_text(Jsonb *payload, int *len)
 	out.maxlen = VARSIZE(payload) + VARSIZE(payload) / 4 + 1;
 	out.data = palloc(out.maxlen);
 	resetStringInfo(&out);
-	while ((token = JsonbIteratorNext(&it, &value, false)) != WJB_DONE)
+	stack = palloc(sizeof(ContainerWalk) * stack_size);
+	open_container(&out, &stack[depth++], &payload->root);
+	while (depth > 0)
 	{
-		switch (token)
+		ContainerWalk *walk = &stack[depth - 1];
+		const JsonbContainer *inner;
+
+		if (walk->next == walk->count)
 		{
-			case WJB_BEGIN_ARRAY:
-			case WJB_BEGIN_OBJECT:
-				if (!first)
-					appendBinaryStringInfo(&out, ", ", 2);
-				first = true;
-				if (token == WJB_BEGIN_OBJECT)
-					appendStringInfoCharMacro(&out, '{');
-				else if (value.val.array.rawScalar)
-					raw_scalar = true;
-				else
-					appendStringInfoCharMacro(&out, '[');
-				break;
-			case WJB_KEY:
-				if (!first)
-					appendBinaryStringInfo(&out, ", ", 2);
-				append_json_string(&out, value.val.string.val, value.val.string.len);
-				appendBinaryStringInfo(&out, ": ", 2);
-				/* a container as the member's value opens with no separator */
-				first = true;
-				break;
-			case WJB_VALUE:
-			case WJB_ELEM:
-				if (!first)
-					appendBinaryStringInfo(&out, ", ", 2);
-				append_scalar(&out, &value);
-				first = false;
-				break;
-			case WJB_END_ARRAY:
-				if (!raw_scalar)
-					appendStringInfoCharMacro(&out, ']');
-				first = false;
-				break;
-			case WJB_END_OBJECT:
-				appendStringInfoCharMacro(&out, '}');
-				first = false;
-				break;
-			default:
-				elog(ERROR, "eventpipe: unexpected jsonb iterator token %d", (int) token);
+			close_container(&out, walk);
+			depth--;
+			continue;
 		}
+		inner = append_next(&out, walk);
+		if (inner == NULL)
+			continue;
+		if (depth == stack_size)
+		{
+			stack_size *= 2;
+			stack = repalloc(stack, sizeof(ContainerWalk) * stack_size);
+		}
+		open_container(&out, &stack[depth++], inner);
 	}
+	pfree(stack);
 	*len = out.len;
 	return out.data;
 }
