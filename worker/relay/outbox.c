@@ -224,8 +224,9 @@ ids_of(ArrayType *in_flight, int *count)
 }
 
 /*
- * Read up to limit pending events of shard number shard (of shards) with
- * ids above after_id into batch, allocated in the caller's memory context,
+ * Read up to limit pending events (and RELAY_BATCH_MAX_BYTES of payloads;
+ * batch->full says whether a limit stopped it) of shard number shard (of
+ * shards) with ids above after_id into batch, allocated in the caller's memory context,
  * passing over the events whose ids are in in_flight (an int8[], maybe
  * empty).  With nowait, returns OUTBOX_BUSY rather than wait for a lock on
  * the outbox (TRUNCATE, VACUUM FULL, ALTER TABLE, LOCK TABLE).
@@ -243,6 +244,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 
 	batch->count = 0;
 	batch->events = NULL;
+	batch->full = false;
 
 	batch_context = worker_begin_transaction("eventpipe: reading the outbox");
 	if (!OidIsValid(get_extension_oid("eventpipe", true)))
@@ -285,11 +287,16 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 	if (SPI_processed > 0)
 	{
 		MemoryContext spi_context = MemoryContextSwitchTo(batch_context);
+		Size		bytes = 0;
 
-		batch->count = (int) SPI_processed;
-		batch->events = palloc(sizeof(OutboxEvent) * batch->count);
-		for (i = 0; i < SPI_processed; i++)
+		batch->events = palloc(sizeof(OutboxEvent) * SPI_processed);
+		for (i = 0; i < SPI_processed && bytes < RELAY_BATCH_MAX_BYTES; i++)
+		{
 			copy_event(&batch->events[i], SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+			bytes += batch->events[i].payload_len;
+		}
+		batch->count = (int) i;
+		batch->full = SPI_processed >= (uint64) limit || bytes >= RELAY_BATCH_MAX_BYTES;
 		MemoryContextSwitchTo(spi_context);
 	}
 	SPI_finish();

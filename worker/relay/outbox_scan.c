@@ -127,9 +127,9 @@ compare_ids(const void *a, const void *b)
 
 /*
  * In the caller's transaction, under its active snapshot: read up to limit
- * rows of shard number shard (of shards) with ids above after_id into
- * batch, allocated in batch_context, passing over the in_flight_count ids
- * of in_flight (which this sorts).  Returns false, reading nothing, when
+ * rows (and RELAY_BATCH_MAX_BYTES of payloads) of shard number shard (of
+ * shards) with ids above after_id into batch, allocated in batch_context,
+ * passing over the in_flight_count ids of in_flight (which this sorts).  Returns false, reading nothing, when
  * some row has a retry scheduled, or an index it reads is missing or
  * unusable: the SQL claim must run.
  */
@@ -148,9 +148,11 @@ outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, in
 	ScanKeyData past;
 	MemoryContext scan_context;
 	int			capacity;
+	Size		bytes = 0;
 
 	batch->count = 0;
 	batch->events = NULL;
+	batch->full = false;
 	if (!OidIsValid(outbox_oid))
 		return false;
 	outbox = table_open(outbox_oid, AccessShareLock);
@@ -179,9 +181,10 @@ outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, in
 	scan = index_beginscan(outbox, pkey, snapshot, NULL, 1, 0);
 	index_rescan(scan, &past, 1, NULL, 0);
 	scan_context = MemoryContextSwitchTo(batch_context);
-	while (batch->count < limit && index_getnext_slot(scan, ForwardScanDirection, slot))
+	while (!batch->full && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		int64		id;
+		OutboxEvent *event;
 
 		CHECK_FOR_INTERRUPTS();
 		slot_getallattrs(slot);
@@ -198,8 +201,10 @@ outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, in
 			capacity = Min(limit, capacity * 2);
 			batch->events = repalloc(batch->events, sizeof(OutboxEvent) * capacity);
 		}
-		outbox_copy_event(&batch->events[batch->count++], slot->tts_values, slot->tts_isnull,
-						  columns, &slot->tts_tid);
+		event = &batch->events[batch->count++];
+		outbox_copy_event(event, slot->tts_values, slot->tts_isnull, columns, &slot->tts_tid);
+		bytes += event->payload_len;
+		batch->full = batch->count >= limit || bytes >= RELAY_BATCH_MAX_BYTES;
 	}
 	MemoryContextSwitchTo(scan_context);
 	index_endscan(scan);

@@ -67,10 +67,19 @@ typedef struct BatchOutcome
 	int			retried;		/* sent again after an earlier failure */
 } BatchOutcome;
 
+/*
+ * A claim stops at its limit of events, or once the payloads it took reach
+ * this many bytes (it always takes one event): the batches in flight, and
+ * librdkafka's copies of their keys, must fit in the worker's memory
+ * whatever the size of the events.
+ */
+#define RELAY_BATCH_MAX_BYTES (32 * 1024 * 1024)
+
 typedef struct OutboxBatch
 {
 	int			count;
 	OutboxEvent *events;
+	bool		full;			/* the claim stopped at a limit: more may be due past it */
 	int			awaiting;		/* events sent, their delivery report not yet in */
 } OutboxBatch;
 

@@ -253,14 +253,14 @@ update_floor(ClaimFloor *floor, ClaimedBatch *claimed, uint64 lowest_committed)
 	{
 		int64		last = rows->events[rows->count - 1].id;
 
-		if (claimed->from_start && rows->count >= batch_limit())
+		if (claimed->from_start && rows->full)
 			floor->highest_claimed = last;
 		else
 			floor->highest_claimed = Max(floor->highest_claimed, last);
 	}
 	floor->may_skip = max_prepared_xacts == 0 &&
 		lowest_committed > (uint64) floor->highest_claimed;
-	floor->more_may_be_due = rows->count >= batch_limit() ||
+	floor->more_may_be_due = rows->full ||
 		lowest_committed != EVENTPIPE_NO_COMMITTED_ID;
 }
 
@@ -304,9 +304,9 @@ claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
 }
 
 /*
- * Was the newest batch in flight a full one?  Only then does the run claim
- * another.  A batch short of the limit means its claim took every committed
- * row: claiming again at once would take only what committed in the
+ * Was the newest batch in flight a full one (its claim stopped at its
+ * limit of events or of bytes)?  Only then does the run claim another.  A
+ * batch short of both means its claim took every committed row: claiming again at once would take only what committed in the
  * meantime, a few rows at the fixed cost of a claim and a record each.  So
  * the run claims no more: it records what is in flight and ends, and the
  * next run takes what committed during those round trips in one batch.
@@ -314,7 +314,7 @@ claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
 static bool
 newest_was_full(const InFlight *in_flight)
 {
-	return in_flight->batches[in_flight->count - 1]->rows.count >= batch_limit();
+	return in_flight->batches[in_flight->count - 1]->rows.full;
 }
 
 /*
