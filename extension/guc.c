@@ -27,7 +27,7 @@ char	   *eventpipe_database = NULL;
 char	   *eventpipe_bootstrap_servers = NULL;
 char	   *eventpipe_kafka_options = NULL;
 char	   *eventpipe_kafka_options_file = NULL;
-int			eventpipe_relay_batch_size = 1000;
+int			eventpipe_relay_batch_size = 5000;
 int			eventpipe_relay_poll_interval = 1000;
 int			eventpipe_relay_max_attempts = 10;
 int			eventpipe_relay_workers = 1;
@@ -163,7 +163,7 @@ eventpipe_define_gucs(void)
 							"Most outbox events the relay sends in one batch.",
 							NULL,
 							&eventpipe_relay_batch_size,
-							1000, 1, 1000000,
+							5000, 1, 1000000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 

@@ -20,7 +20,7 @@ use FaultTest;
 
 my $kafka = start_kafka();
 # Small batches: the faults must land while a backlog is being relayed, and
-# at full speed (1,000-event batches, three in flight) the relay clears
+# at full speed (batches of the default size, three in flight) the relay clears
 # these backlogs in a fraction of a second; small batches also put many
 # batch boundaries in flight when the faults land.
 my $node = new_node('main',

@@ -23,9 +23,11 @@ use FaultTest;
 
 my $kafka = start_kafka();
 my $bootstrap = $kafka->{bootstrap};
+# batches of 1,000: (a)'s 3,000 later events then take several batches,
+# each claimed past the open transaction's rows
 my $node = new_node('main',
 	bootstrap => $bootstrap,
-	conf      => 'max_prepared_transactions = 5');
+	conf      => "max_prepared_transactions = 5\neventpipe.relay_batch_size = 1000");
 $node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
 ft_prepare($node);
 ok(wait_for_relay_state($node, 'idle'), 'relay worker is idle');
