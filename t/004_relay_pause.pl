@@ -78,6 +78,12 @@ $node->restart;
 ok(wait_for_relay_state($node, 'paused'), '(b) still paused after a restart');
 sleep 2;
 is(outbox_count($node), 100, '(b) the events still wait');
+# two rows a superuser inserts, with times before 2000 and before 1970
+# (negative in PostgreSQL's and in Unix's count of microseconds)
+$node->safe_psql('postgres',
+	q{INSERT INTO eventpipe.outbox (event_id, topic, key, payload, event_type, created_at)
+	  VALUES (gen_random_uuid(), 't004.old', 'y2k', '{}', 'eventpipe.event', '1999-12-31 23:59:59.000001+00'),
+	         (gen_random_uuid(), 't004.old', 'moon', '{}', 'eventpipe.event', '1969-07-20 20:17:40.5+00')});
 # each message's ce_time is its row's created_at to the microsecond
 my %ce_time_of = split /[|\n]/, $node->safe_psql('postgres',
 	q{SELECT event_id || '|' || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
@@ -101,9 +107,12 @@ is(scalar(grep { $copies{$_} } @all), 121, '(c) all 121 events are on the topic'
 is(scalar(@$msgs), 121, '(c) each once, and nothing else');
 my $seq_of = sub { $_[0]{value} ? $_[0]{value}{seq} : undef };
 is(scalar(check_key_order($msgs, $seq_of)), 0, '(c) in per-key order');
+my $old = consume_all($kafka->{bootstrap}, 't004.old', 2, 30);
+is(scalar(grep { $ce_time_of{ $_->{ce_id} // '' } } @$old), 2, '(c) the two rows of 1999 and 1969 were sent');
+is(scalar(grep { $ce_time_of{ $_->{ce_id} // '' } } @$msgs), 100, '(c) the 100 held events\' rows were read');
 my @wrong_time = map { "$_->{ce_id}: $_->{headers}{ce_time}, created at $ce_time_of{$_->{ce_id}}" }
-  grep { $ce_time_of{ $_->{ce_id} } && ($_->{headers}{ce_time} // '') ne $ce_time_of{ $_->{ce_id} } } @$msgs;
-is(scalar(grep { $ce_time_of{ $_->{ce_id} } } @$msgs), 100, '(c) the 100 held events\' rows were read');
+  grep { $ce_time_of{ $_->{ce_id} // '' } && ($_->{headers}{ce_time} // '') ne $ce_time_of{ $_->{ce_id} } }
+  (@$msgs, @$old);
 is(scalar(@wrong_time), 0, '(c) each ce_time is its event\'s created_at, to the microsecond')
   or diag join("\n", @wrong_time[ 0 .. ($#wrong_time < 4 ? $#wrong_time : 4) ]);
 is($node->safe_psql('postgres', 'SELECT eventpipe.resume_relay()'), 'f',

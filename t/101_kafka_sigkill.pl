@@ -19,7 +19,11 @@ use EventpipeTest;
 use FaultTest;
 
 my $kafka = start_kafka();
-my $node  = new_node('main', bootstrap => $kafka->{bootstrap});
+# batches of 1,000, not the default 5,000: more batch boundaries, and
+# batches in flight, where the faults land
+my $node  = new_node('main',
+	bootstrap => $kafka->{bootstrap},
+	conf      => 'eventpipe.relay_batch_size = 1000');
 $node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
 ft_prepare($node);
 ok(wait_for_relay_state($node, 'idle'), 'relay worker is idle');

@@ -22,7 +22,11 @@ my $topic = 't103.failover';
 my $admin = topic_admin($kafka);
 ok(create_topic($admin, $topic, 3, 3), "topic $topic created: 3 partitions, RF 3");
 
-my $node = new_node('main', bootstrap => $bootstrap);
+# batches of 1,000, not the default 5,000: more batch boundaries, and
+# batches in flight, where the faults land
+my $node = new_node('main',
+	bootstrap => $bootstrap,
+	conf      => 'eventpipe.relay_batch_size = 1000');
 $node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
 ft_prepare($node);
 ok(wait_for_relay_state($node, 'idle'), 'relay worker is idle');

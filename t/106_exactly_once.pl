@@ -78,7 +78,10 @@ sub scenario
 
 	my $node = new_node("eos_$mode",
 		bootstrap => $bootstrap,
-		conf      => "eventpipe.relay_exactly_once = $mode\neventpipe.relay_workers = 2");
+		# batches (Kafka transactions) of 1,000, not the default 5,000:
+		# more of them open and in flight where the faults land
+		conf      => "eventpipe.relay_exactly_once = $mode\neventpipe.relay_workers = 2\n"
+		  . 'eventpipe.relay_batch_size = 1000');
 	$node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
 	ft_prepare($node);
 	ok(wait_for_relay_state($node, 'idle', timeout => 120), "$label: relay worker 0 is idle");

@@ -83,7 +83,7 @@
 	"                          AND w.id OPERATOR(pg_catalog.<) o.id))" \
 	" ORDER BY o.id" \
 	" LIMIT $1"
-#define PASSING_OVER "AND o.id OPERATOR(pg_catalog.<>) ALL ($5)"
+#define PASSING_OVER "AND (o.id OPERATOR(pg_catalog.=) ANY ($5)) IS NOT TRUE"
 
 typedef enum OutboxStatement
 {
@@ -100,10 +100,13 @@ typedef enum OutboxStatement
 /*
  * The plan that passes over many ids in flight is made for each claim's
  * ids, as constants (a custom plan): the planner then looks them up in a
- * hash table.  Planning costs more than the rest of a claim of a few rows,
- * when commits come one by one and a publisher is often committing as the
- * relay claims (so that it claims from the start passing over one or two
- * ids): a few ids are passed over by a generic plan made once.
+ * hash table.  PostgreSQL 14 hashes = ANY but not <> ALL, and the planner
+ * turns NOT (= ANY) into <> ALL: (= ANY) IS NOT TRUE, the same for ids
+ * (never null), keeps the hashed = ANY.  Planning costs more than the
+ * rest of a claim of a few rows, when commits come one by one and a
+ * publisher is often committing as the relay claims (so that it claims
+ * from the start passing over one or two ids): a few ids are passed over
+ * by a generic plan made once.
  */
 static WorkerStatement statements[OUTBOX_STATEMENTS] = {
 	[CLAIM] = {
@@ -164,7 +167,7 @@ static WorkerStatement statements[OUTBOX_STATEMENTS] = {
  * The SQL claim's row as an event: its columns come in OutboxColumn order,
  * then the row's ctid.
  */
-static void
+static Size
 copy_event(OutboxEvent *event, HeapTuple tuple, TupleDesc desc)
 {
 	static const AttrNumber in_order[OUTBOX_COLUMNS] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
@@ -172,7 +175,7 @@ copy_event(OutboxEvent *event, HeapTuple tuple, TupleDesc desc)
 	bool		nulls[OUTBOX_COLUMNS + 1];
 
 	heap_deform_tuple(tuple, desc, values, nulls);
-	outbox_copy_event(event, values, nulls, in_order,
+	return outbox_copy_event(event, values, nulls, in_order,
 					  (ItemPointer) DatumGetPointer(values[OUTBOX_COLUMNS]));
 }
 
@@ -224,7 +227,7 @@ ids_of(ArrayType *in_flight, int *count)
 }
 
 /*
- * Read up to limit pending events (and RELAY_BATCH_MAX_BYTES of payloads;
+ * Read up to limit pending events (and RELAY_BATCH_MAX_BYTES of events;
  * batch->full says whether a limit stopped it) of shard number shard (of
  * shards) with ids above after_id into batch, allocated in the caller's memory context,
  * passing over the events whose ids are in in_flight (an int8[], maybe
@@ -291,10 +294,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 
 		batch->events = palloc(sizeof(OutboxEvent) * SPI_processed);
 		for (i = 0; i < SPI_processed && bytes < RELAY_BATCH_MAX_BYTES; i++)
-		{
-			copy_event(&batch->events[i], SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
-			bytes += batch->events[i].payload_len;
-		}
+			bytes += copy_event(&batch->events[i], SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
 		batch->count = (int) i;
 		batch->full = SPI_processed >= (uint64) limit || bytes >= RELAY_BATCH_MAX_BYTES;
 		MemoryContextSwitchTo(spi_context);

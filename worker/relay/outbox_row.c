@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -57,9 +58,10 @@ text_copy(Datum value, int *len)
 
 /*
  * Fill event from a row's values and nulls, where columns[c] is the
- * attribute number of column c; ctid is where the row was read.
+ * attribute number of column c; ctid is where the row was read.  Returns
+ * the bytes of memory the event's copies hold, which bound a batch.
  */
-void
+Size
 outbox_copy_event(OutboxEvent *event, const Datum *values, const bool *nulls,
 				  const AttrNumber *columns, ItemPointer ctid)
 {
@@ -84,4 +86,7 @@ outbox_copy_event(OutboxEvent *event, const Datum *values, const bool *nulls,
 	event->event_type = text_copy(values[columns[COL_EVENT_TYPE] - 1], NULL);
 	event->created_at = DatumGetTimestampTz(values[columns[COL_CREATED_AT] - 1]);
 	event->attempts = DatumGetInt32(values[columns[COL_ATTEMPTS] - 1]);
+	return GetMemoryChunkSpace(event->payload) +
+		(event->key ? GetMemoryChunkSpace(event->key) : 0) +
+		(event->headers ? GetMemoryChunkSpace(event->headers) : 0);
 }

@@ -127,7 +127,7 @@ compare_ids(const void *a, const void *b)
 
 /*
  * In the caller's transaction, under its active snapshot: read up to limit
- * rows (and RELAY_BATCH_MAX_BYTES of payloads) of shard number shard (of
+ * rows (and RELAY_BATCH_MAX_BYTES of events) of shard number shard (of
  * shards) with ids above after_id into batch, allocated in batch_context,
  * passing over the in_flight_count ids of in_flight (which this sorts).  Returns false, reading nothing, when
  * some row has a retry scheduled, or an index it reads is missing or
@@ -184,7 +184,6 @@ outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, in
 	while (!batch->full && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		int64		id;
-		OutboxEvent *event;
 
 		CHECK_FOR_INTERRUPTS();
 		slot_getallattrs(slot);
@@ -201,9 +200,8 @@ outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, in
 			capacity = Min(limit, capacity * 2);
 			batch->events = repalloc(batch->events, sizeof(OutboxEvent) * capacity);
 		}
-		event = &batch->events[batch->count++];
-		outbox_copy_event(event, slot->tts_values, slot->tts_isnull, columns, &slot->tts_tid);
-		bytes += event->payload_len;
+		bytes += outbox_copy_event(&batch->events[batch->count++], slot->tts_values,
+								   slot->tts_isnull, columns, &slot->tts_tid);
 		batch->full = batch->count >= limit || bytes >= RELAY_BATCH_MAX_BYTES;
 	}
 	MemoryContextSwitchTo(scan_context);

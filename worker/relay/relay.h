@@ -68,10 +68,10 @@ typedef struct BatchOutcome
 } BatchOutcome;
 
 /*
- * A claim stops at its limit of events, or once the payloads it took reach
- * this many bytes (it always takes one event): the batches in flight, and
- * librdkafka's copies of their keys, must fit in the worker's memory
- * whatever the size of the events.
+ * A claim stops at its limit of events, or once the memory its events hold
+ * (payload text, key, headers: outbox_copy_event()) reaches this many bytes
+ * (it always takes one event): the batches in flight must fit in the
+ * worker's memory whatever the size of the events.
  */
 #define RELAY_BATCH_MAX_BYTES (32 * 1024 * 1024)
 
@@ -113,7 +113,7 @@ typedef enum OutboxColumn
 	OUTBOX_COLUMNS
 } OutboxColumn;
 extern const char *const outbox_column_names[OUTBOX_COLUMNS];
-extern void outbox_copy_event(OutboxEvent *event, const Datum *values, const bool *nulls,
+extern Size outbox_copy_event(OutboxEvent *event, const Datum *values, const bool *nulls,
 							  const AttrNumber *columns, ItemPointer ctid);
 
 /* outbox_scan.c: in the caller's transaction */
