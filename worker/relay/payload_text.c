@@ -194,7 +194,7 @@ typedef struct ContainerWalk
 	uint32		value_start;	/* objects: where the next pair's value starts */
 } ContainerWalk;
 
-/* Open container: its bracket written, its walk set at its first entry. */
+/* Start on container: write its opening bracket, set its walk at its first entry. */
 static void
 open_container(StringInfo out, ContainerWalk *walk, const JsonbContainer *container)
 {
@@ -212,10 +212,11 @@ open_container(StringInfo out, ContainerWalk *walk, const JsonbContainer *contai
 	/* an object's values are stored after all of its keys */
 	walk->value_start = 0;
 	if (walk->object)
+	{
 		for (i = 0; i < walk->count; i++)
 			walk->value_start = entry_end(container->children[i], walk->value_start);
-	if (walk->object)
 		appendStringInfoCharMacro(out, '{');
+	}
 	else if (!walk->raw_scalar)
 		appendStringInfoCharMacro(out, '[');
 }
