@@ -225,8 +225,8 @@ format_ce_time(TimestampTz t, char *buf, size_t size)
 {
 	static TimestampTz second_formatted = DT_NOBEGIN;
 	static char second_text[32];	/* "YYYY-MM-DDTHH:MM:SS" of it */
+	static int	len;			/* of second_text */
 	int			usec;
-	int			len;
 	int			i;
 
 	Assert(size >= sizeof(second_text) + sizeof(".000000Z"));
@@ -248,11 +248,10 @@ format_ce_time(TimestampTz t, char *buf, size_t size)
 			strlcpy(buf, "1970-01-01T00:00:00Z", size);
 			return;
 		}
-		snprintf(second_text, sizeof(second_text), "%04d-%02d-%02dT%02d:%02d:%02d",
-				 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		len = snprintf(second_text, sizeof(second_text), "%04d-%02d-%02dT%02d:%02d:%02d",
+					   tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 		second_formatted = t - usec;
 	}
-	len = strlen(second_text);
 	memcpy(buf, second_text, len);
 	buf[len] = '.';
 	for (i = 6; i >= 1; i--)

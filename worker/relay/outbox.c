@@ -176,7 +176,7 @@ copy_event(OutboxEvent *event, HeapTuple tuple, TupleDesc desc)
 
 	heap_deform_tuple(tuple, desc, values, nulls);
 	return outbox_copy_event(event, values, nulls, in_order,
-					  (ItemPointer) DatumGetPointer(values[OUTBOX_COLUMNS]));
+							 (ItemPointer) DatumGetPointer(values[OUTBOX_COLUMNS]));
 }
 
 /*
@@ -229,9 +229,9 @@ ids_of(ArrayType *in_flight, int *count)
 /*
  * Read up to limit pending events (and RELAY_BATCH_MAX_BYTES of events;
  * batch->full says whether a limit stopped it) of shard number shard (of
- * shards) with ids above after_id into batch, allocated in the caller's memory context,
- * passing over the events whose ids are in in_flight (an int8[], maybe
- * empty).  With nowait, returns OUTBOX_BUSY rather than wait for a lock on
+ * shards) with ids above after_id into batch, allocated in the caller's
+ * memory context, passing over the events whose ids are in in_flight (an
+ * int8[], maybe empty).  With nowait, returns OUTBOX_BUSY rather than wait for a lock on
  * the outbox (TRUNCATE, VACUUM FULL, ALTER TABLE, LOCK TABLE).
  */
 OutboxAvailability

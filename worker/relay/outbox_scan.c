@@ -129,9 +129,9 @@ compare_ids(const void *a, const void *b)
  * In the caller's transaction, under its active snapshot: read up to limit
  * rows (and RELAY_BATCH_MAX_BYTES of events) of shard number shard (of
  * shards) with ids above after_id into batch, allocated in batch_context,
- * passing over the in_flight_count ids of in_flight (which this sorts).  Returns false, reading nothing, when
- * some row has a retry scheduled, or an index it reads is missing or
- * unusable: the SQL claim must run.
+ * passing over the in_flight_count ids of in_flight (which this sorts).
+ * Returns false, reading nothing, when some row has a retry scheduled, or
+ * an index it reads is missing or unusable: the SQL claim must run.
  */
 bool
 outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, int shard,
