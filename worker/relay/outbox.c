@@ -231,8 +231,8 @@ ids_of(ArrayType *in_flight, int *count)
  * batch->full says whether a limit stopped it) of shard number shard (of
  * shards) with ids above after_id into batch, allocated in the caller's
  * memory context, passing over the events whose ids are in in_flight (an
- * int8[], maybe empty).  With nowait, returns OUTBOX_BUSY rather than wait for a lock on
- * the outbox (TRUNCATE, VACUUM FULL, ALTER TABLE, LOCK TABLE).
+ * int8[], maybe empty).  With nowait, returns OUTBOX_BUSY rather than wait
+ * for a lock on the outbox (TRUNCATE, VACUUM FULL, ALTER TABLE, LOCK TABLE).
  */
 OutboxAvailability
 outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,

@@ -308,9 +308,9 @@ claim_next(int shard, InFlight *in_flight, ClaimFloor *floor,
  * limit of events or of bytes)?  Only then does the run claim another.  A
  * batch short of both means its claim took every committed row: claiming
  * again at once would take only what committed in the meantime, a few rows
- * at the fixed cost of a claim and a record each.  So
- * the run claims no more: it records what is in flight and ends, and the
- * next run takes what committed during those round trips in one batch.
+ * at the fixed cost of a claim and a record each.  So the run claims no
+ * more: it records what is in flight and ends, and the next run takes what
+ * committed during those round trips in one batch.
  */
 static bool
 newest_was_full(const InFlight *in_flight)
