@@ -38,6 +38,7 @@ OBJS = \
 	worker/relay/outbox.o \
 	worker/relay/outbox_delete.o \
 	worker/relay/outbox_scan.o \
+	worker/relay/claim_start.o \
 	worker/relay/outbox_row.o \
 	worker/relay/payload_text.o \
 	worker/relay/relay_transaction.o \

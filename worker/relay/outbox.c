@@ -31,21 +31,29 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
-#include "catalog/pg_type.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "catalog/pg_sequence.h"
 #include "commands/extension.h"
+#include "commands/sequence.h"
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "nodes/makefuncs.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
+#include "extension/compat.h"
 #include "relay.h"
 #include "relay_transaction.h"
 #include "worker/worker_loop.h"
@@ -227,12 +235,51 @@ ids_of(ArrayType *in_flight, int *count)
 }
 
 /*
+ * The outbox's storage, and whether its ids are drawn in order (its
+ * identity sequence caches one value at a time and does not cycle), into
+ * seen; in the caller's transaction, which keeps the outbox locked.  The
+ * sequence is looked up in pg_depend once per outbox; its settings, in the
+ * catalog cache, at each call.  A sequence dropped since is not found: ids
+ * are then taken as out of order, the safe side.
+ */
+static void
+see_outbox_identity(OutboxSeen *seen)
+{
+	static Oid	sequence_outbox = InvalidOid;
+	static Oid	sequence = InvalidOid;
+	Relation	outbox = table_openrv(makeRangeVar("eventpipe", "outbox", -1), AccessShareLock);
+	HeapTuple	tuple;
+
+	if (sequence_outbox != RelationGetRelid(outbox))
+	{
+		AttrNumber	id = get_attnum(RelationGetRelid(outbox), "id");
+
+		sequence = id != InvalidAttrNumber ? getIdentitySequence(outbox, id, true) : InvalidOid;
+		sequence_outbox = RelationGetRelid(outbox);
+	}
+	seen->storage = outbox->rd_rel->relfilenode;
+	seen->ids_in_order = false;
+	tuple = OidIsValid(sequence) ?
+		SearchSysCache1(SEQRELID, ObjectIdGetDatum(sequence)) : NULL;
+	if (HeapTupleIsValid(tuple))
+	{
+		Form_pg_sequence form = (Form_pg_sequence) GETSTRUCT(tuple);
+
+		seen->ids_in_order = form->seqcache == 1 && !form->seqcycle;
+		ReleaseSysCache(tuple);
+	}
+	table_close(outbox, NoLock);
+}
+
+/*
  * Read up to limit pending events (and RELAY_BATCH_MAX_BYTES of events;
  * batch->full says whether a limit stopped it) of shard number shard (of
  * shards) with ids above after_id into batch, allocated in the caller's
  * memory context, passing over the events whose ids are in in_flight (an
- * int8[], maybe empty).  With nowait, returns OUTBOX_BUSY rather than wait
- * for a lock on the outbox (TRUNCATE, VACUUM FULL, ALTER TABLE, LOCK TABLE).
+ * int8[], maybe empty).  after_id 0 claims from the start, which begins
+ * where claim_start.c says.  With nowait, returns OUTBOX_BUSY rather than
+ * wait for a lock on the outbox (TRUNCATE, VACUUM FULL, ALTER TABLE, LOCK
+ * TABLE).
  */
 OutboxAvailability
 outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
@@ -244,10 +291,15 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 	int64	   *ids;
 	OutboxStatement claim;
 	uint64		i;
+	bool		from_start = after_id == 0;
+	Oid			start_storage = InvalidOid;
 
 	batch->count = 0;
 	batch->events = NULL;
 	batch->full = false;
+	memset(&batch->seen, 0, sizeof(batch->seen));
+	if (from_start)
+		after_id = claim_start_begin(&start_storage);
 
 	batch_context = worker_begin_transaction("eventpipe: reading the outbox");
 	if (!OidIsValid(get_extension_oid("eventpipe", true)))
@@ -264,12 +316,22 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 		return OUTBOX_BUSY;
 	}
 
+	if (from_start)
+	{
+		see_outbox_identity(&batch->seen);
+		if (batch->seen.storage != start_storage || !batch->seen.ids_in_order)
+			after_id = 0;
+	}
+
+	batch->after_id = after_id;
 	ids = ids_of(in_flight, &passed_over);
 	if (outbox_scan_claim(batch, batch_context, limit, shard, shards, after_id,
 						  ids, passed_over))
 	{
 		worker_end_transaction(batch_context);
 		flush_what_was_read(batch);
+		if (from_start)
+			claim_start_end(&batch->seen);
 		return OUTBOX_READY;
 	}
 
@@ -302,6 +364,8 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 	SPI_finish();
 	worker_end_transaction(batch_context);
 	flush_what_was_read(batch);
+	if (from_start)
+		claim_start_end(&batch->seen);
 	return OUTBOX_READY;
 }
 

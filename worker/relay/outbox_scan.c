@@ -132,6 +132,7 @@ compare_ids(const void *a, const void *b)
  * passing over the in_flight_count ids of in_flight (which this sorts).
  * Returns false, reading nothing, when some row has a retry scheduled, or
  * an index it reads is missing or unusable: the SQL claim must run.
+ * Otherwise batch->seen has the lowest and highest ids of the rows read.
  */
 bool
 outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, int shard,
@@ -188,6 +189,9 @@ outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, in
 		CHECK_FOR_INTERRUPTS();
 		slot_getallattrs(slot);
 		id = DatumGetInt64(slot->tts_values[columns[COL_ID] - 1]);
+		if (batch->seen.lowest_id == 0)
+			batch->seen.lowest_id = id;
+		batch->seen.highest_id = id;
 		if (in_flight_count > 0 &&
 			bsearch(&id, in_flight, in_flight_count, sizeof(int64), compare_ids) != NULL)
 			continue;
@@ -205,6 +209,7 @@ outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit, in
 		batch->full = batch->count >= limit || bytes >= RELAY_BATCH_MAX_BYTES;
 	}
 	MemoryContextSwitchTo(scan_context);
+	batch->seen.rows_read = true;
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(pkey, NoLock);

@@ -75,12 +75,31 @@ typedef struct BatchOutcome
  */
 #define RELAY_BATCH_MAX_BYTES (32 * 1024 * 1024)
 
+/*
+ * What a claim saw of the outbox as a whole, for claim_start.c: the storage
+ * it read (whose ids it speaks of), whether ids are drawn in order, and the
+ * lowest and highest ids of the rows it read, whatever their shard and
+ * whether in flight or not (0: none).  Only a claim that read the primary
+ * key itself (outbox_scan.c) knows the ids; the SQL claim leaves rows_read
+ * false.
+ */
+typedef struct OutboxSeen
+{
+	Oid			storage;		/* the outbox's relfilenode; InvalidOid: not read */
+	bool		ids_in_order;	/* its identity sequence caches 1 and does not cycle */
+	bool		rows_read;
+	int64		lowest_id;
+	int64		highest_id;
+} OutboxSeen;
+
 typedef struct OutboxBatch
 {
 	int			count;
 	OutboxEvent *events;
 	bool		full;			/* the claim stopped at a limit: more may be due past it */
 	int			awaiting;		/* events sent, their delivery report not yet in */
+	int64		after_id;		/* the claim read the ids above this one */
+	OutboxSeen	seen;
 } OutboxBatch;
 
 /* outbox.c: each runs its own transaction */
@@ -120,6 +139,10 @@ extern Size outbox_copy_event(OutboxEvent *event, const Datum *values, const boo
 extern bool outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, int limit,
 							  int shard, int shards, int64 after_id, int64 *in_flight,
 							  int in_flight_count);
+
+/* claim_start.c: where the worker's claims from the start begin */
+extern int64 claim_start_begin(Oid *storage);
+extern void claim_start_end(const OutboxSeen *seen);
 
 /* payload_text.c */
 extern char *payload_json_text(Jsonb *payload, int *len);
