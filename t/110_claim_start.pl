@@ -1,18 +1,22 @@
 # t/110_claim_start.pl: where the relay's claims from the start begin
-# (worker/relay/claim_start.c), read from its DEBUG1 lines.
+# (worker/relay/claim_start.c), read from its DEBUG1 line for each such
+# claim.  The poll interval is 20 s here, and what must leave at once is
+# waited for 10 s: a claim from the first entry, made at least twice per
+# interval, cannot stand in for the start.
 #
 #  (a) once delivered rows are deleted, claims from the start begin past
 #      their ids instead of at the primary key's first entry;
 #  (b) not past a transaction that drew its id earlier and is still open:
-#      its event leaves at its commit, not at the next claim from the first
-#      entry (the poll interval is 20 s here, the wait 10 s);
+#      its event leaves at its commit;
 #  (c) a TRUNCATE ... RESTART IDENTITY of the outbox: the next event, id 1,
-#      leaves at once;
-#  (d) an identity sequence set back with setval(): the event below the
-#      start leaves with the claim from the first entry made once per poll
-#      interval;
-#  (e) an identity sequence that caches several ids: claims begin at the
-#      first entry.
+#      leaves at once, its claim beginning at the first entry;
+#  (d) an identity sequence set back with setval(): publish()'s commit
+#      report of an id below the start sends the claims back to the first
+#      entry at once; a row inserted below the start OVERRIDING SYSTEM
+#      VALUE, which reports nothing, leaves with a claim from the first
+#      entry;
+#  (e) an identity sequence that caches several ids, or counts down: claims
+#      begin at the first entry.
 use strict;
 use warnings;
 
@@ -40,7 +44,7 @@ sub q1 { return $node->safe_psql('postgres', $_[0]) }
 sub starts_since
 {
 	my ($position) = @_;
-	return [ log_since($node, $position) =~ /claim [\d.]+ ms \(from the start, past id (\d+)\)/g ];
+	return [ log_since($node, $position) =~ /a claim from the start began past id (\d+);/g ];
 }
 
 # Publish $count events of $topic one commit at a time, each relayed before
@@ -51,7 +55,7 @@ sub publish_one_by_one
 	for my $i (1 .. $count)
 	{
 		bulk_publish($node, $topic, ['one'], 1);
-		wait_until(sub { outbox_count($node) == 0 }, 30)
+		wait_until(sub { outbox_count($node) == 0 }, 10)
 		  or return 0;
 	}
 	return 1;
@@ -109,20 +113,38 @@ ok(wait_until(sub { outbox_count($node) == 0 }, 10),
 is(max(@{ starts_since($position) }), 0, '(c) its claim began at the first entry');
 check_topic($bootstrap, $restart_topic, ledger($node, $restart_topic), '(c) after TRUNCATE');
 
-# ---- (d) ids set back with setval() ---------------------------------------
+# ---- (d) ids set back ----------------------------------------------------
 
+$position = log_position($node);
 ok(publish_one_by_one($topic, 6), '(d) six events one by one');
 my $start_before = max(@{ starts_since($position) });
 cmp_ok($start_before, '>', 2, "(d) claims began past id $start_before");
 q1(q{SELECT setval('eventpipe.outbox_id_seq', 1)});
+$position = log_position($node);
 my $back_topic = 't110.setback';
-my $since = time();
 bulk_publish($node, $back_topic, ['B'], 1);
 is(q1('SELECT last_value FROM eventpipe.outbox_id_seq'), '2', '(d) the next event has id 2');
-ok(wait_until(sub { outbox_count($node) == 0 }, 45),
-	'(d) it was relayed within the poll interval (20 s)');
-note sprintf('(d) relayed after %.1f s', time() - $since);
+ok(wait_until(sub { outbox_count($node) == 0 }, 10),
+	'(d) publish() reported it at commit, and it was relayed at once');
+is(starts_since($position)->[0], 0, '(d) the first claim after it began at the first entry');
 check_topic($bootstrap, $back_topic, ledger($node, $back_topic), '(d) after setval');
+
+ok(publish_one_by_one($topic, 6), '(d) six more events one by one');
+$start_before = max(@{ starts_since($position) });
+cmp_ok($start_before, '>', 4, "(d) claims began past id $start_before again");
+my $override_topic = 't110.override';
+my $override_id = q1(qq{
+INSERT INTO eventpipe.outbox (id, event_id, topic, key, payload, event_type)
+OVERRIDING SYSTEM VALUE
+VALUES (3, gen_random_uuid(), '$override_topic', 'O', '{"key": "O", "seq": 1}', 'test')
+RETURNING event_id});
+q1(qq{INSERT INTO ft_ledger VALUES ('$override_topic', 'O', 1, '$override_id')});
+my $since = time();
+ok(wait_until(sub { outbox_count($node) == 0 }, 45),
+	'(d) a row inserted below the start, reporting nothing, was relayed');
+note sprintf('(d) after %.1f s (poll interval 20 s)', time() - $since);
+check_topic($bootstrap, $override_topic, ledger($node, $override_topic),
+	'(d) OVERRIDING SYSTEM VALUE');
 
 # ---- (e) a sequence that caches several ids -------------------------------
 
@@ -132,7 +154,14 @@ ok(publish_one_by_one($topic, 4), '(e) four events one by one');
 $starts = starts_since($position);
 cmp_ok(scalar @$starts, '>=', 4, '(e) claims from the start were made');
 is(max(@$starts), 0, '(e) each began at the first entry');
-q1('ALTER SEQUENCE eventpipe.outbox_id_seq CACHE 1');
+
+q1('ALTER SEQUENCE eventpipe.outbox_id_seq CACHE 1 INCREMENT BY -1');
+$position = log_position($node);
+ok(publish_one_by_one($topic, 3), '(e) three events one by one, their ids counting down');
+$starts = starts_since($position);
+cmp_ok(scalar @$starts, '>=', 3, '(e) claims from the start were made');
+is(max(@$starts), 0, '(e) each began at the first entry');
+q1('ALTER SEQUENCE eventpipe.outbox_id_seq INCREMENT BY 1');
 
 check_topic($bootstrap, $topic, ledger($node, $topic), 'every event of the steady topic');
 

@@ -19,13 +19,15 @@
  * holds the start where it is, and claims begin there, as safe as before.
  *
  * That needs ids drawn in order, as the outbox's identity sequence draws
- * them while it caches one value at a time and does not cycle, and rows
- * that become visible when their transaction ends: where prepared
- * transactions are enabled, or the sequence is altered, claims begin at the
- * first entry.  A TRUNCATE of the outbox (maybe restarting its ids) gives it
- * new storage, and the start goes back to the first entry.  Ids sent back
- * otherwise (setval(), an INSERT OVERRIDING SYSTEM VALUE) are found by a
- * claim from the first entry that each worker makes at least once per
+ * them while it caches one value at a time, counts up and does not cycle,
+ * and rows that become visible when their transaction ends: where prepared
+ * transactions are enabled, or the sequence caches, counts down or cycles,
+ * claims begin at the first entry.  A TRUNCATE of the outbox (maybe
+ * restarting its ids) gives it new storage, and the start goes back to the
+ * first entry.  Ids sent back otherwise (setval(), ALTER SEQUENCE ...
+ * RESTART, an INSERT OVERRIDING SYSTEM VALUE) are found at once when
+ * publish() or capture reports them at commit, and otherwise by the claims
+ * from the first entry that each worker makes at least twice per
  * eventpipe.relay_poll_interval.  docs/design.md, "Where a claim from the
  * start begins".
  */
@@ -56,8 +58,13 @@ static int	waiting_done = 0;	/* those before this index have ended */
 /* Whether the claim now under way began after the candidate's transactions ended. */
 static bool candidate_proven = false;
 
-/* When a claim last began at the first entry. */
+/*
+ * When a claim last began at the first entry, and when the claim under way
+ * began.  Claims begin there at least twice per poll interval, so that an
+ * idle worker, which runs once per interval, begins every claim there.
+ */
 static TimestampTz last_claim_from_first_entry = 0;
+static TimestampTz claim_began = 0;
 
 /* Have all the transactions the candidate waits for ended?  Never waits. */
 static bool
@@ -79,7 +86,11 @@ note_candidate(int64 highest_seen)
 	MemoryContext caller = MemoryContextSwitchTo(TopMemoryContext);
 
 	if (waiting_for != NULL)
+	{
 		pfree(waiting_for);
+		waiting_for = NULL;
+		waiting_count = 0;
+	}
 	/* vacuum writes no outbox row, and may run for hours */
 	waiting_for = GetCurrentVirtualXIDs(InvalidTransactionId, false, false, PROC_IN_VACUUM,
 										&waiting_count);
@@ -89,6 +100,7 @@ note_candidate(int64 highest_seen)
 	candidate_pending = true;
 }
 
+/* Claims begin at the first entry of storage until a start is proven again. */
 static void
 forget_start(Oid storage)
 {
@@ -102,48 +114,59 @@ forget_start(Oid storage)
  * Before a claim from the start begins its transaction: the id it begins
  * past (0: at the first entry), and (*storage) the outbox storage that id
  * speaks of; outbox_claim_batch() begins at the first entry of any other.
+ * Whether the candidate's transactions have ended is decided here, before
+ * the claim takes its snapshot, and used by claim_start_end().
  */
 int64
 claim_start_begin(Oid *storage)
 {
-	TimestampTz now = GetCurrentTimestamp();
-
+	claim_began = GetCurrentTimestamp();
 	*storage = start_storage;
 	candidate_proven = candidate_pending && candidate_transactions_ended();
 	if (max_prepared_xacts > 0 ||
-		TimestampDifferenceExceeds(last_claim_from_first_entry, now,
-								   eventpipe_relay_poll_interval))
-	{
-		last_claim_from_first_entry = now;
+		TimestampDifferenceExceeds(last_claim_from_first_entry, claim_began,
+								   eventpipe_relay_poll_interval / 2))
 		return 0;
-	}
 	return start_id;
 }
 
 /*
- * After a claim from the start: move the start up if the candidate is
- * proven, and note the next candidate.  A claim that did not read the
- * primary key itself (the SQL claim, while retries are scheduled) says
- * nothing of the rows it passed over, and leaves the candidate pending.
+ * After a claim from the start that read the outbox: move the start up if
+ * the candidate is proven, and note the next candidate.  A claim that did
+ * not read the primary key itself (the SQL claim, while retries are
+ * scheduled) says nothing of the rows it passed over, and leaves the
+ * candidate pending.
  */
 void
 claim_start_end(const OutboxSeen *seen)
 {
-	if (!OidIsValid(seen->storage))
-		return;
+	if (seen->after_id == 0)
+		last_claim_from_first_entry = claim_began;
 	if (seen->storage != start_storage || !seen->ids_in_order || max_prepared_xacts > 0)
-	{
 		forget_start(seen->storage);
-		if (!seen->ids_in_order || max_prepared_xacts > 0)
-			return;
-	}
-	if (!seen->rows_read)
-		return;
-	if (candidate_proven)
+	if (seen->ids_in_order && max_prepared_xacts == 0 && seen->rows_read)
 	{
-		start_id = seen->lowest_id > 0 ? Min(candidate_id, seen->lowest_id - 1) : candidate_id;
-		candidate_pending = false;
+		if (candidate_proven)
+		{
+			start_id = seen->lowest_id > 0 ? Min(candidate_id, seen->lowest_id - 1) : candidate_id;
+			candidate_pending = false;
+		}
+		if (!candidate_pending)
+			note_candidate(Max(seen->highest_id, start_id));
 	}
-	if (!candidate_pending)
-		note_candidate(Max(seen->highest_id, start_id));
+	elog(DEBUG1, "eventpipe relay: a claim from the start began past id " INT64_FORMAT
+		 "; the next begins past id " INT64_FORMAT " at most",
+		 seen->after_id, start_id);
+}
+
+/*
+ * A publisher reported a commit whose lowest id is lowest: at or below the
+ * start, ids went back (setval(), ALTER SEQUENCE ... RESTART), and the next
+ * claims begin at the first entry.
+ */
+void
+claim_start_heard_commit(uint64 lowest)
+{
+	if (lowest <= (uint64) start_id && start_id > 0)
+		forget_start(start_storage);
 }

@@ -40,7 +40,6 @@
 #include "catalog/pg_type.h"
 #include "catalog/pg_sequence.h"
 #include "commands/extension.h"
-#include "commands/sequence.h"
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "utils/array.h"
@@ -236,7 +235,8 @@ ids_of(ArrayType *in_flight, int *count)
 
 /*
  * The outbox's storage, and whether its ids are drawn in order (its
- * identity sequence caches one value at a time and does not cycle), into
+ * identity sequence caches one value at a time, counts up and does not
+ * cycle), into
  * seen; in the caller's transaction, which keeps the outbox locked.  The
  * sequence is looked up in pg_depend once per outbox; its settings, in the
  * catalog cache, at each call.  A sequence dropped since is not found: ids
@@ -265,7 +265,8 @@ see_outbox_identity(OutboxSeen *seen)
 	{
 		Form_pg_sequence form = (Form_pg_sequence) GETSTRUCT(tuple);
 
-		seen->ids_in_order = form->seqcache == 1 && !form->seqcycle;
+		seen->ids_in_order = form->seqcache == 1 && !form->seqcycle &&
+			form->seqincrement > 0;
 		ReleaseSysCache(tuple);
 	}
 	table_close(outbox, NoLock);
@@ -323,7 +324,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 			after_id = 0;
 	}
 
-	batch->after_id = after_id;
+	batch->seen.after_id = after_id;
 	ids = ids_of(in_flight, &passed_over);
 	if (outbox_scan_claim(batch, batch_context, limit, shard, shards, after_id,
 						  ids, passed_over))

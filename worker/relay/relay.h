@@ -85,8 +85,10 @@ typedef struct BatchOutcome
  */
 typedef struct OutboxSeen
 {
+	int64		after_id;		/* where a claim from the start began */
 	Oid			storage;		/* the outbox's relfilenode; InvalidOid: not read */
-	bool		ids_in_order;	/* its identity sequence caches 1 and does not cycle */
+	bool		ids_in_order;	/* its identity sequence caches 1, counts up,
+								 * does not cycle */
 	bool		rows_read;
 	int64		lowest_id;
 	int64		highest_id;
@@ -98,7 +100,6 @@ typedef struct OutboxBatch
 	OutboxEvent *events;
 	bool		full;			/* the claim stopped at a limit: more may be due past it */
 	int			awaiting;		/* events sent, their delivery report not yet in */
-	int64		after_id;		/* the claim read the ids above this one */
 	OutboxSeen	seen;
 } OutboxBatch;
 
@@ -143,6 +144,7 @@ extern bool outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, i
 /* claim_start.c: where the worker's claims from the start begin */
 extern int64 claim_start_begin(Oid *storage);
 extern void claim_start_end(const OutboxSeen *seen);
+extern void claim_start_heard_commit(uint64 lowest);
 
 /* payload_text.c */
 extern char *payload_json_text(Jsonb *payload, int *len);

@@ -171,12 +171,11 @@ record(ClaimedBatch *claimed, int shard, bool *retried)
 		return false;
 	*retried = outcome.retried > 0;
 	relay_account_batch(&claimed->rows, &outcome);
-	elog(DEBUG1, "eventpipe relay worker %d: batch of %d: claim %.1f ms (%s, past id " INT64_FORMAT
-		 "), produce %.1f ms, await %.1f ms, record %.1f ms",
+	elog(DEBUG1, "eventpipe relay worker %d: batch of %d: claim %.1f ms (%s), produce %.1f ms, "
+		 "await %.1f ms, record %.1f ms",
 		 shard, claimed->rows.count,
 		 (claimed->claimed - claimed->claim_started) / 1000.0,
 		 claimed->from_start ? "from the start" : "past the batches in flight",
-		 claimed->rows.after_id,
 		 (claimed->produced - claimed->claimed) / 1000.0,
 		 (claimed->awaited - claimed->produced) / 1000.0,
 		 (GetCurrentTimestamp() - started) / 1000.0);

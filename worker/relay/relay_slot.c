@@ -261,7 +261,9 @@ relay_account_recovered(uint64 events)
  * The lowest outbox id a publisher may have committed since the last call:
  * EVENTPIPE_NO_COMMITTED_ID if none, 0 if a publisher is committing right
  * now (see commit_wakeup.c).  The count is read first: a commit that ends
- * after that read has reported its id by the time it stops counting.
+ * after that read has reported its id by the time it stops counting.  Each
+ * id taken also goes to claim_start.c, which forgets a start it lies at or
+ * below.
  */
 uint64
 relay_take_lowest_committed_id(void)
@@ -272,6 +274,7 @@ relay_take_lowest_committed_id(void)
 	pg_memory_barrier();
 	committing = pg_atomic_read_u32(&eventpipe_shared->publishers_committing);
 	lowest = pg_atomic_exchange_u64(&slot->lowest_committed_id, EVENTPIPE_NO_COMMITTED_ID);
+	claim_start_heard_commit(lowest);
 	return committing > 0 ? 0 : lowest;
 }
 
