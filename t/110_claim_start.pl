@@ -1,8 +1,8 @@
 # t/110_claim_start.pl: where the relay's claims from the start begin
 # (worker/relay/claim_start.c), read from its DEBUG1 line for each such
 # claim.  The poll interval is 20 s here, and what must leave at once is
-# waited for 10 s: a claim from the first entry, made at least twice per
-# interval, cannot stand in for the start.
+# waited for 10 s: a claim from the first entry, made once a poll interval
+# has passed since the last one, cannot stand in for the start.
 #
 #  (a) once delivered rows are deleted, claims from the start begin past
 #      their ids instead of at the primary key's first entry;

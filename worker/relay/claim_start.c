@@ -26,9 +26,9 @@
  * restarting its ids) gives it new storage, and the start goes back to the
  * first entry.  Ids sent back otherwise (setval(), ALTER SEQUENCE ...
  * RESTART, an INSERT OVERRIDING SYSTEM VALUE) are found at once when
- * publish() or capture reports them at commit, and otherwise by the claims
- * from the first entry that each worker makes at least twice per
- * eventpipe.relay_poll_interval.  docs/design.md, "Where a claim from the
+ * publish() or capture reports them at commit, and otherwise by a claim
+ * from the first entry, which each worker makes whenever a poll interval
+ * (eventpipe.relay_poll_interval) has passed since its last one began.  docs/design.md, "Where a claim from the
  * start begins".
  */
 #include "postgres.h"
@@ -60,8 +60,8 @@ static bool candidate_proven = false;
 
 /*
  * When a claim last began at the first entry, and when the claim under way
- * began.  Claims begin there at least twice per poll interval, so that an
- * idle worker, which runs once per interval, begins every claim there.
+ * began.  An idle worker runs once per poll interval, after its last run
+ * ended: each of its claims begins at the first entry.
  */
 static TimestampTz last_claim_from_first_entry = 0;
 static TimestampTz claim_began = 0;
@@ -125,7 +125,7 @@ claim_start_begin(Oid *storage)
 	candidate_proven = candidate_pending && candidate_transactions_ended();
 	if (max_prepared_xacts > 0 ||
 		TimestampDifferenceExceeds(last_claim_from_first_entry, claim_began,
-								   eventpipe_relay_poll_interval / 2))
+								   eventpipe_relay_poll_interval))
 		return 0;
 	return start_id;
 }
@@ -135,9 +135,10 @@ claim_start_begin(Oid *storage)
  * the candidate is proven, and note the next candidate.  A claim that did
  * not read the primary key itself (the SQL claim, while retries are
  * scheduled) says nothing of the rows it passed over, and leaves the
- * candidate pending.
+ * candidate pending.  Returns the id the next claim from the start begins
+ * past, at most.
  */
-void
+int64
 claim_start_end(const OutboxSeen *seen)
 {
 	if (seen->after_id == 0)
@@ -154,9 +155,7 @@ claim_start_end(const OutboxSeen *seen)
 		if (!candidate_pending)
 			note_candidate(Max(seen->highest_id, start_id));
 	}
-	elog(DEBUG1, "eventpipe relay: a claim from the start began past id " INT64_FORMAT
-		 "; the next begins past id " INT64_FORMAT " at most",
-		 seen->after_id, start_id);
+	return start_id;
 }
 
 /*

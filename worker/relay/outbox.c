@@ -236,10 +236,9 @@ ids_of(ArrayType *in_flight, int *count)
 /*
  * The outbox's storage, and whether its ids are drawn in order (its
  * identity sequence caches one value at a time, counts up and does not
- * cycle), into
- * seen; in the caller's transaction, which keeps the outbox locked.  The
- * sequence is looked up in pg_depend once per outbox; its settings, in the
- * catalog cache, at each call.  A sequence dropped since is not found: ids
+ * cycle), into seen; in the caller's transaction, which keeps the outbox
+ * locked.  The sequence is looked up in pg_depend once per outbox; its
+ * settings, in the catalog cache, at each call.  A sequence dropped since is not found: ids
  * are then taken as out of order, the safe side.
  */
 static void
@@ -270,6 +269,17 @@ see_outbox_identity(OutboxSeen *seen)
 		ReleaseSysCache(tuple);
 	}
 	table_close(outbox, NoLock);
+}
+
+/* After a claim from the start: tell claim_start.c what it saw, and log where it began. */
+static void
+end_claim_from_start(int shard, const OutboxSeen *seen)
+{
+	int64		next = claim_start_end(seen);
+
+	elog(DEBUG1, "eventpipe relay worker %d: a claim from the start began past id " INT64_FORMAT
+		 "; the next begins past id " INT64_FORMAT " at most",
+		 shard, seen->after_id, next);
 }
 
 /*
@@ -332,7 +342,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 		worker_end_transaction(batch_context);
 		flush_what_was_read(batch);
 		if (from_start)
-			claim_start_end(&batch->seen);
+			end_claim_from_start(shard, &batch->seen);
 		return OUTBOX_READY;
 	}
 
@@ -366,7 +376,7 @@ outbox_claim_batch(OutboxBatch *batch, int limit, int shard, int shards,
 	worker_end_transaction(batch_context);
 	flush_what_was_read(batch);
 	if (from_start)
-		claim_start_end(&batch->seen);
+		end_claim_from_start(shard, &batch->seen);
 	return OUTBOX_READY;
 }
 

@@ -143,7 +143,7 @@ extern bool outbox_scan_claim(OutboxBatch *batch, MemoryContext batch_context, i
 
 /* claim_start.c: where the worker's claims from the start begin */
 extern int64 claim_start_begin(Oid *storage);
-extern void claim_start_end(const OutboxSeen *seen);
+extern int64 claim_start_end(const OutboxSeen *seen);
 extern void claim_start_heard_commit(uint64 lowest);
 
 /* payload_text.c */
