@@ -10,12 +10,15 @@
 
 #include "postgres.h"
 
+#include "access/attnum.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 
 /* outbox_insert.c */
 struct pg_uuid_t;
 extern struct pg_uuid_t *eventpipe_enqueue_event(text *topic, text *key, Jsonb *payload,
 												 Jsonb *headers, text *event_type);
+extern Oid	eventpipe_outbox_id_sequence(Relation outbox, AttrNumber id_attnum, bool missing_ok);
 
 /* commit_wakeup.c */
 extern void eventpipe_wake_relay_at_commit(int64 outbox_id);

@@ -37,9 +37,6 @@
 #include "eventpipe.h"
 #include "compat.h"
 
-/* The identity sequence of outbox.id, for the outbox it was looked up for */
-static Oid	sequence_outbox = InvalidOid;
-static Oid	id_sequence = InvalidOid;
 
 /*
  * Strong random bytes for event ids, drawn EVENT_IDS_PER_DRAW ids at a
@@ -104,15 +101,34 @@ open_outbox(void)
 	return table_open(relid, NoLock);
 }
 
+/*
+ * The identity sequence of the outbox's column id_attnum, looked up in
+ * pg_depend once per outbox and remembered; InvalidOid (missing_ok) if it
+ * has none.  Also read by the relay (outbox.c), to know whether ids are
+ * drawn in order.
+ */
+Oid
+eventpipe_outbox_id_sequence(Relation outbox, AttrNumber id_attnum, bool missing_ok)
+{
+	static Oid	sequence_outbox = InvalidOid;
+	static Oid	id_sequence = InvalidOid;
+	Oid			found;
+
+	if (sequence_outbox == RelationGetRelid(outbox))
+		return id_sequence;
+	found = getIdentitySequence(outbox, id_attnum, missing_ok);
+	if (OidIsValid(found))
+	{
+		id_sequence = found;
+		sequence_outbox = RelationGetRelid(outbox);
+	}
+	return found;
+}
+
 static int64
 next_outbox_id(Relation outbox, AttrNumber id_attnum)
 {
-	if (sequence_outbox != RelationGetRelid(outbox))
-	{
-		id_sequence = getIdentitySequence(outbox, id_attnum, false);
-		sequence_outbox = RelationGetRelid(outbox);
-	}
-	return nextval_internal(id_sequence, false);
+	return nextval_internal(eventpipe_outbox_id_sequence(outbox, id_attnum, false), false);
 }
 
 /* Fills the slot's columns, by name, for one new event; returns its id */

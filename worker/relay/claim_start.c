@@ -28,8 +28,8 @@
  * RESTART, an INSERT OVERRIDING SYSTEM VALUE) are found at once when
  * publish() or capture reports them at commit, and otherwise by a claim
  * from the first entry, which each worker makes whenever a poll interval
- * (eventpipe.relay_poll_interval) has passed since its last one began.  docs/design.md, "Where a claim from the
- * start begins".
+ * (eventpipe.relay_poll_interval) has passed since its last one began.
+ * docs/design.md, "Where a claim from the start begins".
  */
 #include "postgres.h"
 

@@ -35,7 +35,6 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
-#include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "catalog/pg_sequence.h"
@@ -52,7 +51,7 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
-#include "extension/compat.h"
+#include "extension/eventpipe.h"
 #include "relay.h"
 #include "relay_transaction.h"
 #include "worker/worker_loop.h"
@@ -237,25 +236,20 @@ ids_of(ArrayType *in_flight, int *count)
  * The outbox's storage, and whether its ids are drawn in order (its
  * identity sequence caches one value at a time, counts up and does not
  * cycle), into seen; in the caller's transaction, which keeps the outbox
- * locked.  The sequence is looked up in pg_depend once per outbox; its
- * settings, in the catalog cache, at each call.  A sequence dropped since is not found: ids
- * are then taken as out of order, the safe side.
+ * locked.  The sequence's settings are read from the catalog cache at each
+ * call: a sequence dropped since is not found, and ids are then taken as
+ * out of order, the safe side.
  */
 static void
 see_outbox_identity(OutboxSeen *seen)
 {
-	static Oid	sequence_outbox = InvalidOid;
-	static Oid	sequence = InvalidOid;
 	Relation	outbox = table_openrv(makeRangeVar("eventpipe", "outbox", -1), AccessShareLock);
+	AttrNumber	id = get_attnum(RelationGetRelid(outbox), "id");
+	Oid			sequence = InvalidOid;
 	HeapTuple	tuple;
 
-	if (sequence_outbox != RelationGetRelid(outbox))
-	{
-		AttrNumber	id = get_attnum(RelationGetRelid(outbox), "id");
-
-		sequence = id != InvalidAttrNumber ? getIdentitySequence(outbox, id, true) : InvalidOid;
-		sequence_outbox = RelationGetRelid(outbox);
-	}
+	if (id != InvalidAttrNumber)
+		sequence = eventpipe_outbox_id_sequence(outbox, id, true);
 	seen->storage = outbox->rd_rel->relfilenode;
 	seen->ids_in_order = false;
 	tuple = OidIsValid(sequence) ?
