@@ -29,6 +29,7 @@ char	   *eventpipe_kafka_options = NULL;
 char	   *eventpipe_kafka_options_file = NULL;
 int			eventpipe_relay_batch_size = 5000;
 int			eventpipe_relay_poll_interval = 1000;
+int			eventpipe_relay_claim_interval = 3;
 int			eventpipe_relay_max_attempts = 10;
 int			eventpipe_relay_workers = 1;
 int			eventpipe_max_databases = 16;
@@ -172,6 +173,15 @@ eventpipe_define_gucs(void)
 							"Commits wake the relay at once; this only bounds the wait.",
 							&eventpipe_relay_poll_interval,
 							1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("eventpipe.relay_claim_interval",
+							"Least time between the starts of two runs of relay batches.",
+							"Under a steady stream of commits, those of one interval go out in one batch; "
+							"0 claims again as soon as a batch is recorded.",
+							&eventpipe_relay_claim_interval,
+							3, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

@@ -12,6 +12,7 @@ extern char *eventpipe_kafka_options;
 extern char *eventpipe_kafka_options_file;
 extern int	eventpipe_relay_batch_size;
 extern int	eventpipe_relay_poll_interval;
+extern int	eventpipe_relay_claim_interval;
 extern int	eventpipe_relay_max_attempts;
 extern int	eventpipe_relay_workers;
 extern int	eventpipe_max_databases;

@@ -11,12 +11,13 @@
  * What does fail is refused for good (too large, forbidden topic) or after
  * librdkafka's own retries (unknown topic): the outbox records it.
  *
- * Delivery reports are served by rd_kafka_poll, in this process's main
- * thread: while a batch is awaited (kafka_producer_await_batch), while a
- * full queue is waited on, and when idle (kafka_producer_poll).  Each
- * message's opaque is its OutboxEvent, and the report is recorded there.
- * The one rd_kafka_flush, when the producer is dropped, serves only the
- * reports of purged messages, which are discarded.  Keys are partitioned with murmur2, as Kafka's Java clients do, so
+ * Delivery reports are served by rd_kafka_poll (or rd_kafka_flush), in this
+ * process's main thread: while a batch is awaited
+ * (kafka_producer_await_batch), while a full queue is waited on, and when
+ * idle (kafka_producer_poll).  Each message's opaque is its OutboxEvent, and
+ * the report is recorded there.  The rd_kafka_flush when the producer is
+ * dropped serves only the reports of purged messages, which are discarded.
+ * Keys are partitioned with murmur2, as Kafka's Java clients do, so
  * co-partitioned topics line up.
  *
  * With eventpipe.relay_exactly_once the producer is transactional (its
@@ -432,9 +433,13 @@ kafka_producer_produce_batch(OutboxBatch *batch, const char *source, List **refu
  * Kafka settings changed), or after a fatal producer error, false is
  * returned at once: the caller records what has its report and drops the
  * producer; events without a report stay in the outbox and are sent again.
+ *
+ * send_now: no more messages follow these for now, so what linger.ms holds
+ * back to fill a request with them is sent at once (rd_kafka_flush, which
+ * treats linger.ms as passed while it waits, and serves the reports).
  */
 bool
-kafka_producer_await_batch(OutboxBatch *batch, bool (*keep_waiting) (void))
+kafka_producer_await_batch(OutboxBatch *batch, bool send_now, bool (*keep_waiting) (void))
 {
 	TimestampTz checked = GetCurrentTimestamp();
 
@@ -442,7 +447,10 @@ kafka_producer_await_batch(OutboxBatch *batch, bool (*keep_waiting) (void))
 	{
 		TimestampTz now;
 
-		rd_kafka_poll(producer, WAIT_CHECK_MS);
+		if (send_now)
+			(void) rd_kafka_flush(producer, WAIT_CHECK_MS);
+		else
+			rd_kafka_poll(producer, WAIT_CHECK_MS);
 		if (batch->awaiting == 0)
 			break;
 		now = GetCurrentTimestamp();

@@ -160,7 +160,8 @@ extern void kafka_producer_destroy(void);
 extern void kafka_producer_poll(void);
 extern bool kafka_producer_produce_batch(OutboxBatch *batch, const char *source,
 										 List **refused, bool (*keep_waiting) (void));
-extern bool kafka_producer_await_batch(OutboxBatch *batch, bool (*keep_waiting) (void));
+extern bool kafka_producer_await_batch(OutboxBatch *batch, bool send_now,
+									   bool (*keep_waiting) (void));
 extern bool kafka_error_is_permanent(const OutboxEvent *event);
 extern bool kafka_producer_failed_fatally(char *errbuf, size_t errbuf_size);
 extern void kafka_producer_set_transactional_id(const char *id);

@@ -33,8 +33,10 @@
 #include "catalog/pg_type.h"
 #include "access/twophase.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "extension/guc.h"
 #include "extension/shmem.h"
@@ -47,6 +49,13 @@
 
 /* Most batches in flight at once. */
 #define PIPELINE_DEPTH 3
+
+/*
+ * When this worker's last run began, and whether it ended caught up: its
+ * last claim took every committed row, and nothing it held back is due.
+ */
+static TimestampTz last_run_started = 0;
+static bool last_run_caught_up = false;
 
 /* Most events a claim takes: a transaction's record must stay small. */
 static int
@@ -131,10 +140,11 @@ produce(ClaimedBatch *claimed, const char *ce_source, List **refused)
 	return ok;
 }
 
+/* last_of_run: the run sends nothing more before this batch is recorded. */
 static bool
-await(ClaimedBatch *claimed)
+await(ClaimedBatch *claimed, bool last_of_run)
 {
-	bool		ok = kafka_producer_await_batch(&claimed->rows, relay_keep_waiting);
+	bool		ok = kafka_producer_await_batch(&claimed->rows, last_of_run, relay_keep_waiting);
 
 	claimed->awaited = GetCurrentTimestamp();
 	return ok;
@@ -319,6 +329,38 @@ newest_was_full(const InFlight *in_flight)
 }
 
 /*
+ * After a run that ended caught up, let eventpipe.relay_claim_interval pass
+ * since it began, so that the commits of that time go out in one batch.  A
+ * run's fixed cost (a claim, a record, produce requests, the wake-ups of
+ * two threads) is then paid once per interval at most, whatever the rate;
+ * an event waits half the interval on average, and not at all if it
+ * commits an interval or more after the last run began.  A backlog (full
+ * claims) and events held back do not wait.  The wait ignores the latch,
+ * which commits set all along, and lasts one interval (a second) at most;
+ * false if the worker must leave or the relay was paused or resumed
+ * meanwhile: the main loop then turns at once.
+ */
+static bool
+wait_for_claim_interval(void)
+{
+	TimestampTz next_run = TimestampTzPlusMilliseconds(last_run_started,
+													   eventpipe_relay_claim_interval);
+	long		wait_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_run);
+
+	if (last_run_caught_up && wait_ms > 0)
+	{
+		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min(wait_ms, eventpipe_relay_claim_interval), PG_WAIT_EXTENSION);
+		if (relay_must_leave() || relay_pause_changed())
+			return false;
+		/* the broker has not kept us waiting */
+		relay_note_progress();
+	}
+	last_run_started = GetCurrentTimestamp();
+	return true;
+}
+
+/*
  * One run of batches of this worker's shard, until the outbox has no more
  * for it, a claim comes back short, a batch does not go through entirely,
  * or RUN_MS have passed.
@@ -328,7 +370,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 {
 	RelayRun	run = {RELAY_RUN_SENT, false, false, false, true};
 	int			depth = eventpipe_relay_exactly_once ? 1 : PIPELINE_DEPTH;
-	TimestampTz started = GetCurrentTimestamp();
+	TimestampTz started;
 	OutboxAvailability availability = OUTBOX_READY;
 	InFlight	in_flight = {{NULL}, 0};
 	List	   *refused = NIL;
@@ -337,7 +379,15 @@ relay_pipeline_run(int shard, const char *ce_source)
 	bool		claiming = true;
 	bool		awaiting;		/* false: record what is reported, wait no more */
 	bool		retried = false;
+	bool		caught_up;		/* took every committed row, held nothing back */
 
+	if (!wait_for_claim_interval())
+	{
+		run.end = RELAY_RUN_IDLE;
+		return run;
+	}
+	started = last_run_started;
+	last_run_caught_up = false;
 	/* what committed before the full claim below is seen by it */
 	(void) relay_take_lowest_committed_id();
 	first = claim(shard, 0, construct_empty_array(INT8OID), false, &availability);
@@ -346,7 +396,10 @@ relay_pipeline_run(int shard, const char *ce_source)
 	else if (availability == OUTBOX_NO_EXTENSION)
 		run.end = RELAY_RUN_NO_EXTENSION;
 	else if (first->rows.count == 0)
+	{
 		run.end = RELAY_RUN_IDLE;
+		last_run_caught_up = true;
+	}
 	if (run.end != RELAY_RUN_SENT)
 	{
 		release(first);
@@ -354,6 +407,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 	}
 
 	update_floor(&floor, first, relay_take_lowest_committed_id());
+	caught_up = !first->rows.full;
 	relay_show_activity(RELAY_RELAYING, "relaying");
 	HOLD_INTERRUPTS();
 	in_flight.batches[in_flight.count++] = first;
@@ -363,6 +417,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 	while (in_flight.count > 0)
 	{
 		ClaimedBatch *oldest;
+		bool		last_of_run;
 
 		/* keep the pipeline full while the outbox has full batches */
 		while (claiming && awaiting && in_flight.count < depth && newest_was_full(&in_flight))
@@ -378,6 +433,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 			next = claim_next(shard, &in_flight, &floor, &availability);
 			if (next == NULL || availability != OUTBOX_READY || next->rows.count == 0)
 			{
+				caught_up = next != NULL && availability == OUTBOX_READY;
 				if (next != NULL && availability == OUTBOX_READY)
 					run.more_due = floor.more_may_be_due;
 				release(next);
@@ -385,6 +441,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 				break;
 			}
 			in_flight.batches[in_flight.count++] = next;
+			caught_up = !next->rows.full;
 			if (!produce(next, ce_source, &refused))
 			{
 				run.gave_up = true;
@@ -392,8 +449,10 @@ relay_pipeline_run(int shard, const char *ce_source)
 			}
 		}
 
+		/* a short claim or a stop: no batch follows those in flight */
+		last_of_run = !claiming || !newest_was_full(&in_flight);
 		oldest = take_oldest(&in_flight);
-		if (awaiting && !await(oldest))
+		if (awaiting && !await(oldest, last_of_run))
 		{
 			run.gave_up = true;
 			awaiting = false;
@@ -408,6 +467,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 		{
 			/* held or failed events of this run: look at them again at once */
 			claiming = false;
+			caught_up = false;
 			run.more_due = true;
 		}
 		if (!record(oldest, shard, &retried))
@@ -430,6 +490,7 @@ relay_pipeline_run(int shard, const char *ce_source)
 			floor.may_skip = false;
 			floor.more_may_be_due = true;
 			run.more_due = true;
+			caught_up = false;
 		}
 		release(oldest);
 	}
@@ -444,5 +505,6 @@ relay_pipeline_run(int shard, const char *ce_source)
 	 */
 	if (claiming && awaiting && !floor.more_may_be_due && !relay_commit_reported())
 		run.more_due = false;
+	last_run_caught_up = caught_up;
 	return run;
 }
