@@ -6,7 +6,9 @@
  *		batches; record each batch (delete what was delivered) once all its
  *		delivery reports are in, oldest first.  The database work of one
  *		batch thus overlaps the broker's round trip of the others, and the
- *		broker always has the next batch at hand.
+ *		broker always has the next batch at hand.  Under a steady stream of
+ *		commits, runs begin eventpipe.relay_claim_interval apart at least,
+ *		each sending what committed meanwhile.
  *
  * Order per key: librdkafka's idempotent producer reports a partition's
  * messages in the order they were handed over, so no batch has an event
