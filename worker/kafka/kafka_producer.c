@@ -11,8 +11,8 @@
  * What does fail is refused for good (too large, forbidden topic) or after
  * librdkafka's own retries (unknown topic): the outbox records it.
  *
- * Delivery reports are served by rd_kafka_poll (or rd_kafka_flush), in this
- * process's main thread: while a batch is awaited
+ * Delivery reports are served by rd_kafka_poll (or rd_kafka_flush), in
+ * this process's main thread: while a batch is awaited
  * (kafka_producer_await_batch), while a full queue is waited on, and when
  * idle (kafka_producer_poll).  Each message's opaque is its OutboxEvent, and
  * the report is recorded there.  The rd_kafka_flush when the producer is
@@ -436,7 +436,10 @@ kafka_producer_produce_batch(OutboxBatch *batch, const char *source, List **refu
  *
  * send_now: no more messages follow these for now, so what linger.ms holds
  * back to fill a request with them is sent at once (rd_kafka_flush, which
- * treats linger.ms as passed while it waits, and serves the reports).
+ * treats linger.ms as passed while it waits for every queued message, and
+ * serves the reports).  Once librdkafka holds no message, reports still
+ * missing cannot come from flushing (delivery.report.only.error): the wait
+ * goes on polling, as for any other batch.
  */
 bool
 kafka_producer_await_batch(OutboxBatch *batch, bool send_now, bool (*keep_waiting) (void))
@@ -448,7 +451,7 @@ kafka_producer_await_batch(OutboxBatch *batch, bool send_now, bool (*keep_waitin
 		TimestampTz now;
 
 		if (send_now)
-			(void) rd_kafka_flush(producer, WAIT_CHECK_MS);
+			send_now = rd_kafka_flush(producer, WAIT_CHECK_MS) != RD_KAFKA_RESP_ERR_NO_ERROR;
 		else
 			rd_kafka_poll(producer, WAIT_CHECK_MS);
 		if (batch->awaiting == 0)

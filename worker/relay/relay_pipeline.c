@@ -451,9 +451,9 @@ relay_pipeline_run(int shard, const char *ce_source)
 			}
 		}
 
-		/* a short claim or a stop: no batch follows those in flight */
-		last_of_run = !claiming || !newest_was_full(&in_flight);
 		oldest = take_oldest(&in_flight);
+		/* a short claim or a stop left it the only one: nothing follows it */
+		last_of_run = in_flight.count == 0 && (!claiming || !oldest->rows.full);
 		if (awaiting && !await(oldest, last_of_run))
 		{
 			run.gave_up = true;
