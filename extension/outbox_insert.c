@@ -37,7 +37,6 @@
 #include "eventpipe.h"
 #include "compat.h"
 
-
 /*
  * Strong random bytes for event ids, drawn EVENT_IDS_PER_DRAW ids at a
  * time: each pg_strong_random() call has a fixed cost (OpenSSL checks its
