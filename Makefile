@@ -10,6 +10,7 @@ OBJS = \
 	extension/compat.o \
 	extension/guc.o \
 	extension/kafka_options.o \
+	extension/kafka_guarantees.o \
 	extension/shmem.o \
 	extension/commit_wakeup.o \
 	extension/object_access.o \

@@ -58,7 +58,8 @@ trim(char *s)
 
 /*
  * Set one DBA property; false, with a reason that quotes no part of any
- * value, if librdkafka refuses it.  where names the item by its position
+ * value, if librdkafka refuses it or the relay's guarantees would not hold
+ * with it.  where names the item by its position
  * ("item 2 of eventpipe.kafka_options"), for the reason.
  */
 static bool
@@ -76,7 +77,15 @@ apply_property(rd_kafka_conf_t *conf, char *name, char *value, const char *where
 	res = rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr));
 	explicit_bzero(rderr, sizeof(rderr));	/* it may quote the value */
 	if (res == RD_KAFKA_CONF_OK)
-		return true;
+	{
+		/* a property the relay's guarantees rest on: its name is one of a few */
+		const char *refusal = eventpipe_kafka_property_refusal(name, value);
+
+		if (refusal == NULL)
+			return true;
+		snprintf(errbuf, errbuf_size, "property \"%s\" (%s) is refused: %s", name, where, refusal);
+		return false;
+	}
 
 	/*
 	 * An unknown name may be a piece of a value, cut at a comma

@@ -438,8 +438,9 @@ kafka_producer_produce_batch(OutboxBatch *batch, const char *source, List **refu
  * back to fill a request with them is sent at once (rd_kafka_flush, which
  * treats linger.ms as passed while it waits for every queued message, and
  * serves the reports).  Once librdkafka holds no message, reports still
- * missing cannot come from flushing (delivery.report.only.error): the wait
- * goes on polling, as for any other batch.
+ * missing cannot come from flushing (a fatal error's reports count for
+ * nothing): the wait goes on polling, as for any other batch, until the
+ * fatal error is seen.
  */
 bool
 kafka_producer_await_batch(OutboxBatch *batch, bool send_now, bool (*keep_waiting) (void))
