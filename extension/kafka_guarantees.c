@@ -1,47 +1,77 @@
 /*
  * kafka_guarantees.c
- *		The librdkafka properties the relay's guarantees rest on, which the
- *		DBA's options (eventpipe.kafka_options and its file) may not change:
- *		the relay deletes an event once every in-sync replica has it and its
- *		delivery report is in, and keeps each key's order through librdkafka's
- *		idempotent producer and a partitioner that follows the key.
+ *		The librdkafka properties eventpipe's guarantees rest on, which the
+ *		DBA's options (eventpipe.kafka_options and its file) may not change.
  *
- * A property is judged by the value librdkafka makes of it, not by its
- * spelling: the DBA's item is set on a scratch configuration that holds the
- * relay's values, and those are read back ("acks=-1", "topic.acks=all" and
- * "enable.idempotence=1" all keep them).  Only names that can reach one of
- * these properties are tried, so a property with side effects when set
- * (plugin.library.paths loads a library) is never set twice.
+ * The relay deletes an event once every in-sync replica has it and its
+ * delivery report is in, and keeps each key's order through librdkafka's
+ * idempotent producer, retries without end and a partitioner that follows
+ * the key; its recovery under exactly-once and the consumers read committed
+ * records only, each subscription in its own group, from the first record
+ * still there when a stored offset is gone.  The workers set these
+ * themselves (kafka_producer.c, kafka_consumer.c, relay_progress.c); this
+ * file only keeps the DBA from undoing them.
+ *
+ * A value is judged by what librdkafka makes of it, not by its spelling:
+ * the DBA's item is set on a scratch configuration and read back
+ * ("acks=-1", "topic.acks=all" and "enable.idempotence=1" all keep the
+ * relay's value).  Only items whose names reach one of these properties are
+ * tried there, so a property with side effects when set (plugin.library.paths
+ * loads a library) is never set twice.
  */
 #include "postgres.h"
 
-#include "kafka_options.h"
+#include "kafka_guarantees.h"
 
-/* What one property must read, and why, for the relay to keep its word. */
+typedef enum KeptRule
+{
+	KEEP_VALUE,					/* only the workers' value, in any spelling */
+	NEVER_SET,					/* the workers set it, per client: the DBA not at all */
+	REFUSE_VALUES,				/* any value but the ones listed */
+} KeptRule;
+
 typedef struct KeptProperty
 {
 	const char *name;			/* as librdkafka reads it back */
 	const char *alias;			/* another name librdkafka takes for it, or NULL */
-	const char *relay_value;	/* the relay's value, the only one allowed; NULL: unset */
-	const char *refused_value;	/* or else the one value refused, any other fine */
+	KeptRule	rule;
+	const char *values[3];		/* KEEP_VALUE: the workers' value; REFUSE_VALUES: those refused */
 	const char *why;
 } KeptProperty;
 
 static const KeptProperty kept_properties[] = {
-	{"enable.idempotence", NULL, "true", NULL,
-	"without the idempotent producer a request librdkafka sends again can write an "
-	"event twice or put it after a later event of its key"},
-	{"request.required.acks", "acks", "all", NULL,
+	{"request.required.acks", "acks", KEEP_VALUE, {"all"},
 	"the relay deletes an event once Kafka acknowledges it, so the acknowledgement "
 	"must come from every in-sync replica (acks=all), not from the leader alone"},
-	{"delivery.report.only.error", NULL, "false", NULL,
+	{"enable.idempotence", NULL, KEEP_VALUE, {"true"},
+	"without the idempotent producer a request librdkafka sends again can write an "
+	"event twice or put it after a later event of its key"},
+	{"delivery.report.only.error", NULL, KEEP_VALUE, {"false"},
 	"the relay deletes an event only once its delivery report is in, so every "
 	"event needs one"},
-	{"transactional.id", NULL, NULL, NULL,
+	{"message.timeout.ms", "delivery.timeout.ms", NEVER_SET, {NULL},
+	"an event that timed out would be sent again after later events of its key; "
+	"the relay's events never time out (under eventpipe.relay_exactly_once, they "
+	"time out with their transaction, which is sent again whole)"},
+	{"message.send.max.retries", "retries", NEVER_SET, {NULL},
+	"an event librdkafka stopped retrying would be sent again after later events of "
+	"its key; librdkafka retries the relay's events without end"},
+	{"partitioner", NULL, REFUSE_VALUES, {"random", "consistent_random"},
+	"it would send the events of one key (for consistent_random, the empty key) to "
+	"different partitions, out of their order"},
+	{"transactional.id", NULL, NEVER_SET, {NULL},
 	"the relay names its own Kafka transactions, under eventpipe.relay_exactly_once"},
-	{"partitioner", NULL, NULL, "random",
-	"partitioner=random spreads the events of one key over partitions, out of "
-	"their order"},
+	{"isolation.level", NULL, KEEP_VALUE, {"read_committed"},
+	"the relay's recovery under eventpipe.relay_exactly_once and the consumers must "
+	"not read records of aborted Kafka transactions"},
+	{"group.id", NULL, NEVER_SET, {NULL},
+	"each subscription consumes in its own group, its group_id"},
+	{"auto.offset.reset", NULL, NEVER_SET, {NULL},
+	"a consumer whose stored offset is gone starts at the first record still there; "
+	"any other start would skip records not yet applied"},
+	{"enable.partition.eof", NULL, NEVER_SET, {NULL},
+	"the workers set it themselves: the relay's recovery reads each partition to "
+	"its end, the consumers do not"},
 };
 
 /*
@@ -70,35 +100,49 @@ read_back(rd_kafka_conf_t *conf, const KeptProperty *prop, char *value, size_t v
 		value[0] = '\0';
 }
 
+/* Does setting name to value, which librdkafka accepts, keep prop as it must be? */
+static bool
+keeps(const KeptProperty *prop, const char *name, const char *value)
+{
+	rd_kafka_conf_t *scratch = rd_kafka_conf_new();
+	char		errstr[256];
+	char		workers_value[64] = "";
+	char		dba_value[64];
+	bool		kept = true;
+	size_t		i;
+
+	if (prop->rule == KEEP_VALUE)
+	{
+		rd_kafka_conf_set(scratch, prop->name, prop->values[0], errstr, sizeof(errstr));
+		read_back(scratch, prop, workers_value, sizeof(workers_value));
+	}
+	if (rd_kafka_conf_set(scratch, name, value, errstr, sizeof(errstr)) == RD_KAFKA_CONF_OK)
+	{
+		read_back(scratch, prop, dba_value, sizeof(dba_value));
+		if (prop->rule == KEEP_VALUE)
+			kept = strcmp(dba_value, workers_value) == 0;
+		else
+			for (i = 0; i < lengthof(prop->values) && prop->values[i] != NULL; i++)
+				if (strcmp(dba_value, prop->values[i]) == 0)
+					kept = false;
+	}
+	explicit_bzero(errstr, sizeof(errstr));	/* it may quote the value */
+	rd_kafka_conf_destroy(scratch);
+	return kept;
+}
+
 /*
  * Why the DBA may not set property name to value (which librdkafka has
- * accepted), or NULL if the relay's guarantees hold with it.
+ * accepted), or NULL if eventpipe's guarantees hold with it.
  */
 const char *
 eventpipe_kafka_property_refusal(const char *name, const char *value)
 {
 	const KeptProperty *prop = kept_property_named(name);
-	rd_kafka_conf_t *scratch;
-	char		errstr[256];
-	char		relay_value[64];
-	char		dba_value[64];
-	bool		kept;
 
 	if (prop == NULL)
 		return NULL;
-	scratch = rd_kafka_conf_new();
-	if (prop->relay_value != NULL)
-		rd_kafka_conf_set(scratch, prop->name, prop->relay_value, errstr, sizeof(errstr));
-	read_back(scratch, prop, relay_value, sizeof(relay_value));
-	if (rd_kafka_conf_set(scratch, name, value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
-		kept = true;			/* librdkafka refuses it: not this check's to report */
-	else
-	{
-		read_back(scratch, prop, dba_value, sizeof(dba_value));
-		kept = prop->refused_value != NULL ? strcmp(dba_value, prop->refused_value) != 0
-			: strcmp(dba_value, relay_value) == 0;
-	}
-	explicit_bzero(errstr, sizeof(errstr));	/* it may quote the value */
-	rd_kafka_conf_destroy(scratch);
-	return kept ? NULL : prop->why;
+	if (prop->rule == NEVER_SET || !keeps(prop, name, value))
+		return prop->why;
+	return NULL;
 }

@@ -5,6 +5,9 @@
  *		names (one key=value per line), which keeps secrets out of the
  *		settings and so out of the server log.
  *
+ * A property eventpipe's guarantees rest on is refused like a bad value
+ * (kafka_guarantees.c).
+ *
  * Used by the GUC check hook (so a bad value is refused at reload, with the
  * old one kept) and by the workers when they build a Kafka handle; also sets
  * the workers' own properties (eventpipe_kafka_conf_set).
@@ -25,6 +28,7 @@
 #include "lib/stringinfo.h"
 
 #include "guc.h"
+#include "kafka_guarantees.h"
 #include "kafka_options.h"
 
 /*
@@ -78,7 +82,7 @@ apply_property(rd_kafka_conf_t *conf, char *name, char *value, const char *where
 	explicit_bzero(rderr, sizeof(rderr));	/* it may quote the value */
 	if (res == RD_KAFKA_CONF_OK)
 	{
-		/* a property the relay's guarantees rest on: its name is one of a few */
+		/* one that eventpipe's guarantees rest on may not change */
 		const char *refusal = eventpipe_kafka_property_refusal(name, value);
 
 		if (refusal == NULL)

@@ -22,10 +22,12 @@
 #      Part2Secret=x) is refused by ALTER SYSTEM and at reload, the old value
 #      kept, with errors that name the item by position and quote neither
 #      piece; a line of the file that is a piece of a value likewise;
-#  (h) a property the relay's guarantees rest on (acks, enable.idempotence,
-#      delivery.report.only.error, transactional.id, partitioner=random),
-#      in any spelling, is refused by ALTER SYSTEM and, in the file, makes
-#      the relay wait, naming it and why, with nothing lost.
+#  (h) a property eventpipe's guarantees rest on (acks, idempotence,
+#      delivery reports, message timeouts and retries, a partitioner that
+#      does not follow the key, transactional.id, isolation.level, group.id,
+#      auto.offset.reset, enable.partition.eof), in any spelling, is refused
+#      by ALTER SYSTEM and, in the file, makes the relay wait, naming it and
+#      why, with nothing lost.
 use strict;
 use warnings;
 
@@ -252,11 +254,12 @@ ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 ok(consume_ids($kafka->{bootstrap}, $topic, [ $kept, @pieced ], 60),
 	'(g) the 3 events of (g) are in the topic');
 
-# ---- (h) the properties the relay's guarantees rest on ------------------------
+# ---- (h) the properties eventpipe's guarantees rest on ------------------------
 # Whatever the spelling (an alias, "topic.", 1 for true), a value that would
-# let the relay delete an event before every in-sync replica has it, or
-# without its delivery report, or break a key's order, is refused with the
-# property and the reason; spellings of the relay's own values pass.
+# let the relay delete an event before every in-sync replica has it or
+# without its delivery report, break a key's order, or have a worker read
+# aborted records, share a group or skip records, is refused with the
+# property and the reason; spellings of the workers' own values pass.
 
 my %breaking = (
 	'acks=1'                          => qr/"acks" \(item 1 of eventpipe\.kafka_options\) is refused: .*acks=all/,
@@ -265,8 +268,16 @@ my %breaking = (
 	'enable.idempotence=false'        => qr/"enable\.idempotence" \(item 1 .*\) is refused: without the idempotent producer/,
 	'enable.idempotence=0'            => qr/"enable\.idempotence" \(item 1 .*\) is refused/,
 	'delivery.report.only.error=true' => qr/"delivery\.report\.only\.error" \(item 1 .*\) is refused: .*delivery report/,
+	'message.timeout.ms=30000'        => qr/"message\.timeout\.ms" \(item 1 .*\) is refused: .*never time out/,
+	'delivery.timeout.ms=0'           => qr/"delivery\.timeout\.ms" \(item 1 .*\) is refused/,
+	'retries=5'                       => qr/"retries" \(item 1 .*\) is refused: .*without end/,
+	'partitioner=random'              => qr/"partitioner" \(item 1 .*\) is refused: .*one key/,
+	'topic.partitioner=consistent_random' => qr/"topic\.partitioner" \(item 1 .*\) is refused/,
 	'transactional.id=mine'           => qr/"transactional\.id" \(item 1 .*\) is refused: .*relay_exactly_once/,
-	'partitioner=random'              => qr/"partitioner" \(item 1 .*\) is refused: .*one key/);
+	'isolation.level=read_uncommitted' => qr/"isolation\.level" \(item 1 .*\) is refused: .*aborted/,
+	'group.id=shared'                 => qr/"group\.id" \(item 1 .*\) is refused: .*group_id/,
+	'auto.offset.reset=latest'        => qr/"auto\.offset\.reset" \(item 1 .*\) is refused/,
+	'enable.partition.eof=true'       => qr/"enable\.partition\.eof" \(item 1 .*\) is refused/);
 for my $options (sort keys %breaking)
 {
 	my ($ret, $out, $err) = $node->psql('postgres',
@@ -274,7 +285,8 @@ for my $options (sort keys %breaking)
 	isnt($ret, 0, "(h) ALTER SYSTEM refuses kafka_options '$options'");
 	like($err, $breaking{$options}, "(h) ... naming the property and why ($err)");
 }
-for my $options ('acks=-1', 'acks=all,enable.idempotence=1', 'topic.partitioner=consistent',
+for my $options ('acks=-1', 'acks=all,enable.idempotence=1', 'topic.partitioner=murmur2',
+	'partitioner=fnv1a_random', 'isolation.level=read_committed',
 	'delivery.report.only.error=false', 'linger.ms=5')
 {
 	my ($ret, $out, $err) = $node->psql('postgres',
@@ -284,26 +296,27 @@ for my $options ('acks=-1', 'acks=all,enable.idempotence=1', 'topic.partitioner=
 $node->safe_psql('postgres',
 	"ALTER SYSTEM SET eventpipe.kafka_options = 'security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN'");
 
-# The same in the file: the relay waits, names the line, and loses nothing.
-write_secrets($password, 0600, "acks=1\n");
-my @unacked = map {
+# The same in the file (a value librdkafka itself takes): the relay waits,
+# names the line, and loses nothing.
+write_secrets($password, 0600, "partitioner = random\n");
+my @scattered = map {
 	$node->safe_psql('postgres',
-		"SELECT eventpipe.publish('$topic', 'h$_', '{\"acks\": $_}')")
+		"SELECT eventpipe.publish('$topic', 'h', '{\"random\": $_}')")
 } 1 .. 3;
 ok( wait_until(
 		sub {
 			($error = last_relay_error())
-			  =~ /property "acks" \(line 5 of eventpipe\.kafka_options_file\) is refused/;
+			  =~ /property "partitioner" \(line 5 of eventpipe\.kafka_options_file\) is refused/;
 		},
 		60),
-	"(h) acks=1 in the file is refused, naming its line ($error)");
+	"(h) partitioner=random in the file is refused, naming its line ($error)");
 is(relay_stat($node, 'state'), 'not configured', '(h) ... the relay waits, not configured');
 is(outbox_count($node), 3, '(h) the 3 events wait in the outbox');
 
 write_secrets($password, 0600);
 ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 	'(h) with the line gone, the waiting events leave');
-ok(consume_ids($kafka->{bootstrap}, $topic, \@unacked, 60), '(h) the 3 events are in the topic');
+ok(consume_ids($kafka->{bootstrap}, $topic, \@scattered, 60), '(h) the 3 events are in the topic');
 
 # ---- (d) the logs ---------------------------------------------------------
 

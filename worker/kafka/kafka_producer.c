@@ -69,6 +69,7 @@ static rd_kafka_t *
 create_producer(const char *bootstrap_servers, const char *client_id,
 				char *errbuf, size_t errbuf_size)
 {
+	/* the DBA may not change acks, idempotence or the timeout: kafka_guarantees.c */
 	static const char *const properties[][2] = {
 		{"enable.idempotence", "true"},
 		{"acks", "all"},
@@ -437,10 +438,10 @@ kafka_producer_produce_batch(OutboxBatch *batch, const char *source, List **refu
  * send_now: no more messages follow these for now, so what linger.ms holds
  * back to fill a request with them is sent at once (rd_kafka_flush, which
  * treats linger.ms as passed while it waits for every queued message, and
- * serves the reports).  Once librdkafka holds no message, reports still
- * missing cannot come from flushing (a fatal error's reports count for
- * nothing): the wait goes on polling, as for any other batch, until the
- * fatal error is seen.
+ * serves the reports).  Should reports still be missing once librdkafka
+ * holds no message, they cannot come from flushing: the wait goes on
+ * polling, as for any other batch, and so still sees a fatal error or a
+ * reason to stop.
  */
 bool
 kafka_producer_await_batch(OutboxBatch *batch, bool send_now, bool (*keep_waiting) (void))

@@ -1,0 +1,13 @@
+/*
+ * kafka_guarantees.h
+ *		The librdkafka properties eventpipe's guarantees rest on, which the
+ *		DBA's options may not change.
+ */
+#ifndef EVENTPIPE_KAFKA_GUARANTEES_H
+#define EVENTPIPE_KAFKA_GUARANTEES_H
+
+#include <librdkafka/rdkafka.h>
+
+extern const char *eventpipe_kafka_property_refusal(const char *name, const char *value);
+
+#endif							/* EVENTPIPE_KAFKA_GUARANTEES_H */
