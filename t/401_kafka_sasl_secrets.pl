@@ -65,10 +65,17 @@ $node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
 # ---- (a) delivery through the SASL listener -----------------------------
 
 my $topic = 't401.sasl';
-my @ids = map {
-	$node->safe_psql('postgres',
-		"SELECT eventpipe.publish('$topic', 'k$_', '{\"n\": $_}')")
-} 1 .. 5;
+
+# publish_events($tag, $n): the ids of $n events published to $topic, keys $tag1 ...
+sub publish_events
+{
+	my ($tag, $n) = @_;
+	return map {
+		$node->safe_psql('postgres',
+			"SELECT eventpipe.publish('$topic', '$tag$_', '{\"$tag\": $_}')")
+	} 1 .. $n;
+}
+my @ids = publish_events('k', 5);
 ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 	'(a) the relay delivered 5 events through SASL_PLAINTEXT');
 ok(consume_ids($kafka->{bootstrap}, $topic, \@ids, 60), '(a) all 5 are in the topic');
@@ -96,10 +103,7 @@ like($node->safe_psql('postgres', 'SHOW eventpipe.kafka_options'),
 # ---- (c) a wrong password ---------------------------------------------------
 
 set_kafka_options($node, $wrong);
-my @held = map {
-	$node->safe_psql('postgres',
-		"SELECT eventpipe.publish('$topic', 'h$_', '{\"held\": $_}')")
-} 1 .. 3;
+my @held = publish_events('held', 3);
 my $error = '';
 ok( wait_until(
 		sub {
@@ -158,10 +162,7 @@ $node->safe_psql('postgres',
 	"ALTER SYSTEM SET eventpipe.kafka_options = 'security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN'");
 $node->safe_psql('postgres', "ALTER SYSTEM SET eventpipe.kafka_options_file = '$secrets'");
 $node->reload;
-my @filed = map {
-	$node->safe_psql('postgres',
-		"SELECT eventpipe.publish('$topic', 'f$_', '{\"filed\": $_}')")
-} 1 .. 4;
+my @filed = publish_events('filed', 4);
 $error = '';
 ok(wait_until(sub { ($error = last_relay_error()) =~ /open to other users/ }, 60),
 	"(f) a file other users can read is refused ($error)");
@@ -234,10 +235,7 @@ $node->reload;
 
 # A line of the file that is a piece of a value (as a PEM's lines would be).
 write_secrets('Part1', 0600, "Part2Secret=x\n");
-my @pieced = map {
-	$node->safe_psql('postgres',
-		"SELECT eventpipe.publish('$topic', 'g$_', '{\"pieced\": $_}')")
-} 1 .. 2;
+my @pieced = publish_events('pieced', 2);
 ok( wait_until(
 		sub {
 			($error = last_relay_error())
@@ -299,10 +297,7 @@ $node->safe_psql('postgres',
 # The same in the file (a value librdkafka itself takes): the relay waits,
 # names the line, and loses nothing.
 write_secrets($password, 0600, "partitioner = random\n");
-my @scattered = map {
-	$node->safe_psql('postgres',
-		"SELECT eventpipe.publish('$topic', 'h', '{\"random\": $_}')")
-} 1 .. 3;
+my @scattered = publish_events('random', 3);
 ok( wait_until(
 		sub {
 			($error = last_relay_error())
