@@ -8,7 +8,9 @@
  * idempotent producer, retries without end and a partitioner that follows
  * the key; its recovery under exactly-once and the consumers read committed
  * records only, each subscription in its own group, from the first record
- * still there when a stored offset is gone.  The workers set these
+ * still there when a stored offset is gone.  Nor may the DBA point the
+ * workers at librdkafka's mock cluster (which acknowledges what no broker
+ * has), its unit-test hooks, or a signal PostgreSQL handles.  The workers set these
  * themselves (kafka_producer.c, kafka_consumer.c, relay_progress.c); this
  * file only keeps the DBA from undoing them.
  *
@@ -20,6 +22,8 @@
  * loads a library) is never set twice.
  */
 #include "postgres.h"
+
+#include <librdkafka/rdkafka.h>
 
 #include "kafka_guarantees.h"
 
@@ -50,12 +54,11 @@ static const KeptProperty kept_properties[] = {
 	"the relay deletes an event only once its delivery report is in, so every "
 	"event needs one"},
 	{"message.timeout.ms", "delivery.timeout.ms", NEVER_SET, {NULL},
-	"an event that timed out would be sent again after later events of its key; "
-	"the relay's events never time out (under eventpipe.relay_exactly_once, they "
-	"time out with their transaction, which is sent again whole)"},
+	"the relay's events never time out: one that did would be sent again after "
+	"later events of its key"},
 	{"message.send.max.retries", "retries", NEVER_SET, {NULL},
-	"an event librdkafka stopped retrying would be sent again after later events of "
-	"its key; librdkafka retries the relay's events without end"},
+	"librdkafka retries the relay's events without end: one it gave up on would "
+	"be sent again after later events of its key"},
 	{"partitioner", NULL, REFUSE_VALUES, {"random", "consistent_random"},
 	"it would send the events of one key (for consistent_random, the empty key) to "
 	"different partitions, out of their order"},
@@ -66,13 +69,20 @@ static const KeptProperty kept_properties[] = {
 	"not read records of aborted Kafka transactions"},
 	{"group.id", NULL, NEVER_SET, {NULL},
 	"each subscription consumes in its own group, its group_id"},
+	{"group.instance.id", NULL, NEVER_SET, {NULL},
+	"the workers of a subscription would fence one another out of its group"},
 	{"auto.offset.reset", NULL, NEVER_SET, {NULL},
 	"a consumer whose stored offset is gone starts at the first record still there; "
 	"any other start would skip records not yet applied"},
 	{"enable.partition.eof", NULL, NEVER_SET, {NULL},
 	"the workers set it themselves: the relay's recovery reads each partition to "
 	"its end, the consumers do not"},
+	{"internal.termination.signal", NULL, NEVER_SET, {NULL},
+	"PostgreSQL owns the workers' signal handlers"},
 };
+
+/* librdkafka's hidden test properties, settable like any other */
+static const char *const test_property_prefixes[] = {"test.", "ut_"};
 
 /*
  * The kept property name reaches, or NULL.  librdkafka also takes a topic
@@ -92,41 +102,44 @@ kept_property_named(const char *name)
 	return NULL;
 }
 
-/* prop's value in conf as librdkafka reads it back, "" when unset. */
-static void
-read_back(rd_kafka_conf_t *conf, const KeptProperty *prop, char *value, size_t value_size)
+/* Set name to value on conf and read prop back; false if either fails. */
+static bool
+set_and_read_back(rd_kafka_conf_t *conf, const char *name, const char *value,
+				  const KeptProperty *prop, char *read, size_t read_size)
 {
-	if (rd_kafka_conf_get(conf, prop->name, value, &value_size) != RD_KAFKA_CONF_OK)
-		value[0] = '\0';
+	char		errstr[256];
+	bool		ok;
+
+	ok = rd_kafka_conf_set(conf, name, value, errstr, sizeof(errstr)) == RD_KAFKA_CONF_OK &&
+		rd_kafka_conf_get(conf, prop->name, read, &read_size) == RD_KAFKA_CONF_OK;
+	explicit_bzero(errstr, sizeof(errstr));	/* it may quote the value */
+	return ok;
 }
 
-/* Does setting name to value, which librdkafka accepts, keep prop as it must be? */
+/*
+ * Does setting name to value keep prop as it must be?  Anything that cannot
+ * be read back (a value only an interceptor took) counts as not kept.
+ */
 static bool
 keeps(const KeptProperty *prop, const char *name, const char *value)
 {
 	rd_kafka_conf_t *scratch = rd_kafka_conf_new();
-	char		errstr[256];
-	char		workers_value[64] = "";
+	char		workers_value[64];
 	char		dba_value[64];
-	bool		kept = true;
+	bool		kept;
 	size_t		i;
 
 	if (prop->rule == KEEP_VALUE)
+		kept = set_and_read_back(scratch, prop->name, prop->values[0], prop,
+								 workers_value, sizeof(workers_value)) &&
+			set_and_read_back(scratch, name, value, prop, dba_value, sizeof(dba_value)) &&
+			strcmp(dba_value, workers_value) == 0;
+	else
 	{
-		rd_kafka_conf_set(scratch, prop->name, prop->values[0], errstr, sizeof(errstr));
-		read_back(scratch, prop, workers_value, sizeof(workers_value));
+		kept = set_and_read_back(scratch, name, value, prop, dba_value, sizeof(dba_value));
+		for (i = 0; kept && i < lengthof(prop->values) && prop->values[i] != NULL; i++)
+			kept = strcmp(dba_value, prop->values[i]) != 0;
 	}
-	if (rd_kafka_conf_set(scratch, name, value, errstr, sizeof(errstr)) == RD_KAFKA_CONF_OK)
-	{
-		read_back(scratch, prop, dba_value, sizeof(dba_value));
-		if (prop->rule == KEEP_VALUE)
-			kept = strcmp(dba_value, workers_value) == 0;
-		else
-			for (i = 0; i < lengthof(prop->values) && prop->values[i] != NULL; i++)
-				if (strcmp(dba_value, prop->values[i]) == 0)
-					kept = false;
-	}
-	explicit_bzero(errstr, sizeof(errstr));	/* it may quote the value */
 	rd_kafka_conf_destroy(scratch);
 	return kept;
 }
@@ -139,7 +152,12 @@ const char *
 eventpipe_kafka_property_refusal(const char *name, const char *value)
 {
 	const KeptProperty *prop = kept_property_named(name);
+	size_t		i;
 
+	for (i = 0; i < lengthof(test_property_prefixes); i++)
+		if (strncmp(name, test_property_prefixes[i], strlen(test_property_prefixes[i])) == 0)
+			return "librdkafka's test properties replace the brokers with a mock "
+				"cluster or take over its internals";
 	if (prop == NULL)
 		return NULL;
 	if (prop->rule == NEVER_SET || !keeps(prop, name, value))

@@ -6,8 +6,6 @@
 #ifndef EVENTPIPE_KAFKA_GUARANTEES_H
 #define EVENTPIPE_KAFKA_GUARANTEES_H
 
-#include <librdkafka/rdkafka.h>
-
 extern const char *eventpipe_kafka_property_refusal(const char *name, const char *value);
 
 #endif							/* EVENTPIPE_KAFKA_GUARANTEES_H */

@@ -62,9 +62,9 @@ trim(char *s)
 
 /*
  * Set one DBA property; false, with a reason that quotes no part of any
- * value, if librdkafka refuses it or the relay's guarantees would not hold
- * with it.  where names the item by its position
- * ("item 2 of eventpipe.kafka_options"), for the reason.
+ * value, if librdkafka refuses it or eventpipe's guarantees would not hold
+ * with it.  where names the item by its position ("item 2 of
+ * eventpipe.kafka_options"), for the reason.
  */
 static bool
 apply_property(rd_kafka_conf_t *conf, char *name, char *value, const char *where,

@@ -27,7 +27,9 @@
 #      does not follow the key, transactional.id, isolation.level, group.id,
 #      auto.offset.reset, enable.partition.eof), in any spelling, is refused
 #      by ALTER SYSTEM and, in the file, makes the relay wait, naming it and
-#      why, with nothing lost.
+#      why, with nothing lost; so are librdkafka's test properties (a mock
+#      cluster) and internal.termination.signal; a server started with such
+#      an item warns and keeps the setting's default.
 use strict;
 use warnings;
 
@@ -78,7 +80,7 @@ sub publish_events
 my @ids = publish_events('k', 5);
 ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 	'(a) the relay delivered 5 events through SASL_PLAINTEXT');
-ok(consume_ids($kafka->{bootstrap}, $topic, \@ids, 60), '(a) all 5 are in the topic');
+ok(ids_on_topic($kafka->{bootstrap}, $topic, \@ids, 60), '(a) all 5 are in the topic');
 is(relay_stat($node, 'events_failed'), 0, '(a) no failed attempt');
 
 # ---- (b) the password stays with superusers -------------------------------
@@ -118,7 +120,7 @@ is(outbox_count($node), 3, '(c) the 3 events wait in the outbox');
 set_kafka_options($node, $password);
 ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 	'(c) with the right password again, the waiting events leave');
-ok(consume_ids($kafka->{bootstrap}, $topic, [ @ids, @held ], 60),
+ok(ids_on_topic($kafka->{bootstrap}, $topic, [ @ids, @held ], 60),
 	'(c) all 8 events are in the topic');
 
 # ---- (e) stat_reset() ------------------------------------------------------
@@ -178,7 +180,7 @@ is(outbox_count($node), 4, '(f) the 4 events still wait');
 write_secrets($password, 0600);
 ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 	'(f) rewriting the file with the right password delivers them, without a reload');
-ok(consume_ids($kafka->{bootstrap}, $topic, \@filed, 60), '(f) all 4 are in the topic');
+ok(ids_on_topic($kafka->{bootstrap}, $topic, \@filed, 60), '(f) all 4 are in the topic');
 
 # ---- (g) a value with a comma ------------------------------------------------
 # Commas separate the items of kafka_options, so this password is cut in
@@ -249,7 +251,7 @@ is(outbox_count($node), 2, '(g) the 2 events wait in the outbox');
 write_secrets($password, 0600);
 ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 	'(g) with the file right again, the waiting events leave');
-ok(consume_ids($kafka->{bootstrap}, $topic, [ $kept, @pieced ], 60),
+ok(ids_on_topic($kafka->{bootstrap}, $topic, [ $kept, @pieced ], 60),
 	'(g) the 3 events of (g) are in the topic');
 
 # ---- (h) the properties eventpipe's guarantees rest on ------------------------
@@ -275,7 +277,11 @@ my %breaking = (
 	'isolation.level=read_uncommitted' => qr/"isolation\.level" \(item 1 .*\) is refused: .*aborted/,
 	'group.id=shared'                 => qr/"group\.id" \(item 1 .*\) is refused: .*group_id/,
 	'auto.offset.reset=latest'        => qr/"auto\.offset\.reset" \(item 1 .*\) is refused/,
-	'enable.partition.eof=true'       => qr/"enable\.partition\.eof" \(item 1 .*\) is refused/);
+	'enable.partition.eof=true'       => qr/"enable\.partition\.eof" \(item 1 .*\) is refused/,
+	'group.instance.id=w1'            => qr/"group\.instance\.id" \(item 1 .*\) is refused: .*fence/,
+	'internal.termination.signal=15'  => qr/"internal\.termination\.signal" \(item 1 .*\) is refused: .*signal/,
+	'test.mock.num.brokers=1'         => qr/"test\.mock\.num\.brokers" \(item 1 .*\) is refused: .*mock cluster/,
+	'ut_handle_ProduceResponse=x'     => qr/"ut_handle_ProduceResponse" \(item 1 .*\) is refused/);
 for my $options (sort keys %breaking)
 {
 	my ($ret, $out, $err) = $node->psql('postgres',
@@ -305,13 +311,34 @@ ok( wait_until(
 		},
 		60),
 	"(h) partitioner=random in the file is refused, naming its line ($error)");
-is(relay_stat($node, 'state'), 'not configured', '(h) ... the relay waits, not configured');
+ok(wait_until(sub { relay_stat($node, 'state') eq 'not configured' }, 30),
+	'(h) ... the relay waits, not configured');
 is(outbox_count($node), 3, '(h) the 3 events wait in the outbox');
 
 write_secrets($password, 0600);
 ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 	'(h) with the line gone, the waiting events leave');
-ok(consume_ids($kafka->{bootstrap}, $topic, \@scattered, 60), '(h) the 3 events are in the topic');
+ok(ids_on_topic($kafka->{bootstrap}, $topic, \@scattered, 60), '(h) the 3 events are in the topic');
+
+# A configuration file that already holds such an item (as one written
+# before this check may): the server starts, warns, and keeps the
+# setting's default, every item of it.
+$log_at = log_position($node);
+$node->append_conf('postgresql.auto.conf',
+	"eventpipe.kafka_options = 'security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN,acks=1'");
+$node->restart;
+like(log_since($node, $log_at),
+	qr/WARNING:  invalid value for parameter "eventpipe\.kafka_options"\n.*DETAIL:  property "acks" \(item 3 of eventpipe\.kafka_options\) is refused/,
+	'(h) a server started with acks=1 in its configuration warns, naming the item');
+is($node->safe_psql('postgres', 'SHOW eventpipe.kafka_options'), '',
+	'(h) ... and keeps the default, no item of it applied');
+$node->safe_psql('postgres',
+	"ALTER SYSTEM SET eventpipe.kafka_options = 'security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN'");
+$node->reload;
+my @after_restart = publish_events('restarted', 2);
+ok(wait_until(sub { outbox_count($node) == 0 }, 60),
+	'(h) with the item gone, the relay delivers again');
+ok(ids_on_topic($kafka->{bootstrap}, $topic, \@after_restart, 60), '(h) the 2 events are in the topic');
 
 # ---- (d) the logs ---------------------------------------------------------
 

@@ -28,7 +28,7 @@ our @EXPORT = qw(
   start_kafka stop_kafka restart_kafka kill_kafka_node start_kafka_node
   kafka_node_pid
   new_node
-  run_kcat read_topic consume_all consume_until consume_ids
+  run_kcat read_topic consume_all consume_until consume_ids ids_on_topic
   wait_for_relay_state wait_until relay_stats relay_stat
   publish_sql run_publish_script outbox_count
   sql_quote json_text
@@ -564,6 +564,16 @@ sub consume_ids
 			return !grep { !$seen{$_} } @$ids;
 		},
 		$timeout);
+}
+
+# ids_on_topic($bootstrap, $topic, \@ids, $timeout): true once a message
+# with each of these ce_ids is on the topic, false if one is still missing
+# at the timeout (consume_ids returns the messages, true either way).
+sub ids_on_topic
+{
+	my ($bootstrap, $topic, $ids, $timeout) = @_;
+	my $by = by_ce_id(consume_ids($bootstrap, $topic, $ids, $timeout));
+	return !grep { !$by->{$_} } @$ids;
 }
 
 # Messages grouped by ce_id: { id => [messages...] }.

@@ -3,7 +3,8 @@
  *		Builds a worker's librdkafka client, producer or consumer, the same
  *		way for both: the brokers, the client id and the properties every
  *		worker's client has, then the caller's own, then the DBA's
- *		(eventpipe.kafka_options and its file, which win); and the log,
+ *		(eventpipe.kafka_options and its file, which win, but may not
+ *		touch what extension/kafka_guarantees.c keeps); and the log,
  *		error and statistics callbacks, with logs queued for the worker's
  *		own thread (librdkafka's threads never call into PostgreSQL).
  */
@@ -57,7 +58,7 @@ kafka_client_conf(const char *bootstrap_servers, const char *client_id,
 		ok = eventpipe_kafka_conf_set(conf, shared[i][0], shared[i][1], errbuf, errbuf_size);
 	for (i = 0; ok && i < nproperties; i++)
 		ok = eventpipe_kafka_conf_set(conf, properties[i][0], properties[i][1], errbuf, errbuf_size);
-	/* the DBA's options come last and win */
+	/* the DBA's options come last and win, where kafka_guarantees.c lets them */
 	ok = ok && eventpipe_apply_dba_kafka_options(conf, errbuf, errbuf_size);
 	if (!ok)
 	{

@@ -117,6 +117,7 @@ static rd_kafka_t *
 create_consumer(const Subscription *subscription, const char *client_id, char *errbuf,
 				size_t errbuf_size)
 {
+	/* group.id, auto.offset.reset, enable.partition.eof: the DBA may not change them */
 	const char *const properties[][2] = {
 		{"group.id", subscription->group_id},
 		/*

@@ -69,7 +69,7 @@ static rd_kafka_t *
 create_producer(const char *bootstrap_servers, const char *client_id,
 				char *errbuf, size_t errbuf_size)
 {
-	/* the DBA may not change acks, idempotence or the timeout: kafka_guarantees.c */
+	/* acks, idempotence, the timeout: the DBA may not change them (kafka_guarantees.c) */
 	static const char *const properties[][2] = {
 		{"enable.idempotence", "true"},
 		{"acks", "all"},

@@ -8,7 +8,10 @@
  *
  * The topic, RELAY_PROGRESS_TOPIC, is compacted: a record's key names its
  * relay (server, database, shard), so the topic keeps about one record per
- * relay however long it runs.  A relay commits a transaction only once the
+ * relay however long it runs.  Records go to partition 0 whatever the
+ * partitioner (which the DBA may change), and partition 0 is read last: a
+ * topic made beforehand with more partitions may hold an older record of
+ * a relay elsewhere, which one in partition 0 outranks.  A relay commits a transaction only once the
  * rows of its previous one are deleted from the outbox (and that delete is
  * on disk: every claim flushes the WAL before sending), so the last record
  * of each key is the only one whose rows may still be in the outbox.
@@ -125,6 +128,7 @@ relay_progress_add(rd_kafka_t *rk, const char *key, OutboxBatch *batch,
 	{
 		err = rd_kafka_producev(rk,
 								RD_KAFKA_V_TOPIC(RELAY_PROGRESS_TOPIC),
+								RD_KAFKA_V_PARTITION(0),
 								RD_KAFKA_V_KEY(key, strlen(key)),
 								RD_KAFKA_V_VALUE(value.data, value.len),
 								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -207,6 +211,7 @@ keep_latest(List **records, const rd_kafka_message_t *msg)
 static rd_kafka_t *
 new_reader(const char *bootstrap_servers, const char *client_id, char *errbuf, size_t errbuf_size)
 {
+	/* isolation.level, enable.partition.eof: the DBA may not change them */
 	static const char *const properties[][2] = {
 		{"isolation.level", "read_committed"},
 		{"enable.partition.eof", "true"},
@@ -313,7 +318,7 @@ relay_progress_read(const char *bootstrap_servers, const char *client_id, const 
 	partitions = partition_count(rk, rkt, errbuf, errbuf_size);
 	if (partitions < 0)
 		ok = false;
-	for (p = 0; ok && p < partitions; p++)
+	for (p = partitions - 1; ok && p >= 0; p--)
 		ok = read_partition(rkt, p, prefix, records, keep_waiting, errbuf, errbuf_size);
 	rd_kafka_topic_destroy(rkt);
 	rd_kafka_destroy(rk);
