@@ -136,6 +136,7 @@ my @in_flight     = publish_round('in flight', $big, 10, $big);
 my $deadline      = time() + 60;
 usleep(2_000)
   while relay_stat($node, 'events_sent') == $sent_before && time() < $deadline;
+isnt(relay_stat($node, 'events_sent'), $sent_before, 'Kafka acknowledged a first batch of them');
 # SIGKILL at once (scripts/kafka would take a moment), then let the script
 # see that the node is gone.
 ok(kill('KILL', $kafka_pid), 'Kafka node 1 killed (SIGKILL) while relaying');

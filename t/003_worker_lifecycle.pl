@@ -166,6 +166,7 @@ while (relay_stat($node, 'events_sent') == $sent_before && time() < $deadline)
 {
 	Time::HiRes::usleep(5_000);
 }
+isnt(relay_stat($node, 'events_sent'), $sent_before, '(d) Kafka acknowledged a first batch of them');
 ok(kill('KILL', $pid_d), "(d) relay worker $pid_d killed with SIGKILL");
 ok( wait_until(
 		sub {

@@ -22,7 +22,9 @@ my $kafka = start_kafka();
 my $node  = new_node(
 	'pause',
 	bootstrap => $kafka->{bootstrap},
-	conf      => "eventpipe.relay_batch_size = 100");
+	conf      => "eventpipe.relay_batch_size = 100\n"
+	  # statistics every 0.5 s, so that a client's row shows soon after it is made
+	  . "eventpipe.kafka_options = 'statistics.interval.ms=500'");
 $node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
 ok(wait_for_relay_state($node, 'idle'), 'relay worker is idle');
 
@@ -53,6 +55,10 @@ sub publish_events
 # ---- (a) -------------------------------------------------------------------
 my @before = @{ publish_events(20, 1) };
 ok(wait_until(sub { outbox_count($node) == 0 }, 60), '(a) events before the pause leave');
+my $relay_client_rows =
+  "SELECT count(*) FROM eventpipe.kafka_statistics() WHERE client_id = 'eventpipe-relay-postgres-0'";
+ok(wait_until(sub { $node->safe_psql('postgres', $relay_client_rows) == 1 }, 30),
+	'(a) while it relays, the relay holds a Kafka client (its statistics)');
 ok($node->safe_psql('postgres', 'SELECT eventpipe.pause_relay() IS NOT NULL') eq 't',
 	'(a) pause_relay() returns its time');
 ok(wait_for_relay_state($node, 'paused'), '(a) pg_stat_relay says paused');
@@ -64,8 +70,7 @@ for my $i (0 .. 9)    # ten commits
 }
 sleep 3;
 is(outbox_count($node), 100, '(a) the 100 events published while paused wait in the outbox');
-is($node->safe_psql('postgres',
-		"SELECT count(*) FROM eventpipe.kafka_statistics() WHERE client_id = 'eventpipe-relay-postgres-0'"),
+is($node->safe_psql('postgres', $relay_client_rows),
 	0, '(a) a paused relay holds no Kafka client (no statistics)');
 is(relay_stat($node, 'state'), 'paused', '(a) still paused after 3 s of turns every 100 ms');
 my $msgs = consume_all($kafka->{bootstrap}, $topic, 20, 30);

@@ -45,7 +45,8 @@ ok(wait_until(sub { relay_stat($node, 'events_sent') >= 300 }, 60),
 my @bulk_keys = map { "bulk-k$_" } 0 .. 19;
 is(bulk_publish($node, $topic, \@bulk_keys, 1000), 20000, 'a backlog of 20,000 events committed');
 my $sent0 = relay_stat($node, 'events_sent');
-wait_until(sub { relay_stat($node, 'events_sent') >= $sent0 + 1000 }, 30);
+ok(wait_until(sub { relay_stat($node, 'events_sent') >= $sent0 + 1000 }, 30),
+	'the relay is sending the backlog');
 my $outbox_at_kill = outbox_count($node);
 my $ledger_at_kill = ledger_count($node, $topic);
 my $t_kill = time();

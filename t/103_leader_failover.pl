@@ -48,7 +48,8 @@ for my $round (1 .. 2)
 	# A backlog on top of the stream: batches are in flight at the kill.
 	bulk_publish($node, $topic, [ map { "fo-bulk-k$_" } 0 .. 9 ], 1000);
 	my $sent = relay_stat($node, 'events_sent');
-	wait_until(sub { relay_stat($node, 'events_sent') >= $sent + 1000 }, 60);
+	ok(wait_until(sub { relay_stat($node, 'events_sent') >= $sent + 1000 }, 60),
+		"$r: the relay is sending the backlog");
 
 	# The busiest partition so far and its leader.
 	my %count = %{ end_offsets($bootstrap, $topic, 3) };

@@ -121,8 +121,10 @@ ok(wait_until(sub { my $w = running_workers(); keys %$w == 3 && !grep { $_ == $v
 
 # (2) pg_terminate_backend() of a worker, and two workers added
 produce_slice('(2) slice 2', $slices[1]);
-my $terminated = running_workers()->{1};
-$node->safe_psql($db, "SELECT pg_terminate_backend($terminated)") if $terminated;
+my $terminated;
+ok(wait_until(sub { $terminated = running_workers()->{1} }, 60), '(2) worker 1 runs');
+is($node->safe_psql($db, "SELECT pg_terminate_backend($terminated)"), 't',
+	"(2) pg_terminate_backend() of worker 1 (pid $terminated)");
 $node->safe_psql($db, "UPDATE eventpipe.subscriptions SET workers = 5 WHERE name = '$sub'");
 ok(wait_until(sub { keys %{ running_workers() } == 5 }, 60),
 	'(2) five workers run after UPDATE ... SET workers = 5, without a restart');

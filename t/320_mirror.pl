@@ -169,7 +169,8 @@ ok(wait_until(sub { scalar(log_matches($target, $log_kill, qr/terminated by sign
 	'the target crash-restarted');
 ok(wait_server_up($target, 60), 'the target is back');
 my $stored = db_offsets($target, 'copy', $sub, $topic) // {};
-cmp_ok($stored->{0} // 0, '<', $originals, "killed in the middle: offset $stored->{0} of $originals stored");
+ok(defined $stored->{0} && $stored->{0} > 0 && $stored->{0} < $originals,
+	'killed in the middle: offset ' . ($stored->{0} // 'none') . " of $originals stored");
 $pid = wait_consumer_pid($target, 'copy', $sub, not => $pid, timeout => 60);
 ok($pid, "a new consumer worker runs (pid $pid)");
 $target->safe_psql('copy', 'DROP TRIGGER slow_down ON products');

@@ -59,6 +59,7 @@ ok(!-e "$dir/replica-pgdata/postmaster.pid", 'the catalogue replica was stopped'
 my $kafka_status = '';
 IPC::Run::run([ "$repo/scripts/kafka", 'status', '--dir', "$dir/kafka" ],
 	'<', \undef, '>', \$kafka_status, '2>', \my $ignored);
-unlike($kafka_status, qr/state=running/, 'Kafka was stopped') or diag $kafka_status;
+like($kafka_status, qr/state=stopped/, 'Kafka was stopped') or diag $kafka_status;
+unlike($kafka_status, qr/state=running/, '... every node of it') or diag $kafka_status;
 
 done_testing();

@@ -372,6 +372,8 @@ sub verify_messages
 	my $topic = $o{topic} // 'the topic';
 	my %want = map { $_->{event_id} => $_ } @$expected;
 	my %other = map { $_ => 1 } @{ $o{others_ok} // [] };
+	# an empty ledger would pass every check below
+	cmp_ok(scalar @$expected, '>', 0, "$label: the ledger holds committed events to look for");
 	my %seen;
 	$seen{ $_->{ce_id} // '' }++ for @$msgs;
 
