@@ -54,8 +54,8 @@ static const KeptProperty kept_properties[] = {
 	"the relay deletes an event only once its delivery report is in, so every "
 	"event needs one"},
 	{"message.timeout.ms", "delivery.timeout.ms", NEVER_SET, {NULL},
-	"the relay's events never time out: one that did would be sent again after "
-	"later events of its key"},
+	"the relay's events never time out (under eventpipe.relay_exactly_once, they "
+	"do with their transaction): one that did would follow later events of its key"},
 	{"message.send.max.retries", "retries", NEVER_SET, {NULL},
 	"librdkafka retries the relay's events without end: one it gave up on would "
 	"be sent again after later events of its key"},
@@ -79,6 +79,9 @@ static const KeptProperty kept_properties[] = {
 	"its end, the consumers do not"},
 	{"internal.termination.signal", NULL, NEVER_SET, {NULL},
 	"PostgreSQL owns the workers' signal handlers"},
+	{"enable_sasl_queue", NULL, NEVER_SET, {NULL},
+	"the workers serve no SASL callback queue: OAUTHBEARER tokens would never be "
+	"refreshed"},
 };
 
 /* librdkafka's hidden test properties, settable like any other */

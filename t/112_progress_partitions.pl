@@ -1,12 +1,15 @@
 # t/112_progress_partitions.pl: the exactly-once relay's progress topic,
-# eventpipe-relay-progress, made beforehand with three partitions (as an
+# eventpipe-relay-progress, made beforehand with several partitions (as an
 # administrator may, since eventpipe makes it only if it is missing).
 #  (a) the relay writes its records to partition 0 whatever the
-#      partitioner, so one relay's records never spread over partitions;
-#  (b) a record of that relay left in another partition (as an older
-#      partitioner may have put there: here written with kcat, naming a row
-#      the relay has not sent) is outranked at recovery by the newer one in
-#      partition 0: the row is sent, not taken for committed and deleted.
+#      partitioner: with fnv1a and a partition count chosen so that fnv1a
+#      puts the relay's key elsewhere, every record is in partition 0;
+#  (b) a record of that relay in another partition is outranked at
+#      recovery by the one in partition 0.  A real one would be older and
+#      name rows already deleted (its harm: a batch Kafka committed sent
+#      again); the one written here with kcat names a row the relay has not
+#      sent, so that the order of the reads shows directly: the row is sent,
+#      not taken for committed and deleted.
 use strict;
 use warnings;
 
@@ -20,20 +23,33 @@ use FaultTest;
 my $PROGRESS = 'eventpipe-relay-progress';
 my $topic    = 't112.events';
 
+# The partition librdkafka's fnv1a partitioner gives a key: 32-bit FNV-1a,
+# taken as a signed integer and made positive (rd_fnv1a), modulo the count.
+sub fnv1a_partition
+{
+	my ($key, $partitions) = @_;
+	my $h = 0x811C9DC5;
+	$h = (($h ^ $_) * 0x01000193) & 0xFFFFFFFF for unpack('C*', $key);
+	$h = 4294967296 - $h if $h > 2147483648;
+	return $h % $partitions;
+}
+
 my $kafka = start_kafka();
 my $admin = topic_admin($kafka);
-ok(create_topic($admin, $PROGRESS, 3, 1), "$PROGRESS made with 3 partitions");
-
 my $node = new_node('main',
 	bootstrap => $kafka->{bootstrap},
 	conf      => "eventpipe.relay_exactly_once = on\n"
-	  # the relay's partitioner for every other key would put it elsewhere
 	  . "eventpipe.kafka_options = 'partitioner=fnv1a'");
-$node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
-ok(wait_for_relay_state($node, 'idle'), 'the relay is idle, exactly once');
 
+# The relay's records are keyed by server, database and shard.
 my $key = $node->safe_psql('postgres', 'SELECT system_identifier FROM pg_control_system()')
   . '/postgres/0';
+my ($partitions) = grep { fnv1a_partition($key, $_) != 0 } 2 .. 16;
+ok(create_topic($admin, $PROGRESS, $partitions, 1),
+	"$PROGRESS made with $partitions partitions (fnv1a puts the relay's key in partition "
+	  . fnv1a_partition($key, $partitions) . ')');
+$node->safe_psql('postgres', 'CREATE EXTENSION eventpipe');
+ok(wait_for_relay_state($node, 'idle'), 'the relay is idle, exactly once');
 
 # ---- (a) records go to partition 0 -----------------------------------------
 
@@ -57,10 +73,11 @@ my $row = $node->safe_psql('postgres', 'SELECT id || \' \' || event_id FROM even
 like($row, qr/^\d+ \S+$/, "(b) one row waits: $row");
 
 my $stale = "$key|eventpipe-relay-progress 1\n$row\n";
+my $elsewhere = $partitions - 1;
 my ($ok, $out, $err) = run_kcat(
-	[ '-P', '-b', $kafka->{bootstrap}, '-t', $PROGRESS, '-p', '2', '-K', '|', '-D', '#' ],
+	[ '-P', '-b', $kafka->{bootstrap}, '-t', $PROGRESS, '-p', $elsewhere, '-K', '|', '-D', '#' ],
 	stdin => \"$stale#");
-ok($ok, '(b) a record naming that row written to partition 2') or diag $err;
+ok($ok, "(b) a record naming that row written to partition $elsewhere") or diag $err;
 
 my $log_at = log_position($node);
 $node->safe_psql('postgres', 'SELECT eventpipe.resume_relay()');

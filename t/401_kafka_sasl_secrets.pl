@@ -280,6 +280,7 @@ my %breaking = (
 	'enable.partition.eof=true'       => qr/"enable\.partition\.eof" \(item 1 .*\) is refused/,
 	'group.instance.id=w1'            => qr/"group\.instance\.id" \(item 1 .*\) is refused: .*fence/,
 	'internal.termination.signal=15'  => qr/"internal\.termination\.signal" \(item 1 .*\) is refused: .*signal/,
+	'enable_sasl_queue=true'          => qr/"enable_sasl_queue" \(item 1 .*\) is refused: .*SASL/,
 	'test.mock.num.brokers=1'         => qr/"test\.mock\.num\.brokers" \(item 1 .*\) is refused: .*mock cluster/,
 	'ut_handle_ProduceResponse=x'     => qr/"ut_handle_ProduceResponse" \(item 1 .*\) is refused/);
 for my $options (sort keys %breaking)
