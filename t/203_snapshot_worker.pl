@@ -5,7 +5,8 @@
 #    after each chunk's last key: every row once;
 #  - the worker reads as the role that asked: a function that role may not
 #    execute fails the snapshot, with the error; so does a condition that
-#    raises one at run time;
+#    raises one at run time, the chunk it raised in rolled back and the
+#    chunks before it kept;
 #  - a snapshot waiting for the relay (snapshot_max_backlog) can be
 #    cancelled; one whose table is no longer captured fails;
 #  - the worker leaves when no snapshot runs.
@@ -107,7 +108,20 @@ $id = as_owner("SELECT eventpipe.snapshot('things', 'n / (n - n) > 0')");
 ($state, $emitted, $error) = wait_ended($id);
 is($state, 'failed', 'a condition that raises an error fails the snapshot');
 like($error, qr/division by zero/, 'with the error');
-is($emitted, 0, 'having emitted nothing (its chunk was rolled back)');
+is($emitted, 0, 'having emitted nothing (the error came on its first row)');
+
+# An error in the second chunk (ids 8 to 14; 8 and 9 pass the condition
+# before id 10 divides by zero): the first chunk stays emitted, nothing of
+# the second does.
+my $things_read = "SELECT count(*) FROM eventpipe.outbox WHERE event_type = 'things.read'";
+my $read_before = $node->safe_psql('postgres', $things_read);
+$id = as_owner("SELECT eventpipe.snapshot('things', '1 / (id - 10) >= -1')");
+($state, $emitted, $error) = wait_ended($id);
+is($state, 'failed', 'a condition that raises an error in the second chunk fails the snapshot');
+like($error, qr/division by zero/, 'with the error');
+is($emitted, 7, 'having emitted its first chunk of 7 rows');
+is($node->safe_psql('postgres', $things_read) - $read_before, 7,
+	'the outbox holds those 7 and nothing of the chunk the error rolled back');
 
 # ---- waiting for the relay: cancelled, or the table uncaptured ----------
 
