@@ -153,9 +153,17 @@ sub write_secrets
 	rename("$secrets.new", $secrets) or die "rename: $!";
 }
 
-sub last_relay_error
+# relay_error_matches(qr/.../): whether pg_stat_relay's last_error, as a
+# pg_monitor member reads it, comes to match within 60 s; $error keeps it.
+sub relay_error_matches
 {
-	return $as_watcher->("SELECT coalesce(last_error, '') FROM eventpipe.pg_stat_relay");
+	my ($pattern) = @_;
+	return wait_until(
+		sub {
+			$error = $as_watcher->("SELECT coalesce(last_error, '') FROM eventpipe.pg_stat_relay");
+			return $error =~ $pattern;
+		},
+		60);
 }
 
 write_secrets($wrong_in_file, 0644);
@@ -166,14 +174,14 @@ $node->safe_psql('postgres', "ALTER SYSTEM SET eventpipe.kafka_options_file = '$
 $node->reload;
 my @filed = publish_events('filed', 4);
 $error = '';
-ok(wait_until(sub { ($error = last_relay_error()) =~ /open to other users/ }, 60),
+ok(relay_error_matches(qr/open to other users/),
 	"(f) a file other users can read is refused ($error)");
 like(log_since($node, $log_at), qr/parameter "eventpipe.kafka_options" changed/,
 	'(f) the reload logged the changed settings');
 is(outbox_count($node), 4, '(f) the 4 events wait in the outbox');
 
 write_secrets($wrong_in_file, 0600);
-ok(wait_until(sub { ($error = last_relay_error()) =~ /authenticat/i }, 60),
+ok(relay_error_matches(qr/authenticat/i),
 	"(f) with the file private, its wrong password fails authentication ($error)");
 is(outbox_count($node), 4, '(f) the 4 events still wait');
 
@@ -238,12 +246,7 @@ $node->reload;
 # A line of the file that is a piece of a value (as a PEM's lines would be).
 write_secrets('Part1', 0600, "Part2Secret=x\n");
 my @pieced = publish_events('pieced', 2);
-ok( wait_until(
-		sub {
-			($error = last_relay_error())
-			  =~ /line 5 of eventpipe\.kafka_options_file is not a property librdkafka knows/;
-		},
-		60),
+ok(relay_error_matches(qr/line 5 of eventpipe\.kafka_options_file is not a property librdkafka knows/),
 	"(g) a line of the file that is no property is named by its number ($error)");
 unlike($error, $pieces, '(g) ... quoting neither piece');
 is(outbox_count($node), 2, '(g) the 2 events wait in the outbox');
@@ -305,12 +308,7 @@ $node->safe_psql('postgres',
 # names the line, and loses nothing.
 write_secrets($password, 0600, "partitioner = random\n");
 my @scattered = publish_events('random', 3);
-ok( wait_until(
-		sub {
-			($error = last_relay_error())
-			  =~ /property "partitioner" \(line 5 of eventpipe\.kafka_options_file\) is refused/;
-		},
-		60),
+ok(relay_error_matches(qr/property "partitioner" \(line 5 of eventpipe\.kafka_options_file\) is refused/),
 	"(h) partitioner=random in the file is refused, naming its line ($error)");
 ok(wait_until(sub { relay_stat($node, 'state') eq 'not configured' }, 30),
 	'(h) ... the relay waits, not configured');

@@ -11,10 +11,11 @@
  * relay however long it runs.  Records go to partition 0 whatever the
  * partitioner (which the DBA may change), and partition 0 is read last: a
  * topic made beforehand with more partitions may hold an older record of
- * a relay elsewhere, which one in partition 0 outranks.  A relay commits a transaction only once the
- * rows of its previous one are deleted from the outbox (and that delete is
- * on disk: every claim flushes the WAL before sending), so the last record
- * of each key is the only one whose rows may still be in the outbox.
+ * a relay elsewhere, which one in partition 0 outranks.  A relay commits a
+ * transaction only once the rows of its previous one are deleted from the
+ * outbox (and that delete is on disk: every claim flushes the WAL before
+ * sending), so the last record of each key is the only one whose rows may
+ * still be in the outbox.
  *
  * A record's value is text: a header line, then one line per event, its
  * outbox id and its event id; a row is taken for the one recorded only if
