@@ -32,6 +32,7 @@ typedef enum KeptRule
 	KEEP_VALUE,					/* only the workers' value, in any spelling */
 	NEVER_SET,					/* the workers set it, per client: the DBA not at all */
 	REFUSE_VALUES,				/* any value but the ones listed */
+	AT_MOST,					/* a number no greater than the one listed */
 } KeptRule;
 
 typedef struct KeptProperty
@@ -39,7 +40,8 @@ typedef struct KeptProperty
 	const char *name;			/* as librdkafka reads it back */
 	const char *alias;			/* another name librdkafka takes for it, or NULL */
 	KeptRule	rule;
-	const char *values[3];		/* KEEP_VALUE: the workers' value; REFUSE_VALUES: those refused */
+	const char *values[3];		/* KEEP_VALUE: the workers' value; REFUSE_VALUES:
+								 * those refused; AT_MOST: the bound */
 	const char *why;
 } KeptProperty;
 
@@ -62,6 +64,12 @@ static const KeptProperty kept_properties[] = {
 	{"partitioner", NULL, REFUSE_VALUES, {"random", "consistent_random"},
 	"it would send the events of one key (for consistent_random, the empty key) to "
 	"different partitions, out of their order"},
+	{"max.in.flight.requests.per.connection", "max.in.flight", AT_MOST, {"5"},
+	"the idempotent producer keeps each key's order with at most 5 requests in "
+	"flight per broker, and librdkafka will not start the relay with more"},
+	{"queuing.strategy", NULL, REFUSE_VALUES, {"lifo"},
+	"it would send a key's later events before its earlier ones, and librdkafka will "
+	"not start the relay with it"},
 	{"transactional.id", NULL, NEVER_SET, {NULL},
 	"the relay names its own Kafka transactions, under eventpipe.relay_exactly_once"},
 	{"isolation.level", NULL, KEEP_VALUE, {"read_committed"},
@@ -137,6 +145,9 @@ keeps(const KeptProperty *prop, const char *name, const char *value)
 								 workers_value, sizeof(workers_value)) &&
 			set_and_read_back(scratch, name, value, prop, dba_value, sizeof(dba_value)) &&
 			strcmp(dba_value, workers_value) == 0;
+	else if (prop->rule == AT_MOST)
+		kept = set_and_read_back(scratch, name, value, prop, dba_value, sizeof(dba_value)) &&
+			strtol(dba_value, NULL, 10) <= strtol(prop->values[0], NULL, 10);
 	else
 	{
 		kept = set_and_read_back(scratch, name, value, prop, dba_value, sizeof(dba_value));

@@ -24,7 +24,8 @@
 #      piece; a line of the file that is a piece of a value likewise;
 #  (h) a property eventpipe's guarantees rest on (acks, idempotence,
 #      delivery reports, message timeouts and retries, a partitioner that
-#      does not follow the key, transactional.id, isolation.level, group.id,
+#      does not follow the key, more than 5 requests in flight, LIFO
+#      queuing, transactional.id, isolation.level, group.id,
 #      auto.offset.reset, enable.partition.eof), in any spelling, is refused
 #      by ALTER SYSTEM and, in the file, makes the relay wait, naming it and
 #      why, with nothing lost; so are librdkafka's test properties (a mock
@@ -283,6 +284,9 @@ my %breaking = (
 	'enable.partition.eof=true'       => qr/"enable\.partition\.eof" \(item 1 .*\) is refused/,
 	'group.instance.id=w1'            => qr/"group\.instance\.id" \(item 1 .*\) is refused: .*fence/,
 	'internal.termination.signal=15'  => qr/"internal\.termination\.signal" \(item 1 .*\) is refused: .*signal/,
+	'max.in.flight=6'                 => qr/"max\.in\.flight" \(item 1 .*\) is refused: .*at most 5 requests/,
+	'max.in.flight.requests.per.connection=1000000' => qr/"max\.in\.flight\.requests\.per\.connection" \(item 1 .*\) is refused/,
+	'topic.queuing.strategy=lifo'     => qr/"topic\.queuing\.strategy" \(item 1 .*\) is refused: .*later events/,
 	'enable_sasl_queue=true'          => qr/"enable_sasl_queue" \(item 1 .*\) is refused: .*SASL/,
 	'test.mock.num.brokers=1'         => qr/"test\.mock\.num\.brokers" \(item 1 .*\) is refused: .*mock cluster/,
 	'ut_handle_ProduceResponse=x'     => qr/"ut_handle_ProduceResponse" \(item 1 .*\) is refused/);
@@ -295,7 +299,8 @@ for my $options (sort keys %breaking)
 }
 for my $options ('acks=-1', 'acks=all,enable.idempotence=1', 'topic.partitioner=murmur2',
 	'partitioner=fnv1a_random', 'isolation.level=read_committed',
-	'delivery.report.only.error=false', 'linger.ms=5')
+	'delivery.report.only.error=false', 'linger.ms=5', 'max.in.flight=5',
+	'queuing.strategy=fifo')
 {
 	my ($ret, $out, $err) = $node->psql('postgres',
 		"ALTER SYSTEM SET eventpipe.kafka_options = '$options'");
