@@ -5,7 +5,8 @@
  *		(all but dropped and generated ones), each with the base type its
  *		values are read as, that type's input and output functions and how
  *		the statements take its values, and its primary key, each key column with its type's equality
- *		operator; or why it cannot be written to any more.
+ *		operator; or why it cannot be written to any more (a column whose
+ *		values' input would run a domain's constraints is one such reason).
  */
 #include "postgres.h"
 
@@ -14,6 +15,7 @@
 #include "catalog/pg_index.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -43,6 +45,43 @@ equality_operator(Oid type)
 					NameStr(op->oprname));
 	ReleaseSysCache(tuple);
 	return name;
+}
+
+/*
+ * Does reading a value of type, through its input function, check a
+ * domain's constraints?  A domain met inside an array, a composite, a range
+ * or a multirange is read by its own input function, which runs the
+ * constraints' expressions: code of whoever made the domain, that the
+ * worker would run as itself, outside user code (user_code.c) and without a
+ * subtransaction to catch its errors in.
+ */
+static bool
+input_checks_domains(Oid type)
+{
+	char		typtype = get_typtype(type);
+	Oid			element = get_element_type(type);
+	bool		checks = false;
+
+	check_stack_depth();
+	if (typtype == TYPTYPE_DOMAIN)
+		return true;
+	if (OidIsValid(element))
+		return input_checks_domains(element);
+	if (typtype == TYPTYPE_RANGE)
+		return input_checks_domains(get_range_subtype(type));
+	if (typtype == TYPTYPE_MULTIRANGE)
+		return input_checks_domains(get_multirange_range(type));
+	if (typtype == TYPTYPE_COMPOSITE)
+	{
+		TupleDesc	desc = lookup_rowtype_tupdesc(type, -1);
+		int			i;
+
+		for (i = 0; i < desc->natts && !checks; i++)
+			checks = !TupleDescAttr(desc, i)->attisdropped &&
+				input_checks_domains(TupleDescAttr(desc, i)->atttypid);
+		ReleaseTupleDesc(desc);
+	}
+	return checks;
 }
 
 /*
@@ -143,9 +182,13 @@ mirror_target_describe(MirrorRule *mirror)
 		if (att->attisdropped || att->attgenerated != '\0')
 			continue;
 		describe_column(&mirror->columns[mirror->ncolumns], att);
+		if (fault == NULL && input_checks_domains(mirror->columns[mirror->ncolumns].type))
+			fault = psprintf("%s has a column of a type with a domain inside an array, composite or range, \"%s\": a mirror cannot read its values",
+							 mirror->target_name, NameStr(att->attname));
 		column_of[i + 1] = mirror->ncolumns++;
 	}
-	fault = describe_key(mirror, rel, column_of);
+	if (fault == NULL)
+		fault = describe_key(mirror, rel, column_of);
 	relation_close(rel, NoLock);
 	return fault;
 }

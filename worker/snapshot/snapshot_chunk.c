@@ -350,13 +350,15 @@ read_and_emit(const TableSnapshot *snapshot, Relation rel, const ChunkScan *scan
 	ExprState  *condition = NULL;
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
 	ExprContext *econtext = GetPerTupleExprContext(estate);
-	Datum	   *arguments = snapshot->last_key ? resume_arguments(scan, snapshot->last_key) : NULL;
+	Datum	   *arguments;
 	HeapTupleData row;
 	uint64		read;
 	uint64		i;
 	int			rc;
 
 	user_code_enter(snapshot->requester, &as_requester);
+	/* a key column's input function may check a domain's constraints: the requester's code */
+	arguments = snapshot->last_key ? resume_arguments(scan, snapshot->last_key) : NULL;
 	if (snapshot->condition_expr != NULL)
 		condition = ExecPrepareQual(list_make1(stringToNode(snapshot->condition_expr)), estate);
 	rc = SPI_execute_with_args(scan->sql, arguments ? scan->nkeys : 0, (Oid *) scan->types,
