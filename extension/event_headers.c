@@ -1,7 +1,8 @@
 /*
  * event_headers.c
  *		User headers of an event: a JSON object of string values, checked by
- *		publish() and walked by the relay when it builds Kafka headers.
+ *		publish() and walked by the relay when it builds Kafka headers (which
+ *		copes with whatever a row written otherwise holds).
  *
  * Names starting with "ce_" and "content-type" are reserved: the relay sets
  * them itself (CloudEvents Kafka binding, binary mode).
@@ -20,8 +21,11 @@ is_reserved_header(const char *name, int len)
 }
 
 /*
- * Calls callback(name, value) for each member of a headers object.  The
- * caller has checked that headers is an object of strings.
+ * Calls callback(name, value) for each member of a headers object but the
+ * reserved ones.  publish() has checked its headers; a row written to the
+ * outbox otherwise (a superuser's INSERT) may hold anything, so a value
+ * that is not a string goes as its JSON text, a null as a null value, and
+ * members of anything but an object are not headers.
  */
 void
 eventpipe_foreach_header(Jsonb *headers, EventHeaderCallback callback, void *arg)
@@ -31,6 +35,7 @@ eventpipe_foreach_header(Jsonb *headers, EventHeaderCallback callback, void *arg
 	JsonbIteratorToken token;
 	const char *name = NULL;
 	int			name_len = 0;
+	char	   *text;
 
 	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -39,8 +44,21 @@ eventpipe_foreach_header(Jsonb *headers, EventHeaderCallback callback, void *arg
 			name = v.val.string.val;
 			name_len = v.val.string.len;
 		}
-		else if (token == WJB_VALUE)
+		else if (token != WJB_VALUE || is_reserved_header(name, name_len))
+			continue;
+		else if (v.type == jbvString)
 			callback(name, name_len, v.val.string.val, v.val.string.len, arg);
+		else if (v.type == jbvNull)
+			callback(name, name_len, NULL, 0, arg);
+		else
+		{
+			Jsonb	   *value = JsonbValueToJsonb(&v);
+
+			text = JsonbToCString(NULL, &value->root, VARSIZE(value));
+			callback(name, name_len, text, strlen(text), arg);
+			pfree(text);
+			pfree(value);
+		}
 	}
 }
 

@@ -367,6 +367,26 @@ is($stats->{pid},
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventpipe relay'"),
 	'pg_stat_relay.pid is the relay worker');
 
+# A row a superuser writes into the outbox may hold headers publish()
+# refuses: values that are not strings go as their JSON text, a null as a
+# null value, reserved names not at all (the relay's own ce_id stays the
+# only one).  Before, the relay read every value as a string and crashed.
+my $odd_topic = 't001.odd_headers';
+my $odd_id = $node->safe_psql('postgres', qq{
+INSERT INTO eventpipe.outbox (event_id, topic, key, payload, headers, event_type)
+VALUES (gen_random_uuid(), '$odd_topic', 'odd', '{}',
+        '{"n": 12345, "b": true, "z": null, "o": {"a": [1, "x"]}, "s": "str", "ce_id": "forged"}', 'odd')
+RETURNING event_id});
+my ($odd) = @{ consume_all($kafka->{bootstrap}, $odd_topic, 1, 60) };
+ok(defined $odd, 'a row with headers of every JSON type reaches Kafka');
+my %odd_headers = map { @$_ } @{ $odd ? $odd->{header_list} : [] };
+is_deeply([ map { $odd_headers{$_} } qw(n b o s) ], [ '12345', 'true', '{"a": [1, "x"]}', 'str' ],
+	'... non-string header values as their JSON text');
+ok(exists $odd_headers{z} && !defined $odd_headers{z}, '... a null header value as a null value');
+is(scalar(grep { $_->[0] eq 'ce_id' } @{ $odd ? $odd->{header_list} : [] }), 1,
+	'... and a reserved header name not sent: one ce_id');
+is($odd_headers{ce_id}, $odd_id, '... the relay\'s own');
+
 # The relay did not crash along the way.
 unlike(log_since($node, 0), qr/terminated by signal|PANIC|exited with exit code/,
 	'no worker crashed');
