@@ -8,7 +8,8 @@
 # four rules only, a value field that is not a number, a sum that overflows
 # its bigint column, a key that is not a bigint for a bigint key column (the
 # last two fail only in the batch's upsert), a handler raising an error
-# (once before and once after writing a row that must not survive).
+# (once before and once after writing a row that must not survive), an
+# event id too long for the dedup ledger (from ce_id and from dedup_field).
 # Everything else is applied exactly (a valid ~900 kB event included), the
 # handler's rows are exactly those of the good refunds, and the worker never
 # dies: the same pid throughout, no crash in the server log.  Then the
@@ -103,6 +104,15 @@ my %garbage = (
 	'raise-early-h' => {
 		value   => '{"product_id":"p6","amount":1,"fail":"early"}',
 		headers => h('raise-early-h', 'RefundIssued')
+	},
+	# ids too long for the dedup ledger's index, from ce_id and from
+	# dedup_field: before, they failed every batch that held them, for ever
+	'long-id-h' => {
+		value   => '{"product_id":"p1","amount":1,"customer_id":1000}',
+		headers => h('long-id-h' . ('i' x 6000), 'PaymentCompleted')
+	},
+	'long-id' => {
+		value => '{"type":"LikeChanged","event_id":"long-id' . ('d' x 6000) . '","product_id":"p2","delta":1}'
 	},
 	'huge-h' => {
 		value   => '{"product_id":"p1","amount":1,"junk":"' . ('y' x 900_000),
@@ -204,6 +214,8 @@ for my $line (split /\n/, $rows)
 	  if $g->{headers} && index($headers, $key) < 0;
 	push @problems, "$key: the handler's error is not recorded ($error)"
 	  if $key =~ /^raise/ && $error !~ /refused by the handler/;
+	push @problems, "$key: the id's length is not the error ($error)"
+	  if $key =~ /^long-id/ && $error !~ /^event id \(ce_id or dedup_field\) of 60\d\d bytes is longer than the 1024 bytes/;
 	note "dead letter $key at $p/$o: " . (length($error) > 200 ? substr($error, 0, 200) . "... (" . length($error) . " characters)" : $error);
 }
 push @problems, "$_: not dead-lettered" for grep { !$dead{$_} } sort keys %garbage;

@@ -34,6 +34,9 @@
 #include "consumer.h"
 #include "consumer_sql.h"
 
+/* The longest event id the dedup ledger keeps: see event_id_fault() */
+#define MAX_EVENT_ID_BYTES 1024
+
 /* Is this text fit for a text column and a JSON string (UTF-8, no NUL)? */
 static bool
 is_clean_text(const char *bytes, size_t len)
@@ -224,6 +227,23 @@ event_id_of(ConsumedMessage *message, const ConsumerRules *rules)
 	return id;
 }
 
+/*
+ * Why an event id cannot be kept in the dedup ledger, or NULL.  Its index
+ * takes entries of a few kB at most; a longer id would fail the ledger's
+ * insert for the whole batch, again at every retry, and no message would
+ * be found at fault.
+ */
+static char *
+event_id_fault(const char *event_id)
+{
+	size_t		len = strlen(event_id);
+
+	if (len <= MAX_EVENT_ID_BYTES)
+		return NULL;
+	return psprintf("event id (ce_id or dedup_field) of %zu bytes is longer than the %d bytes the dedup ledger keeps",
+					len, MAX_EVENT_ID_BYTES);
+}
+
 /* The effect of one rule, or an error text. */
 static char *
 metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
@@ -281,7 +301,9 @@ interpret(ConsumedMessage *message, const ConsumerRules *rules)
 	{
 		message->event_id = event_id_of(message, rules);
 		message->event_type = header_text(message, "ce_type");
-		message->error = mirror_events_tombstone(message, rules, mirrors);
+		message->error = event_id_fault(message->event_id);
+		if (message->error == NULL)
+			message->error = mirror_events_tombstone(message, rules, mirrors);
 		settle_fate(message);
 		return;
 	}
@@ -289,6 +311,8 @@ interpret(ConsumedMessage *message, const ConsumerRules *rules)
 	if (message->error == NULL)
 		message->error = read_value(message, rules, read_fields);
 	message->event_id = event_id_of(message, rules);
+	if (message->error == NULL)
+		message->error = event_id_fault(message->event_id);
 	message->event_type = header_text(message, "ce_type");
 	if (message->event_type == NULL)
 		message->event_type = field_text(message, rules->type_slot);
