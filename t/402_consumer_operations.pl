@@ -18,7 +18,9 @@
 #     retry must read the stored headers); a retry before the fix fails
 #     again and keeps its row with the new error; after the fix a retry
 #     applies each event once and removes the row, and a second copy of an
-#     applied event, retried, counts as a duplicate;
+#     applied event, retried, counts as a duplicate; a rule whose target
+#     column changes type and back dead-letters its message, then applies
+#     it when retried, in the same worker;
 #   - stat_reset(): every per-partition counter back to zero, then counting
 #     again exactly.
 use strict;
@@ -338,6 +340,32 @@ ok(wait_until(sub {
 is($node->safe_psql($db, "SELECT error, length(value), value = '\\x" . unpack('H*', $nul_value) . "'::bytea FROM eventpipe.consumer_dead_letters WHERE id = $nul_id"),
 	'value contains a NUL byte|' . length($nul_value) . '|t', 'it failed again because of its NUL byte, its bytes intact');
 is(stats_total('events_dead'), $nul_dead, 'and was not counted dead twice');
+
+# a rule whose target's counter column changed type: its upsert fails to
+# prepare and its message is dead-lettered; changed back, the retried
+# message and a new one are applied by the same worker (a statement that
+# failed to prepare was kept as a plan of nothing, failing ever after)
+$node->safe_psql($db, 'CREATE TABLE tally (k text PRIMARY KEY, n bigint NOT NULL DEFAULT 0)');
+$node->safe_psql($db, "SELECT eventpipe.add_metric('$sub', 'Tally', 'tally', 'product_id', 'n')");
+$node->safe_psql($db, 'ALTER TABLE tally ALTER n TYPE text');
+my $tally_pid = consumer_pid($node, $db, $sub);
+my $tally = sub {
+	my ($id) = @_;
+	return { key => $id, value => qq({"product_id":"$id"}), headers => [ [ 'ce_id', $id ], [ 'ce_type', 'Tally' ] ] };
+};
+my $tally_dead_sql = "SELECT id FROM eventpipe.consumer_dead_letters WHERE headers ->> 'ce_id' = 'tally-1'";
+produce_with_headers($bootstrap, $fragile, [ $tally->('tally-1') ], parallel => 1);
+ok(wait_until(sub { $node->safe_psql($db, $tally_dead_sql) ne '' }, 60),
+	'a Tally message is dead-lettered while its counter column is text');
+my $tally_dead = $node->safe_psql($db, $tally_dead_sql);
+$node->safe_psql($db, 'ALTER TABLE tally ALTER n TYPE bigint USING n::bigint');
+retry_until_gone("ARRAY[$tally_dead]::bigint[]", 1, "id = $tally_dead", 'the Tally message, its column bigint again');
+produce_with_headers($bootstrap, $fragile, [ $tally->('tally-2') ], parallel => 1);
+ok(wait_until(sub { $node->safe_psql($db, "SELECT count(*) FROM tally WHERE k = 'tally-2'") eq '1' }, 60),
+	'a new Tally message is applied');
+is($node->safe_psql($db, q{SELECT string_agg(k || ':' || n, ',' ORDER BY k) FROM tally}), 'tally-1:1,tally-2:1',
+	'each Tally message counted once');
+is(consumer_pid($node, $db, $sub), $tally_pid, '... by the same worker, never restarted');
 
 # ---- stat_reset -------------------------------------------------------------
 

@@ -164,6 +164,7 @@ consumer_kept_plan(const char *sql, int nargs, Oid *types)
 {
 	ListCell   *lc;
 	KeptPlan   *kept;
+	SPIPlanPtr	plan;
 	MemoryContext caller_context;
 
 	foreach(lc, kept_plans)
@@ -183,12 +184,13 @@ consumer_kept_plan(const char *sql, int nargs, Oid *types)
 		list_free_deep(kept_plans);
 		kept_plans = NIL;
 	}
+	/* prepared first: a statement that fails to prepare is not kept */
+	plan = worker_prepare_kept(sql, nargs, types, 0);
 	caller_context = MemoryContextSwitchTo(TopMemoryContext);
 	kept = palloc(sizeof(KeptPlan));
 	kept->sql = pstrdup(sql);
-	kept->plan = NULL;
+	kept->plan = plan;
 	kept_plans = lappend(kept_plans, kept);
 	MemoryContextSwitchTo(caller_context);
-	kept->plan = worker_prepare_kept(sql, nargs, types, 0);
-	return kept->plan;
+	return plan;
 }
