@@ -2,7 +2,8 @@
 # read from the outbox (no Kafka: the relay keeps every event there).
 #  - a condition selects the rows emitted, evaluated by the worker;
 #  - a composite primary key (text, integer) read in chunks of 7 resumes
-#    after each chunk's last key: every row once;
+#    after each chunk's last key: every row once; so is a table with a
+#    column named t (the alias of the chunk's statement);
 #  - the worker reads as the role that asked: a function that role may not
 #    execute fails the snapshot, with the error; so does a condition that
 #    raises one at run time, the chunk it raised in rolled back and the
@@ -96,6 +97,26 @@ SELECT count(*) FROM (SELECT key FROM eventpipe.outbox WHERE event_type = 'pairs
   JOIN pairs AS p ON once.key::jsonb = jsonb_build_array(p.a, p.b::text)}),
 	100,
 	'every row read once across the chunks (resumed after each chunk\'s last key)');
+
+# ---- a column named t ----------------------------------------------------
+# The chunk's statement reads each whole row of the table through the alias
+# t: a column of that name must not be taken for the row (its value read as
+# a row crashed the worker, and the server with it, at every restart).
+
+$node->safe_psql('postgres', q{
+CREATE TABLE named_t (id integer PRIMARY KEY, t bytea NOT NULL);
+INSERT INTO named_t SELECT g, convert_to('row ' || g, 'UTF8') FROM generate_series(1, 10) g;
+ALTER TABLE named_t OWNER TO snap_owner;
+});
+as_owner("SELECT eventpipe.capture('named_t', 'named-t-topic')");
+$id = as_owner("SELECT eventpipe.snapshot('named_t')");
+($state, $emitted, $error) = wait_ended($id);
+is("$state $emitted", 'done 10', 'a table with a column named t is read whole, in chunks') or diag $error;
+is( $node->safe_psql(
+		'postgres', q{
+SELECT count(*) FROM eventpipe.outbox AS o JOIN named_t AS n ON o.key = n.id::text
+ WHERE o.event_type = 'named_t.read' AND o.payload->'after' = to_jsonb(n)}),
+	10, 'each of its rows has its read event, with its image');
 
 # ---- the rights of the role that asked ----------------------------------
 

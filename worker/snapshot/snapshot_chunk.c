@@ -151,7 +151,7 @@ key_operator(Relation index, int i, int16 strategy)
 }
 
 /*
- * SELECT t FROM ONLY tbl AS t [WHERE ROW(keys) > ROW($1, ...)] ORDER BY keys
+ * SELECT CAST(t.* AS tbl) FROM ONLY tbl AS t [WHERE ROW(keys) > ROW($1, ...)] ORDER BY keys
  * LIMIT n FOR SHARE OF t, with the ordering operators of the primary key's
  * operator classes, so that the order and the resume point are the index's.
  * A row comparison names one operator for every column: a key whose columns'
@@ -166,6 +166,7 @@ build_chunk_scan(Relation rel, bool resume, ChunkScan *scan)
 	StringInfoData order;
 	StringInfoData params;
 	char	   *greater = NULL;
+	char	   *table_name;
 	int			i;
 
 	initStringInfo(&sql);
@@ -195,9 +196,13 @@ build_chunk_scan(Relation rel, bool resume, ChunkScan *scan)
 	}
 	index_close(index, AccessShareLock);
 
-	appendStringInfo(&sql, "SELECT t FROM ONLY %s AS t",
-					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-												RelationGetRelationName(rel)));
+	/*
+	 * The whole row as CAST(t.* AS ...): a bare t would name a column called
+	 * t, if the table has one, and its value would be read as the row.
+	 */
+	table_name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+											RelationGetRelationName(rel));
+	appendStringInfo(&sql, "SELECT CAST(t.* AS %s) FROM ONLY %s AS t", table_name, table_name);
 	if (resume)
 		appendStringInfo(&sql, " WHERE ROW(%s) %s ROW(%s)", columns.data, greater, params.data);
 	appendStringInfo(&sql, " ORDER BY %s LIMIT %d FOR SHARE OF t", order.data,
@@ -365,6 +370,10 @@ read_and_emit(const TableSnapshot *snapshot, Relation rel, const ChunkScan *scan
 							   arguments, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "eventpipe: the snapshot's read failed: %s", SPI_result_code_string(rc));
+	if (SPI_tuptable->tupdesc->natts != 1 ||
+		TupleDescAttr(SPI_tuptable->tupdesc, 0)->atttypid != rel->rd_rel->reltype)
+		elog(ERROR, "eventpipe: the snapshot's read did not return rows of %s",
+			 RelationGetRelationName(rel));
 	read = SPI_processed;
 	*emitted = 0;
 	for (i = 0; i < read; i++)
