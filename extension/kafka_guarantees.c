@@ -7,12 +7,13 @@
  * delivery report is in, and keeps each key's order through librdkafka's
  * idempotent producer, retries without end and a partitioner that follows
  * the key; its recovery under exactly-once and the consumers read committed
- * records only, each subscription in its own group, from the first record
- * still there when a stored offset is gone.  Nor may the DBA point the
- * workers at librdkafka's mock cluster (which acknowledges what no broker
- * has), its unit-test hooks, or a signal PostgreSQL handles.  The workers set these
- * themselves (kafka_producer.c, kafka_consumer.c, relay_progress.c); this
- * file only keeps the DBA from undoing them.
+ * records only, each subscription in its own group, rebalanced eagerly,
+ * from the first record still there when a stored offset is gone.  Nor may
+ * the DBA point the workers at librdkafka's mock cluster (which
+ * acknowledges what no broker has), its unit-test hooks, or a signal
+ * PostgreSQL handles.  The workers set these themselves (kafka_producer.c,
+ * kafka_consumer.c, relay_progress.c); this file only keeps the DBA from
+ * undoing them.
  *
  * A value is judged by what librdkafka makes of it, not by its spelling:
  * the DBA's item is set on a scratch configuration and read back
@@ -31,7 +32,7 @@ typedef enum KeptRule
 {
 	KEEP_VALUE,					/* only the workers' value, in any spelling */
 	NEVER_SET,					/* the workers set it, per client: the DBA not at all */
-	REFUSE_VALUES,				/* any value but the ones listed */
+	REFUSE_VALUES,				/* any value (or list) holding none of those listed */
 	AT_MOST,					/* a number no greater than the one listed */
 } KeptRule;
 
@@ -67,6 +68,9 @@ static const KeptProperty kept_properties[] = {
 	{"max.in.flight.requests.per.connection", "max.in.flight", AT_MOST, {"5"},
 	"the idempotent producer keeps each key's order with at most 5 requests in "
 	"flight per broker, and librdkafka will not start the relay with more"},
+	{"partition.assignment.strategy", NULL, REFUSE_VALUES, {"cooperative-sticky"},
+	"the consumers rebalance eagerly: under the cooperative protocol a worker would "
+	"drop the messages it had polled yet keep reading past them, and skip them"},
 	{"queuing.strategy", NULL, REFUSE_VALUES, {"lifo"},
 	"it would send a key's later events before its earlier ones, and librdkafka will "
 	"not start the relay with it"},
@@ -127,6 +131,33 @@ set_and_read_back(rd_kafka_conf_t *conf, const char *name, const char *value,
 	return ok;
 }
 
+/* Is item one of the comma-separated items of list (spaces around them aside)? */
+static bool
+lists(const char *list, const char *item)
+{
+	size_t		len = strlen(item);
+	const char *p = list;
+
+	for (;;)
+	{
+		while (*p == ' ')
+			p++;
+		if (strncmp(p, item, len) == 0)
+		{
+			const char *end = p + len;
+
+			while (*end == ' ')
+				end++;
+			if (*end == ',' || *end == '\0')
+				return true;
+		}
+		p = strchr(p, ',');
+		if (p == NULL)
+			return false;
+		p++;
+	}
+}
+
 /*
  * Does setting name to value keep prop as it must be?  Anything that cannot
  * be read back (a value only an interceptor took) counts as not kept.
@@ -135,8 +166,8 @@ static bool
 keeps(const KeptProperty *prop, const char *name, const char *value)
 {
 	rd_kafka_conf_t *scratch = rd_kafka_conf_new();
-	char		workers_value[64];
-	char		dba_value[64];
+	char		workers_value[256];
+	char		dba_value[256];
 	bool		kept;
 	size_t		i;
 
@@ -152,7 +183,7 @@ keeps(const KeptProperty *prop, const char *name, const char *value)
 	{
 		kept = set_and_read_back(scratch, name, value, prop, dba_value, sizeof(dba_value));
 		for (i = 0; kept && i < lengthof(prop->values) && prop->values[i] != NULL; i++)
-			kept = strcmp(dba_value, prop->values[i]) != 0;
+			kept = !lists(dba_value, prop->values[i]);
 	}
 	rd_kafka_conf_destroy(scratch);
 	return kept;

@@ -25,7 +25,7 @@
 #  (h) a property eventpipe's guarantees rest on (acks, idempotence,
 #      delivery reports, message timeouts and retries, a partitioner that
 #      does not follow the key, more than 5 requests in flight, LIFO
-#      queuing, transactional.id, isolation.level, group.id,
+#      queuing, cooperative rebalancing, transactional.id, isolation.level, group.id,
 #      auto.offset.reset, enable.partition.eof), in any spelling, is refused
 #      by ALTER SYSTEM and, in the file, makes the relay wait, naming it and
 #      why, with nothing lost; so are librdkafka's test properties (a mock
@@ -287,6 +287,7 @@ my %breaking = (
 	'max.in.flight=6'                 => qr/"max\.in\.flight" \(item 1 .*\) is refused: .*at most 5 requests/,
 	'max.in.flight.requests.per.connection=1000000' => qr/"max\.in\.flight\.requests\.per\.connection" \(item 1 .*\) is refused/,
 	'topic.queuing.strategy=lifo'     => qr/"topic\.queuing\.strategy" \(item 1 .*\) is refused: .*later events/,
+	'partition.assignment.strategy=cooperative-sticky' => qr/"partition\.assignment\.strategy" \(item 1 .*\) is refused: .*eagerly/,
 	'enable_sasl_queue=true'          => qr/"enable_sasl_queue" \(item 1 .*\) is refused: .*SASL/,
 	'test.mock.num.brokers=1'         => qr/"test\.mock\.num\.brokers" \(item 1 .*\) is refused: .*mock cluster/,
 	'ut_handle_ProduceResponse=x'     => qr/"ut_handle_ProduceResponse" \(item 1 .*\) is refused/);
@@ -300,7 +301,7 @@ for my $options (sort keys %breaking)
 for my $options ('acks=-1', 'acks=all,enable.idempotence=1', 'topic.partitioner=murmur2',
 	'partitioner=fnv1a_random', 'isolation.level=read_committed',
 	'delivery.report.only.error=false', 'linger.ms=5', 'max.in.flight=5',
-	'queuing.strategy=fifo')
+	'queuing.strategy=fifo', 'partition.assignment.strategy=roundrobin')
 {
 	my ($ret, $out, $err) = $node->psql('postgres',
 		"ALTER SYSTEM SET eventpipe.kafka_options = '$options'");
@@ -323,6 +324,16 @@ write_secrets($password, 0600);
 ok(wait_until(sub { outbox_count($node) == 0 }, 60),
 	'(h) with the line gone, the waiting events leave');
 ok(ids_on_topic($kafka->{bootstrap}, $topic, \@scattered, 60), '(h) the 3 events are in the topic');
+
+# A list (only the file can hold commas in a value) is refused when any of
+# its items is.
+write_secrets($password, 0600, "partition.assignment.strategy = range, cooperative-sticky\n");
+my @listed = publish_events('listed', 1);
+ok(relay_error_matches(qr/property "partition\.assignment\.strategy" \(line 5 of eventpipe\.kafka_options_file\) is refused: the consumers rebalance eagerly/),
+	"(h) a strategy list holding cooperative-sticky in the file is refused ($error)");
+write_secrets($password, 0600, "partition.assignment.strategy = range, roundrobin\n");
+ok(ids_on_topic($kafka->{bootstrap}, $topic, \@listed, 60), '(h) a list of eager strategies is taken');
+write_secrets($password, 0600);
 
 # A configuration file that already holds such an item (as one written
 # before this check may): the server starts, warns, and keeps the

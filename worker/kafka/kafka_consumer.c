@@ -50,6 +50,7 @@ static int	worker_number = 0;
 static bool start_latest = false;
 static bool rebalanced = false;
 static bool in_rebalance = false;
+static bool closing = false;	/* in rd_kafka_consumer_close(): assign nothing */
 static bool broker_in_trouble = false;
 static bool assignment_failed = false;
 static char poll_error[512];
@@ -62,12 +63,6 @@ static char poll_error[512];
 static rd_kafka_message_t **held = NULL;
 static int	held_count = 0;
 static int	held_capacity = 0;
-
-static bool
-cooperative(rd_kafka_t *rk)
-{
-	return strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
-}
 
 /* Show the partitions as held by this worker, or as given up. */
 static void
@@ -86,6 +81,13 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		  rd_kafka_topic_partition_list_t *partitions, void *opaque)
 {
 	rebalanced = true;
+	if (closing)
+	{
+		/* the group may still hand partitions over while the worker leaves it */
+		show_held(partitions, false);
+		rd_kafka_assign(rk, NULL);
+		return;
+	}
 	show_held(partitions, err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS);
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 	{
@@ -102,13 +104,8 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			assignment_failed = true;
 			return;
 		}
-		if (cooperative(rk))
-			rd_kafka_error_destroy(rd_kafka_incremental_assign(rk, partitions));
-		else
-			rd_kafka_assign(rk, partitions);
+		rd_kafka_assign(rk, partitions);
 	}
-	else if (cooperative(rk))
-		rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, partitions));
 	else
 		rd_kafka_assign(rk, NULL);
 }
@@ -255,7 +252,11 @@ kafka_consumer_stop(bool leave_group)
 	}
 	leave_group = leave_group && !broker_in_trouble;
 	if (leave_group)
+	{
+		closing = true;
 		rd_kafka_consumer_close(consumer);
+		closing = false;
+	}
 	rd_kafka_destroy_flags(consumer, leave_group ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	consumer = NULL;
 	eventpipe_release_consumer_partitions(subscription_name, worker_number);
