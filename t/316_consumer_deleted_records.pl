@@ -14,6 +14,9 @@
 #  - A stored offset past the partition's end (the topic made again):
 #    the partition resumes at its first record, applied once, and that is
 #    stored, so a later assignment does not read the partition again.
+#  - The topic deleted and made again while a subscription reads it: its
+#    new records, from offset 0, are applied, and the offset stored is the
+#    new topic's, so a later assignment skips none of them.
 #  Each out-of-range offset is reported with a WARNING.
 # Records are deleted with Kafka's own AdminClient (deleteRecords).
 use strict;
@@ -24,7 +27,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 use EventpipeTest;
-use FaultTest qw(topic_admin delete_records end_offsets);
+use FaultTest qw(topic_admin create_topic delete_topic delete_records end_offsets);
 use ConsumerTest;
 
 my $kafka     = start_kafka();
@@ -176,6 +179,52 @@ ok(wait_caught_up($node, $db, $_, $bootstrap, [$topic], 60), "(e) $_: caught up 
 sleep 2;
 is(seen($_), $seen{$_}, "(e) $_: the new assignment read nothing again") for @subs;
 is(hits($_), 75, "(e) $_: metrics unchanged") for @subs;
+
+# F: the topic deleted and made again while a subscription reads it.  The
+# new topic's records start over at offset 0, below the 40 stored for the
+# old one: whether librdkafka goes back to them by itself or a new
+# assignment finds 40 past the end, the stored offset must become the new
+# topic's, or the next assignment would resume at 40 and skip records.
+my $remade = 't316.remade';
+ok(create_topic($admin, $remade, 1, 1), '(f) a topic of one partition');
+ensure_topic($bootstrap, $remade, partitions => 1);
+$node->safe_psql($db, qq{
+CREATE TABLE hits_remade (k text PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+SELECT eventpipe.subscribe('remade', ARRAY['$remade'], dedup_field => 'event_id');
+SELECT eventpipe.add_metric('remade', 'Hit', 'hits_remade', 'k', 'n');
+});
+
+sub produce_remade
+{
+	my ($from, $count) = @_;
+	produce_messages($bootstrap, $remade,
+		[ map { { key => "r-$_", value => qq({"type": "Hit", "k": "all", "event_id": "r-$_"}) } } $from .. $from + $count - 1 ]);
+}
+sub remade_hits { return $node->safe_psql($db, 'SELECT coalesce(sum(n), 0) FROM hits_remade') }
+
+produce_remade(1, 40);
+ok(wait_until(sub { remade_hits() == 40 }, 60), '(f) 40 events of the first topic applied');
+$log_at = log_position($node);
+ok(delete_topic($admin, $remade), '(f) the topic deleted');
+ok(wait_until(sub { create_topic($admin, $remade, 1, 1) }, 60), '(f) and made again');
+ensure_topic($bootstrap, $remade, partitions => 1);
+produce_remade(41, 25);
+ok(wait_until(sub { remade_hits() == 65 }, 90), '(f) the 25 events of the new topic applied');
+ok(wait_until(sub { (db_offsets($node, $db, 'remade', $remade)->{0} // -1) == 25 }, 30),
+	'(f) the stored offset is the new topic\'s end, 25, not the old topic\'s 40')
+  or diag 'stored: ' . (db_offsets($node, $db, 'remade', $remade)->{0} // 'none');
+like(log_since($node, $log_at),
+	qr/partition 0 of topic "t316\.remade" (went back from offset 40 to 0|is outside what Kafka holds)/,
+	'(f) the offset going back was reported');
+$node->safe_psql($db, "SELECT eventpipe.pause('remade')");
+ok(wait_until(sub {
+	$node->safe_psql($db, "SELECT string_agg(DISTINCT state, ',') FROM eventpipe.pg_stat_consumer WHERE subscription = 'remade'") eq 'paused' }, 60),
+	'(f) paused');
+produce_remade(66, 30);
+$node->safe_psql($db, "SELECT eventpipe.resume('remade')");
+ok(wait_until(sub { remade_hits() == 95 }, 90),
+	'(f) resumed, a new assignment: the 30 events after it applied, none skipped')
+  or diag 'applied: ' . remade_hits();
 
 $node->stop('fast');
 done_testing();

@@ -47,7 +47,7 @@ our @EXPORT = qw(
   bulk_publish ledger ledger_count
   check_topic verify_messages
   wait_server_up server_is_up relay_pids
-  topic_admin create_topic delete_records partition_leaders end_offsets ensure_consumer_offsets
+  topic_admin create_topic delete_topic delete_records partition_leaders end_offsets ensure_consumer_offsets
   log_matches finish_stream
 );
 
@@ -505,6 +505,14 @@ sub create_topic
 	my ($admin, $topic, $partitions, $rf) = @_;
 	return _admin_command($admin, "create $topic $partitions $rf",
 		"create topic $topic ($partitions partitions, RF $rf)");
+}
+
+# delete_topic($admin, $topic): true once the topic is deleted; the answer
+# is noted.
+sub delete_topic
+{
+	my ($admin, $topic) = @_;
+	return _admin_command($admin, "delete $topic", "delete topic $topic");
 }
 
 # delete_records($admin, $topic, $partition, $offset): delete the

@@ -1,5 +1,5 @@
-// t/java/KafkaAdmin.java: creates topics and deletes records for the TAP
-// tests (t/FaultTest.pm's topic_admin), and creates bench/consumer's topic
+// t/java/KafkaAdmin.java: creates and deletes topics, and deletes records,
+// for the TAP tests (t/FaultTest.pm's topic_admin), and creates bench/consumer's topic
 // with the partitions it asks for (bench/lib.sh's bench_create_topic),
 // with Kafka's own Java AdminClient from the broker's jar set
 // (.cache/kafka-libs/VERSION): that set has no
@@ -13,6 +13,7 @@
 // "error: ...":
 //   create TOPIC PARTITIONS REPLICATION_FACTOR
 //   delete-records TOPIC PARTITION OFFSET   (the log start becomes OFFSET)
+//   delete TOPIC
 // One long-lived process per cluster, so that a test gets a topic within a
 // fraction of a second when it needs it at a precise moment.
 import java.io.BufferedReader;
@@ -44,6 +45,10 @@ public class KafkaAdmin {
                         NewTopic topic = new NewTopic(word[1], Integer.parseInt(word[2]),
                                                       Short.parseShort(word[3]));
                         admin.createTopics(Collections.singleton(topic)).all()
+                             .get(30, TimeUnit.SECONDS);
+                        System.out.println("ok");
+                    } else if (word[0].equals("delete") && word.length == 2) {
+                        admin.deleteTopics(Collections.singleton(word[1])).all()
                              .get(30, TimeUnit.SECONDS);
                         System.out.println("ok");
                     } else if (word[0].equals("delete-records") && word.length == 4) {

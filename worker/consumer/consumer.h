@@ -191,6 +191,7 @@ typedef struct ConsumedMessage
 	rd_kafka_headers_t *headers;	/* NULL: none */
 	int64		timestamp_ms;	/* -1: unknown (a dead letter does not keep it) */
 	int64		dead_letter_id; /* 0: from Kafka; else the dead letter retried */
+	bool		went_back;		/* below what the worker had read of its partition */
 	PayloadField *fields;		/* ConsumerRules.fields' values; NULL when not valid JSON */
 	Jsonb	   *payload;		/* the whole value, only when a handler is called with it */
 	char	   *event_type;		/* NULL: none */

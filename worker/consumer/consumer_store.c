@@ -10,6 +10,10 @@
  * wait for each other without a deadlock, and an offset only ever moves
  * forward (GREATEST): each batch's offset stands for the messages below it,
  * applied by this batch or before its worker was assigned the partition.
+ * Except where librdkafka itself went back within a partition (the topic
+ * was made again: its new records start over at 0): that partition's
+ * offset is then the batch's, lower or not, or the next assignment would
+ * skip the new records below the old topic's end.
  */
 #include "postgres.h"
 
@@ -27,6 +31,7 @@ typedef enum StoreStatement
 {
 	STORE_DEAD_LETTERS,
 	STORE_OFFSETS,
+	STORE_OFFSET_WENT_BACK,
 	STORE_STATEMENTS
 } StoreStatement;
 
@@ -57,6 +62,13 @@ static WorkerStatement statements[STORE_STATEMENTS] = {
 		" ON CONFLICT (subscription, topic, partition) DO UPDATE"
 		" SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)",
 		false, 4, {TEXTOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID}
+	},
+	[STORE_OFFSET_WENT_BACK] = {
+		"store the next offset of a partition read again from lower down",
+		"UPDATE eventpipe.consumer_offsets SET next_offset = $4"
+		" WHERE subscription OPERATOR(pg_catalog.=) $1 AND topic OPERATOR(pg_catalog.=) $2"
+		" AND partition OPERATOR(pg_catalog.=) $3",
+		false, 4, {TEXTOID, TEXTOID, INT4OID, INT8OID}
 	},
 };
 
@@ -151,6 +163,7 @@ consumer_store_offsets(ConsumerBatch *batch, const char *name)
 	Datum	   *topic_datums = palloc(sizeof(Datum) * batch->count);
 	Datum	   *partitions = palloc(sizeof(Datum) * batch->count);
 	Datum	   *next_offsets = palloc(sizeof(Datum) * batch->count);
+	bool	   *went_back = palloc0(sizeof(bool) * batch->count);
 	int			n = 0;
 	int			i;
 	int			p;
@@ -175,6 +188,12 @@ consumer_store_offsets(ConsumerBatch *batch, const char *name)
 		}
 		else if (next > DatumGetInt64(next_offsets[p]))
 			next_offsets[p] = Int64GetDatum(next);
+		/* offsets read after going back are all above the one that went back */
+		if (batch->messages[i].went_back)
+		{
+			went_back[p] = true;
+			next_offsets[p] = Int64GetDatum(next);
+		}
 	}
 	if (n == 0)
 		return;
@@ -183,4 +202,13 @@ consumer_store_offsets(ConsumerBatch *batch, const char *name)
 	values[2] = consumer_make_array(partitions, NULL, n, INT4OID);
 	values[3] = consumer_make_array(next_offsets, NULL, n, INT8OID);
 	worker_run_statement(&statements[STORE_OFFSETS], values, NULL, SPI_OK_INSERT);
+	for (p = 0; p < n; p++)
+	{
+		if (!went_back[p])
+			continue;
+		values[1] = topic_datums[p];
+		values[2] = partitions[p];
+		values[3] = next_offsets[p];
+		worker_run_statement(&statements[STORE_OFFSET_WENT_BACK], values, NULL, SPI_OK_UPDATE);
+	}
 }

@@ -51,6 +51,15 @@ static bool start_latest = false;
 static bool rebalanced = false;
 static bool in_rebalance = false;
 static bool closing = false;	/* in rd_kafka_consumer_close(): assign nothing */
+
+/*
+ * How far this worker has read each partition of its assignment: the offset
+ * after its last message polled, or where the assignment started it (NULL:
+ * no assignment).  A message below it means librdkafka went back there by
+ * itself: the topic was made again, or the broker lost records, and its
+ * auto.offset.reset started the partition over at its first record.
+ */
+static rd_kafka_topic_partition_list_t *read_positions = NULL;
 static bool broker_in_trouble = false;
 static bool assignment_failed = false;
 static char poll_error[512];
@@ -77,10 +86,46 @@ show_held(const rd_kafka_topic_partition_list_t *partitions, bool held)
 }
 
 static void
+forget_read_positions(void)
+{
+	if (read_positions != NULL)
+		rd_kafka_topic_partition_list_destroy(read_positions);
+	read_positions = NULL;
+}
+
+/*
+ * Note how far message's partition has been read; true (with a WARNING)
+ * when it lies below what was read before.
+ */
+static bool
+read_went_back(const rd_kafka_message_t *message)
+{
+	const char *topic = rd_kafka_topic_name(message->rkt);
+	rd_kafka_topic_partition_t *position;
+	bool		back;
+
+	if (read_positions == NULL)
+		read_positions = rd_kafka_topic_partition_list_new(4);
+	position = rd_kafka_topic_partition_list_find(read_positions, topic, message->partition);
+	if (position == NULL)
+		position = rd_kafka_topic_partition_list_add(read_positions, topic, message->partition);
+	back = position->offset >= 0 && message->offset < position->offset;
+	if (back)
+		ereport(WARNING,
+				(errmsg("eventpipe consumer: subscription \"%s\": partition %d of topic \"%s\" went back from offset " INT64_FORMAT " to " INT64_FORMAT "; applying from there",
+						subscription_name, (int) message->partition, topic,
+						(int64) position->offset, (int64) message->offset),
+				 errdetail("The topic was made again, or the broker lost records.")));
+	position->offset = message->offset + 1;
+	return back;
+}
+
+static void
 rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		  rd_kafka_topic_partition_list_t *partitions, void *opaque)
 {
 	rebalanced = true;
+	forget_read_positions();
 	if (closing)
 	{
 		/* the group may still hand partitions over while the worker leaves it */
@@ -104,6 +149,7 @@ rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			assignment_failed = true;
 			return;
 		}
+		read_positions = rd_kafka_topic_partition_list_copy(partitions);
 		rd_kafka_assign(rk, partitions);
 	}
 	else
@@ -259,6 +305,7 @@ kafka_consumer_stop(bool leave_group)
 	}
 	rd_kafka_destroy_flags(consumer, leave_group ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	consumer = NULL;
+	forget_read_positions();
 	eventpipe_release_consumer_partitions(subscription_name, worker_number);
 	kafka_statistics_forget();
 	if (consumer_settings)
@@ -342,7 +389,10 @@ kafka_consumer_poll_batch(ConsumerBatch *batch, int limit, int wait_ms)
 		return;
 	batch->messages = palloc0(sizeof(ConsumedMessage) * held_count);
 	for (i = 0; i < held_count; i++)
+	{
 		fill_message(&batch->messages[i], held[i]);
+		batch->messages[i].went_back = read_went_back(held[i]);
+	}
 }
 
 /* Did the last assignment fail to read its offsets (the consumer must be rebuilt)? */
