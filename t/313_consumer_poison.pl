@@ -230,6 +230,27 @@ is($stats->{events_dead}, scalar(keys %garbage), 'consumer_stats.events_dead cou
 is($stats->{events_applied}, sum_events($good, PRODUCT_TYPES) + 1 + @refunds,
 	'consumer_stats.events_applied counts the good events');
 is(consumer_pid($node, $db, $sub), $pid, 'the same worker consumed everything: it never restarted');
+# ---- large messages: a batch holds at most 32 MB of them --------------------
+
+# 100 events of ~900 kB (90 MB) waiting for a subscription whose batch_size
+# would take them all at once: it applies them in batches of at most 32 MB,
+# so at least three, and each event once.
+my $large_topic = 't313.large';
+ensure_topic($bootstrap, $large_topic);
+$node->safe_psql($db, q{CREATE TABLE large_hits (k text PRIMARY KEY, n bigint NOT NULL DEFAULT 0)});
+produce_messages($bootstrap, $large_topic, [ map {
+	{ key => "large-$_", value => qq({"type":"Big","event_id":"large-$_","k":"all","pad":") . ('z' x 900_000) . '"}' }
+} 1 .. 100 ]);
+$node->safe_psql($db, qq{
+BEGIN;
+SELECT eventpipe.subscribe('large', ARRAY['$large_topic'], batch_size => 1000, dedup_field => 'event_id');
+SELECT eventpipe.add_metric('large', 'Big', 'large_hits', 'k', 'n');
+COMMIT;});
+ok(wait_caught_up($node, $db, 'large', $bootstrap, [$large_topic], 120), 'the 90 MB of large events consumed');
+is($node->safe_psql($db, 'SELECT n FROM large_hits'), 100, 'each of the 100 large events applied once');
+cmp_ok(consumer_stat($node, $db, 'large', 'batches'), '>=', 3,
+	'in at least three batches: a batch stops at 32 MB of messages');
+
 # ---- the ledger without today's partition: the batch's fault, no message's --
 
 # Today's ledger partitions detached: recording the ids of new events fails

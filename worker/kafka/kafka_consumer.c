@@ -40,6 +40,12 @@
 
 /* After the first message, wait this long for more before the batch is applied. */
 #define FOLLOW_WAIT_MS 10
+/*
+ * A batch holds its messages until it is applied: past this many bytes of
+ * keys and values it takes no more (a batch of large messages would hold
+ * batch_size of them, gigabytes).  A single larger message is a batch.
+ */
+#define CONSUMER_BATCH_MAX_BYTES (32 * 1024 * 1024)
 /* Longest wait for a broker's answer to a metadata or watermark request. */
 #define BROKER_REQUEST_MS 2000
 
@@ -71,6 +77,7 @@ static char poll_error[512];
  */
 static rd_kafka_message_t **held = NULL;
 static int	held_count = 0;
+static size_t held_bytes = 0;	/* their keys' and values' */
 static int	held_capacity = 0;
 
 /* Show the partitions as held by this worker, or as given up. */
@@ -320,6 +327,7 @@ kafka_consumer_release_batch(void)
 {
 	while (held_count > 0)
 		rd_kafka_message_destroy(held[--held_count]);
+	held_bytes = 0;
 }
 
 /* What the consumer reads of a Kafka message: its fields, pointing into it. */
@@ -341,8 +349,8 @@ fill_message(ConsumedMessage *message, rd_kafka_message_t *raw)
 }
 
 /*
- * Poll up to limit messages: the first within wait_ms, the next ones while
- * they keep coming.  Messages of a failed poll are skipped (the error is
+ * Poll up to limit messages (and CONSUMER_BATCH_MAX_BYTES of them): the
+ * first within wait_ms, the next ones while they keep coming.  Messages of a failed poll are skipped (the error is
  * kept for kafka_consumer_take_error); messages polled before a rebalance
  * are dropped.  Fills batch (its messages in the current memory context
  * when there are any), whose bytes and headers point into librdkafka's
@@ -362,7 +370,8 @@ kafka_consumer_poll_batch(ConsumerBatch *batch, int limit, int wait_ms)
 		held_capacity = limit;
 	}
 	rebalanced = false;
-	while (held_count < limit && consumer != NULL && !assignment_failed)
+	while (held_count < limit && held_bytes < CONSUMER_BATCH_MAX_BYTES &&
+		   consumer != NULL && !assignment_failed)
 	{
 		rd_kafka_message_t *message;
 
@@ -381,6 +390,7 @@ kafka_consumer_poll_batch(ConsumerBatch *batch, int limit, int wait_ms)
 			break;
 		}
 		held[held_count++] = message;
+		held_bytes += message->len + message->key_len;
 	}
 	kafka_log_drain();
 	memset(batch, 0, sizeof(*batch));
