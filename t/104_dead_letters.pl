@@ -14,7 +14,9 @@
 #      the later events of their topic and key wait behind them while other
 #      keys flow, and once the topic is created everything arrives, in order;
 #  (c) attempts run out: the first event of a missing topic's key goes to
-#      dead_letters after 3 attempts, and the events held behind it go on.
+#      dead_letters after 3 attempts, and the events held behind it go on;
+#  (d) a payload whose JSON text would pass 1 GB goes to dead_letters as too
+#      large, without failing the claims of its shard.
 use strict;
 use warnings;
 
@@ -248,6 +250,25 @@ is(q1("SELECT count(*) FROM eventpipe.dead_letters WHERE topic = '$never'"), 1,
   or diag q1("SELECT id, key, attempts, reason FROM eventpipe.dead_letters WHERE topic = '$never'");
 check_topic($bootstrap, $never, [ grep { $_->{seq} != 1 } @{ ledger($node, $never) } ],
 	'(c) the events behind the dead letter');
+
+# ---- (d) a payload whose JSON text would pass 1 GB --------------------------
+
+# 180 million control characters: a 180 MB jsonb string (2 MB stored,
+# compressed) whose text, each written \u0001, would take 1.08 GB, more than
+# one allocation may.  It is dead-lettered as too large, and the event of
+# the same key after it and the other key's go on.
+my $huge_id = q1(qq{SELECT eventpipe.publish('$main', 'H', jsonb_build_object('key', 'H', 'seq', 1, 'pad', repeat(chr(1), 180000000)))});
+q1(qq{INSERT INTO ft_ledger (topic, key, seq, event_id)
+      VALUES ('$main', 'H', 2, eventpipe.publish('$main', 'H', jsonb_build_object('key', 'H', 'seq', 2)))});
+my @hd;
+ok(wait_until(sub { @hd = grep { $_->{event_id} eq $huge_id } dead_letters(); @hd == 1 }, 120),
+	'(d) the event whose text would pass 1 GB is dead-lettered');
+like($hd[0]{reason} // '', qr/MSG_SIZE_TOO_LARGE/, '(d) as too large for a message: ' . ($hd[0]{reason} // ''));
+my $h2 = ledger_id($main, 'H', 2);
+ok(ids_on_topic($bootstrap, $main, [$h2], 60), '(d) the next event of its key is on the topic');
+ok(wait_until(sub { outbox_count($node) == 0 }, 30), '(d) the outbox drained');
+unlike(log_since($node, 0), qr/terminated by signal|Cannot enlarge string buffer/,
+	'(d) the relay never failed a claim on it, nor crashed');
 
 $node->stop;
 ok(stop_kafka($kafka), 'Kafka stopped');

@@ -390,11 +390,12 @@ produce_event(OutboxEvent *event, const char *source, bool (*keep_waiting) (void
 /*
  * Hand the batch's events to librdkafka in order, without waiting for their
  * delivery (kafka_producer_await_batch does).  An event refused on the spot
- * is added to *refused (allocated in the current memory context), and holds
- * back the later events of its topic and key in this batch and in the
- * batches sent after it with the same list (they stay due, unsent).  Returns false when the relay must give up on the
- * batch: a fatal producer error, or keep_waiting said no while librdkafka's
- * queue was full.
+ * (by librdkafka, or already by the claim: outbox_row.c) is added to
+ * *refused (allocated in the current memory context), and holds back the
+ * later events of its topic and key in this batch and in the batches sent
+ * after it with the same list (they stay due, unsent).  Returns false when
+ * the relay must give up on the batch: a fatal producer error, or
+ * keep_waiting said no while librdkafka's queue was full.
  */
 bool
 kafka_producer_produce_batch(OutboxBatch *batch, const char *source, List **refused,
@@ -419,7 +420,7 @@ kafka_producer_produce_batch(OutboxBatch *batch, const char *source, List **refu
 		}
 		if (event->held)
 			continue;
-		if (!produce_event(event, source, keep_waiting))
+		if (!event->refused_on_the_spot && !produce_event(event, source, keep_waiting))
 			return false;
 		if (event->reported)
 			*refused = lappend(*refused, topic_and_key_of(event));

@@ -57,6 +57,42 @@ text_copy(Datum value, int *len)
 }
 
 /*
+ * The payload's JSON text into event, or, when that text would not fit in
+ * one allocation (a string of control characters is written six times as
+ * long), the event refused as too large for a message: it goes to the dead
+ * letters like an event librdkafka refuses on the spot, not back to the
+ * outbox to fail every claim of its shard.  The error is a buffer's limit,
+ * caught before anything was allocated for it.
+ */
+static void
+copy_payload_text(OutboxEvent *event, Jsonb *payload)
+{
+	MemoryContext context = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		event->payload = payload_json_text(payload, &event->payload_len);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
+			PG_RE_THROW();
+		FlushErrorState();
+		FreeErrorData(edata);
+		event->payload = pstrdup("");
+		event->payload_len = 0;
+		event->reported = true;
+		event->refused_on_the_spot = true;
+		event->error = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+	}
+	PG_END_TRY();
+}
+
+/*
  * Fill event from a row's values and nulls, where columns[c] is the
  * attribute number of column c; ctid is where the row was read.  Returns
  * the bytes of memory the event's copies hold, which bound a batch.
@@ -78,7 +114,7 @@ outbox_copy_event(OutboxEvent *event, const Datum *values, const bool *nulls,
 	event->topic = text_copy(values[columns[COL_TOPIC] - 1], NULL);
 	if (!nulls[columns[COL_KEY] - 1])
 		event->key = text_copy(values[columns[COL_KEY] - 1], &event->key_len);
-	event->payload = payload_json_text(detoasted, &event->payload_len);
+	copy_payload_text(event, detoasted);
 	if ((Pointer) detoasted != DatumGetPointer(payload))
 		pfree(detoasted);
 	if (!nulls[columns[COL_HEADERS] - 1])
