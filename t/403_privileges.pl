@@ -37,6 +37,8 @@
 # Owners are dependencies: DROP ROLE mallory is refused, REASSIGN OWNED
 # hands her subscriptions to heir (who they then run as, exactly), DROP
 # OWNED BY heir removes them and their workers.
+# The ledger's upkeep goes on while an ordinary role holds the advisory
+# lock it once took.
 # A member of eventpipe_admin may pause and resume another's subscription,
 # and a properly granted role (backoffice: INSERT, UPDATE on its targets,
 # EXECUTE on its handler) has its events applied exactly.
@@ -910,6 +912,21 @@ ok(wait_until(sub { !grep { consumer_pid($node, $db, $_) } qw(mallory_main mallo
 ($ret, $out, $err) = $node->psql($db, 'DROP ROLE heir');
 is($ret, 0, 'heir, owning nothing any more, can be dropped') or diag $err;
 ok(consumer_pid($node, $db, 'victim_sub'), "victim's worker still runs");
+
+# The ledger's upkeep (making tomorrow's partitions) takes a lock no role
+# without rights on the ledger can hold: victim (mallory is gone by now),
+# holding the advisory lock the upkeep once took, no longer keeps it from
+# making them.
+my $holder = $node->background_psql($db, extra_params => [ '-U', 'victim' ]);
+$holder->query_safe('SELECT pg_advisory_lock(7306041658170553393)');
+my $last_day = $node->safe_psql($db, q{SELECT to_char((now() AT TIME ZONE 'UTC')::date + 2, 'YYYYMMDD')});
+$node->safe_psql($db, "DROP TABLE eventpipe.event_handled_$last_day, eventpipe.event_handled_runs_$last_day");
+is($node->safe_psql($db,
+		q{SELECT eventpipe.ledger_upkeep(7 * 86400) >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '3 days'}),
+	't', 'the ledger upkeep makes its partitions while victim holds its old advisory lock');
+is($node->safe_psql($db, "SELECT count(*) FROM pg_class WHERE relname IN ('event_handled_$last_day', 'event_handled_runs_$last_day')"),
+	'2', '... the partitions of the day after tomorrow are back');
+$holder->quit;
 
 my @crashes = crash_lines($node, $log_start);
 is(scalar @crashes, 0, 'no crash in the server log') or diag join("\n", @crashes);
