@@ -255,15 +255,20 @@ check_topic($bootstrap, $never, [ grep { $_->{seq} != 1 } @{ ledger($node, $neve
 
 # 180 million control characters: a 180 MB jsonb string (2 MB stored,
 # compressed) whose text, each written \u0001, would take 1.08 GB, more than
-# one allocation may.  It is dead-lettered as too large, and the event of
-# the same key after it and the other key's go on.
-my $huge_id = q1(qq{SELECT eventpipe.publish('$main', 'H', jsonb_build_object('key', 'H', 'seq', 1, 'pad', repeat(chr(1), 180000000)))});
+# one allocation may; and 9,000 numbers 1e131071, a few bytes each in the
+# jsonb, 131,072 digits each in its text (1.18 GB).  Both are dead-lettered
+# as too large, and the event of the same key after them goes on.
+my @huge_ids = map { q1(qq{SELECT eventpipe.publish('$main', 'H', $_)}) }
+  q{jsonb_build_object('key', 'H', 'seq', 1, 'pad', repeat(chr(1), 180000000))},
+  q{jsonb_build_object('key', 'H', 'seq', 1, 'pad', (SELECT jsonb_agg('1e131071'::numeric) FROM generate_series(1, 9000)))};
 q1(qq{INSERT INTO ft_ledger (topic, key, seq, event_id)
       VALUES ('$main', 'H', 2, eventpipe.publish('$main', 'H', jsonb_build_object('key', 'H', 'seq', 2)))});
+my %huge = map { $_ => 1 } @huge_ids;
 my @hd;
-ok(wait_until(sub { @hd = grep { $_->{event_id} eq $huge_id } dead_letters(); @hd == 1 }, 120),
-	'(d) the event whose text would pass 1 GB is dead-lettered');
-like($hd[0]{reason} // '', qr/MSG_SIZE_TOO_LARGE/, '(d) as too large for a message: ' . ($hd[0]{reason} // ''));
+ok(wait_until(sub { @hd = grep { $huge{ $_->{event_id} } } dead_letters(); @hd == 2 }, 120),
+	'(d) the two events whose text would pass 1 GB are dead-lettered');
+is(scalar(grep { ($_->{reason} // '') =~ /MSG_SIZE_TOO_LARGE/ } @hd), 2,
+	'(d) both as too large for a message: ' . join('; ', map { $_->{reason} // '' } @hd));
 my $h2 = ledger_id($main, 'H', 2);
 ok(ids_on_topic($bootstrap, $main, [$h2], 60), '(d) the next event of its key is on the topic');
 ok(wait_until(sub { outbox_count($node) == 0 }, 30), '(d) the outbox drained');

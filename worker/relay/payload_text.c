@@ -27,6 +27,7 @@
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 
 #include "relay.h"
@@ -259,13 +260,13 @@ append_next(StringInfo out, ContainerWalk *walk)
 }
 
 /*
- * The JSON text of payload, in the current memory context, and its length
- * in *len.
+ * The JSON text of payload into out, made in the current memory context
+ * (out->data is its buffer as soon as there is one, so that a caller who
+ * catches an error can free it).
  */
-char *
-payload_json_text(Jsonb *payload, int *len)
+void
+payload_json_text(Jsonb *payload, StringInfo out)
 {
-	StringInfoData out;
 	ContainerWalk *stack;
 	int			stack_size = 8;
 	int			depth = 0;
@@ -276,11 +277,11 @@ payload_json_text(Jsonb *payload, int *len)
 	 * text, and every event of a batch keeps its text until the batch is
 	 * recorded).
 	 */
-	out.maxlen = VARSIZE(payload) + VARSIZE(payload) / 4 + 1;
-	out.data = palloc(out.maxlen);
-	resetStringInfo(&out);
+	out->maxlen = Min((Size) VARSIZE(payload) + VARSIZE(payload) / 4 + 1, MaxAllocSize);
+	out->data = palloc(out->maxlen);
+	resetStringInfo(out);
 	stack = palloc(sizeof(ContainerWalk) * stack_size);
-	open_container(&out, &stack[depth++], &payload->root);
+	open_container(out, &stack[depth++], &payload->root);
 	while (depth > 0)
 	{
 		ContainerWalk *walk = &stack[depth - 1];
@@ -288,11 +289,11 @@ payload_json_text(Jsonb *payload, int *len)
 
 		if (walk->next == walk->count)
 		{
-			close_container(&out, walk);
+			close_container(out, walk);
 			depth--;
 			continue;
 		}
-		inner = append_next(&out, walk);
+		inner = append_next(out, walk);
 		if (inner == NULL)
 			continue;
 		if (depth == stack_size)
@@ -300,9 +301,7 @@ payload_json_text(Jsonb *payload, int *len)
 			stack_size *= 2;
 			stack = repalloc(stack, sizeof(ContainerWalk) * stack_size);
 		}
-		open_container(&out, &stack[depth++], inner);
+		open_container(out, &stack[depth++], inner);
 	}
 	pfree(stack);
-	*len = out.len;
-	return out.data;
 }

@@ -15,6 +15,7 @@
 
 #include "access/attnum.h"
 #include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "storage/itemptr.h"
 #include "utils/array.h"
@@ -46,7 +47,8 @@ typedef struct OutboxEvent
 	bool		held;
 	/* set by the delivery report, or by a refusal before queueing */
 	bool		reported;
-	bool		refused_on_the_spot;	/* by rd_kafka_producev itself */
+	bool		refused_on_the_spot;	/* by rd_kafka_producev, or by the
+										 * claim (a payload too large) */
 	bool		refused_in_transaction; /* its topic, by the broker
 										 * (relay_isolation.c) */
 	bool		queued;			/* handed over to librdkafka */
@@ -147,7 +149,7 @@ extern int64 claim_start_end(const OutboxSeen *seen);
 extern void claim_start_heard_commit(uint64 lowest);
 
 /* payload_text.c */
-extern char *payload_json_text(Jsonb *payload, int *len);
+extern void payload_json_text(Jsonb *payload, StringInfo out);
 
 /* outbox_delete.c: in the caller's transaction */
 extern int	outbox_delete_in_place(OutboxEvent **events, int count, OutboxEvent ***left);
