@@ -66,6 +66,7 @@ my @refunds = map {
 } 0 .. 39;
 
 sub h { my ($id, $type) = @_; return [ [ 'ce_id', $id ], [ 'ce_type', $type ] ] }
+sub random_hex { my ($n) = @_; return join('', map { sprintf('%x', int(rand(16))) } 1 .. $n) }
 
 # The garbage: key => {value (bytes), headers}.  Keys are unique, so that
 # each one's partition and offset can be read back with kcat.
@@ -105,14 +106,15 @@ my %garbage = (
 		value   => '{"product_id":"p6","amount":1,"fail":"early"}',
 		headers => h('raise-early-h', 'RefundIssued')
 	},
-	# ids too long for the dedup ledger's index, from ce_id and from
-	# dedup_field: before, they failed every batch that held them, for ever
+	# ids too long for the dedup ledger's index (random, so that the index
+	# cannot compress them), from ce_id and from dedup_field: before, they
+	# failed every batch that held them, for ever
 	'long-id-h' => {
 		value   => '{"product_id":"p1","amount":1,"customer_id":1000}',
-		headers => h('long-id-h' . ('i' x 6000), 'PaymentCompleted')
+		headers => h('long-id-h' . random_hex(6000), 'PaymentCompleted')
 	},
 	'long-id' => {
-		value => '{"type":"LikeChanged","event_id":"long-id' . ('d' x 6000) . '","product_id":"p2","delta":1}'
+		value => '{"type":"LikeChanged","event_id":"long-id' . random_hex(6000) . '","product_id":"p2","delta":1}'
 	},
 	'huge-h' => {
 		value   => '{"product_id":"p1","amount":1,"junk":"' . ('y' x 900_000),

@@ -271,10 +271,18 @@ metric_effect(ConsumedMessage *message, const ConsumerRules *rules, int rule)
 	return NULL;
 }
 
-/* The fate interpreting found: dead with an error, unmatched with nothing to do, else applied. */
+/*
+ * The fate interpreting found: dead with an error, unmatched with nothing
+ * to do, else applied, its id then kept in the ledger (if it can be).
+ */
 static void
 settle_fate(ConsumedMessage *message)
 {
+	bool		nothing_to_do = message->effects == NIL && message->handlers == NIL &&
+		message->mirror_changes == NIL;
+
+	if (message->error == NULL && !nothing_to_do)
+		message->error = event_id_fault(message->event_id);
 	if (message->error != NULL)
 	{
 		message->fate = MESSAGE_DEAD;
@@ -282,7 +290,7 @@ settle_fate(ConsumedMessage *message)
 		message->handlers = NIL;
 		message->mirror_changes = NIL;
 	}
-	else if (message->effects == NIL && message->handlers == NIL && message->mirror_changes == NIL)
+	else if (nothing_to_do)
 		message->fate = MESSAGE_UNMATCHED;
 	else
 		message->fate = MESSAGE_APPLIED;	/* unless the ledger knows it */
@@ -301,9 +309,7 @@ interpret(ConsumedMessage *message, const ConsumerRules *rules)
 	{
 		message->event_id = event_id_of(message, rules);
 		message->event_type = header_text(message, "ce_type");
-		message->error = event_id_fault(message->event_id);
-		if (message->error == NULL)
-			message->error = mirror_events_tombstone(message, rules, mirrors);
+		message->error = mirror_events_tombstone(message, rules, mirrors);
 		settle_fate(message);
 		return;
 	}
@@ -311,8 +317,6 @@ interpret(ConsumedMessage *message, const ConsumerRules *rules)
 	if (message->error == NULL)
 		message->error = read_value(message, rules, read_fields);
 	message->event_id = event_id_of(message, rules);
-	if (message->error == NULL)
-		message->error = event_id_fault(message->event_id);
 	message->event_type = header_text(message, "ce_type");
 	if (message->event_type == NULL)
 		message->event_type = field_text(message, rules->type_slot);
