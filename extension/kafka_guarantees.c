@@ -68,6 +68,8 @@ static const KeptProperty kept_properties[] = {
 	{"max.in.flight.requests.per.connection", "max.in.flight", AT_MOST, {"5"},
 	"the idempotent producer keeps each key's order with at most 5 requests in "
 	"flight per broker, and librdkafka will not start the relay with more"},
+	{"group.protocol", NULL, NEVER_SET, {NULL},
+	"the consumers rebalance eagerly, under the classic group protocol"},
 	{"partition.assignment.strategy", NULL, REFUSE_VALUES, {"cooperative-sticky"},
 	"the consumers rebalance eagerly: under the cooperative protocol a worker would "
 	"drop the messages it had polled yet keep reading past them, and skip them"},
