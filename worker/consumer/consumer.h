@@ -282,6 +282,8 @@ extern void consumer_upsert_metrics(ConsumedMessage *messages, int count,
 									const ConsumerRules *rules);
 extern void consumer_store_dead_letters(ConsumerBatch *batch, const char *name);
 extern void consumer_store_offsets(ConsumerBatch *batch, const char *name);
+extern void consumer_store_offset_as_given(const char *name, const char *topic, int32 partition,
+										   int64 next);
 
 /* consumer_control.c: read_control, carry_out_replays and load_retries run their own transaction */
 extern void consumer_read_control(const char *name, ConsumerControl *control);

@@ -31,7 +31,7 @@ typedef enum StoreStatement
 {
 	STORE_DEAD_LETTERS,
 	STORE_OFFSETS,
-	STORE_OFFSET_WENT_BACK,
+	STORE_OFFSET_AS_GIVEN,
 	STORE_STATEMENTS
 } StoreStatement;
 
@@ -63,8 +63,8 @@ static WorkerStatement statements[STORE_STATEMENTS] = {
 		" SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)",
 		false, 4, {TEXTOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID}
 	},
-	[STORE_OFFSET_WENT_BACK] = {
-		"store the next offset of a partition read again from lower down",
+	[STORE_OFFSET_AS_GIVEN] = {
+		"store a partition's next offset as given",
 		"UPDATE eventpipe.consumer_offsets SET next_offset = $4"
 		" WHERE subscription OPERATOR(pg_catalog.=) $1 AND topic OPERATOR(pg_catalog.=) $2"
 		" AND partition OPERATOR(pg_catalog.=) $3",
@@ -203,12 +203,23 @@ consumer_store_offsets(ConsumerBatch *batch, const char *name)
 	values[3] = consumer_make_array(next_offsets, NULL, n, INT8OID);
 	worker_run_statement(&statements[STORE_OFFSETS], values, NULL, SPI_OK_INSERT);
 	for (p = 0; p < n; p++)
-	{
-		if (!went_back[p])
-			continue;
-		values[1] = topic_datums[p];
-		values[2] = partitions[p];
-		values[3] = next_offsets[p];
-		worker_run_statement(&statements[STORE_OFFSET_WENT_BACK], values, NULL, SPI_OK_UPDATE);
-	}
+		if (went_back[p])
+			consumer_store_offset_as_given(name, topics[p], DatumGetInt32(partitions[p]),
+										   DatumGetInt64(next_offsets[p]));
+}
+
+/*
+ * A stored offset set to next, lower or not: for a partition Kafka no
+ * longer holds as the offset stood (records deleted, the topic made again).
+ */
+void
+consumer_store_offset_as_given(const char *name, const char *topic, int32 partition, int64 next)
+{
+	Datum		values[4];
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(topic);
+	values[2] = Int32GetDatum(partition);
+	values[3] = Int64GetDatum(next);
+	worker_run_statement(&statements[STORE_OFFSET_AS_GIVEN], values, NULL, SPI_OK_UPDATE);
 }

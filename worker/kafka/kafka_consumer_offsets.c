@@ -23,7 +23,6 @@ typedef enum OffsetStatement
 {
 	READ_OFFSET,
 	STORE_START_OFFSET,
-	STORE_RETAINED_OFFSET,
 	OFFSET_STATEMENTS
 } OffsetStatement;
 
@@ -41,13 +40,6 @@ static WorkerStatement statements[OFFSET_STATEMENTS] = {
 		" (subscription, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
 		" ON CONFLICT (subscription, topic, partition) DO UPDATE"
 		" SET next_offset = o.next_offset RETURNING o.next_offset",
-		false, 4, {TEXTOID, TEXTOID, INT4OID, INT8OID}
-	},
-	[STORE_RETAINED_OFFSET] = {
-		"store an offset within what Kafka holds",
-		"UPDATE eventpipe.consumer_offsets SET next_offset = $4"
-		" WHERE subscription OPERATOR(pg_catalog.=) $1 AND topic OPERATOR(pg_catalog.=) $2"
-		" AND partition OPERATOR(pg_catalog.=) $3",
 		false, 4, {TEXTOID, TEXTOID, INT4OID, INT8OID}
 	},
 };
@@ -145,7 +137,6 @@ within_retained(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition
 {
 	int64_t		low;
 	int64_t		high;
-	Datum		values[4];
 
 	if (!retained_offsets(rk, partition, &low, &high, broker_answers))
 		return stored;
@@ -158,8 +149,7 @@ within_retained(rd_kafka_t *rk, const char *name, const rd_kafka_topic_partition
 			 stored < low
 			 ? errdetail("Records were deleted before this subscription applied them.")
 			 : errdetail("The topic was made again, or the broker lost records.")));
-	partition_offset_values(values, name, partition, low);
-	worker_run_statement(&statements[STORE_RETAINED_OFFSET], values, NULL, SPI_OK_UPDATE);
+	consumer_store_offset_as_given(name, partition->topic, partition->partition, low);
 	return low;
 }
 
