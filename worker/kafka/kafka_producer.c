@@ -43,6 +43,8 @@ static char *producer_settings = NULL;	/* what the producer was built from */
 static bool discard_reports = false;
 static char *transactional_id = NULL;	/* NULL: not transactional */
 static uint64 generation = 0;	/* producers built so far */
+static int	message_limit = KAFKA_MESSAGE_MAX_BYTES_CEILING;	/* the producer's
+																 * message.max.bytes */
 
 /* How often a wait for delivery reports looks up from librdkafka. */
 #define WAIT_CHECK_MS 100
@@ -112,6 +114,17 @@ settings_of(const char *bootstrap_servers, const char *client_id)
 	return settings;
 }
 
+static int
+configured_message_limit(rd_kafka_t *rk)
+{
+	char		value[32];
+	size_t		size = sizeof(value);
+
+	if (rd_kafka_conf_get(rd_kafka_conf(rk), "message.max.bytes", value, &size) != RD_KAFKA_CONF_OK)
+		return KAFKA_MESSAGE_MAX_BYTES_CEILING;
+	return atoi(value);
+}
+
 /* Is there a producer, built from exactly these settings? */
 bool
 kafka_producer_built_from(const char *bootstrap_servers, const char *client_id)
@@ -146,7 +159,19 @@ kafka_producer_ensure(const char *bootstrap_servers, const char *client_id,
 	producer_settings = MemoryContextStrdup(TopMemoryContext, settings);
 	pfree(settings);
 	generation++;
+	message_limit = configured_message_limit(producer);
 	return true;
+}
+
+/*
+ * The longest message the producer takes, its message.max.bytes: a message
+ * longer than that librdkafka refuses on the spot.  Without a producer, the
+ * most librdkafka takes at all.
+ */
+int
+kafka_producer_message_limit(void)
+{
+	return producer == NULL ? KAFKA_MESSAGE_MAX_BYTES_CEILING : message_limit;
 }
 
 /*

@@ -9,7 +9,6 @@
  */
 #include "postgres.h"
 
-#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/jsonb.h"
@@ -58,65 +57,29 @@ text_copy(Datum value, int *len)
 }
 
 /*
- * The payload's JSON text into event, or, when that text would not fit in
- * one allocation, the event refused as too large for a message: it goes to
- * the dead letters like an event librdkafka refuses on the spot, not back
- * to the outbox to fail every claim of its shard.  A small jsonb can have a
- * huge text (each control character of a string is written \u00XX, a number
- * of a few bytes may be written with a hundred thousand digits), so only
- * writing it tells.
- *
- * The one error meaning so (a buffer's limit, raised before the buffer
- * grows) is caught, the buffer freed, and the interrupt holdoff counts,
- * which raising an error resets, put back: claims run with interrupts held.
- * Any other error (memory short for now) fails the claim, made again later.
+ * The payload's JSON text into event, or, when that text is longer than the
+ * producer takes in a message (message.max.bytes), the event refused as
+ * too large, as librdkafka would refuse it: it goes to the dead letters,
+ * its text never written whole (it could pass what one allocation may
+ * hold, and fail every claim of its shard).
  */
 static void
 copy_payload_text(OutboxEvent *event, Jsonb *payload)
 {
-	/* not on the stack: what the error left in it is read after longjmp */
-	static StringInfoData text_buffer;
-	StringInfo	text = &text_buffer;
-	MemoryContext caller = CurrentMemoryContext;
-	uint32		holdoff = InterruptHoldoffCount;
-	uint32		cancel_holdoff = QueryCancelHoldoffCount;
-	volatile bool fits = true;
+	StringInfoData text;
 
-	text->data = NULL;
-	PG_TRY();
+	if (payload_json_text(payload, &text, kafka_producer_message_limit()))
 	{
-		payload_json_text(payload, text);
+		event->payload = text.data;
+		event->payload_len = text.len;
+		return;
 	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(caller);
-		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
-			PG_RE_THROW();
-		FlushErrorState();
-		FreeErrorData(edata);
-		InterruptHoldoffCount = holdoff;
-		QueryCancelHoldoffCount = cancel_holdoff;
-		fits = false;
-	}
-	PG_END_TRY();
-	if (fits)
-	{
-		event->payload = text->data;
-		event->payload_len = text->len;
-	}
-	else
-	{
-		if (text->data != NULL)
-			pfree(text->data);
-		event->payload = pstrdup("");
-		event->payload_len = 0;
-		event->reported = true;
-		event->refused_on_the_spot = true;
-		event->error = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
-	}
+	pfree(text.data);
+	event->payload = pstrdup("");
+	event->payload_len = 0;
+	event->reported = true;
+	event->refused_on_the_spot = true;
+	event->error = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
 }
 
 /*

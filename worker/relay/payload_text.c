@@ -53,15 +53,38 @@ word_needs_escape(uint64 w)
 			((backslash - IN_EACH_BYTE(1)) & ~backslash & high)) != 0;
 }
 
-/* n bytes at s appended to out, growing it only when they do not fit. */
+/*
+ * The text being written may not pass this many bytes; once it would, it
+ * is too long, and nothing more is written (payload_json_text() stops).
+ */
+static int	text_limit;
+static bool text_too_long;
+
+/*
+ * n bytes at s appended to out, growing it only when they do not fit, and
+ * only up to text_limit.
+ */
 static inline void
 append_bytes(StringInfo out, const char *s, int n)
 {
 	if (out->len + n >= out->maxlen)
+	{
+		if (text_too_long || n > text_limit - out->len)
+		{
+			text_too_long = true;
+			return;
+		}
 		enlargeStringInfo(out, n);
+	}
 	memcpy(out->data + out->len, s, n);
 	out->len += n;
 	out->data[out->len] = '\0';
+}
+
+static inline void
+append_char(StringInfo out, char c)
+{
+	append_bytes(out, &c, 1);
 }
 
 /* The two-character escape of c, or NULL when it has none (\u00XX then). */
@@ -101,7 +124,7 @@ append_json_string(StringInfo out, const char *s, int len)
 	const char *run = s;
 	const char *p = s;
 
-	appendStringInfoCharMacro(out, '"');
+	append_char(out, '"');
 	while (p < end)
 	{
 		unsigned char c;
@@ -128,11 +151,18 @@ append_json_string(StringInfo out, const char *s, int len)
 		if (escape != NULL)
 			append_bytes(out, escape, 2);
 		else
-			appendStringInfo(out, "\\u%04x", c);
+		{
+			char		unicode_escape[7];
+
+			snprintf(unicode_escape, sizeof(unicode_escape), "\\u%04x", c);
+			append_bytes(out, unicode_escape, 6);
+		}
+		if (text_too_long)
+			return;
 		run = ++p;
 	}
 	append_bytes(out, run, end - run);
-	appendStringInfoCharMacro(out, '"');
+	append_char(out, '"');
 }
 
 /*
@@ -216,19 +246,19 @@ open_container(StringInfo out, ContainerWalk *walk, const JsonbContainer *contai
 	{
 		for (i = 0; i < walk->count; i++)
 			walk->value_start = entry_end(container->children[i], walk->value_start);
-		appendStringInfoCharMacro(out, '{');
+		append_char(out, '{');
 	}
 	else if (!walk->raw_scalar)
-		appendStringInfoCharMacro(out, '[');
+		append_char(out, '[');
 }
 
 static void
 close_container(StringInfo out, const ContainerWalk *walk)
 {
 	if (walk->object)
-		appendStringInfoCharMacro(out, '}');
+		append_char(out, '}');
 	else if (!walk->raw_scalar)
-		appendStringInfoCharMacro(out, ']');
+		append_char(out, ']');
 }
 
 /*
@@ -260,12 +290,14 @@ append_next(StringInfo out, ContainerWalk *walk)
 }
 
 /*
- * The JSON text of payload into out, made in the current memory context
- * (out->data is its buffer as soon as there is one, so that a caller who
- * catches an error can free it).
+ * The JSON text of payload into out, made in the current memory context;
+ * false, with out holding part of it, if it would pass limit bytes (which
+ * must be below MaxAllocSize).  A small jsonb can have a huge text: a
+ * string of control characters is written six times as long, and a number
+ * of a few bytes may be written with a hundred thousand digits.
  */
-void
-payload_json_text(Jsonb *payload, StringInfo out)
+bool
+payload_json_text(Jsonb *payload, StringInfo out, int limit)
 {
 	ContainerWalk *stack;
 	int			stack_size = 8;
@@ -277,12 +309,15 @@ payload_json_text(Jsonb *payload, StringInfo out)
 	 * text, and every event of a batch keeps its text until the batch is
 	 * recorded).
 	 */
-	out->maxlen = Min((Size) VARSIZE(payload) + VARSIZE(payload) / 4 + 1, MaxAllocSize);
+	Assert(limit < MaxAllocSize);
+	text_limit = limit;
+	text_too_long = false;
+	out->maxlen = Min((Size) VARSIZE(payload) + VARSIZE(payload) / 4, (Size) limit) + 1;
 	out->data = palloc(out->maxlen);
 	resetStringInfo(out);
 	stack = palloc(sizeof(ContainerWalk) * stack_size);
 	open_container(out, &stack[depth++], &payload->root);
-	while (depth > 0)
+	while (depth > 0 && !text_too_long)
 	{
 		ContainerWalk *walk = &stack[depth - 1];
 		const JsonbContainer *inner;
@@ -304,4 +339,6 @@ payload_json_text(Jsonb *payload, StringInfo out)
 		open_container(out, &stack[depth++], inner);
 	}
 	pfree(stack);
+	/* appends into room the buffer already had are not checked one by one */
+	return !text_too_long && out->len <= limit;
 }

@@ -149,7 +149,7 @@ extern int64 claim_start_end(const OutboxSeen *seen);
 extern void claim_start_heard_commit(uint64 lowest);
 
 /* payload_text.c */
-extern void payload_json_text(Jsonb *payload, StringInfo out);
+extern bool payload_json_text(Jsonb *payload, StringInfo out, int limit);
 
 /* outbox_delete.c: in the caller's transaction */
 extern int	outbox_delete_in_place(OutboxEvent **events, int count, OutboxEvent ***left);
@@ -168,6 +168,10 @@ extern bool kafka_error_is_permanent(const OutboxEvent *event);
 extern bool kafka_producer_failed_fatally(char *errbuf, size_t errbuf_size);
 extern void kafka_producer_set_transactional_id(const char *id);
 extern rd_kafka_t *kafka_producer_handle(void);
+extern int	kafka_producer_message_limit(void);
+
+/* librdkafka's ceiling for message.max.bytes */
+#define KAFKA_MESSAGE_MAX_BYTES_CEILING 1000000000
 extern uint64 kafka_producer_generation(void);
 
 
