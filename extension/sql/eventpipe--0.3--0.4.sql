@@ -1338,9 +1338,10 @@ REVOKE ALL ON FUNCTION eventpipe.ledger_make_partitions(date, date) FROM PUBLIC;
 -- ago.  Returns the end of the days the ledger has attached partitions for,
 -- from today on without a gap: a worker applies no batch unless that is
 -- more than a day ahead.  One upkeep at a time (a lock on the ledger's
--- table of runs, which batches' inserts do not contend for, nor any role
--- without rights on it; one that waits longer than lock_timeout for it
--- only reads how far the partitions go).  A DROP waits for every batch using the ledger, and while it waits
+-- table of runs, which batches' inserts do not conflict with, and which
+-- only a role with rights on it can take; one that waits longer than
+-- lock_timeout for it, as behind a vacuum of a partition, only reads how
+-- far the partitions go).  A DROP waits for every batch using the ledger, and while it waits
 -- new batches queue behind it: it gives up after 50 ms, leaving that
 -- partition and the rest for a later upkeep.  TimeZone and DateStyle are
 -- fixed so that the bounds read back are UTC in ISO form.

@@ -282,6 +282,7 @@ extern void consumer_upsert_metrics(ConsumedMessage *messages, int count,
 									const ConsumerRules *rules);
 extern void consumer_store_dead_letters(ConsumerBatch *batch, const char *name);
 extern void consumer_store_offsets(ConsumerBatch *batch, const char *name);
+/* also in the transaction that reads the stored offsets at an assignment */
 extern void consumer_store_offset_as_given(const char *name, const char *topic, int32 partition,
 										   int64 next);
 
