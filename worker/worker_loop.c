@@ -171,10 +171,18 @@ worker_end_transaction(MemoryContext caller_context)
 
 /*
  * Start a dynamic worker whose bgw_extra begins with its database's OID:
- * signals, the connection, and the search_path of a superuser's worker
- * (nothing a database user creates may stand in for built-ins).  who names
- * the worker in its log lines; record_error (unless NULL) keeps the message
- * of an error WORKER_GUARD caught, for the stat views.
+ * signals, the connection, and the settings every worker's work assumes,
+ * whatever the database's own (ALTER DATABASE ... SET, which its owner may
+ * run) or postgresql.conf say: the search_path of a superuser's worker
+ * (nothing a database user creates may stand in for built-ins); READ
+ * COMMITTED, each statement with a new snapshot (the ledger's lookup must
+ * see what the batch that held its lock before committed; a snapshot's
+ * chunk must lock the newest version of a row a writer just changed, where
+ * REPEATABLE READ would fail the chunk); transactions that may write; and
+ * no lock_timeout, since waiting for another worker's or a writer's locks
+ * is part of the work, not a reason to fail.  who names the worker in its
+ * log lines; record_error (unless NULL) keeps the message of an error
+ * WORKER_GUARD caught, for the stat views.
  */
 void
 worker_connect(const char *who, void (*record_error) (const char *message))
@@ -189,6 +197,9 @@ worker_connect(const char *who, void (*record_error) (const char *message))
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 void

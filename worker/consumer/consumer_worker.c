@@ -632,14 +632,5 @@ eventpipe_consumer_main(Datum main_arg)
 	 * commit need not wait for the WAL flush.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
-
-	/*
-	 * The ledger's lookup must see what the batch that held its lock before
-	 * committed: each statement takes a new snapshot, which only READ
-	 * COMMITTED gives, whatever default_transaction_isolation says.  Waits
-	 * for another worker's locks are part of the work, not a reason to fail.
-	 */
-	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	worker_main_loop(consumer_step);
 }
