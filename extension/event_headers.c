@@ -35,7 +35,6 @@ eventpipe_foreach_header(Jsonb *headers, EventHeaderCallback callback, void *arg
 	JsonbIteratorToken token;
 	const char *name = NULL;
 	int			name_len = 0;
-	char	   *text;
 
 	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -53,8 +52,8 @@ eventpipe_foreach_header(Jsonb *headers, EventHeaderCallback callback, void *arg
 		else
 		{
 			Jsonb	   *value = JsonbValueToJsonb(&v);
+			char	   *text = JsonbToCString(NULL, &value->root, VARSIZE(value));
 
-			text = JsonbToCString(NULL, &value->root, VARSIZE(value));
 			callback(name, name_len, text, strlen(text), arg);
 			pfree(text);
 			pfree(value);

@@ -43,7 +43,7 @@
 /*
  * A batch holds its messages until it is applied: past this many bytes of
  * keys and values it takes no more (a batch of large messages would hold
- * batch_size of them, gigabytes).  A single larger message is a batch.
+ * batch_size of them, gigabytes); the last message taken may pass it.
  */
 #define CONSUMER_BATCH_MAX_BYTES (32 * 1024 * 1024)
 /* Longest wait for a broker's answer to a metadata or watermark request. */
@@ -350,9 +350,10 @@ fill_message(ConsumedMessage *message, rd_kafka_message_t *raw)
 
 /*
  * Poll up to limit messages (and CONSUMER_BATCH_MAX_BYTES of them): the
- * first within wait_ms, the next ones while they keep coming.  Messages of a failed poll are skipped (the error is
- * kept for kafka_consumer_take_error); messages polled before a rebalance
- * are dropped.  Fills batch (its messages in the current memory context
+ * first within wait_ms, the next ones while they keep coming.  Messages of
+ * a failed poll are skipped (the error is kept for
+ * kafka_consumer_take_error); messages polled before a rebalance are
+ * dropped.  Fills batch (its messages in the current memory context
  * when there are any), whose bytes and headers point into librdkafka's
  * messages, held until kafka_consumer_release_batch().
  */

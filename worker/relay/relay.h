@@ -169,10 +169,10 @@ extern bool kafka_producer_failed_fatally(char *errbuf, size_t errbuf_size);
 extern void kafka_producer_set_transactional_id(const char *id);
 extern rd_kafka_t *kafka_producer_handle(void);
 extern int	kafka_producer_message_limit(void);
+extern uint64 kafka_producer_generation(void);
 
 /* librdkafka's ceiling for message.max.bytes */
 #define KAFKA_MESSAGE_MAX_BYTES_CEILING 1000000000
-extern uint64 kafka_producer_generation(void);
 
 
 /* relay_pipeline.c: how a run of batches ended */
