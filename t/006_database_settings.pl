@@ -7,7 +7,9 @@
 #  - the relay sends every event published, and the outbox empties;
 #  - a subscription applies every message, exactly;
 #  - a snapshot of a captured table, 300 rows read in chunks of 10 while a
-#    writer updates some of them, is done, 300 rows emitted.
+#    writer updates some of them, is done, 300 rows emitted;
+#  - a snapshot that resumes in a worker connected under another DateStyle
+#    reads its last key back as it was written.
 # Only default_transaction_read_only makes the workers fail for good (the
 # subscription and the snapshot never finish without the workers' own
 # settings).  Under the other two, a snapshot's chunk that meets a row a
@@ -83,14 +85,45 @@ is(q1("SELECT state || ' ' || rows_emitted || ' ' || coalesce(error, '') FROM ev
 	'done 300 ', 'it is done, its 300 rows read');
 $writer->quit;
 
-# The keys of the snapshot's read events on the topic.
+# The keys of a snapshot's read events on its table's topic.
 sub read_keys
 {
-	my $msgs = read_topic($bootstrap, 't006.items', timeout => 30);
-	my %keys = map { ($_->{headers}{ce_type} // '') eq 'items.read' ? ($_->{key} => 1) : () } @$msgs;
+	my ($table) = @_;
+	my $msgs = read_topic($bootstrap, "t006.$table", timeout => 30);
+	my %keys = map { ($_->{headers}{ce_type} // '') eq "$table.read" ? ($_->{key} => 1) : () } @$msgs;
 	return scalar keys %keys;
 }
-ok(wait_until(sub { read_keys() == 300 }, 60), 'each of the 300 rows has its read event on the topic');
+ok(wait_until(sub { read_keys('items') == 300 }, 60), 'each of the 300 rows has its read event on the topic');
+
+# ---- a snapshot's resume point, DateStyle changed between its chunks ---------------
+# The first chunk of 40 dates runs in a worker that connected under
+# DateStyle 'SQL, DMY', and the snapshot then waits for the paused relay;
+# the next chunks run in one that connected under 'ISO, MDY'.  A last key
+# kept as 10/01/2026 (the tenth of January) would be read back as the first
+# of October, and the 30 rows after it skipped.
+ok(wait_until(sub { outbox_count($node) == 0 }, 60), 'the outbox is empty');
+q1(q{
+CREATE TABLE days (d date PRIMARY KEY);
+INSERT INTO days SELECT DATE '2026-01-01' + g FROM generate_series(0, 39) g;
+SELECT eventpipe.capture('days', 't006.days');
+SELECT eventpipe.pause_relay();
+ALTER DATABASE postgres SET DateStyle = 'SQL, DMY';
+ALTER SYSTEM SET eventpipe.snapshot_max_backlog = 5;
+});
+$node->restart;
+my $days = q1(q{SELECT eventpipe.snapshot('days')});
+ok(wait_until(sub { q1("SELECT rows_emitted FROM eventpipe.snapshots WHERE id = $days") eq '10' }, 60),
+	'the first chunk of the dates is emitted');
+is(q1("SELECT last_key FROM eventpipe.table_snapshots WHERE id = $days"), '{2026-01-10}',
+	'its last key is kept in ISO form');
+q1(q{ALTER DATABASE postgres SET DateStyle = 'ISO, MDY'; ALTER SYSTEM RESET eventpipe.snapshot_max_backlog;});
+$node->restart;
+q1(q{SELECT eventpipe.resume_relay()});
+ok(wait_until(sub { q1("SELECT state FROM eventpipe.snapshots WHERE id = $days") ne 'running' }, 90),
+	'the snapshot of the dates ended');
+is(q1("SELECT state || ' ' || rows_emitted || ' ' || coalesce(error, '') FROM eventpipe.snapshots WHERE id = $days"),
+	'done 40 ', 'it is done, its 40 rows read once each');
+ok(wait_until(sub { read_keys('days') == 40 }, 60), 'each of the 40 dates has its read event on the topic');
 
 $node->stop;
 ok(stop_kafka($kafka), 'Kafka stopped');

@@ -45,6 +45,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
@@ -210,6 +211,38 @@ build_chunk_scan(Relation rel, bool resume, ChunkScan *scan)
 	scan->sql = sql.data;
 }
 
+/*
+ * The settings a key's text depends on, pinned while it is written and
+ * while it is read back: the next chunk may run in a worker that connected
+ * after an ALTER DATABASE ... SET, and must read the text as it was meant
+ * (under DateStyle 'SQL, DMY' a date is written 10/01/2026, which 'MDY'
+ * reads as the first of October).  Returns the level to unpin.
+ */
+static int
+pin_key_text_settings(void)
+{
+	static const char *const pinned[][2] = {
+		{"datestyle", "ISO, YMD"},
+		{"intervalstyle", "postgres"},
+		{"extra_float_digits", "3"},
+		{"lc_monetary", "C"},
+		{"array_nulls", "on"},
+	};
+	int			nestlevel = NewGUCNestLevel();
+	int			i;
+
+	for (i = 0; i < (int) lengthof(pinned); i++)
+		(void) set_config_option(pinned[i][0], pinned[i][1], PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+static void
+unpin_key_text_settings(int nestlevel)
+{
+	AtEOXact_GUC(false, nestlevel);
+}
+
 /* The key of the last chunk as the statement's arguments */
 static Datum *
 resume_arguments(const ChunkScan *scan, ArrayType *last_key)
@@ -218,6 +251,7 @@ resume_arguments(const ChunkScan *scan, ArrayType *last_key)
 	bool	   *nulls;
 	int			count;
 	Datum	   *values = palloc(sizeof(Datum) * scan->nkeys);
+	int			nestlevel;
 	int			i;
 
 	deconstruct_array(last_key, TEXTOID, -1, false, TYPALIGN_INT, &texts, &nulls, &count);
@@ -225,6 +259,7 @@ resume_arguments(const ChunkScan *scan, ArrayType *last_key)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the primary key changed since the snapshot started")));
+	nestlevel = pin_key_text_settings();
 	for (i = 0; i < count; i++)
 	{
 		Oid			input;
@@ -233,6 +268,7 @@ resume_arguments(const ChunkScan *scan, ArrayType *last_key)
 		getTypeInputInfo(scan->types[i], &input, &ioparam);
 		values[i] = OidInputFunctionCall(input, TextDatumGetCString(texts[i]), ioparam, -1);
 	}
+	unpin_key_text_settings(nestlevel);
 	return values;
 }
 
@@ -241,6 +277,7 @@ static Datum
 row_key(Relation rel, const ChunkScan *scan, HeapTuple row)
 {
 	Datum	   *texts = palloc(sizeof(Datum) * scan->nkeys);
+	int			nestlevel = pin_key_text_settings();
 	int			i;
 
 	for (i = 0; i < scan->nkeys; i++)
@@ -253,6 +290,7 @@ row_key(Relation rel, const ChunkScan *scan, HeapTuple row)
 		getTypeOutputInfo(scan->types[i], &output, &varlena);
 		texts[i] = CStringGetTextDatum(isnull ? "" : OidOutputFunctionCall(output, value));
 	}
+	unpin_key_text_settings(nestlevel);
 	return PointerGetDatum(construct_array(texts, scan->nkeys, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
