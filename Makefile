@@ -27,6 +27,7 @@ OBJS = \
 	extension/snapshot_request.o \
 	extension/subscriptions_trigger.o \
 	extension/relay_pause_trigger.o \
+	extension/own_table_trigger.o \
 	extension/consumer_partitions.o \
 	extension/stats.o \
 	worker/launcher.o \

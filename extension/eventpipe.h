@@ -11,6 +11,7 @@
 #include "postgres.h"
 
 #include "access/attnum.h"
+#include "fmgr.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
 
@@ -31,6 +32,10 @@ extern void eventpipe_install_object_access_hook(void);
 
 /* owned_objects.c */
 extern void eventpipe_install_owned_objects_hook(void);
+
+/* own_table_trigger.c */
+extern void eventpipe_require_own_table(FunctionCallInfo fcinfo, const char *function,
+										const char *table);
 
 /* topic_name.c */
 extern void eventpipe_check_topic_name(const char *topic);

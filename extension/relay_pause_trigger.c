@@ -7,7 +7,6 @@
  */
 #include "postgres.h"
 
-#include "commands/trigger.h"
 #include "fmgr.h"
 
 #include "eventpipe.h"
@@ -17,8 +16,7 @@ PG_FUNCTION_INFO_V1(eventpipe_relay_pause_changed);
 Datum
 eventpipe_relay_pause_changed(PG_FUNCTION_ARGS)
 {
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "eventpipe_relay_pause_changed: not called as a trigger");
+	eventpipe_require_own_table(fcinfo, "relay_pause_changed", "relay_pause");
 	eventpipe_relay_pause_changed_at_commit();
 	return PointerGetDatum(NULL);
 }

@@ -74,7 +74,8 @@ eventpipe_subscriptions_changed(PG_FUNCTION_ARGS)
 	TriggerData *trigger = (TriggerData *) fcinfo->context;
 	HeapTuple	result;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trigger->tg_event))
+	eventpipe_require_own_table(fcinfo, "subscriptions_changed", "subscriptions");
+	if (!TRIGGER_FIRED_FOR_ROW(trigger->tg_event))
 		elog(ERROR, "eventpipe_subscriptions_changed: not called as a row trigger");
 
 	if (TRIGGER_FIRED_BY_DELETE(trigger->tg_event))

@@ -249,3 +249,26 @@ UNION ALL
 ORDER BY object, kind, side;
 
 DROP EXTENSION eventpipe;
+DROP SCHEMA eventpipe;
+
+-- A trigger that a role attached to its own table, with a trigger function
+-- of the extension's own table that 0.3 let PUBLIC execute, outlives the
+-- update and its REVOKE: the function now refuses to fire on any table but
+-- its own, where it used to read that table's second column as text[].
+CREATE EXTENSION eventpipe VERSION '0.3';
+CREATE ROLE regress_upgrade_intruder;
+GRANT USAGE ON SCHEMA eventpipe TO regress_upgrade_intruder;
+CREATE SCHEMA upgrade_intruder AUTHORIZATION regress_upgrade_intruder;
+SET ROLE regress_upgrade_intruder;
+CREATE TABLE upgrade_intruder.t (a integer, b bigint);
+CREATE TRIGGER planted BEFORE INSERT ON upgrade_intruder.t
+    FOR EACH ROW EXECUTE FUNCTION eventpipe.subscriptions_changed();
+RESET ROLE;
+ALTER EXTENSION eventpipe UPDATE;
+SET ROLE regress_upgrade_intruder;
+INSERT INTO upgrade_intruder.t VALUES (1, 12345);
+RESET ROLE;
+DROP SCHEMA upgrade_intruder CASCADE;
+DROP EXTENSION eventpipe;
+DROP SCHEMA eventpipe;
+DROP ROLE regress_upgrade_intruder;
