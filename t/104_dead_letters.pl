@@ -13,6 +13,8 @@
 #      retried with back-off (attempts, next_attempt_at, last_error grow),
 #      the later events of their topic and key wait behind them while other
 #      keys flow, and once the topic is created everything arrives, in order;
+#      an event whose 32 kB key is too long for an index entry waits for
+#      its retries like the others, without failing its batch's record;
 #  (c) attempts run out: the first event of a missing topic's key goes to
 #      dead_letters after 3 attempts, and the events held behind it go on;
 #  (d) a payload whose JSON text would pass 1 GB goes to dead_letters as too
@@ -171,7 +173,16 @@ is(scalar(grep { ($_->{ce_id} // '') eq $big_id } @{ $main_now // [] }), 0, '(a)
 # ---- (b) a missing topic, created before the attempts run out ---------------
 
 my $late = 't104.late';
-q1("SELECT ft_publish_round('$late', ARRAY['K'], 1)");
+# In the same transaction, so in K's first batch: an event of another
+# missing topic whose key (32 kB of hex digits, which do not compress) is
+# too long for an index entry.  Its wait for a retry must not fail the
+# record of that batch.
+my $long = 't104.long';
+q1(qq{BEGIN;
+SELECT ft_publish_round('$late', ARRAY['K'], 1);
+SELECT eventpipe.publish('$long', (SELECT string_agg(md5(g::text || random()::text), '')
+                                     FROM generate_series(1, 1000) AS g), '{}');
+COMMIT;});
 my $k1 = ledger_id($late, 'K', 1);
 
 sub outbox_row
@@ -189,6 +200,8 @@ ok(wait_until(sub { $r = outbox_row($k1); $r && $r->{attempts} >= 1 }, 30),
 	'(b) the event for the missing topic failed once');
 is($r->{attempts}, 1, '(b) attempts = 1');
 like($r->{last_error}, qr/unknown topic|UNKNOWN_TOPIC/i, "(b) last_error says why: $r->{last_error}");
+ok(wait_until(sub { q1("SELECT attempts >= 1 FROM eventpipe.outbox WHERE topic = '$long'") eq 't' }, 30),
+	'(b) the event with a 32 kB key waits for a retry too');
 my $next1 = $r->{next};
 
 # More of K on the missing topic, and K and others on the existing one.
@@ -220,6 +233,13 @@ is(q1("SELECT count(*) FROM eventpipe.dead_letters WHERE topic = '$late'"), 0,
 	'(b) none of them was dead-lettered')
   or diag q1("SELECT id, key, attempts, reason FROM eventpipe.dead_letters WHERE topic = '$late'");
 check_topic($bootstrap, $late, ledger($node, $late), '(b) the late topic');
+ok( wait_until(
+		sub {
+			q1("SELECT count(*) FROM eventpipe.dead_letters"
+				  . " WHERE topic = '$long' AND attempts = 3 AND octet_length(key) = 32000") == 1
+		},
+		60),
+	'(b) the event with a 32 kB key is dead-lettered once its 3 attempts ran out');
 check_topic($bootstrap, $main, [ grep { $_->{seq} != 3 || $_->{key} ne 'A' } @{ ledger($node, $main) } ],
 	'(b) the existing topic');
 

@@ -1548,3 +1548,10 @@ SELECT s.id, s.rel, s.condition, s.state, s.error, s.rows_emitted, s.rows_estima
 COMMENT ON VIEW eventpipe.snapshots IS
     'Snapshots of captured tables: table, condition, state (running, done, cancelled, failed with its error), rows emitted and estimated, times';
 GRANT SELECT ON eventpipe.snapshots TO PUBLIC;
+
+-- outbox_retrying holds the key's hash, not the key: a key too long for an
+-- index entry could not wait for a retry, and the relay's record of its
+-- whole batch failed, again at every claim.
+DROP INDEX eventpipe.outbox_retrying;
+CREATE INDEX outbox_retrying ON eventpipe.outbox (topic, pg_catalog.hashtext(key), id)
+    WHERE next_attempt_at IS NOT NULL;

@@ -75,8 +75,10 @@ COMMENT ON COLUMN eventpipe.outbox.attempts IS 'Failed delivery attempts so far'
 COMMENT ON COLUMN eventpipe.outbox.next_attempt_at IS 'Not retried before this time (NULL: due now)';
 
 -- Events waiting for a retry hold back the later events of their topic and
--- key; this finds them without scanning the whole outbox.
-CREATE INDEX outbox_retrying ON eventpipe.outbox (topic, key, id)
+-- key; this finds them without scanning the whole outbox.  It holds the
+-- key's hash, not the key: a key too long for an index entry could not wait
+-- for a retry, and the relay's record of its whole batch would fail.
+CREATE INDEX outbox_retrying ON eventpipe.outbox (topic, pg_catalog.hashtext(key), id)
     WHERE next_attempt_at IS NOT NULL;
 
 -- Events the relay gave up on, with the reason: too large for the broker, a

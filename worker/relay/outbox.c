@@ -69,7 +69,7 @@
  * the following batches.  Most claims find no retry scheduled at all: the
  * first NOT EXISTS, uncorrelated, runs once per claim (an InitPlan) and
  * spares each row the lookup of the second (no anti-join is planned for a
- * NOT EXISTS under OR).
+ * NOT EXISTS under OR), which finds the key by its hash in outbox_retrying.
  */
 #define CLAIM_SQL(passing_over) \
 	"SELECT o.id, o.event_id, o.topic, o.key, o.payload, o.headers," \
@@ -85,6 +85,8 @@
 	"        OR NOT EXISTS (SELECT FROM eventpipe.outbox AS w" \
 	"                        WHERE w.next_attempt_at IS NOT NULL" \
 	"                          AND w.topic OPERATOR(pg_catalog.=) o.topic" \
+	"                          AND pg_catalog.hashtext(w.key)" \
+	"                              OPERATOR(pg_catalog.=) pg_catalog.hashtext(o.key)" \
 	"                          AND w.key OPERATOR(pg_catalog.=) o.key" \
 	"                          AND w.id OPERATOR(pg_catalog.<) o.id))" \
 	" ORDER BY o.id" \
