@@ -5,7 +5,9 @@
 #      unsubscribe of an unknown name are errors; unsubscribe stops the
 #      worker within seconds and takes its rules, offsets and ledger with it;
 #      events produced afterwards are not applied (a witness subscription on
-#      the same topic shows when they would have been);
+#      the same topic shows when they would have been); the witness,
+#      unsubscribed and subscribed again under its name in one transaction
+#      while its worker runs, reads its topic again from the beginning;
 #  (b) DROP EXTENSION while a worker consumes: it succeeds, nothing crashes,
 #      and after CREATE EXTENSION a new subscription consumes exactly;
 #  (c) DROP DATABASE of the workers' database while a worker consumes: it
@@ -37,6 +39,7 @@ sub prepare_shop
 	$node->safe_psql($db, 'CREATE EXTENSION eventpipe');
 	$node->safe_psql($db, metrics_sql() . q{
 CREATE TABLE witness_metrics (LIKE product_metrics INCLUDING ALL);
+CREATE TABLE witness_again_metrics (LIKE product_metrics INCLUDING ALL);
 CREATE TABLE views_seen (event_id text PRIMARY KEY);
 CREATE FUNCTION record_view(payload jsonb, metadata jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -106,6 +109,16 @@ check_product_metrics($node, $db, expected_metrics([ $e1, 1 ], [ $e2, 1 ]),
 	'(a) the witness applied everything', table => 'witness_metrics');
 check_product_metrics($node, $db, expected_metrics($e1),
 	'(a) product_metrics did not change after the unsubscribe');
+
+# The witness made again under its name, in one transaction, while its
+# worker runs: the new subscription has no offsets and reads the topic
+# from its beginning, not from where the old one's worker was.
+my $again = subscribe_sql('witness', [$t_life], subscribe => "dedup_field => 'event_id'",
+	table => 'witness_again_metrics') =~ s/^BEGIN;\n//r;
+$node->safe_psql($db, "BEGIN;\nSELECT eventpipe.unsubscribe('witness');\n$again");
+ok(wait_caught_up($node, $db, 'witness', $bootstrap, [$t_life], 120), '(a) the witness made again caught up');
+check_product_metrics($node, $db, expected_metrics([ $e1, 1 ], [ $e2, 1 ]),
+	'(a) it applied everything from the beginning', table => 'witness_again_metrics');
 my @crashes = crash_lines($node, $log_start);
 is(scalar @crashes, 0, '(a) no worker crashed') or diag join("\n", @crashes);
 

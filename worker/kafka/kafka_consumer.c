@@ -201,6 +201,12 @@ create_consumer(const Subscription *subscription, const char *client_id, char *e
 	return rk;
 }
 
+/*
+ * What the running consumer was built from; any change rebuilds it.  The
+ * subscription's id is in it: one dropped and made again under its name
+ * has no offsets yet, and its partitions must be assigned again to read
+ * where it starts rather than where the old one was.
+ */
 static char *
 settings_of(const Subscription *subscription)
 {
@@ -208,9 +214,10 @@ settings_of(const Subscription *subscription)
 	ListCell   *lc;
 
 	initStringInfo(&settings);
-	appendStringInfo(&settings, "%s\n%s\n%s\n%s\n%d\n%d", eventpipe_bootstrap_servers,
+	appendStringInfo(&settings, "%s\n%s\n%s\n%s\n%d\n%d\n%d", eventpipe_bootstrap_servers,
 					 eventpipe_dba_kafka_options_version(), subscription->group_id,
-					 subscription->name, subscription->start_latest, subscription->paused);
+					 subscription->name, subscription->id, subscription->start_latest,
+					 subscription->paused);
 	foreach(lc, subscription->topics)
 		appendStringInfo(&settings, "\n%s", (char *) lfirst(lc));
 	return settings.data;
