@@ -23,8 +23,9 @@
  * IDENTITY are never mistaken for committed ones.
  *
  * The reader is a consumer of its own, without a group, closed after the
- * read; with read_committed the end of a partition is its last stable
- * offset, so the read waits for no transaction but those under way.
+ * read.  It reads with read_committed up to the partition's high
+ * watermark as of its first end: it waits for the transactions under way
+ * then, of any relay, which Kafka ends within transaction.timeout.ms.
  */
 #include "postgres.h"
 
@@ -246,12 +247,45 @@ partition_count(rd_kafka_t *rk, rd_kafka_topic_t *rkt, char *errbuf, size_t errb
 	return count;
 }
 
-/* Read one partition to its end, keeping the records whose key begins with prefix. */
+/*
+ * Whether a read_committed read that reached eof_offset has read every
+ * record written before it began: the partition's high watermark at the
+ * first end reached (from that fetch, so after this relay's
+ * init_transactions() ended its own transactions) is the target.  The end
+ * a read_committed read reaches is the last stable offset, which any
+ * relay's transaction under way holds below records committed after it
+ * began: every relay of every database and server shares this partition.
+ * Only the first high watermark counts, so that other relays' later
+ * transactions cannot keep the read going.
+ */
 static bool
-read_partition(rd_kafka_topic_t *rkt, int partition, const char *prefix, List **records,
-			   bool (*keep_waiting) (void), char *errbuf, size_t errbuf_size)
+reached_first_high_watermark(rd_kafka_t *rk, int partition, int64 eof_offset, int64 *target)
+{
+	int64_t		low;
+	int64_t		high;
+
+	if (*target < 0)
+	{
+		/* known from the fetch that reached the end; else the end is all to go by */
+		if (rd_kafka_get_watermark_offsets(rk, RELAY_PROGRESS_TOPIC, partition, &low, &high) !=
+			RD_KAFKA_RESP_ERR_NO_ERROR || high < 0)
+			high = eof_offset;
+		*target = high;
+	}
+	return eof_offset >= *target;
+}
+
+/*
+ * Read one partition to its end, keeping the records whose key begins with
+ * prefix.  The end is the high watermark as of the read's first end, once
+ * every transaction under way below it ended (reached_first_high_watermark).
+ */
+static bool
+read_partition(rd_kafka_t *rk, rd_kafka_topic_t *rkt, int partition, const char *prefix,
+			   List **records, bool (*keep_waiting) (void), char *errbuf, size_t errbuf_size)
 {
 	size_t		prefix_len = strlen(prefix);
+	int64		target = -1;
 
 	if (rd_kafka_consume_start(rkt, partition, RD_KAFKA_OFFSET_BEGINNING) != 0)
 	{
@@ -278,11 +312,22 @@ read_partition(rd_kafka_topic_t *rkt, int partition, const char *prefix, List **
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR && msg->key != NULL &&
 			msg->key_len >= prefix_len && memcmp(msg->key, prefix, prefix_len) == 0)
 			keep_latest(records, msg);
+		if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF &&
+			reached_first_high_watermark(rk, partition, msg->offset, &target))
+		{
+			rd_kafka_message_destroy(msg);
+			rd_kafka_consume_stop(rkt, partition);
+			return true;
+		}
 		rd_kafka_message_destroy(msg);
 		if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
 		{
-			rd_kafka_consume_stop(rkt, partition);
-			return true;
+			if (!keep_waiting())
+			{
+				snprintf(errbuf, errbuf_size, "stopped reading topic \"%s\"", RELAY_PROGRESS_TOPIC);
+				break;
+			}
+			continue;
 		}
 		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
@@ -320,7 +365,7 @@ relay_progress_read(const char *bootstrap_servers, const char *client_id, const 
 	if (partitions < 0)
 		ok = false;
 	for (p = partitions - 1; ok && p >= 0; p--)
-		ok = read_partition(rkt, p, prefix, records, keep_waiting, errbuf, errbuf_size);
+		ok = read_partition(rk, rkt, p, prefix, records, keep_waiting, errbuf, errbuf_size);
 	rd_kafka_topic_destroy(rkt);
 	rd_kafka_destroy(rk);
 	kafka_log_drain();
