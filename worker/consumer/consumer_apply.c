@@ -96,6 +96,27 @@ apply_in_halves(ConsumedMessage *messages, int count, int32 ledger_id,
 }
 
 /*
+ * Interpret a message in a subtransaction of its own, when isolating
+ * failures: a value that a column type's input function refuses with an
+ * error that is not a data error (a tsvector's syntax error, a regclass
+ * naming no table) goes up from the interpretation, which the first
+ * attempt runs without subtransactions, and is the message's alone.  It
+ * dead-letters the message instead of failing the batch again.
+ */
+static void
+interpret_isolated(ConsumedMessage *message, const ConsumerRules *rules)
+{
+	char	   *error;
+
+	CONSUMER_IN_SUBTRANSACTION(error, consumer_is_message_fault,
+							   consumer_message_interpret(message, rules));
+	if (error == NULL)
+		return;
+	message->fate = MESSAGE_DEAD;
+	message->error = error;
+}
+
+/*
  * What the caller may read once the transaction is over: the fates, and
  * the errors copied out of SPI's memory (freed by SPI_finish, and for a
  * batch of large messages given back to the system, so never to be read
@@ -154,7 +175,12 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 	consumer_load_rules(name, &rules);
 	consumer_message_fields(&rules, &subscription);
 	for (i = 0; i < batch->count; i++)
-		consumer_message_interpret(&batch->messages[i], &rules);
+	{
+		if (isolate_failures)
+			interpret_isolated(&batch->messages[i], &rules);
+		else
+			consumer_message_interpret(&batch->messages[i], &rules);
+	}
 
 	if (!isolate_failures)
 		apply_effects(batch->messages, batch->count, subscription.id, &rules);

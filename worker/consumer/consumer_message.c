@@ -410,14 +410,42 @@ consumer_message_interpret(ConsumedMessage *message, const ConsumerRules *rules)
 	MemoryContextReset(scratch);
 }
 
-/* bytes as a JSON string: as is when clean text, else "\x" and hex. */
+/*
+ * UTF-8 text in the database's encoding, or NULL when it has a character
+ * that encoding lacks ("€" in a LATIN1 database).  The conversion only
+ * allocates, so its data error is caught without a subtransaction.
+ */
+static char *
+server_text_or_null(const char *bytes, size_t len)
+{
+	MemoryContext context = CurrentMemoryContext;
+	char	   *volatile text = NULL;
+
+	PG_TRY();
+	{
+		text = pg_any_to_server(pnstrdup(bytes, len), (int) len, PG_UTF8);
+	}
+	PG_CATCH();
+	{
+		FreeErrorData(consumer_caught_data_error(context));
+	}
+	PG_END_TRY();
+	return text;
+}
+
+/*
+ * bytes as a JSON string: as is when clean text the database can hold,
+ * else "\x" and hex.
+ */
 static void
 append_json_bytes(StringInfo buf, const void *bytes, size_t len)
 {
+	char	   *text = NULL;
+
 	if (bytes == NULL)
 		appendStringInfoString(buf, "null");
-	else if (is_clean_text(bytes, len))
-		escape_json(buf, pg_any_to_server(pnstrdup(bytes, len), (int) len, PG_UTF8));
+	else if (is_clean_text(bytes, len) && (text = server_text_or_null(bytes, len)) != NULL)
+		escape_json(buf, text);
 	else
 	{
 		char	   *hex = palloc(len * 2 + 3);
