@@ -32,13 +32,26 @@ SELECT eventpipe.retry_dead();
 SELECT count(*) AS dead_left FROM eventpipe.dead_letters;
 SELECT key FROM eventpipe.outbox ORDER BY id;
 
--- only the owner (or a superuser) may do it
+-- only the owner (or a superuser) may do it, or a role granted EXECUTE,
+-- which needs no rights on the tables
 CREATE ROLE ep_someone;
 GRANT USAGE ON SCHEMA eventpipe TO ep_someone;
 SET ROLE ep_someone;
 SELECT eventpipe.retry_dead();
 SELECT count(*) FROM eventpipe.dead_letters;
 RESET ROLE;
+INSERT INTO eventpipe.dead_letters
+    (id, event_id, topic, key, payload, event_type, created_at, attempts, reason)
+VALUES (15, '00000000-0000-4000-8000-000000000015', 'order-events', 'o15', '{}', 'T',
+        '2026-01-01 10:00+00', 1, 'Broker: Invalid topic (TOPIC_EXCEPTION)');
+GRANT EXECUTE ON FUNCTION eventpipe.retry_dead(bigint[], text) TO ep_someone;
+SET ROLE ep_someone;
+SELECT eventpipe.retry_dead(ARRAY[15]::bigint[]);
+SELECT count(*) FROM eventpipe.outbox;
+RESET ROLE;
+SELECT key FROM eventpipe.outbox ORDER BY id DESC LIMIT 1;
+DELETE FROM eventpipe.outbox WHERE key = 'o15';
+REVOKE EXECUTE ON FUNCTION eventpipe.retry_dead(bigint[], text) FROM ep_someone;
 REVOKE USAGE ON SCHEMA eventpipe FROM ep_someone;
 DROP ROLE ep_someone;
 

@@ -1555,3 +1555,9 @@ GRANT SELECT ON eventpipe.snapshots TO PUBLIC;
 DROP INDEX eventpipe.outbox_retrying;
 CREATE INDEX outbox_retrying ON eventpipe.outbox (topic, pg_catalog.hashtext(key), id)
     WHERE next_attempt_at IS NOT NULL;
+
+-- retry_dead() runs as the extension's owner: EXECUTE is the whole grant,
+-- where rights on the tables would also let a role write any row of the
+-- outbox past publish()'s checks.
+ALTER FUNCTION eventpipe.retry_dead(bigint[], text) SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp;

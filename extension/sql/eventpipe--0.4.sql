@@ -162,9 +162,12 @@ REVOKE ALL ON FUNCTION eventpipe.publish(text, text, jsonb, jsonb, text) FROM PU
 -- Put dead events back in line: those with the given ids, or of the given
 -- topic, or all of them.  They go to the end of the outbox with their
 -- attempts reset and their event id unchanged (consumers deduplicate by it).
+-- SECURITY DEFINER: EXECUTE is the whole grant, where rights on the tables
+-- would also let a role write any row of the outbox past publish()'s checks.
 CREATE FUNCTION eventpipe.retry_dead(ids bigint[] DEFAULT NULL, topic text DEFAULT NULL)
 RETURNS bigint
-LANGUAGE sql VOLATILE
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     WITH moved AS (
         DELETE FROM eventpipe.dead_letters AS d
