@@ -14,6 +14,8 @@
 # the recovery must wait past it, find the record, and delete the rows
 # instead of sending them again.  Checked with a read_committed kcat: each
 # event once.
+# Then, with message.max.bytes lowered to 100,000, 3,000 events in one
+# commit are sent in batches whose records each fit a message.
 use strict;
 use warnings;
 
@@ -99,6 +101,27 @@ my $msgs = read_topic($kafka->{bootstrap}, $topic, timeout => 10) // [];
 my %copies;
 $copies{ $_->{headers}{ce_id} }++ for @$msgs;
 is(join(' ', map { $copies{$_} // 0 } @ids), '1 1 1 1 1', 'each event is on the topic once (read_committed)');
+
+# ---- a record that must fit a lowered message.max.bytes ------------------------
+# 3,000 events in one commit: their record would take about 170 kB, and
+# librdkafka refuses a message over message.max.bytes on the spot.  Batches
+# are cut so that each record fits.
+my $big = 't113.many';
+ok(create_topic($admin, $big, 1, 1), "topic $big created");
+$node->safe_psql('postgres',
+	"ALTER SYSTEM SET eventpipe.kafka_options = 'transaction.timeout.ms=15000,message.max.bytes=100000';"
+	  . ' SELECT pg_reload_conf();');
+sleep 2;
+$node->safe_psql('postgres', "SELECT eventpipe.publish('$big', 'k' || g % 50, '{}') FROM generate_series(1, 3000) g");
+ok( wait_until(
+		sub { $node->safe_psql('postgres', "SELECT count(*) FROM eventpipe.outbox WHERE topic = '$big'") eq '0' },
+		60),
+	'with message.max.bytes = 100000, the 3,000 events left the outbox')
+  or diag $node->safe_psql('postgres', 'SELECT state, last_error FROM eventpipe.pg_stat_relay');
+my $many = read_topic($kafka->{bootstrap}, $big, timeout => 10) // [];
+my %seen;
+$seen{ $_->{headers}{ce_id} }++ for @$many;
+is(scalar(keys %seen) . ' ' . scalar(@$many), '3000 3000', 'each is on the topic once');
 
 $node->stop;
 ok(stop_kafka($kafka), 'Kafka stopped');

@@ -59,12 +59,16 @@
 static TimestampTz last_run_started = 0;
 static bool last_run_caught_up = false;
 
-/* Most events a claim takes: a transaction's record must stay small. */
+/*
+ * Most events a claim takes: a transaction's record must stay small, and
+ * fit a message the producer may send.
+ */
 static int
 batch_limit(void)
 {
 	if (eventpipe_relay_exactly_once)
-		return Min(eventpipe_relay_batch_size, RELAY_EXACTLY_ONCE_MAX_BATCH);
+		return Min(Min(eventpipe_relay_batch_size, RELAY_EXACTLY_ONCE_MAX_BATCH),
+				   relay_progress_max_events(kafka_producer_message_limit()));
 	return eventpipe_relay_batch_size;
 }
 

@@ -29,8 +29,10 @@
  */
 #include "postgres.h"
 
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/uuid.h"
 
 #include "extension/kafka_options.h"
 #include "relay.h"
@@ -44,6 +46,12 @@
 
 /* How often a read looks up from librdkafka. */
 #define PROGRESS_POLL_MS 100
+
+/* A record's line at its longest: an outbox id, a space, a UUID, a newline. */
+#define PROGRESS_LINE_MAX (MAXINT8LEN + 1 + UUID_LEN * 2 + 4 + 1)
+
+/* What a record holds besides its lines, at most: its header and its key. */
+#define PROGRESS_RECORD_OVERHEAD (sizeof(PROGRESS_HEADER) + 512)
 
 /*
  * Create the topic unless it exists: compacted, one partition (the
@@ -105,6 +113,20 @@ relay_progress_create_topic(rd_kafka_t *rk, char *errbuf, size_t errbuf_size)
 	rd_kafka_NewTopic_destroy(topic);
 	rd_kafka_queue_destroy(queue);
 	return ok;
+}
+
+/*
+ * The most events whose record fits a message of message_limit bytes (the
+ * producer's message.max.bytes, which the DBA may lower): librdkafka
+ * refuses a larger one on the spot, and its batch would be tried again,
+ * and refused, for ever.
+ */
+int
+relay_progress_max_events(size_t message_limit)
+{
+	if (message_limit <= PROGRESS_RECORD_OVERHEAD + PROGRESS_LINE_MAX)
+		return 1;
+	return (int) Min((message_limit - PROGRESS_RECORD_OVERHEAD) / PROGRESS_LINE_MAX, INT_MAX);
 }
 
 /*

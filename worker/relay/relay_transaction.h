@@ -35,6 +35,7 @@ typedef struct RelayProgress
 } RelayProgress;
 
 /* relay_progress.c */
+extern int	relay_progress_max_events(size_t message_limit);
 extern bool relay_progress_create_topic(rd_kafka_t *rk, char *errbuf, size_t errbuf_size);
 extern bool relay_progress_add(rd_kafka_t *rk, const char *key, struct OutboxBatch *batch,
 							   char *errbuf, size_t errbuf_size);
