@@ -24,7 +24,7 @@
  *
  * The reader is a consumer of its own, without a group, closed after the
  * read.  It reads with read_committed up to the partition's high
- * watermark as of its first end: it waits for the transactions under way
+ * watermark as of its first fetch: it waits for the transactions under way
  * then, of any relay, which Kafka ends within transaction.timeout.ms.
  */
 #include "postgres.h"
@@ -270,37 +270,46 @@ partition_count(rd_kafka_t *rk, rd_kafka_topic_t *rkt, char *errbuf, size_t errb
 }
 
 /*
- * Whether a read_committed read that reached eof_offset has read every
- * record written before it began: the partition's high watermark at the
- * first end reached (from that fetch, so after this relay's
- * init_transactions() ended its own transactions) is the target.  The end
- * a read_committed read reaches is the last stable offset, which any
- * relay's transaction under way holds below records committed after it
- * began: every relay of every database and server shares this partition.
+ * Whether a read_committed read has read every record written before it
+ * began, now that it is at position: past a message it was handed, or at
+ * an end it reached.  The target is the partition's high watermark as the
+ * read's first fetch reply gave it (so after this relay's
+ * init_transactions() ended its own transactions).  The end a
+ * read_committed read reaches is the last stable offset, which any relay's
+ * transaction under way holds below the records committed after it began:
+ * every relay of every database and server shares this partition.  A
+ * message handed over, or an end, at the target or past it means every
+ * transaction with records below it ended, and all of them were read.
  * Only the first high watermark counts, so that other relays' later
- * transactions cannot keep the read going.
+ * transactions cannot keep the read going, and a message counts as well
+ * as an end, since a partition that other relays keep writing may never
+ * show an end.
  */
 static bool
-reached_first_high_watermark(rd_kafka_t *rk, int partition, int64 eof_offset, int64 *target)
+read_past_first_high_watermark(rd_kafka_t *rk, int partition, int64 position, bool at_end,
+							   int64 *target)
 {
 	int64_t		low;
 	int64_t		high;
 
 	if (*target < 0)
 	{
-		/* known from the fetch that reached the end; else the end is all to go by */
-		if (rd_kafka_get_watermark_offsets(rk, RELAY_PROGRESS_TOPIC, partition, &low, &high) !=
-			RD_KAFKA_RESP_ERR_NO_ERROR || high < 0)
-			high = eof_offset;
-		*target = high;
+		/* known from the reply that brought the message or the end */
+		if (rd_kafka_get_watermark_offsets(rk, RELAY_PROGRESS_TOPIC, partition, &low, &high) ==
+			RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+			*target = high;
+		else if (at_end)
+			*target = position;	/* the end is then all there is to go by */
+		else
+			return false;
 	}
-	return eof_offset >= *target;
+	return position >= *target;
 }
 
 /*
  * Read one partition to its end, keeping the records whose key begins with
- * prefix.  The end is the high watermark as of the read's first end, once
- * every transaction under way below it ended (reached_first_high_watermark).
+ * prefix.  The end is the high watermark as of the read's first fetch, once
+ * every transaction under way below it ended (read_past_first_high_watermark).
  */
 static bool
 read_partition(rd_kafka_t *rk, rd_kafka_topic_t *rkt, int partition, const char *prefix,
@@ -334,8 +343,10 @@ read_partition(rd_kafka_t *rk, rd_kafka_topic_t *rkt, int partition, const char 
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR && msg->key != NULL &&
 			msg->key_len >= prefix_len && memcmp(msg->key, prefix, prefix_len) == 0)
 			keep_latest(records, msg);
-		if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF &&
-			reached_first_high_watermark(rk, partition, msg->offset, &target))
+		if ((err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+			 read_past_first_high_watermark(rk, partition, msg->offset + 1, false, &target)) ||
+			(err == RD_KAFKA_RESP_ERR__PARTITION_EOF &&
+			 read_past_first_high_watermark(rk, partition, msg->offset, true, &target)))
 		{
 			rd_kafka_message_destroy(msg);
 			rd_kafka_consume_stop(rkt, partition);
