@@ -208,6 +208,7 @@ typedef struct ConsumerBatch
 	int			count;
 	ConsumedMessage *messages;
 	bool		retry;			/* dead letters applied again, not Kafka messages */
+	int32		subscription_id;	/* the subscription it was read for */
 } ConsumerBatch;
 
 /* A replay asked for with eventpipe.replay() (eventpipe.consumer_replays). */
@@ -241,6 +242,7 @@ typedef enum ApplyResult
 extern void consumer_message_fields(ConsumerRules *rules, const Subscription *subscription);
 extern void consumer_message_interpret(ConsumedMessage *message, const ConsumerRules *rules);
 extern Jsonb *consumer_message_headers(const ConsumedMessage *message);
+extern char *consumer_header_as_text(const char *bytes, size_t len);
 extern Jsonb *consumer_message_metadata(const ConsumedMessage *message);
 
 /* consumer_apply.c: in a transaction of its own */

@@ -112,6 +112,13 @@ interpret_isolated(ConsumedMessage *message, const ConsumerRules *rules)
 							   consumer_message_interpret(message, rules));
 	if (error == NULL)
 		return;
+	/* what the first attempt left points into its transaction's memory */
+	message->event_id = NULL;
+	message->event_type = NULL;
+	message->payload = NULL;
+	message->effects = NIL;
+	message->handlers = NIL;
+	message->mirror_changes = NIL;
 	message->fate = MESSAGE_DEAD;
 	message->error = error;
 }
@@ -166,7 +173,13 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 		return APPLY_NO_EXTENSION;
 	}
 	worker_spi_connect();
-	if (!consumer_load_subscription(name, &subscription))
+
+	/*
+	 * Gone, or dropped and made again under its name since the batch was
+	 * read: the new one's rules, ledger and offsets are not this batch's.
+	 */
+	if (!consumer_load_subscription(name, &subscription) ||
+		subscription.id != batch->subscription_id)
 	{
 		SPI_finish();
 		worker_end_transaction(caller_context);

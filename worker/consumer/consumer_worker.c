@@ -396,6 +396,7 @@ retry_dead_letters(const Subscription *subscription)
 	WORKER_GUARD(ok, consumer_load_retries(subscription_name, subscription->batch_size, &batch));
 	if (!ok)
 		return fail_and_back_off();
+	batch.subscription_id = subscription->id;
 	if (batch.count == 0)
 		return 0;
 	show_activity(CONSUMER_APPLYING, "applying dead letters again");
@@ -508,6 +509,7 @@ poll_batch(const Subscription *subscription, ConsumerBatch *batch)
 	bool		broker_trouble;
 
 	kafka_consumer_poll_batch(batch, subscription->batch_size, POLL_WAIT_MS);
+	batch->subscription_id = subscription->id;
 	note_kafka_errors();
 	kafka_consumer_publish_watermarks(subscription, false);
 	broker_trouble = last_broker_error != 0 &&
