@@ -200,10 +200,11 @@ hex_bytes(const char *text, int len, char **bytes, int *bytes_len)
 }
 
 /*
- * A header name or value as stored (consumer_message_headers() writes bytes
- * that are not clean UTF-8 text as "\x" and hex) back to its bytes.  A
- * text that only looks like hex, and whose bytes would be clean text, is
- * taken as written.
+ * A header name or value as stored back to its bytes, as Kafka gave them:
+ * consumer_message_headers() writes bytes it could not keep as text
+ * (consumer_header_as_text) as "\x" and hex, and text in the database's
+ * encoding.  A text that only looks like hex, and whose bytes it would
+ * have kept as text, is taken as written.
  */
 static void
 stored_bytes(const JsonbValue *value, const char **bytes, int *len)
@@ -214,12 +215,14 @@ stored_bytes(const JsonbValue *value, const char **bytes, int *len)
 	*bytes = value->val.string.val;
 	*len = value->val.string.len;
 	if (hex_bytes(*bytes, *len, &decoded, &decoded_len) &&
-		(memchr(decoded, '\0', decoded_len) != NULL ||
-		 !pg_verify_mbstr(PG_UTF8, decoded, decoded_len, true)))
+		consumer_header_as_text(decoded, decoded_len) == NULL)
 	{
 		*bytes = decoded;
 		*len = decoded_len;
+		return;
 	}
+	*bytes = pg_server_to_any(pnstrdup(*bytes, *len), *len, PG_UTF8);
+	*len = strlen(*bytes);
 }
 
 /* A dead letter's stored headers (a JSON object) as librdkafka headers. */

@@ -411,16 +411,20 @@ consumer_message_interpret(ConsumedMessage *message, const ConsumerRules *rules)
 }
 
 /*
- * UTF-8 text in the database's encoding, or NULL when it has a character
- * that encoding lacks ("€" in a LATIN1 database).  The conversion only
- * allocates, so its data error is caught without a subtransaction.
+ * Header bytes as the text a JSON string of the database holds: clean UTF-8
+ * in the database's encoding; NULL when they are not clean text, or have a
+ * character that encoding lacks ("€" in a LATIN1 database), and are to be
+ * written as "\x" and hex.  The conversion only allocates, so its data
+ * error is caught without a subtransaction.
  */
-static char *
-server_text_or_null(const char *bytes, size_t len)
+char *
+consumer_header_as_text(const char *bytes, size_t len)
 {
 	MemoryContext context = CurrentMemoryContext;
 	char	   *volatile text = NULL;
 
+	if (!is_clean_text(bytes, len))
+		return NULL;
 	PG_TRY();
 	{
 		text = pg_any_to_server(pnstrdup(bytes, len), (int) len, PG_UTF8);
@@ -435,7 +439,7 @@ server_text_or_null(const char *bytes, size_t len)
 
 /*
  * bytes as a JSON string: as is when clean text the database can hold,
- * else "\x" and hex.
+ * else "\x" and hex (consumer_header_as_text).
  */
 static void
 append_json_bytes(StringInfo buf, const void *bytes, size_t len)
@@ -444,7 +448,7 @@ append_json_bytes(StringInfo buf, const void *bytes, size_t len)
 
 	if (bytes == NULL)
 		appendStringInfoString(buf, "null");
-	else if (is_clean_text(bytes, len) && (text = server_text_or_null(bytes, len)) != NULL)
+	else if ((text = consumer_header_as_text(bytes, len)) != NULL)
 		escape_json(buf, text);
 	else
 	{
