@@ -95,6 +95,18 @@ apply_in_halves(ConsumedMessage *messages, int count, int32 ledger_id,
 	apply_in_halves(messages + count / 2, count - count / 2, ledger_id, rules);
 }
 
+/* Clear what a message's interpretation points to in a transaction's memory. */
+static void
+forget_interpretation(ConsumedMessage *message)
+{
+	message->payload = NULL;
+	message->event_type = NULL;
+	message->event_id = NULL;
+	message->effects = NIL;
+	message->handlers = NIL;
+	message->mirror_changes = NIL;
+}
+
 /*
  * Interpret a message in a subtransaction of its own, when isolating
  * failures: a value that a column type's input function refuses with an
@@ -113,12 +125,7 @@ interpret_isolated(ConsumedMessage *message, const ConsumerRules *rules)
 	if (error == NULL)
 		return;
 	/* what the first attempt left points into its transaction's memory */
-	message->event_id = NULL;
-	message->event_type = NULL;
-	message->payload = NULL;
-	message->effects = NIL;
-	message->handlers = NIL;
-	message->mirror_changes = NIL;
+	forget_interpretation(message);
 	message->fate = MESSAGE_DEAD;
 	message->error = error;
 }
@@ -139,12 +146,7 @@ keep_outcome(ConsumerBatch *batch, MemoryContext caller_context)
 		ConsumedMessage *message = &batch->messages[i];
 
 		message->error = message->error ? MemoryContextStrdup(caller_context, message->error) : NULL;
-		message->payload = NULL;
-		message->event_type = NULL;
-		message->event_id = NULL;
-		message->effects = NIL;
-		message->handlers = NIL;
-		message->mirror_changes = NIL;
+		forget_interpretation(message);
 	}
 }
 
