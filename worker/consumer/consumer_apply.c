@@ -107,27 +107,45 @@ forget_interpretation(ConsumedMessage *message)
 	message->mirror_changes = NIL;
 }
 
+/* Interpret the messages from *next on, *next following the one at hand. */
+static void
+interpret_from(ConsumerBatch *batch, const ConsumerRules *rules, volatile int *next)
+{
+	for (; *next < batch->count; (*next)++)
+		consumer_message_interpret(&batch->messages[*next], rules);
+}
+
 /*
- * Interpret a message in a subtransaction of its own, when isolating
- * failures: a value that a column type's input function refuses with an
- * error that is not a data error (a tsvector's syntax error, a regclass
- * naming no table) goes up from the interpretation, which the first
- * attempt runs without subtransactions, and is the message's alone.  It
- * dead-letters the message instead of failing the batch again.
+ * Interpret the messages when isolating failures.  A value that a column
+ * type's input function refuses with an error that is not a data error (a
+ * tsvector's syntax error, a regclass naming no table) goes up from the
+ * interpretation, which the first attempt runs without subtransactions,
+ * and is the message's alone.  Here the messages are interpreted in one
+ * subtransaction; one whose interpretation fails is dead-lettered, and the
+ * rest interpreted in another: a subtransaction per failing message, not
+ * per message.  What an interpretation keeps is in the caller's memory,
+ * which a subtransaction's rollback leaves alone.
  */
 static void
-interpret_isolated(ConsumedMessage *message, const ConsumerRules *rules)
+interpret_isolating(ConsumerBatch *batch, const ConsumerRules *rules)
 {
-	char	   *error;
+	volatile int next = 0;
 
-	CONSUMER_IN_SUBTRANSACTION(error, consumer_is_message_fault,
-							   consumer_message_interpret(message, rules));
-	if (error == NULL)
-		return;
-	/* what the first attempt left points into its transaction's memory */
-	forget_interpretation(message);
-	message->fate = MESSAGE_DEAD;
-	message->error = error;
+	while (next < batch->count)
+	{
+		ConsumedMessage *failed;
+		char	   *error;
+
+		CONSUMER_IN_SUBTRANSACTION(error, consumer_is_message_fault,
+								   interpret_from(batch, rules, &next));
+		if (error == NULL)
+			return;
+		failed = &batch->messages[next++];
+		/* what the first attempt left points into its transaction's memory */
+		forget_interpretation(failed);
+		failed->fate = MESSAGE_DEAD;
+		failed->error = error;
+	}
 }
 
 /*
@@ -189,13 +207,11 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 	}
 	consumer_load_rules(name, &rules);
 	consumer_message_fields(&rules, &subscription);
-	for (i = 0; i < batch->count; i++)
-	{
-		if (isolate_failures)
-			interpret_isolated(&batch->messages[i], &rules);
-		else
+	if (isolate_failures)
+		interpret_isolating(batch, &rules);
+	else
+		for (i = 0; i < batch->count; i++)
 			consumer_message_interpret(&batch->messages[i], &rules);
-	}
 
 	if (!isolate_failures)
 		apply_effects(batch->messages, batch->count, subscription.id, &rules);
