@@ -252,6 +252,7 @@ extern ApplyResult consumer_apply_batch(ConsumerBatch *batch, const char *name,
 /* consumer_catalog.c: read_subscription runs its own transaction, the others run in the batch's */
 extern ApplyResult consumer_read_subscription(const char *name, Subscription *subscription);
 extern bool consumer_load_subscription(const char *name, Subscription *subscription);
+extern bool consumer_lock_subscription(int32 id);
 extern void consumer_load_rules(const char *name, ConsumerRules *rules);
 
 /* consumer_ledger.c: keep_ledger runs its own transaction, the others run in the batch's */

@@ -197,9 +197,11 @@ consumer_apply_batch(ConsumerBatch *batch, const char *name, bool isolate_failur
 	/*
 	 * Gone, or dropped and made again under its name since the batch was
 	 * read: the new one's rules, ledger and offsets are not this batch's.
+	 * Locked, it stays the batch's one until the commit.
 	 */
 	if (!consumer_load_subscription(name, &subscription) ||
-		subscription.id != batch->subscription_id)
+		subscription.id != batch->subscription_id ||
+		!consumer_lock_subscription(subscription.id))
 	{
 		SPI_finish();
 		worker_end_transaction(caller_context);

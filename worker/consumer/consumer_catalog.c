@@ -24,6 +24,7 @@
 typedef enum CatalogStatement
 {
 	READ_SUBSCRIPTION,
+	LOCK_SUBSCRIPTION,
 	READ_METRIC_RULES,
 	READ_HANDLERS,
 	READ_MIRRORS,
@@ -36,6 +37,12 @@ static WorkerStatement statements[CATALOG_STATEMENTS] = {
 		"SELECT topics, group_id, start_from, batch_size, dedup_field, id, paused, workers"
 		" FROM eventpipe.subscriptions WHERE name OPERATOR(pg_catalog.=) $1",
 		false, 1, {TEXTOID}
+	},
+	[LOCK_SUBSCRIPTION] = {
+		"lock the batch's subscription against its drop",
+		"SELECT FROM eventpipe.subscriptions AS s WHERE s.id OPERATOR(pg_catalog.=) $1"
+		" FOR KEY SHARE OF s",
+		false, 1, {INT4OID}
 	},
 	[READ_METRIC_RULES] = {
 		"read the metric rules",
@@ -114,6 +121,21 @@ consumer_load_subscription(const char *name, Subscription *subscription)
 	subscription->paused = DatumGetBool(SPI_getbinval(tuple, desc, 7, &isnull));
 	subscription->workers = DatumGetInt32(SPI_getbinval(tuple, desc, 8, &isnull));
 	return true;
+}
+
+/*
+ * Keep the subscription of that id from being dropped until the
+ * transaction ends; false if it is gone.  What a batch stores (offsets,
+ * dead letters) names its subscription by name, which a subscription made
+ * again under it would take over.
+ */
+bool
+consumer_lock_subscription(int32 id)
+{
+	Datum		values[1] = {Int32GetDatum(id)};
+
+	worker_run_statement(&statements[LOCK_SUBSCRIPTION], values, NULL, SPI_OK_SELECT);
+	return SPI_processed > 0;
 }
 
 /*
