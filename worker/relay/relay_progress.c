@@ -24,8 +24,9 @@
  *
  * The reader is a consumer of its own, without a group, closed after the
  * read.  It reads with read_committed up to the partition's high
- * watermark as of its first fetch: it waits for the transactions under way
- * then, of any relay, which Kafka ends within transaction.timeout.ms.
+ * watermark as of the read's start (read_past_first_high_watermark): it
+ * waits for the transactions under way then, of any relay, which Kafka
+ * ends within transaction.timeout.ms.
  */
 #include "postgres.h"
 
@@ -272,43 +273,39 @@ partition_count(rd_kafka_t *rk, rd_kafka_topic_t *rkt, char *errbuf, size_t errb
 /*
  * Whether a read_committed read has read every record written before it
  * began, now that it is at position: past a message it was handed, or at
- * an end it reached.  The target is the partition's high watermark as the
- * read's first fetch reply gave it (so after this relay's
- * init_transactions() ended its own transactions).  The end a
- * read_committed read reaches is the last stable offset, which any relay's
- * transaction under way holds below the records committed after it began:
- * every relay of every database and server shares this partition.  A
- * message handed over, or an end, at the target or past it means every
- * transaction with records below it ended, and all of them were read.
- * Only the first high watermark counts, so that other relays' later
- * transactions cannot keep the read going, and a message counts as well
- * as an end, since a partition that other relays keep writing may never
- * show an end.
+ * an end it reached.  The target is the partition's high watermark as
+ * librdkafka knew it when the read was first handed a message or an end,
+ * from a fetch reply after this relay's init_transactions() ended its own
+ * transactions.  The end a read_committed read reaches is the last stable
+ * offset, which any relay's transaction under way holds below the records
+ * committed after it began: every relay of every database and server
+ * shares this partition.  A message handed over, or an end, at the target
+ * or past it means every transaction with records below it ended, and all
+ * of them were read.  Only that first high watermark counts, so that other
+ * relays' later transactions cannot keep the read going; a message counts
+ * as well as an end, since a partition that other relays keep writing may
+ * never show an end.  Until librdkafka knows the mark (a failed fetch
+ * reply leaves it unknown), the read is not over.
  */
 static bool
-read_past_first_high_watermark(rd_kafka_t *rk, int partition, int64 position, bool at_end,
-							   int64 *target)
+read_past_first_high_watermark(rd_kafka_t *rk, int partition, int64 position, int64 *target)
 {
 	int64_t		low;
 	int64_t		high;
 
 	if (*target < 0)
 	{
-		/* known from the reply that brought the message or the end */
-		if (rd_kafka_get_watermark_offsets(rk, RELAY_PROGRESS_TOPIC, partition, &low, &high) ==
-			RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-			*target = high;
-		else if (at_end)
-			*target = position;	/* the end is then all there is to go by */
-		else
+		if (rd_kafka_get_watermark_offsets(rk, RELAY_PROGRESS_TOPIC, partition, &low, &high) !=
+			RD_KAFKA_RESP_ERR_NO_ERROR || high < 0)
 			return false;
+		*target = high;
 	}
 	return position >= *target;
 }
 
 /*
  * Read one partition to its end, keeping the records whose key begins with
- * prefix.  The end is the high watermark as of the read's first fetch, once
+ * prefix.  The end is the high watermark as of the read's start, once
  * every transaction under way below it ended (read_past_first_high_watermark).
  */
 static bool
@@ -317,6 +314,7 @@ read_partition(rd_kafka_t *rk, rd_kafka_topic_t *rkt, int partition, const char 
 {
 	size_t		prefix_len = strlen(prefix);
 	int64		target = -1;
+	int64		end = -1;		/* the last end reached, if any */
 
 	if (rd_kafka_consume_start(rkt, partition, RD_KAFKA_OFFSET_BEGINNING) != 0)
 	{
@@ -327,45 +325,35 @@ read_partition(rd_kafka_t *rk, rd_kafka_topic_t *rkt, int partition, const char 
 	for (;;)
 	{
 		rd_kafka_message_t *msg = rd_kafka_consume(rkt, partition, PROGRESS_POLL_MS);
-		rd_kafka_resp_err_t err;
+		rd_kafka_resp_err_t err = msg ? msg->err : RD_KAFKA_RESP_ERR_NO_ERROR;
+		int64		position = end;
 
 		kafka_log_drain();
-		if (msg == NULL)
+		if (msg != NULL && err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
-			if (!keep_waiting())
-			{
-				snprintf(errbuf, errbuf_size, "stopped reading topic \"%s\"", RELAY_PROGRESS_TOPIC);
-				break;
-			}
-			continue;
+			if (msg->key != NULL && msg->key_len >= prefix_len &&
+				memcmp(msg->key, prefix, prefix_len) == 0)
+				keep_latest(records, msg);
+			position = msg->offset + 1;
 		}
-		err = msg->err;
-		if (err == RD_KAFKA_RESP_ERR_NO_ERROR && msg->key != NULL &&
-			msg->key_len >= prefix_len && memcmp(msg->key, prefix, prefix_len) == 0)
-			keep_latest(records, msg);
-		if ((err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-			 read_past_first_high_watermark(rk, partition, msg->offset + 1, false, &target)) ||
-			(err == RD_KAFKA_RESP_ERR__PARTITION_EOF &&
-			 read_past_first_high_watermark(rk, partition, msg->offset, true, &target)))
-		{
+		else if (msg != NULL && err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			position = end = msg->offset;
+		if (msg != NULL)
 			rd_kafka_message_destroy(msg);
-			rd_kafka_consume_stop(rkt, partition);
-			return true;
-		}
-		rd_kafka_message_destroy(msg);
-		if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-		{
-			if (!keep_waiting())
-			{
-				snprintf(errbuf, errbuf_size, "stopped reading topic \"%s\"", RELAY_PROGRESS_TOPIC);
-				break;
-			}
-			continue;
-		}
-		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
 		{
 			snprintf(errbuf, errbuf_size, "cannot read topic \"%s\": %s", RELAY_PROGRESS_TOPIC,
 					 rd_kafka_err2str(err));
+			break;
+		}
+		if (position >= 0 && read_past_first_high_watermark(rk, partition, position, &target))
+		{
+			rd_kafka_consume_stop(rkt, partition);
+			return true;
+		}
+		if ((msg == NULL || err == RD_KAFKA_RESP_ERR__PARTITION_EOF) && !keep_waiting())
+		{
+			snprintf(errbuf, errbuf_size, "stopped reading topic \"%s\"", RELAY_PROGRESS_TOPIC);
 			break;
 		}
 	}
